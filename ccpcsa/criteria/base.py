@@ -1,0 +1,79 @@
+"""The criterion interface: a criterion only *scores* channels; :mod:`ccpcsa.prune` does the surgery.
+
+``score(ctx) -> {group key: per-channel scores}`` where the array of group ``g`` has one entry per
+channel of the group's root module (``ctx.pruner.group(g).size``). Low scores are pruned first.
+Scores are per-layer normalized (divided by the layer's mean) before groups are compared globally;
+a group's score is the mean of its members' normalized scores (CCPCSA issue: coupled channels).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..prune import ChannelPruner, GroupInfo
+
+Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class ScoreContext:
+    """What a criterion may look at: the model, its groups, training statistics, calibration batches."""
+
+    model: nn.Module
+    pruner: ChannelPruner
+    stats: Any = None  # ChannelStats gathered during the training epoch (criteria that need it)
+    batches: Batches | None = None  # calibration batches from the train split, no augmentation
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Criterion:
+    """Base class. ``collects_training_stats``: the loop records :class:`~ccpcsa.criteria.stats.ChannelStats`
+    during each training epoch and passes them as ``ctx.stats``."""
+
+    name = "base"
+    collects_training_stats = False
+
+    def score(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
+def normalize_layer(scores: np.ndarray) -> np.ndarray:
+    """Divide by the layer mean (torch-pruning's ``mean`` normalizer); all-zero layers stay zero."""
+    s = np.asarray(scores, dtype=np.float64)
+    m = float(np.mean(np.abs(s))) if s.size else 0.0
+    return s / m if m > 0 else s
+
+
+def feature_members(group: GroupInfo, model: nn.Module) -> list[str]:
+    """Members whose output *is* the group's feature map: its BatchNorms if any, else its convs/linears."""
+    mods = dict(model.named_modules())
+    bns = [n for n in group.members if isinstance(mods.get(n), nn.BatchNorm2d)]
+    if bns:
+        return bns
+    return [n for n in group.members if isinstance(mods.get(n), (nn.Conv2d, nn.Linear))]
+
+
+def combine_members(group: GroupInfo, member_scores: dict[str, np.ndarray]) -> np.ndarray | None:
+    """Group score per root channel = mean over members of their layer-normalized scores.
+
+    ``member_scores[name]`` is indexed in that member's own channel space; the group's
+    ``member_channel_index`` maps root channels to member channels. None when no member is scored.
+    """
+    total = np.zeros(group.size)
+    count = np.zeros(group.size)
+    for name, s in member_scores.items():
+        index = np.asarray(group.member_channel_index[name])
+        ok = index >= 0
+        norm = normalize_layer(s)
+        total[ok] += norm[index[ok]]
+        count[ok] += 1
+    if not count.any():
+        return None
+    return np.where(count > 0, total / np.maximum(count, 1), np.inf)

@@ -1,0 +1,119 @@
+"""Statistics gathered with forward hooks during a training epoch — running sums only, never maps.
+
+For a feature module with output ``X`` (N, C, H, W), every image and position is one sample of the
+C-dimensional vector ``x``: we accumulate ``n``, ``Σx`` (C), ``Σx²`` (C) and ``Σx xᵀ`` (C×C) in float64.
+Pearson correlation then follows from moments: ``cov = Σxxᵀ/n − μμᵀ``, ``corr_ij = cov_ij / √(var_i var_j)``.
+For each BAM we accumulate the channel attention ``σ(Mc(F))`` summed over images.
+Hooks record only while the module is in training mode (the epoch's training passes), unless
+``training_only=False``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attention import BAM
+
+
+@dataclass
+class Moments:
+    """Running first/second moments of one layer's channels."""
+
+    n: int = 0
+    s1: torch.Tensor | None = None  # Σx, (C,)
+    s2: torch.Tensor | None = None  # Σxxᵀ, (C, C); its diagonal is Σx²
+
+    def add(self, out: torch.Tensor) -> None:
+        x = out.detach().float().transpose(0, 1).reshape(out.shape[1], -1)  # (C, N·H·W)
+        s1 = x.sum(1).double()
+        s2 = (x @ x.T).double()
+        self.n += x.shape[1]
+        self.s1 = s1 if self.s1 is None else self.s1 + s1
+        self.s2 = s2 if self.s2 is None else self.s2 + s2
+
+    def correlation(self) -> np.ndarray:
+        """C×C Pearson correlation; a constant channel gets |corr| = 1 with everything (it carries no information)."""
+        assert self.s1 is not None and self.s2 is not None and self.n > 0
+        mu = self.s1 / self.n
+        cov = self.s2 / self.n - torch.outer(mu, mu)
+        var = cov.diagonal().clamp_min(0)
+        std = var.sqrt()
+        dead = std <= 1e-12 * (1 + mu.abs())
+        corr = cov / torch.outer(std, std).clamp_min(1e-30)
+        corr = corr.clamp(-1, 1)
+        corr[dead, :] = 1.0
+        corr[:, dead] = 1.0
+        return corr.cpu().numpy()
+
+    def redundancy(self) -> np.ndarray:
+        """ρ_c = mean over j ≠ c of |corr(F_c, F_j)| (CCPCSA issue's definition); 1 for a single channel."""
+        c = np.abs(self.correlation())
+        k = c.shape[0]
+        if k < 2:
+            return np.ones(k)
+        return (c.sum(1) - np.diag(c)) / (k - 1)
+
+
+@dataclass
+class ChannelStats:
+    """Moments per feature module and mean channel attention per BAM."""
+
+    moments: dict[str, Moments] = field(default_factory=dict)
+    attention_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    attention_count: dict[str, int] = field(default_factory=dict)
+
+    def attention(self, bam_name: str) -> np.ndarray | None:
+        """Mean σ(Mc) per channel of BAM ``bam_name`` over the images seen, or None."""
+        if bam_name not in self.attention_sum:
+            return None
+        return (self.attention_sum[bam_name] / max(1, self.attention_count[bam_name])).cpu().numpy()
+
+
+class ChannelStatsCollector:
+    """Context manager that attaches the hooks: ``with ChannelStatsCollector(model, names) as c: train…; c.stats``."""
+
+    def __init__(self, model: nn.Module, feature_modules: list[str], training_only: bool = True) -> None:
+        self.model = model
+        self.feature_modules = feature_modules
+        self.training_only = training_only
+        self.stats = ChannelStats()
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> ChannelStatsCollector:
+        mods = dict(self.model.named_modules())
+        for name in self.feature_modules:
+            mom = self.stats.moments.setdefault(name, Moments())
+            self._handles.append(mods[name].register_forward_hook(self._moment_hook(mom)))
+        for name, m in mods.items():
+            if isinstance(m, BAM):
+                m.record = True
+                self._handles.append(m.register_forward_hook(self._attention_hook(name)))
+        return self
+
+    def _moment_hook(self, mom: Moments):  # type: ignore[no-untyped-def]
+        def hook(mod: nn.Module, inp: object, out: torch.Tensor) -> None:
+            if (mod.training or not self.training_only) and out.dim() in (2, 4):
+                mom.add(out if out.dim() == 4 else out[:, :, None, None])
+        return hook
+
+    def _attention_hook(self, name: str):  # type: ignore[no-untyped-def]
+        def hook(mod: BAM, inp: object, out: torch.Tensor) -> None:
+            a = mod.last_channel_attention
+            if a is not None and (mod.training or not self.training_only):
+                s = a.double().sum(0)
+                self.stats.attention_sum[name] = self.stats.attention_sum.get(name, 0) + s
+                self.stats.attention_count[name] = self.stats.attention_count.get(name, 0) + a.shape[0]
+        return hook
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        for m in self.model.modules():
+            if isinstance(m, BAM):
+                m.record = False
+                m.last_channel_attention = None

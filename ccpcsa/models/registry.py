@@ -1,0 +1,93 @@
+"""Model registry: zoo names → factories, plus bring-your-own ``package.module:factory`` specs.
+
+Every factory takes ``num_classes`` and keyword arguments. ``input_size`` is the native square
+input size of a zoo entry (32 for CIFAR models, 224 for ImageNet layouts); a bring-your-own model
+gets it from the config.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from ..errors import UserError, unknown
+from . import cifar_resnet, mobilenet, resnet, vgg
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """A registered model: its factory, native input size and fixed keyword arguments."""
+
+    factory: Callable[..., nn.Module]
+    input_size: int
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+ZOO: dict[str, ZooEntry] = {
+    "resnet20": ZooEntry(cifar_resnet.resnet20, 32),
+    "resnet32": ZooEntry(cifar_resnet.resnet32, 32),
+    "resnet56": ZooEntry(cifar_resnet.resnet56, 32),
+    "resnet110": ZooEntry(cifar_resnet.resnet110, 32),
+    "resnet50": ZooEntry(resnet.resnet50, 224),
+    "resnet101": ZooEntry(resnet.resnet101, 224),
+    "resnet50_cifar": ZooEntry(resnet.resnet50, 32, {"stem": "cifar"}),
+    "resnet101_cifar": ZooEntry(resnet.resnet101, 32, {"stem": "cifar"}),
+    "vgg16_bn": ZooEntry(vgg.vgg16_bn, 32),
+    "mobilenet_v2": ZooEntry(mobilenet.mobilenet_v2, 224),
+    "mobilenet_v2_cifar": ZooEntry(mobilenet.mobilenet_v2, 32, {"variant": "cifar"}),
+}
+
+
+def list_models() -> list[str]:
+    """Sorted zoo names."""
+    return sorted(ZOO)
+
+
+def is_custom(name: str) -> bool:
+    """True for a bring-your-own spec ``package.module:factory``."""
+    return ":" in name
+
+
+def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise UserError(f"model '{spec}' is not of the form package.module:factory")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UserError(f"model '{spec}': cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from exc
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise UserError(f"model '{spec}': '{module_name}' has no callable '{attr}'")
+    return factory  # type: ignore[no-any-return]
+
+
+def native_input_size(name: str, default: int = 32) -> int:
+    """Input side length a zoo model is designed for (``default`` for bring-your-own models)."""
+    return ZOO[name].input_size if name in ZOO else default
+
+
+def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
+    """Build a zoo model by name or a bring-your-own model from ``package.module:factory``.
+
+    ``kwargs`` are passed to the factory (after the zoo entry's fixed ones). Raises
+    :class:`UserError` for unknown names or factories that fail on the given arguments.
+    """
+    if is_custom(name):
+        factory = _resolve_custom(name)
+        fixed: dict[str, Any] = {}
+    elif name in ZOO:
+        factory, fixed = ZOO[name].factory, ZOO[name].kwargs
+    else:
+        raise unknown("model", name, list(ZOO) + ["package.module:factory"])
+    try:
+        model = factory(num_classes=num_classes, **{**fixed, **kwargs})
+    except TypeError as exc:
+        raise UserError(f"model '{name}': bad arguments {sorted(kwargs)} ({exc})") from exc
+    if not isinstance(model, nn.Module):
+        raise UserError(f"model '{name}': factory returned {type(model).__name__}, not a torch.nn.Module")
+    return model

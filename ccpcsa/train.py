@@ -1,0 +1,235 @@
+"""Training engine: fit / fine-tune / evaluate, checkpoints, resume, DDP.
+
+SGD with momentum (Nesterov by default) and weight decay; a per-step learning-rate schedule —
+``cosine`` (linear warm-up then half-cosine to 0) or ``onecycle`` (linear ramp from lr/25 to lr over
+``pct_start`` of the steps, then cosine down to lr/1e4; Smith & Topin 2019) or ``constant``;
+optional label smoothing; channels_last; AMP (bfloat16/float16 autocast) on CUDA; seeded.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import distributed as ddp
+from .checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
+from .data import ArrayDataset, BatchLoader, DataSplits
+from .errors import UserError
+
+SCHEDULES = ("cosine", "onecycle", "constant")
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of one fit. ``max_steps_per_epoch`` (None = full epoch) bounds smoke runs."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup_epochs: float = 1.0
+    pct_start: float = 0.25
+    label_smoothing: float = 0.0
+    augment: bool = True
+    channels_last: bool = False
+    amp: bool = True
+    seed: int = 0
+    eval_batch_size: int = 500
+    max_steps_per_epoch: int | None = None
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` for values that cannot train."""
+        if self.epochs < 0:
+            raise UserError(f"train.epochs must be ≥ 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise UserError(f"train.batch_size must be ≥ 1, got {self.batch_size}")
+        if not self.lr > 0:
+            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"train.schedule '{self.schedule}' unknown; use one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.label_smoothing < 1:
+            raise UserError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
+            raise UserError(f"train.max_steps_per_epoch must be ≥ 1 or null, got {self.max_steps_per_epoch}")
+
+
+@dataclass
+class FitResult:
+    """Per-epoch history and the final metrics of a fit."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    val_accuracy: float = float("nan")
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def lr_factor(step: int, total: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of ``cfg.lr`` at optimizer step ``step`` of ``total`` (see module docstring)."""
+    if cfg.schedule == "constant" or total <= 0:
+        return 1.0
+    t = min(step, total) / total
+    if cfg.schedule == "onecycle":
+        p = max(cfg.pct_start, 1e-6)
+        if t < p:
+            return 1 / 25 + (1 - 1 / 25) * t / p
+        return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * (t - p) / (1 - p)))
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+
+
+def _autocast(device: torch.device, enabled: bool) -> Any:
+    if enabled and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray, mean: Any, std: Any, batch_size: int = 500,
+                   device: torch.device | str = "cpu", channels_last: bool = False) -> np.ndarray:
+    """Float32 logits (N, classes) of ``model`` in eval mode on uint8 NHWC ``images``."""
+    model.eval()
+    ds = ArrayDataset(images, np.zeros(len(images), dtype=np.int64))
+    out = [model(x).float().cpu() for x, _ in BatchLoader(ds, batch_size, mean, std, device=device, channels_last=channels_last)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: ArrayDataset, mean: Any, std: Any, batch_size: int = 500,
+             device: torch.device | str = "cpu", channels_last: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy in percent, mean cross-entropy) of ``model`` on ``dataset`` in eval mode."""
+    if len(dataset) == 0:
+        return float("nan"), float("nan")
+    model.eval()
+    correct, loss_sum, n = 0, 0.0, 0
+    for x, y in BatchLoader(dataset, batch_size, mean, std, device=device, channels_last=channels_last):
+        logits = model(x).float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+        n += len(y)
+    return 100.0 * correct / n, loss_sum / n
+
+
+def fit(
+    model: nn.Module,
+    data: DataSplits,
+    cfg: TrainConfig,
+    *,
+    device: torch.device | str = "cpu",
+    checkpoint: str | os.PathLike[str] | None = None,
+    spec: ModelSpec | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    desc: str = "train",
+    dist_info: ddp.DistInfo | None = None,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+) -> FitResult:
+    """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs; evaluate on ``data.val`` each epoch.
+
+    With ``checkpoint`` (and ``spec``), the model plus optimizer/schedule state is written atomically
+    after every epoch (rank 0 only); with ``resume=True`` training continues from that file's epoch.
+    Under torchrun the model is wrapped in DDP and each rank trains on its own shard.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    info = dist_info or ddp.DistInfo()
+    seed_everything(cfg.seed)
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                         drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last)
+    steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    if steps_per_epoch == 0:
+        raise UserError(f"train split has {len(data.train)} images, fewer than one batch of {cfg.batch_size}; lower train.batch_size")
+    total = steps_per_epoch * cfg.epochs
+    result = FitResult()
+    start_epoch = 0
+    if resume and checkpoint is not None and os.path.exists(checkpoint):
+        raw = read_checkpoint_dict(checkpoint)
+        ts = raw.get("train_state") or {}
+        if ts.get("epoch") is not None and ts.get("epochs") == cfg.epochs:
+            model.load_state_dict(raw["state_dict"])
+            opt.load_state_dict(ts["optimizer"])
+            start_epoch = int(ts["epoch"]) + 1
+            result.history = list(ts.get("history", []))
+    net: nn.Module = model
+    if info.enabled:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    t0 = time.perf_counter()
+    step = start_epoch * steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        loader.set_epoch(epoch)
+        seen, correct, loss_sum, te = 0, 0, 0.0, time.perf_counter()
+        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
+                   leave=False, dynamic_ncols=True)
+        for i, (x, y) in enumerate(loader):
+            if i >= steps_per_epoch:
+                break
+            for g in opt.param_groups:
+                g["lr"] = cfg.lr * lr_factor(step, total, cfg, steps_per_epoch)
+            with _autocast(device, cfg.amp):
+                logits = net(x)
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"loss became {float(loss)} at epoch {epoch + 1}, step {i}; lower train.lr")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            seen += len(y)
+            loss_sum += float(loss) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
+                            ips=f"{seen * info.world_size / (time.perf_counter() - te):.0f}")
+        bar.close()
+        s, c, n = ddp.all_reduce_sum([loss_sum, float(correct), float(seen)], device)
+        val_acc, val_loss = evaluate(model, data.val, data.mean, data.std, cfg.eval_batch_size, device, cfg.channels_last)
+        row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc, "val_loss": val_loss,
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te, "images_per_s": n / (time.perf_counter() - te)}
+        result.history.append(row)
+        if progress and info.is_main:
+            tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.3f} train {row['train_acc']:.2f}% "
+                       f"val {val_acc:.2f}% ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)")
+        if checkpoint is not None and spec is not None and info.is_main:
+            save_checkpoint(checkpoint, model, spec, data.classes, data.mean, data.std, meta={"val_accuracy": val_acc},
+                            train_state={"epoch": epoch, "epochs": cfg.epochs, "optimizer": opt.state_dict(), "history": result.history})
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    result.val_accuracy = result.history[-1]["val_acc"] if result.history else evaluate(
+        model, data.val, data.mean, data.std, cfg.eval_batch_size, device)[0]
+    result.seconds = time.perf_counter() - t0
+    model.eval()
+    return result

@@ -1,0 +1,28 @@
+"""Shared fixtures. The real CIFAR-10 archive lives in ../shared/data beside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR_ARCHIVE = ROOT.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+
+
+@pytest.fixture(scope="session")
+def cifar_archive() -> Path:
+    if not CIFAR_ARCHIVE.is_file():
+        pytest.skip(f"CIFAR-10 archive not found at {CIFAR_ARCHIVE}")
+    return CIFAR_ARCHIVE
+
+
+@pytest.fixture(scope="session")
+def synthetic_data():
+    from ccpcsa.data import load_data
+
+    return load_data("synthetic", seed=0, progress=False)
