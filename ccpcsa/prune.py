@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -201,10 +201,12 @@ def plan_from_blocks(blocks: Sequence[tuple[float, str, list[int]]]) -> dict[str
 
 
 def prune_to_target(pruner: ChannelPruner, scores: dict[str, np.ndarray], *, blocks: int | None = None,
-                    target_macs: float | None = None) -> tuple[dict[str, list[int]], Complexity]:
+                    target_macs: float | None = None,
+                    before_apply: Callable[[dict[str, list[int]]], None] | None = None) -> tuple[dict[str, list[int]], Complexity]:
     """Prune ``pruner.model`` in place: the ``blocks`` lowest blocks, or the fewest lowest blocks that bring
     MACs down to ``target_macs`` (bisection over the prefix length on copies; MACs fall monotonically
-    with the prefix). Returns the applied plan and the new complexity.
+    with the prefix). ``before_apply(plan)`` runs on the chosen plan just before the surgery (e.g. weight
+    compensation while channel indices are still valid). Returns the applied plan and the new complexity.
     """
     ranked = pruner.ranked_blocks(scores)
     if blocks is None and target_macs is None:
@@ -233,6 +235,8 @@ def prune_to_target(pruner: ChannelPruner, scores: dict[str, np.ndarray], *, blo
                     lo = mid + 1
             k = lo
     plan = plan_from_blocks(ranked[:k])
+    if before_apply is not None:
+        before_apply(plan)
     pruner.apply(plan)
     return plan, count_complexity(pruner.model, pruner.input_size)
 

@@ -1,0 +1,106 @@
+"""``python -m ccpcsa`` — train a zoo model, or print model complexity.
+
+    python -m ccpcsa train --model resnet20 --data imagefolder:../shared/data/cifar10-jpg.tar.gz --epochs 30 --out runs/r20.pt
+    torchrun --nproc_per_node=2 -m ccpcsa train ...      # DDP (gloo on CPU, nccl on GPU)
+    python -m ccpcsa info --model resnet56
+
+User mistakes print one ``error:`` line and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from dataclasses import fields
+
+import torch
+
+from . import distributed as ddp
+from .checkpoint import ModelSpec, save_checkpoint
+from .data import load_data
+from .errors import UserError
+from .models import build_model, count_complexity, list_models, native_input_size
+from .train import TrainConfig, evaluate, fit
+
+
+def _train(args: argparse.Namespace) -> int:
+    info, device = ddp.init(args.device)
+    try:
+        overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+        cfg = TrainConfig(**overrides)
+        cfg.validate()
+        data = load_data(args.data, val_size=args.val_size, seed=cfg.seed, progress=info.is_main)
+        spec = ModelSpec(args.model, len(data.classes), data.input_size)
+        model = build_model(args.model, len(data.classes))
+        result = fit(model, data, cfg, device=device, checkpoint=args.out, spec=spec, resume=args.resume, dist_info=info,
+                     progress=not args.quiet)
+        digest = hashlib.sha256(b"".join(t.detach().cpu().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+        if args.print_weights_hash:
+            print(f"rank {info.rank} weights sha256 {digest}", flush=True)
+        if info.is_main:
+            test_acc, _ = evaluate(model, data.test, data.mean, data.std, device=device)
+            if args.out:
+                save_checkpoint(args.out, model, spec, data.classes, data.mean, data.std,
+                                meta={"val_accuracy": result.val_accuracy, "test_accuracy": test_acc, "train": cfg.__dict__})
+            summary = {"model": args.model, "val_accuracy": result.val_accuracy, "test_accuracy": test_acc, "seconds": result.seconds,
+                       "epoch_seconds": [round(r["seconds"], 1) for r in result.history], "world_size": info.world_size}
+            print(json.dumps(summary))
+    finally:
+        ddp.cleanup()
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    size = args.input_size or native_input_size(args.model)
+    c = count_complexity(build_model(args.model, args.num_classes), size)
+    print(json.dumps({"model": args.model, "input_size": size, "params": c.params, "macs": c.macs}))
+    return 0
+
+
+def _bool(text: str) -> bool:
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+_FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": _bool, "int | None": int}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    p = argparse.ArgumentParser(prog="python -m ccpcsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    t = sub.add_parser("train", help="train a model from scratch (resumable)")
+    t.add_argument("--model", default="resnet20", help=f"zoo name ({', '.join(list_models())}) or package.module:factory")
+    t.add_argument("--data", default="synthetic", help="dataset spec: imagefolder:PATH | cifar10[:DIR] | cifar100[:DIR] | synthetic")
+    t.add_argument("--out", default=None, help="checkpoint path (written atomically after every epoch)")
+    t.add_argument("--resume", action="store_true", help="continue from --out if it exists")
+    t.add_argument("--device", default="auto")
+    t.add_argument("--val-size", type=int, default=None)
+    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--print-weights-hash", action="store_true", help="print each rank's final weight hash (DDP check)")
+    for f in fields(TrainConfig):  # every TrainConfig field is a flag, e.g. --epochs, --lr, --max-steps-per-epoch
+        t.add_argument("--" + f.name.replace("_", "-"), type=_FIELD_TYPES[str(f.type)], default=None, dest=f.name,
+                       help=f"(default {f.default})")
+    i = sub.add_parser("info", help="print params and MACs of a model")
+    i.add_argument("--model", required=True)
+    i.add_argument("--num-classes", type=int, default=10)
+    i.add_argument("--input-size", type=int, default=None)
+    args = p.parse_args(argv)
+    try:
+        return _train(args) if args.cmd == "train" else _info(args)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(torch.get_num_threads())
+    sys.exit(main())

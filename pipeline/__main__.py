@@ -1,0 +1,70 @@
+"""``python -m pipeline`` (also ``ccpcsa-pipeline``): data → pruned model → validated ONNX/TensorRT artifacts.
+
+    python -m pipeline run --config configs/default.yaml [--run-dir DIR] [--set key=value ...] [--from STAGE] [--until STAGE]
+    python -m pipeline stages            # list the stages
+    python -m pipeline keys              # list every config key
+    python -m pipeline report --run-dir DIR
+
+User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ccpcsa.errors import UserError
+
+from .config import load_config, valid_keys
+
+
+def _run_dir(args: argparse.Namespace, run_name: str) -> Path:
+    return Path(args.run_dir) if args.run_dir else Path("runs") / run_name
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    from .stages import STAGES
+
+    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the chain (skips up-to-date stages)")
+    r.add_argument("--config", default=None, help="YAML config (default: built-in defaults = configs/default.yaml)")
+    r.add_argument("--run-dir", default=None, help="run directory (default runs/<run.name>)")
+    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    r.add_argument("--from", dest="from_stage", default=None, metavar="STAGE", help="force this stage and all after it")
+    r.add_argument("--until", default=None, metavar="STAGE", help="stop after this stage")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    rep = sub.add_parser("report", help="(re)build report + bundle of an existing run")
+    rep.add_argument("--config", default=None)
+    rep.add_argument("--run-dir", default=None)
+    rep.add_argument("--set", dest="overrides", action="append", default=[])
+    sub.add_parser("stages", help="list stages")
+    sub.add_parser("keys", help="list config keys")
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "stages":
+            for s in STAGES:
+                print(f"{s.name:10s} {s.doc}")
+            return 0
+        if args.cmd == "keys":
+            print("\n".join(valid_keys()))
+            return 0
+        from .runner import run_stages
+
+        cfg = load_config(args.config, args.overrides)
+        run_dir = _run_dir(args, cfg.run.name)
+        if args.cmd == "report":
+            return run_stages(cfg, STAGES, run_dir, from_stage="report", progress=False)
+        return run_stages(cfg, STAGES, run_dir, from_stage=args.from_stage, until=args.until, progress=not args.no_progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

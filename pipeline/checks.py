@@ -1,0 +1,61 @@
+"""Gates: each check only compares numbers and says whether a threshold holds.
+
+Accuracies and agreements are in percent; drops in percentage points; diffs in logits; latency in ms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate: ``passed`` is ``value <op> threshold``."""
+
+    name: str
+    passed: bool
+    value: float | None
+    threshold: float | None
+    op: str = "<="
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def describe(self) -> str:
+        v = "n/a" if self.value is None else f"{self.value:.4g}"
+        return f"{self.name}: {v} {self.op} {self.threshold} → {'pass' if self.passed else 'FAIL'}"
+
+
+def at_most(name: str, value: float, threshold: float) -> Check:
+    """Pass when ``value ≤ threshold``."""
+    return Check(name, bool(value <= threshold), float(value), float(threshold), "<=")
+
+
+def at_least(name: str, value: float, threshold: float) -> Check:
+    """Pass when ``value ≥ threshold``."""
+    return Check(name, bool(value >= threshold), float(value), float(threshold), ">=")
+
+
+def accuracy_drop(base_accuracy: float, accuracy: float, max_drop: float) -> Check:
+    """``base − accuracy ≤ max_drop`` (percentage points)."""
+    return at_most("accuracy_drop_pp", base_accuracy - accuracy, max_drop)
+
+
+def parity(max_abs_diff: float | None, agreement: float, *, fp32: bool, max_diff: float, min_agree_fp32: float,
+           min_agree_lowp: float) -> list[Check]:
+    """FP32: max |Δlogit| ≤ max_diff and top-1 agreement ≥ min_agree_fp32; FP16/INT8: agreement ≥ min_agree_lowp."""
+    if fp32:
+        assert max_abs_diff is not None
+        return [at_most("max_abs_diff", max_abs_diff, max_diff), at_least("top1_agreement", agreement, min_agree_fp32)]
+    return [at_least("top1_agreement", agreement, min_agree_lowp)]
+
+
+def flops_target(reduction: float, target: float) -> Check:
+    """Achieved FLOPs reduction ≥ target (fractions); a hair of tolerance for rounding."""
+    return at_least("flops_reduction", reduction, target - 5e-4)
+
+
+def speedup(unpruned_ms: float, pruned_ms: float) -> Check:
+    """The pruned model must be really faster: unpruned / pruned latency > 1."""
+    return Check("pruned_speedup", bool(pruned_ms < unpruned_ms), unpruned_ms / pruned_ms, 1.0, ">")

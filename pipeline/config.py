@@ -1,0 +1,278 @@
+"""Typed pipeline configuration: YAML file + ``--set a.b=c`` overrides → :class:`PipelineConfig`.
+
+Unknown keys are rejected with the closest valid key; values are type-checked against the dataclass
+field types and range-checked by each section's ``validate``. The config hash (SHA-256 of the
+canonical JSON) identifies a run's settings in manifests, ONNX metadata and reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ccpcsa.errors import UserError, closest
+from ccpcsa.loop import PruneConfig
+from ccpcsa.train import TrainConfig
+
+
+@dataclass
+class RunConfig:
+    """Run identity and placement."""
+
+    name: str = "default"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0  # torch intra-op threads; 0 = torch default
+
+
+@dataclass
+class ModelConfig:
+    """``name``: zoo name or ``package.module:factory``; ``kwargs`` go to the factory."""
+
+    name: str = "resnet20"
+    num_classes: int = 10
+    input_size: int | None = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataConfig:
+    """``spec``: dataset spec string; ``fallback`` is used (and said) when ``spec``'s path is absent."""
+
+    spec: str = "imagefolder:../shared/data/cifar10-jpg.tar.gz"
+    fallback: str | None = "synthetic"
+    val_size: int | None = None
+
+
+@dataclass
+class BaselineConfig:
+    """``checkpoint``: start from this trained checkpoint instead of training one."""
+
+    checkpoint: str | None = None
+
+
+@dataclass
+class AttentionConfig:
+    """BAM insertion and retraining (CCPCSA step 2)."""
+
+    enabled: bool = True
+    reduction: int = 16
+    dilation: int = 4
+    epochs: int = 2
+    lr: float = 0.05
+
+
+@dataclass
+class ExportConfig:
+    """ONNX / INT8 / TensorRT settings and latency measurement."""
+
+    opset: int = 17
+    simplify: bool = True
+    int8: bool = True
+    calibration_images: int = 512
+    engine: bool = True
+    engine_precisions: list[str] = field(default_factory=lambda: ["fp16", "int8"])
+    min_batch: int = 1
+    opt_batch: int = 32
+    max_batch: int = 64
+    workspace_mb: int = 1024
+    latency_batches: list[int] = field(default_factory=lambda: [1, 32])
+    latency_iters: int = 30
+    latency_warmup: int = 5
+    threads: int = 2
+
+
+@dataclass
+class ChecksConfig:
+    """Gates. Accuracies in percent points; ``eval_images`` limits the test images used (None = all)."""
+
+    max_accuracy_drop: float = 1.5
+    max_abs_diff: float = 1e-3
+    min_agreement_fp32: float = 99.9
+    min_agreement_lowp: float = 99.0
+    latency_budget_ms: float | None = None
+    latency_budget_batch: int = 1
+    require_speedup: bool = True
+    require_flops_target: bool = True
+    eval_images: int | None = None
+
+
+@dataclass
+class PipelineConfig:
+    """The whole configuration; sections mirror the YAML keys."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    baseline: BaselineConfig = field(default_factory=BaselineConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    attention: AttentionConfig = field(default_factory=AttentionConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    checks: ChecksConfig = field(default_factory=ChecksConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """SHA-256 of the canonical JSON of the named sections (all when none given)."""
+        d = self.to_dict()
+        picked = {s: d[s] for s in (sections or tuple(d))}
+        return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
+
+    def validate(self) -> None:
+        """Range checks; :class:`UserError` naming the key for any bad value."""
+        self.train.validate()
+        self.prune.validate()
+        from ccpcsa.criteria import list_criteria
+
+        if self.prune.method not in list_criteria():
+            from ccpcsa.errors import unknown
+
+            raise unknown("prune.method (criterion)", self.prune.method, list_criteria())
+        checks = [
+            (self.model.num_classes >= 2, f"model.num_classes must be ≥ 2, got {self.model.num_classes}"),
+            (self.run.seed >= 0, f"run.seed must be ≥ 0, got {self.run.seed}"),
+            (self.attention.reduction >= 1 and self.attention.dilation >= 1, "attention.reduction and attention.dilation must be ≥ 1"),
+            (self.attention.epochs >= 0, f"attention.epochs must be ≥ 0, got {self.attention.epochs}"),
+            (self.attention.lr > 0, f"attention.lr must be > 0, got {self.attention.lr}"),
+            (7 <= self.export.opset <= 21, f"export.opset must be in 7..21, got {self.export.opset}"),
+            (self.export.calibration_images >= 1, f"export.calibration_images must be ≥ 1, got {self.export.calibration_images}"),
+            (1 <= self.export.min_batch <= self.export.opt_batch <= self.export.max_batch,
+             "export batches must satisfy 1 ≤ min_batch ≤ opt_batch ≤ max_batch"),
+            (all(b >= 1 for b in self.export.latency_batches), "export.latency_batches must all be ≥ 1"),
+            (self.export.latency_iters >= 1, "export.latency_iters must be ≥ 1"),
+            (set(self.export.engine_precisions) <= {"fp32", "fp16", "int8"}, "export.engine_precisions: use fp32, fp16, int8"),
+            (self.checks.max_accuracy_drop >= 0, "checks.max_accuracy_drop must be ≥ 0"),
+            (0 <= self.checks.min_agreement_fp32 <= 100 and 0 <= self.checks.min_agreement_lowp <= 100,
+             "checks.min_agreement_* are percentages in [0, 100]"),
+            (self.checks.eval_images is None or self.checks.eval_images >= 1, "checks.eval_images must be ≥ 1 or null"),
+            (self.data.val_size is None or self.data.val_size >= 0, "data.val_size must be ≥ 0 or null"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise UserError(msg)
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        t = hints[f.name]
+        if dataclasses.is_dataclass(t):
+            keys += _all_keys(t, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+        else:
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+def valid_keys() -> list[str]:
+    """Every dotted key a config may set."""
+    return _all_keys(PipelineConfig)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        raise UserError(f"config key {key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"config key {key} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config key {key} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise UserError(f"config key {key} must be a string, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise UserError(f"config key {key} must be a list, got {value!r}")
+        return [_coerce(v, args[0], key) for v in value]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise UserError(f"config key {key} must be a mapping, got {value!r}")
+        return dict(value)
+    return value
+
+
+def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise UserError(f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if k not in names:
+            raise UserError(f"unknown config key '{key}'{closest(key, valid_keys())}")
+        t = hints[k]
+        if dataclasses.is_dataclass(t):
+            _apply(getattr(obj, k), v or {}, key + ".")
+        else:
+            setattr(obj, k, _coerce(v, t, key))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``a.b=value`` → (``a.b``, YAML-parsed value)."""
+    if "=" not in text:
+        raise UserError(f"--set '{text}' must look like key=value (e.g. prune.target_flops_reduction=0.5)")
+    key, _, raw = text.partition("=")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _nest(key: str, value: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    cur = out
+    parts = key.split(".")
+    for p in parts[:-1]:
+        cur = cur.setdefault(p, {})
+    cur[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Read YAML ``path`` (optional), apply ``overrides`` (``key=value``), validate, and return the config."""
+    cfg = PipelineConfig()
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {p} does not exist; see configs/ for examples")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            raise UserError(f"config file {p} is not valid YAML{where}") from exc
+        _apply(cfg, data)
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _apply(cfg, _nest(key, value))
+    cfg.validate()
+    return cfg

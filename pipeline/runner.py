@@ -1,0 +1,146 @@
+"""Stage runner: config → stage → artifact → checks → manifest, resumable and locked.
+
+Each stage is a function ``fn(ctx) -> StageOutcome`` registered in :data:`pipeline.stages.STAGES`
+with the config sections it depends on. Its *key* is the SHA-256 of those sections plus the hashes of
+every artifact produced by earlier stages; a rerun skips a stage whose key is unchanged and whose
+recorded outputs are intact, re-runs a changed stage and everything after it, and ``--from``
+forces a stage and its successors. A failed gate marks the stage ``failed``, stops the chain and
+returns a non-zero exit code; earlier artifacts are kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ccpcsa.distributed import resolve_device
+from ccpcsa.errors import UserError, unknown
+
+from .checks import Check
+from .config import PipelineConfig
+from .manifest import Manifest, hash_outputs, now, run_lock
+
+
+@dataclass
+class StageOutcome:
+    """What a stage returns: status, reason, artifacts written, metrics and gate results."""
+
+    status: str = "ok"  # ok | skipped | failed
+    reason: str = ""
+    outputs: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checks: list[Check] = field(default_factory=list)
+
+    def gate(self) -> StageOutcome:
+        """Mark the outcome failed if any check failed (reason lists them)."""
+        bad = [c for c in self.checks if not c.passed]
+        if bad and self.status == "ok":
+            self.status = "failed"
+            self.reason = "; ".join(c.describe() for c in bad)
+        return self
+
+
+@dataclass
+class StageContext:
+    """Shared state for the stages of one run."""
+
+    cfg: PipelineConfig
+    run_dir: Path
+    manifest: Manifest
+    device: torch.device
+    progress: bool = True
+    cache: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, name: str) -> Path:
+        return self.run_dir / name
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step with the config sections that determine its result."""
+
+    name: str
+    fn: Callable[[StageContext], StageOutcome]
+    sections: tuple[str, ...]
+    doc: str = ""
+
+
+def _banner(text: str) -> None:
+    bar = "═" * max(10, 76 - len(text))
+    print(f"\n══ {text} {bar}", flush=True)
+
+
+def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_stage: str | None = None,
+               until: str | None = None, progress: bool = True) -> int:
+    """Run ``stages`` in order inside ``run_dir``; return 0 when every stage ended ok/skipped, else 1."""
+    names = [s.name for s in stages]
+    for n in (from_stage, until):
+        if n is not None and n not in names:
+            raise unknown("stage", n, names)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another with --run-dir") from exc
+    if cfg.run.threads > 0:
+        torch.set_num_threads(cfg.run.threads)
+    with run_lock(run_dir):
+        manifest = Manifest.open(run_dir, cfg.run.name)
+        manifest.data["config_hash"] = cfg.section_hash()
+        manifest.data["config"] = cfg.to_dict()
+        manifest.save()
+        ctx = StageContext(cfg, run_dir, manifest, resolve_device(cfg.run.device), progress)
+        dirty = False
+        upstream: dict[str, str] = {}
+        for stage in stages:
+            if from_stage is not None and stage.name == from_stage:
+                dirty = True
+            key = hashlib.sha256(json.dumps({"config": cfg.section_hash(*stage.sections), "inputs": upstream},
+                                            sort_keys=True).encode()).hexdigest()
+            if not dirty and manifest.is_current(stage.name, key, run_dir):
+                rec = manifest.stage(stage.name) or {}
+                print(f"── {stage.name}: up to date ({rec.get('status')}), skipping", flush=True)
+                upstream.update(rec.get("outputs") or {})
+            else:
+                dirty = True
+                _banner(f"stage {stage.name}")
+                started, t0 = now(), time.perf_counter()
+                try:
+                    out = stage.fn(ctx).gate()
+                except UserError:
+                    raise
+                except Exception as exc:  # a bug or an environment failure: record it, keep artifacts
+                    traceback.print_exc()
+                    out = StageOutcome("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
+                manifest.set_stage(stage.name, {
+                    "status": out.status, "reason": out.reason, "key": key, "config_hash": cfg.section_hash(*stage.sections),
+                    "inputs": dict(upstream), "outputs": outputs, "metrics": out.metrics,
+                    "checks": [c.to_dict() for c in out.checks], "started": started, "ended": now(),
+                    "seconds": round(time.perf_counter() - t0, 2)})
+                upstream.update(outputs)
+                for c in out.checks:
+                    print(f"   check {c.describe()}", flush=True)
+                msg = f"── {stage.name}: {out.status}" + (f" — {out.reason}" if out.reason else "")
+                print(msg + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+                if out.status == "failed":
+                    print(f"error: stage {stage.name} failed: {out.reason}; earlier artifacts are kept in {run_dir}",
+                          file=sys.stderr, flush=True)
+                    return 1
+            if until is not None and stage.name == until:
+                break
+    return 0

@@ -1,0 +1,120 @@
+"""Training-side stages: ``baseline`` → ``attention`` → ``prune`` (CCPCSA steps 1–3)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from ccpcsa.attention import attach_bam
+from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+from ccpcsa.criteria import get_criterion
+from ccpcsa.data import ArrayDataset, DataSplits, load_data
+from ccpcsa.loop import run_pruning
+from ccpcsa.models import build_model, count_complexity, native_input_size
+from ccpcsa.train import evaluate, fit, seed_everything
+
+from .checks import accuracy_drop, flops_target
+from .runner import StageContext, StageOutcome
+
+
+def data_splits(ctx: StageContext) -> DataSplits:
+    """The run's dataset (cached per process). Falls back to ``data.fallback`` when the spec's path is absent, saying so."""
+    if "data" in ctx.cache:
+        return ctx.cache["data"]
+    spec = ctx.cfg.data.spec
+    if spec.startswith("imagefolder:") and not Path(spec.split(":", 1)[1]).exists() and ctx.cfg.data.fallback:
+        ctx.say(f"note: {spec.split(':', 1)[1]} not found; using data.fallback '{ctx.cfg.data.fallback}' instead")
+        spec = ctx.cfg.data.fallback
+    data = load_data(spec, val_size=ctx.cfg.data.val_size, seed=ctx.cfg.run.seed, progress=ctx.progress)
+    if len(data.classes) != ctx.cfg.model.num_classes:
+        from ccpcsa.errors import UserError
+
+        raise UserError(f"model.num_classes is {ctx.cfg.model.num_classes} but dataset {spec} has {len(data.classes)} classes; "
+                        f"set --set model.num_classes={len(data.classes)}")
+    ctx.cache["data"] = data
+    return data
+
+
+def eval_split(ctx: StageContext) -> ArrayDataset:
+    """The test split, limited to the first ``checks.eval_images`` images when set."""
+    test = data_splits(ctx).test
+    n = ctx.cfg.checks.eval_images
+    return test if n is None else ArrayDataset(test.images[:n], test.labels[:n])
+
+
+def input_size(ctx: StageContext) -> int:
+    """Model input side: ``model.input_size`` or the dataset's."""
+    return ctx.cfg.model.input_size or data_splits(ctx).input_size or native_input_size(ctx.cfg.model.name)
+
+
+def model_metrics(ctx: StageContext, model: Any) -> dict[str, Any]:
+    """Test accuracy (percent), val accuracy, params and MACs of a torch model."""
+    data = data_splits(ctx)
+    c = count_complexity(model, input_size(ctx))
+    test_acc, _ = evaluate(model, eval_split(ctx), data.mean, data.std, device=ctx.device)
+    val_acc, _ = evaluate(model, data.val, data.mean, data.std, device=ctx.device)
+    return {"accuracy": test_acc, "val_accuracy": val_acc, "params": c.params, "flops": c.macs}
+
+
+def stage_baseline(ctx: StageContext) -> StageOutcome:
+    """Train the model (or load ``baseline.checkpoint``) → ``baseline.pt``."""
+    cfg, data = ctx.cfg, data_splits(ctx)
+    out = ctx.path("baseline.pt")
+    seed_everything(cfg.run.seed)
+    if cfg.baseline.checkpoint:
+        ck = load_checkpoint(cfg.baseline.checkpoint, expect_classes=len(data.classes))
+        model, spec = ck.model, ck.spec
+        ctx.say(f"loaded baseline checkpoint {cfg.baseline.checkpoint}")
+    else:
+        spec = ModelSpec(cfg.model.name, cfg.model.num_classes, input_size(ctx), dict(cfg.model.kwargs))
+        model = build_model(cfg.model.name, cfg.model.num_classes, **cfg.model.kwargs)
+        fit(model, data, replace(cfg.train, seed=cfg.run.seed), device=ctx.device, checkpoint=ctx.path("baseline.train.pt"),
+            spec=spec, resume=True, progress=ctx.progress, desc="baseline")
+    metrics = model_metrics(ctx, model)
+    save_checkpoint(out, model, spec, data.classes, data.mean, data.std, meta={"stage": "baseline", **metrics})
+    ctx.path("baseline.train.pt").unlink(missing_ok=True)
+    return StageOutcome(outputs=[out], metrics=metrics)
+
+
+def stage_attention(ctx: StageContext) -> StageOutcome:
+    """Insert BAM at every bottleneck and retrain → ``attention.pt`` (skipped when disabled)."""
+    cfg, data = ctx.cfg, data_splits(ctx)
+    if not cfg.attention.enabled:
+        return StageOutcome("skipped", "attention.enabled is false; pruning starts from baseline.pt")
+    ck = load_checkpoint(ctx.path("baseline.pt"))
+    model = ck.model
+    opts = {"reduction": cfg.attention.reduction, "dilation": cfg.attention.dilation}
+    where = attach_bam(model, input_size(ctx), **opts)
+    ctx.say(f"BAM attached after: {', '.join(where)}")
+    spec = replace(ck.spec, attention=opts)
+    if cfg.attention.epochs > 0:
+        tc = replace(cfg.train, epochs=cfg.attention.epochs, lr=cfg.attention.lr, schedule="cosine", warmup_epochs=0.0, seed=cfg.run.seed)
+        fit(model, data, tc, device=ctx.device, progress=ctx.progress, desc="attention")
+    metrics = {**model_metrics(ctx, model), "bam_after": where}
+    out = ctx.path("attention.pt")
+    save_checkpoint(out, model, spec, data.classes, data.mean, data.std, meta={"stage": "attention", **metrics})
+    return StageOutcome(outputs=[out], metrics=metrics)
+
+
+def stage_prune(ctx: StageContext) -> StageOutcome:
+    """Algorithm 1 with ``prune.method`` → ``pruned.pt`` + ``history.json``; gates: FLOPs target, accuracy drop."""
+    cfg, data = ctx.cfg, data_splits(ctx)
+    src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
+    ck = load_checkpoint(src)
+    base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
+    criterion = get_criterion(cfg.prune.method)
+    result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=cfg.run.seed), cfg.train, input_size=input_size(ctx),
+                         device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
+                         history_path=ctx.path("history.json"), progress=ctx.progress)
+    spec = ck.spec if not (cfg.prune.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
+    metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
+    out = ctx.path("pruned.pt")
+    save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
+    baseline = base_meta
+    checks = [accuracy_drop(float(baseline["accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
+    if cfg.checks.require_flops_target:
+        checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
+    metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
+    metrics["prune_config"] = asdict(cfg.prune)
+    return StageOutcome(outputs=[out, ctx.path("history.json")], metrics=metrics, checks=checks)
