@@ -64,3 +64,14 @@ def cleanup() -> None:
     """Destroy the process group if one was started."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def sync_buffers(model: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (BN running statistics) to every rank.
+
+    DDP broadcasts buffers at the *start* of each forward, so after the last training step each rank
+    holds running statistics updated with its own shard; syncing at epoch end makes all ranks identical.
+    """
+    if dist.is_available() and dist.is_initialized():
+        for b in model.buffers():
+            dist.broadcast(b, src=0)

@@ -215,6 +215,7 @@ def fit(
             bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
                             ips=f"{seen * info.world_size / (time.perf_counter() - te):.0f}")
         bar.close()
+        ddp.sync_buffers(model)
         s, c, n = ddp.all_reduce_sum([loss_sum, float(correct), float(seen)], device)
         val_acc, val_loss = evaluate(model, data.val, data.mean, data.std, cfg.eval_batch_size, device, cfg.channels_last)
         row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc, "val_loss": val_loss,
