@@ -1,4 +1,7 @@
 # Deployment export pipeline — see README.md.
+#   make setup        create .venv and install everything (torch pinned first)
+#   make test         mypy (TensorRT module) + the test suite
+#   make deploy       the whole chain: CONFIG=configs/default.yaml RUN=runs/default ARGS="--set k=v"
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -6,8 +9,13 @@ PYTHON := $(BIN)/python
 TORCH_VERSION ?= 2.13.0
 # Stubs only (no runtime): --no-deps because they hard-require the real tensorrt wheel.
 TRT_STUBS ?= tensorrt-stubs==10.13.0.35.1
+CONFIG ?= configs/default.yaml
+RUN ?=
+RUN_ARG := $(if $(RUN),--run-dir $(RUN),)
+PIPE := $(PYTHON) -m pipeline run --config $(CONFIG) $(RUN_ARG)
+ARGS ?=
 
-.PHONY: setup test lint typecheck
+.PHONY: setup test lint typecheck deploy baseline prune export engine validate report bundle bench bench-quick clean
 
 setup: $(VENV)/.installed
 
@@ -20,6 +28,44 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m pip install -q --no-deps $(TRT_STUBS)
 	touch $@
 
-test: setup
+typecheck: setup
 	$(BIN)/mypy export/tensorrt.py
-	$(BIN)/pytest -q -n 2 deploy_tests
+
+test: typecheck
+	$(BIN)/pytest -q -n 2 --durations=15 deploy_tests
+
+lint: setup
+	$(BIN)/ruff check ccpcsa export pipeline deploy_tests
+
+deploy: setup
+	$(PIPE) $(ARGS)
+
+baseline: setup
+	$(PIPE) --until baseline $(ARGS)
+
+prune: setup
+	$(PIPE) --until prune $(ARGS)
+
+export: setup
+	$(PIPE) --until int8 $(ARGS)
+
+engine: setup
+	$(PIPE) --until engine $(ARGS)
+
+validate: setup
+	$(PIPE) --until validate $(ARGS)
+
+report: setup
+	$(PYTHON) -m pipeline report --config $(CONFIG) $(RUN_ARG) $(ARGS)
+
+bundle: setup
+	$(PIPE) --until bundle $(ARGS)
+
+bench: setup
+	$(PYTHON) -m bench $(ARGS)
+
+bench-quick: setup
+	$(PYTHON) -m bench --quick $(ARGS)
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
