@@ -12,6 +12,7 @@ from ccpcsa.criteria import get_criterion
 from ccpcsa.data import ArrayDataset, DataSplits, load_data
 from ccpcsa.loop import run_pruning
 from ccpcsa.models import build_model, count_complexity, native_input_size
+from ccpcsa.prune import channels_per_layer
 from ccpcsa.train import evaluate, fit, seed_everything
 
 from .checks import accuracy_drop, flops_target
@@ -104,6 +105,7 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     ck = load_checkpoint(src)
     base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
     criterion = get_criterion(cfg.prune.method)
+    before = channels_per_layer(ck.model)
     result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=cfg.run.seed), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
                          history_path=ctx.path("history.json"), progress=ctx.progress)
@@ -117,4 +119,5 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
         checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
     metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
     metrics["prune_config"] = asdict(cfg.prune)
+    metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
     return StageOutcome(outputs=[out, ctx.path("history.json")], metrics=metrics, checks=checks)

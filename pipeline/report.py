@@ -1,0 +1,175 @@
+"""``report.json`` + ``report.md`` + plots, built only from the manifest and the run's JSON artifacts.
+
+report.json schema (see README): ``{"run", "config", "config_hash", "baseline": {"accuracy", "params",
+"flops"}, "stages": [{"name", "status", "reason", "artifact", "sha256", "metrics": {"accuracy",
+"params", "flops", "size_bytes", "latency_ms": {"<batch>": {"p50", "p95"}}, "max_abs_diff",
+"top1_agreement"}, "checks": [{"name", "passed", "value", "threshold"}]}], "formats": [...]}`` —
+accuracy in percent (test split), FLOPs as MACs per image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
+
+# stage → the format row (in validate's metrics) that describes its artifact
+STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
+                "int8": "int8"}
+FORMAT_TITLES = {"pytorch_baseline": "PyTorch baseline", "pytorch_pruned": "PyTorch pruned", "onnx": "ONNX",
+                 "onnx_simplified": "ONNX simplified", "int8": "INT8 (QDQ)", "tensorrt_fp32": "TensorRT FP32",
+                 "tensorrt_fp16": "TensorRT FP16", "tensorrt_int8": "TensorRT INT8"}
+SCHEMA_KEYS = ("accuracy", "params", "flops", "size_bytes", "latency_ms", "max_abs_diff", "top1_agreement")
+
+
+def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Assemble the report dict from a manifest (pure function of its contents)."""
+    stages = manifest.get("stages", {})
+    formats: dict[str, Any] = (stages.get("validate", {}).get("metrics") or {}).get("formats", {})
+    base = (stages.get("baseline", {}).get("metrics") or {})
+    out_stages = []
+    for name, rec in stages.items():
+        if name == "report":
+            continue
+        outputs = rec.get("outputs") or {}
+        artifact = next(iter(outputs), None)
+        m = dict(rec.get("metrics") or {})
+        fmt = formats.get(STAGE_FORMAT.get(name, ""), {})
+        metrics = {k: fmt.get(k, m.get(k)) for k in SCHEMA_KEYS}
+        if name == "engine":
+            metrics["engines"] = {k: v for k, v in formats.items() if k.startswith("tensorrt")}
+        out_stages.append({"name": name, "status": rec.get("status"), "reason": rec.get("reason", ""), "artifact": artifact,
+                           "sha256": outputs.get(artifact) if artifact else None, "metrics": metrics,
+                           "checks": [{k: c[k] for k in ("name", "passed", "value", "threshold")} for c in rec.get("checks", [])],
+                           "seconds": rec.get("seconds")})
+    return {"run": manifest.get("run"), "config": manifest.get("config"), "config_hash": manifest.get("config_hash"),
+            "baseline": {"accuracy": base.get("accuracy"), "params": base.get("params"), "flops": base.get("flops")},
+            "stages": out_stages, "formats": [{"name": k, **v} for k, v in formats.items()],
+            "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {})}
+
+
+def _fmt(v: Any, spec: str = ".2f") -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, (int, float)):
+        return format(v, spec)
+    return str(v)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The per-format Markdown table (also printed at the end of a run)."""
+    batches = sorted({b for f in report["formats"] for b in (f.get("latency_ms") or {})}, key=int)
+    head = ["format", "file", "size", "params", "MACs", "accuracy %", "Δacc pp"]
+    for b in batches:
+        head += [f"p50 ms b{b}", f"p95 ms b{b}", f"img/s b{b}"]
+    head += ["parity", "status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base_acc = report["baseline"].get("accuracy")
+    for f in report["formats"]:
+        lat = f.get("latency_ms") or {}
+        acc = f.get("accuracy")
+        row = [FORMAT_TITLES.get(f["name"], f["name"]), f.get("file") or "—",
+               _fmt(f.get("size_bytes") / 1024, ".0f") + " KiB" if f.get("size_bytes") else "—",
+               _fmt(f.get("params"), ",d") if isinstance(f.get("params"), int) else "—",
+               _fmt(f.get("flops") / 1e6, ".1f") + " M" if f.get("flops") else "—",
+               _fmt(acc), _fmt(acc - base_acc, "+.2f") if acc is not None and base_acc is not None else "—"]
+        for b in batches:
+            s = lat.get(b) or {}
+            row += [_fmt(s.get("p50")), _fmt(s.get("p95")), _fmt((f.get("images_per_s") or {}).get(b), ".0f")]
+        par = f.get("parity") or ""
+        row += [par or "—", f.get("status", "ok") + (f" ({f['reason']})" if f.get("reason") else "")]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
+    """Write report.json, report.md and plots/*.png atomically; return the paths written."""
+    report = build_report(manifest)
+    paths = [atomic_write_json(run_dir / "report.json", report)]
+    plots = write_plots(run_dir, manifest, report)
+    md = [f"# Run `{report['run']}`", "", f"config hash `{report['config_hash']}`", "", "## Formats", "", format_table(report), ""]
+    sp = report.get("speedup") or {}
+    if sp:
+        md += ["## Pruned vs unpruned (onnxruntime CPU)", "", "| batch | unpruned ms | pruned ms | speedup | FLOPs ratio | speedup / FLOPs ratio |",
+               "|---|---|---|---|---|---|"]
+        for b, s in sp.items():
+            md.append(f"| {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}× | {s['flops_ratio']:.2f}× | {s['efficiency']:.2f} |")
+        md.append("")
+    md += ["## Stages", "", "| stage | status | reason | seconds | checks |", "|---|---|---|---|---|"]
+    for s in report["stages"]:
+        checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])
+        md.append(f"| {s['name']} | {s['status']} | {s['reason'] or ''} | {_fmt(s.get('seconds'), '.1f')} | {checks} |")
+    md += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
+    paths.append(atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n"))
+    return paths + plots
+
+
+def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any]) -> list[Path]:
+    """Pruning trajectory, channels per layer, latency and accuracy per format (PNG, atomically)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out: list[Path] = []
+    plots = run_dir / "plots"
+
+    def save(fig: Any, name: str) -> None:
+        with atomic_path(plots / name) as tmp:
+            fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        out.append(plots / name)
+
+    prune = (manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}
+    hist = prune.get("history") or []
+    if hist:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        xs = [0.0] + [100 * h["flops_reduction"] for h in hist]
+        ys = [prune.get("reference_val_accuracy")] + [h["val_accuracy"] for h in hist]
+        ax.plot(xs, ys, "o-")
+        for h in hist:
+            if not h["accepted"]:
+                ax.plot(100 * h["flops_reduction"], h["val_accuracy"], "rx", ms=10)
+        ax.set_xlabel("FLOPs reduction (%)")
+        ax.set_ylabel("val accuracy (%)")
+        ax.set_title("Pruning trajectory (✕ = rejected)")
+        ax.grid(alpha=0.3)
+        save(fig, "pruning_trajectory.png")
+    before, after = prune.get("channels_before") or {}, prune.get("channels_after") or {}
+    if before:
+        names = [n for n in before if n in after]
+        fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 4))
+        ax.bar(range(len(names)), [before[n] for n in names], label="before", color="#bbb")
+        ax.bar(range(len(names)), [after[n] for n in names], label="after", color="#1f77b4")
+        ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
+        ax.set_ylabel("output channels")
+        ax.legend()
+        ax.set_title("Channels kept per conv layer")
+        save(fig, "channels_per_layer.png")
+    fmts = [f for f in report["formats"] if f.get("status", "ok") == "ok"]
+    if fmts:
+        batches = sorted({b for f in fmts for b in (f.get("latency_ms") or {})}, key=int)
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        width = 0.8 / max(1, len(batches))
+        for i, b in enumerate(batches):
+            axes[0].bar([j + i * width for j in range(len(fmts))], [((f.get("latency_ms") or {}).get(b) or {}).get("p50", 0) for f in fmts],
+                        width, label=f"batch {b}")
+        axes[0].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f["name"], f["name"]) for f in fmts], rotation=30, ha="right")
+        axes[0].set_ylabel("p50 latency (ms)")
+        axes[0].set_yscale("log")
+        axes[0].legend()
+        axes[1].bar(range(len(fmts)), [f.get("accuracy") or 0 for f in fmts], color="#2ca02c")
+        axes[1].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f["name"], f["name"]) for f in fmts], rotation=30, ha="right")
+        accs = [f.get("accuracy") for f in fmts if f.get("accuracy") is not None]
+        if accs:
+            axes[1].set_ylim(max(0, min(accs) - 5), min(100, max(accs) + 2))
+        axes[1].set_ylabel("test accuracy (%)")
+        save(fig, "latency_accuracy_per_format.png")
+    return out
+
+
+def load_manifest(run_dir: Path) -> dict[str, Any]:
+    """Read ``manifest.json`` of a run."""
+    return json.loads((run_dir / "manifest.json").read_text())

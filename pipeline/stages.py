@@ -1,0 +1,20 @@
+"""The ordered stage list of the pipeline and the config sections each depends on."""
+
+from __future__ import annotations
+
+from .runner import Stage
+from .stages_export import stage_bundle, stage_engine, stage_int8, stage_onnx, stage_report, stage_simplify, stage_validate
+from .stages_train import stage_attention, stage_baseline, stage_prune
+
+STAGES: list[Stage] = [
+    Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline"), "train or load the model → baseline.pt"),
+    Stage("attention", stage_attention, ("attention",), "attach BAM, retrain → attention.pt"),
+    Stage("prune", stage_prune, ("prune", "checks"), "CCPCSA loop (any criterion) → pruned.pt, history.json"),
+    Stage("onnx", stage_onnx, ("export", "checks"), "export ONNX, parity vs PyTorch → model.onnx"),
+    Stage("simplify", stage_simplify, ("export", "checks"), "onnxsim → model.sim.onnx"),
+    Stage("int8", stage_int8, ("export", "checks"), "INT8 QDQ (onnxruntime) → model.int8.onnx"),
+    Stage("engine", stage_engine, ("export",), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
+    Stage("validate", stage_validate, ("export", "checks"), "accuracy, parity, latency of every format; speedup gate"),
+    Stage("report", stage_report, (), "report.json, report.md, plots/"),
+    Stage("bundle", stage_bundle, (), "bundle.tar.gz for the edge device"),
+]

@@ -1,0 +1,245 @@
+"""Export-side stages: ``onnx`` → ``simplify`` → ``int8`` → ``engine`` → ``validate`` → ``report`` → ``bundle``.
+
+Parity at each stage is measured against the previous stage's artifact on the evaluation split
+(FP32: max |Δlogit| and top-1 agreement; INT8/FP16: agreement); accuracy against the baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from ccpcsa.checkpoint import load_checkpoint
+from ccpcsa.data import normalize_batch
+from ccpcsa.models import count_complexity
+
+from .checks import accuracy_drop, at_most, parity, speedup
+from .report import format_table, load_manifest, write_report
+from .runner import StageContext, StageOutcome
+from .stages_train import data_splits, eval_split, input_size
+
+
+def eval_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized float32 NCHW images and labels of the evaluation split (cached per process)."""
+    if "eval" not in ctx.cache:
+        data, split = data_splits(ctx), eval_split(ctx)
+        ctx.cache["eval"] = (normalize_batch(split.images, data.mean, data.std).numpy(), split.labels)
+    return ctx.cache["eval"]
+
+
+def calibration_array(ctx: StageContext, n: int) -> np.ndarray:
+    """``n`` train images (seeded permutation), normalized like the model input."""
+    data = data_splits(ctx)
+    idx = np.random.default_rng(ctx.cfg.run.seed).permutation(len(data.train))[:n]
+    return normalize_batch(data.train.images[idx], data.mean, data.std).numpy()
+
+
+def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:
+    from export.metadata import DeployMetadata
+
+    data = data_splits(ctx)
+    return DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, input_size=input_size(ctx),
+                          run_id=ctx.cfg.run.name, config_hash=ctx.cfg.section_hash())
+
+
+def _runner(ctx: StageContext, what: str | Path) -> Any:
+    from export.runtime import OrtRunner, TorchRunner
+
+    p = Path(what)
+    if p.suffix == ".pt":
+        return TorchRunner(load_checkpoint(p).model, device=str(ctx.device), threads=ctx.cfg.export.threads)
+    return OrtRunner(p, threads=ctx.cfg.export.threads)
+
+
+def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, Any]:
+    from export.compare import compare_runners
+
+    x, y = eval_arrays(ctx)
+    return compare_runners(_runner(ctx, ref), _runner(ctx, new), x, y, batch_size=250).to_dict()
+
+
+def _parity_outcome(ctx: StageContext, out: Path, ref: Path, fp32: bool, extra: dict[str, Any]) -> StageOutcome:
+    cmp = _compare(ctx, ref, out)
+    c = ctx.cfg.checks
+    base = load_checkpoint(ctx.path("baseline.pt")).meta
+    checks = parity(cmp["max_abs_diff"], cmp["top1_agreement"], fp32=fp32, max_diff=c.max_abs_diff,
+                    min_agree_fp32=c.min_agreement_fp32, min_agree_lowp=c.min_agreement_lowp)
+    checks.append(accuracy_drop(float(base["accuracy"]), cmp["accuracy_b"], c.max_accuracy_drop))
+    metrics = {"accuracy": cmp["accuracy_b"], "max_abs_diff": cmp["max_abs_diff"], "mean_abs_diff": cmp["mean_abs_diff"],
+               "top1_agreement": cmp["top1_agreement"], "parity_vs": ref.name, "size_bytes": out.stat().st_size, **extra}
+    return StageOutcome(outputs=[out], metrics=metrics, checks=checks)
+
+
+def stage_onnx(ctx: StageContext) -> StageOutcome:
+    """Export the pruned model → ``model.onnx`` (dynamic batch, metadata); parity vs PyTorch."""
+    from export.onnx_export import export_onnx
+
+    src = ctx.path("pruned.pt")
+    ck = load_checkpoint(src)
+    out = ctx.path("model.onnx")
+    res = export_onnx(ck.model, out, _metadata(ctx), opset=ctx.cfg.export.opset)
+    return _parity_outcome(ctx, out, src, True, {"nodes": res.nodes, "opset": res.opset, "exporter": res.exporter})
+
+
+def stage_simplify(ctx: StageContext) -> StageOutcome:
+    """onnxsim with its numeric check → ``model.sim.onnx``; parity vs ``model.onnx``."""
+    if not ctx.cfg.export.simplify:
+        return StageOutcome("skipped", "export.simplify is false")
+    from export.simplify import simplify_onnx
+
+    out = ctx.path("model.sim.onnx")
+    res = simplify_onnx(ctx.path("model.onnx"), out)
+    return _parity_outcome(ctx, out, ctx.path("model.onnx"), True, {"nodes_before": res.nodes_before, "nodes_after": res.nodes_after})
+
+
+def _fp32_onnx(ctx: StageContext) -> Path:
+    sim = ctx.path("model.sim.onnx")
+    return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
+
+
+def stage_int8(ctx: StageContext) -> StageOutcome:
+    """Static INT8 QDQ quantization (onnxruntime) → ``model.int8.onnx``; agreement vs FP32 ONNX."""
+    if not ctx.cfg.export.int8:
+        return StageOutcome("skipped", "export.int8 is false")
+    from export.quantize import quantize_int8
+
+    n = ctx.cfg.export.calibration_images
+    out = ctx.path("model.int8.onnx")
+    src = _fp32_onnx(ctx)
+    res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n)
+    return _parity_outcome(ctx, out, src, False, {"nodes": res.nodes, "calibration_images": res.num_calibration})
+
+
+def stage_engine(ctx: StageContext) -> StageOutcome:
+    """TensorRT engines per ``export.engine_precisions`` (+ sidecars, trtexec lines); ``skipped`` without TensorRT/GPU."""
+    from export.tensorrt import build_engine, trtexec_commands
+
+    e = ctx.cfg.export
+    cmds = trtexec_commands(_fp32_onnx(ctx).name, ctx.path("model.int8.onnx").name, input_size=input_size(ctx),
+                            min_batch=e.min_batch, opt_batch=e.opt_batch, max_batch=e.max_batch, workspace_mb=e.workspace_mb)
+    script = atomic_write_text(ctx.path("build_engine.sh"), "#!/usr/bin/env bash\n# Build TensorRT engines on the device from the ONNX artifacts.\nset -euo pipefail\n"
+                               + "\n".join(cmds.values()) + "\n")
+    if not e.engine:
+        return StageOutcome("skipped", "export.engine is false", outputs=[script])
+    outputs, metrics, reasons = [script], {}, []
+    for prec in e.engine_precisions:
+        src = ctx.path("model.int8.onnx") if prec == "int8" else _fp32_onnx(ctx)
+        res = build_engine(src, ctx.path(f"model.{prec}.engine"), precision=prec, min_batch=e.min_batch, opt_batch=e.opt_batch,
+                           max_batch=e.max_batch, workspace_mb=e.workspace_mb, timing_cache=ctx.path("timing.cache"))
+        metrics[prec] = res.to_dict()
+        if res.status != "ok":
+            reasons.append(f"{prec}: {res.reason}")
+        outputs += [p for p in res.artifacts if Path(p).exists()]
+    statuses = {m["status"] for m in metrics.values()}
+    if statuses == {"skipped"}:
+        return StageOutcome("skipped", reasons[0].split(": ", 1)[1] if reasons else "", outputs=outputs, metrics=metrics)
+    if "failed" in statuses:
+        return StageOutcome("failed", "; ".join(reasons), outputs=outputs, metrics=metrics)
+    return StageOutcome(outputs=outputs, metrics=metrics)
+
+
+def _latency(ctx: StageContext, runner: Any) -> dict[str, Any]:
+    from export.latency import measure_latency
+
+    e = ctx.cfg.export
+    shape = (3, input_size(ctx), input_size(ctx))
+    return measure_latency(runner, shape, batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=e.latency_iters).to_dict()
+
+
+def stage_validate(ctx: StageContext) -> StageOutcome:
+    """Every format on the evaluation split: accuracy, parity, size, latency; gates: speedup, latency budget."""
+    from export.onnx_export import export_onnx
+
+    cfg = ctx.cfg
+    x, y = eval_arrays(ctx)
+    base_ck = load_checkpoint(ctx.path("baseline.pt"))
+    base_onnx = ctx.path("baseline.onnx")
+    export_onnx(base_ck.model, base_onnx, _metadata(ctx), opset=cfg.export.opset)
+    manifest = ctx.manifest.data["stages"]
+    rows: dict[str, Any] = {}
+    files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
+             "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx")}
+    parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8"}
+    from export.compare import compare_runners
+
+    for name, path in files.items():
+        if not path.exists():
+            continue
+        runner = _runner(ctx, path)
+        acc = compare_runners(runner, runner, x, y, batch_size=250).to_dict()["accuracy_a"]
+        model = load_checkpoint(path).model if path.suffix == ".pt" else load_checkpoint(ctx.path("pruned.pt")).model
+        c = count_complexity(model, input_size(ctx)) if name != "pytorch_baseline" else count_complexity(base_ck.model, input_size(ctx))
+        lat = _latency(ctx, runner)
+        row = {"file": path.name, "precision": "int8" if name == "int8" else "fp32", "size_bytes": path.stat().st_size,
+               "params": c.params, "flops": c.macs, "accuracy": acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
+               "threads": cfg.export.threads, "status": "ok"}
+        st = manifest.get(parity_of.get(name, ""), {}).get("metrics") or {}
+        if st:
+            row["max_abs_diff"], row["top1_agreement"] = st.get("max_abs_diff"), st.get("top1_agreement")
+            row["parity"] = (f"max|Δ| {st['max_abs_diff']:.2e}, " if st.get("max_abs_diff") is not None and name != "int8" else "") + \
+                f"top-1 {st.get('top1_agreement', 0):.2f}% vs {st.get('parity_vs')}"
+        rows[name] = row
+    eng = manifest.get("engine", {})
+    for prec in cfg.export.engine_precisions:
+        m = (eng.get("metrics") or {}).get(prec) or {}
+        rows[f"tensorrt_{prec}"] = {"file": f"model.{prec}.engine", "precision": prec, "status": m.get("status", eng.get("status", "skipped")),
+                                   "reason": m.get("reason", eng.get("reason", ""))}
+    # the pruned model must be really faster: ORT CPU, same harness, pruned vs unpruned FP32 ONNX
+    base_lat = _latency(ctx, _runner(ctx, base_onnx))["latency_ms"]
+    pruned_lat = rows.get("onnx_simplified", rows["onnx"])["latency_ms"]
+    base_c = count_complexity(base_ck.model, input_size(ctx))
+    flops_ratio = base_c.macs / rows["pytorch_pruned"]["flops"]
+    sp = {}
+    checks = []
+    for b in base_lat:
+        s = base_lat[b]["p50"] / pruned_lat[b]["p50"]
+        sp[b] = {"unpruned_ms": base_lat[b]["p50"], "pruned_ms": pruned_lat[b]["p50"], "speedup": s, "flops_ratio": flops_ratio,
+                 "efficiency": s / flops_ratio}
+        if cfg.checks.require_speedup:
+            checks.append(speedup(base_lat[b]["p50"], pruned_lat[b]["p50"]))
+    if cfg.checks.latency_budget_ms is not None:
+        b = str(cfg.checks.latency_budget_batch)
+        best = min(r["latency_ms"][b]["p50"] for r in rows.values() if r.get("status") == "ok" and b in (r.get("latency_ms") or {}))
+        checks.append(at_most(f"latency_p50_ms_b{b}", best, cfg.checks.latency_budget_ms))
+    out = atomic_write_json(ctx.path("validation.json"), {"formats": rows, "speedup": sp})
+    return StageOutcome(outputs=[out, base_onnx], metrics={"formats": rows, "speedup": sp}, checks=checks)
+
+
+def stage_report(ctx: StageContext) -> StageOutcome:
+    """report.json, report.md and plots from the manifest; prints the per-format table."""
+    paths = write_report(ctx.run_dir, load_manifest(ctx.run_dir))
+    report = json.loads(ctx.path("report.json").read_text())
+    print(format_table(report), flush=True)
+    return StageOutcome(outputs=paths)
+
+
+def stage_bundle(ctx: StageContext) -> StageOutcome:
+    """``bundle.tar.gz`` for the edge device: ONNX FP32 (simplified) + INT8, labels.json, build_engine.sh, infer.py."""
+    from export.metadata import read_metadata
+
+    fp32 = _fp32_onnx(ctx)
+    meta = read_metadata(fp32)
+    labels = {"classes": list(meta.get("class_names", [])), "input_size": list(_metadata(ctx).input_size),
+              "mean": list(meta.get("mean", [])), "std": list(meta.get("std", [])), "channel_order": meta.get("channel_order", "RGB"),
+              "layout": "NCHW", "default_model": fp32.name, "run": ctx.cfg.run.name, "config_hash": ctx.cfg.section_hash()}
+    members: dict[str, bytes] = {"labels.json": json.dumps(labels, indent=2).encode(),
+                                 "infer.py": (Path(__file__).parent / "bundle_infer.py").read_bytes()}
+    for p in (fp32, ctx.path("model.int8.onnx"), ctx.path("build_engine.sh")):
+        if p.exists():
+            members[p.name] = p.read_bytes()
+    out = ctx.path("bundle.tar.gz")
+    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        import io
+        import time
+
+        for name, data in sorted(members.items()):
+            info = tarfile.TarInfo(f"bundle/{name}")
+            info.size, info.mtime = len(data), int(time.time())
+            info.mode = 0o755 if name.endswith((".py", ".sh")) else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return StageOutcome(outputs=[out], metrics={"files": sorted(members)})
