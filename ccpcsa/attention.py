@@ -138,7 +138,7 @@ def bottleneck_points(model: nn.Module, input_size: int = 32) -> list[tuple[str,
     """``(module name, channels, resolution)`` of every unit after which a BAM goes (see module docstring)."""
     units = _units(model, input_size)
     points = []
-    for a, b in zip(units, units[1:]):
+    for a, b in zip(units, units[1:], strict=False):
         if b.out_res < a.out_res and b.out_res > 1:
             points.append((a.name, a.out_channels, a.out_res))
     return points

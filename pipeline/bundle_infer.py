@@ -97,7 +97,7 @@ def main() -> int:
         used = model.name
     e = np.exp(logits - logits.max(1, keepdims=True))
     prob = e / e.sum(1, keepdims=True)
-    for path, p in zip(a.images, prob):
+    for path, p in zip(a.images, prob, strict=True):
         top = np.argsort(-p)[: a.top]
         print(f"{path}: " + ", ".join(f"{meta['classes'][i]} {100 * p[i]:.1f}%" for i in top))
     print(f"latency: {ms:.2f} ms for {len(x)} image(s) with {used}")

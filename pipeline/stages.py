@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 from .runner import Stage
-from .stages_export import stage_bundle, stage_engine, stage_int8, stage_onnx, stage_report, stage_simplify, stage_validate
+from .stages_export import (
+    stage_bundle,
+    stage_engine,
+    stage_int8,
+    stage_onnx,
+    stage_report,
+    stage_simplify,
+    stage_validate,
+)
 from .stages_train import stage_attention, stage_baseline, stage_prune
 
 STAGES: list[Stage] = [

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from ccpcsa.artifacts import atomic_path, atomic_write_json
 from ccpcsa.checkpoint import load_checkpoint
 from ccpcsa.data import normalize_batch
 from ccpcsa.models import count_complexity
@@ -48,19 +48,30 @@ def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:
 
 
 def _runner(ctx: StageContext, what: str | Path) -> Any:
+    """A Torch runner for a checkpoint, an onnxruntime CPU runner for an ONNX file."""
     from export.runtime import OrtRunner, TorchRunner
 
     p = Path(what)
     if p.suffix == ".pt":
-        return TorchRunner(load_checkpoint(p).model, device=str(ctx.device), threads=ctx.cfg.export.threads)
+        return TorchRunner(load_checkpoint(p).model, input_size=input_size(ctx), device=str(ctx.device), threads=ctx.cfg.export.threads)
     return OrtRunner(p, threads=ctx.cfg.export.threads)
 
 
 def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, Any]:
+    """max/mean |Δlogit|, top-1 agreement and both accuracies (percent) on the evaluation split."""
     from export.compare import compare_runners
 
     x, y = eval_arrays(ctx)
-    return compare_runners(_runner(ctx, ref), _runner(ctx, new), x, y, batch_size=250).to_dict()
+    c = compare_runners(_runner(ctx, ref), _runner(ctx, new), x, y, batch_size=250)
+    return {"max_abs_diff": c.max_abs_diff, "mean_abs_diff": c.mean_abs_diff, "top1_agreement": c.top1_agreement_pct,
+            "accuracy_a": c.accuracy_a_pct, "accuracy_b": c.accuracy_b_pct}
+
+
+def _accuracy(ctx: StageContext, runner: Any) -> float:
+    from export.compare import run_batched
+
+    x, y = eval_arrays(ctx)
+    return float(100.0 * (run_batched(runner, x, 250).argmax(1) == y).mean())
 
 
 def _parity_outcome(ctx: StageContext, out: Path, ref: Path, fp32: bool, extra: dict[str, Any]) -> StageOutcome:
@@ -117,24 +128,26 @@ def stage_int8(ctx: StageContext) -> StageOutcome:
 
 def stage_engine(ctx: StageContext) -> StageOutcome:
     """TensorRT engines per ``export.engine_precisions`` (+ sidecars, trtexec lines); ``skipped`` without TensorRT/GPU."""
-    from export.tensorrt import build_engine, trtexec_commands
+    from export.tensorrt import BatchProfile, build_engine, trtexec_commands, write_trtexec_script
 
     e = ctx.cfg.export
-    cmds = trtexec_commands(_fp32_onnx(ctx).name, ctx.path("model.int8.onnx").name, input_size=input_size(ctx),
-                            min_batch=e.min_batch, opt_batch=e.opt_batch, max_batch=e.max_batch, workspace_mb=e.workspace_mb)
-    script = atomic_write_text(ctx.path("build_engine.sh"), "#!/usr/bin/env bash\n# Build TensorRT engines on the device from the ONNX artifacts.\nset -euo pipefail\n"
-                               + "\n".join(cmds.values()) + "\n")
+    s = input_size(ctx)
+    profile = BatchProfile(e.min_batch, e.opt_batch, e.max_batch)
+    int8 = ctx.path("model.int8.onnx")
+    cmds = trtexec_commands(_fp32_onnx(ctx).name, int8.name if int8.exists() else None, profile=profile, input_chw=(3, s, s),
+                            workspace_mb=e.workspace_mb)
+    script = write_trtexec_script(ctx.path("build_engine.sh"), cmds)
     if not e.engine:
         return StageOutcome("skipped", "export.engine is false", outputs=[script])
     outputs, metrics, reasons = [script], {}, []
     for prec in e.engine_precisions:
-        src = ctx.path("model.int8.onnx") if prec == "int8" else _fp32_onnx(ctx)
-        res = build_engine(src, ctx.path(f"model.{prec}.engine"), precision=prec, min_batch=e.min_batch, opt_batch=e.opt_batch,
-                           max_batch=e.max_batch, workspace_mb=e.workspace_mb, timing_cache=ctx.path("timing.cache"))
+        src = int8 if prec == "int8" else _fp32_onnx(ctx)
+        res = build_engine(src, ctx.path(f"model.{prec}.engine"), precision=prec, profile=profile, workspace_mb=e.workspace_mb,
+                           timing_cache=ctx.path("timing.cache"))
         metrics[prec] = res.to_dict()
         if res.status != "ok":
             reasons.append(f"{prec}: {res.reason}")
-        outputs += [p for p in res.artifacts if Path(p).exists()]
+        outputs += [p for p in (res.engine_path, res.sidecar_path) if p is not None and Path(p).exists()]
     statuses = {m["status"] for m in metrics.values()}
     if statuses == {"skipped"}:
         return StageOutcome("skipped", reasons[0].split(": ", 1)[1] if reasons else "", outputs=outputs, metrics=metrics)
@@ -144,11 +157,14 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
 
 
 def _latency(ctx: StageContext, runner: Any) -> dict[str, Any]:
+    """``{"latency_ms": {"<batch>": {"p50", "p90", "p95", "p99", "mean"}}, "images_per_s": {"<batch>": ...}}``."""
     from export.latency import measure_latency
 
     e = ctx.cfg.export
-    shape = (3, input_size(ctx), input_size(ctx))
-    return measure_latency(runner, shape, batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=e.latency_iters).to_dict()
+    rep = measure_latency(runner, batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=e.latency_iters)
+    lat = {str(r.batch_size): {"p50": r.p50_ms, "p90": r.p90_ms, "p95": r.p95_ms, "p99": r.p99_ms, "mean": r.mean_ms}
+           for r in rep.results}
+    return {"latency_ms": lat, "images_per_s": {str(r.batch_size): r.images_per_s for r in rep.results}}
 
 
 def stage_validate(ctx: StageContext) -> StageOutcome:
@@ -156,7 +172,6 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     from export.onnx_export import export_onnx
 
     cfg = ctx.cfg
-    x, y = eval_arrays(ctx)
     base_ck = load_checkpoint(ctx.path("baseline.pt"))
     base_onnx = ctx.path("baseline.onnx")
     export_onnx(base_ck.model, base_onnx, _metadata(ctx), opset=cfg.export.opset)
@@ -165,13 +180,12 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
              "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx")}
     parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8"}
-    from export.compare import compare_runners
 
     for name, path in files.items():
         if not path.exists():
             continue
         runner = _runner(ctx, path)
-        acc = compare_runners(runner, runner, x, y, batch_size=250).to_dict()["accuracy_a"]
+        acc = _accuracy(ctx, runner)
         model = load_checkpoint(path).model if path.suffix == ".pt" else load_checkpoint(ctx.path("pruned.pt")).model
         c = count_complexity(model, input_size(ctx)) if name != "pytorch_baseline" else count_complexity(base_ck.model, input_size(ctx))
         lat = _latency(ctx, runner)

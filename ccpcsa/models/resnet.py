@@ -59,7 +59,7 @@ class ResNet(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         in_planes = 64
         stages = []
-        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers)):
+        for i, (planes, n) in enumerate(zip((64, 128, 256, 512), layers, strict=True)):
             blocks = []
             for j in range(n):
                 stride = 2 if (i > 0 and j == 0) else 1
