@@ -122,9 +122,12 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """SHA-256 of the canonical JSON of the named sections (all when none given)."""
+        """SHA-256 of the canonical JSON of the named sections or dotted keys (all when none given)."""
         d = self.to_dict()
-        picked = {s: d[s] for s in (sections or tuple(d))}
+        picked: dict[str, Any] = {}
+        for s in sections or tuple(d):
+            top, _, key = s.partition(".")
+            picked[s] = d[top][key] if key else d[top]
         return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
 
     def validate(self) -> None:
