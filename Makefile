@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 typecheck: setup
-	$(BIN)/mypy export/tensorrt.py
+	$(PYTHON) -m export.typecheck
 
 test: typecheck
 	$(BIN)/pytest -q -n 2 --durations=15 deploy_tests

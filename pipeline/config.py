@@ -146,7 +146,7 @@ class PipelineConfig:
             (self.attention.reduction >= 1 and self.attention.dilation >= 1, "attention.reduction and attention.dilation must be ≥ 1"),
             (self.attention.epochs >= 0, f"attention.epochs must be ≥ 0, got {self.attention.epochs}"),
             (self.attention.lr > 0, f"attention.lr must be > 0, got {self.attention.lr}"),
-            (7 <= self.export.opset <= 21, f"export.opset must be in 7..21, got {self.export.opset}"),
+            (13 <= self.export.opset <= 20, f"export.opset must be in 13..20 (per-channel QDQ needs ≥ 13), got {self.export.opset}"),
             (self.export.calibration_images >= 1, f"export.calibration_images must be ≥ 1, got {self.export.calibration_images}"),
             (1 <= self.export.min_batch <= self.export.opt_batch <= self.export.max_batch,
              "export batches must satisfy 1 ≤ min_batch ≤ opt_batch ≤ max_batch"),

@@ -142,6 +142,9 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
     outputs, metrics, reasons = [script], {}, []
     for prec in e.engine_precisions:
         src = int8 if prec == "int8" else _fp32_onnx(ctx)
+        if prec == "int8" and not int8.exists():
+            metrics[prec] = {"status": "skipped", "reason": "no INT8 QDQ model (export.int8 is false)"}
+            continue
         res = build_engine(src, ctx.path(f"model.{prec}.engine"), precision=prec, profile=profile, workspace_mb=e.workspace_mb,
                            timing_cache=ctx.path("timing.cache"))
         metrics[prec] = res.to_dict()

@@ -1,0 +1,243 @@
+"""Static INT8 post-training quantization to a QDQ ONNX model (onnxruntime's quantization tool).
+
+The result runs on onnxruntime's CPU provider and is the input for TensorRT's *explicit*
+quantization (TensorRT honours the Q/DQ placement and scales instead of calibrating itself).
+TensorRT-driven choices:
+
+* ``QuantFormat.QDQ``, signed INT8 activations and weights, ``ActivationSymmetric`` and
+  ``WeightSymmetric`` (TensorRT only supports symmetric INT8, zero-point 0);
+* per-channel weight scales (``per_channel=True``, axis 0 of Conv weights);
+* ``QuantizeBias=False``: biases stay float — TensorRT's ONNX parser rejects INT32
+  ``DequantizeLinear`` inputs and fuses the float bias into the INT8 convolution itself.
+
+Quantization math (per tensor, or per output channel for weights): ``scale = max|x| / 127``,
+``q = clamp(round(x / scale), -128, 127)``, ``x̂ = q · scale``; activation ranges come from
+calibration (``MinMax`` by default: the extreme values seen over the calibration images).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_static,
+)
+
+from ccpcsa.artifacts import atomic_path, sha256_file
+from ccpcsa.errors import UserError
+
+from .metadata import carry_metadata
+from .onnx_io import (
+    PathLike,
+    check_onnx,
+    first_line,
+    input_signature,
+    is_qdq,
+    load_onnx,
+    node_count,
+    op_counts,
+)
+
+DEFAULT_CALIBRATION_IMAGES = 512
+CALIBRATION_METHODS = {
+    "minmax": CalibrationMethod.MinMax,
+    "entropy": CalibrationMethod.Entropy,
+    "percentile": CalibrationMethod.Percentile,
+}
+
+
+class NumpyCalibrationReader(CalibrationDataReader):
+    """Feeds ``images`` (float32, normalized, NCHW) to the calibrator in batches of ``batch_size``."""
+
+    def __init__(self, images: np.ndarray, input_name: str, batch_size: int = 32) -> None:
+        self.images = images
+        self.input_name = input_name
+        self.batch_size = max(1, int(batch_size))
+        self._pos = 0
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        """Next ``{input_name: batch}``, or ``None`` when all images have been served."""
+        if self._pos >= len(self.images):
+            return None
+        batch = self.images[self._pos : self._pos + self.batch_size]
+        self._pos += self.batch_size
+        return {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}
+
+    def rewind(self) -> None:
+        """Start again from the first image."""
+        self._pos = 0
+
+    def __len__(self) -> int:
+        return -(-len(self.images) // self.batch_size)
+
+
+@dataclass(frozen=True)
+class QuantizeResult:
+    """Outcome of :func:`quantize_int8`."""
+
+    path: Path
+    nodes: int
+    op_counts: dict[str, int]
+    num_calibration: int
+    calibrate_method: str
+    per_channel: bool
+    symmetric_activations: bool
+    preprocessed: bool
+    sha256: str
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (path as string)."""
+        d = asdict(self)
+        d["path"] = str(self.path)
+        return d
+
+
+def _calibration_array(images: object, chw: tuple[int, int, int], limit: int) -> np.ndarray:
+    if not isinstance(images, np.ndarray):
+        raise UserError(f"calibration images must be a numpy array, got {type(images).__name__}")
+    if not np.issubdtype(images.dtype, np.floating):
+        raise UserError(
+            f"calibration images must be float32 normalized NCHW, got dtype {images.dtype} "
+            "(normalize uint8 pixels first: (x/255 - mean) / std)"
+        )
+    if images.ndim != 4 or tuple(images.shape[1:]) != chw:
+        raise UserError(f"calibration images must have shape (N, {chw[0]}, {chw[1]}, {chw[2]}), got {images.shape}")
+    if len(images) == 0:
+        raise UserError("calibration images are empty; need at least one image")
+    return np.ascontiguousarray(images[:limit], dtype=np.float32)
+
+
+def quantize_int8(
+    src: PathLike,
+    dest: PathLike,
+    calibration: np.ndarray,
+    *,
+    num_calibration: int = DEFAULT_CALIBRATION_IMAGES,
+    batch_size: int = 32,
+    calibrate_method: str = "minmax",
+    per_channel: bool = True,
+    symmetric_activations: bool = True,
+    preprocess: bool = True,
+    nodes_to_exclude: Sequence[str] = (),
+) -> QuantizeResult:
+    """Quantize the FP32 ONNX model ``src`` to an INT8 QDQ model at ``dest`` (atomically).
+
+    ``calibration`` is a float array ``(N, C, H, W)`` of training images normalized exactly like
+    the model's inputs; the first ``min(N, num_calibration)`` images are used (shuffle beforehand
+    for a representative subset). ``nodes_to_exclude`` names nodes (of the *preprocessed* graph
+    when ``preprocess``; check :func:`export.onnx_io.op_counts` / node names) kept in float, e.g.
+    a sensitive classifier head. With ``preprocess`` the model first goes through
+    ``quant_pre_process`` (symbolic shape inference + ORT graph optimization, which folds what
+    onnxsim left and gives the quantizer complete shape information).
+
+    The output carries ``src``'s ``metadata_props`` with ``precision="int8-qdq"``,
+    ``stage="quantized"``, ``parent_sha256`` and a JSON ``quantization`` record. Bad calibration
+    data, a model that is already quantized, or a quantizer failure is a :class:`UserError`;
+    nothing is written to ``dest`` then.
+    """
+    if calibrate_method not in CALIBRATION_METHODS:
+        raise UserError(f"unknown calibration method '{calibrate_method}'; known: {', '.join(CALIBRATION_METHODS)}")
+    if num_calibration < 1:
+        raise UserError(f"num_calibration must be >= 1, got {num_calibration}")
+    model = load_onnx(src)
+    if is_qdq(model):
+        raise UserError(f"'{src}' already contains QuantizeLinear/DequantizeLinear nodes; quantize the FP32 model")
+    input_name, _, chw = input_signature(model, what=f"'{src}'")
+    images = _calibration_array(calibration, chw, num_calibration)
+    start = time.perf_counter()
+    settings = {
+        "format": "QDQ",
+        "activation_type": "int8",
+        "weight_type": "int8",
+        "per_channel": per_channel,
+        "symmetric_activations": symmetric_activations,
+        "symmetric_weights": True,
+        "quantize_bias": False,
+        "calibrate_method": calibrate_method,
+        "num_calibration": len(images),
+        "nodes_to_exclude": list(nodes_to_exclude),
+    }
+    with tempfile.TemporaryDirectory(prefix="ccpcsa-quant-") as work:
+        fp32_path = Path(str(src))
+        if preprocess:
+            pre = Path(work) / "preprocessed.onnx"
+            try:
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+            except Exception as exc:
+                raise UserError(f"quant_pre_process failed on '{src}': {first_line(exc)}") from exc
+            fp32_path = pre
+        with atomic_path(dest) as tmp:
+            reader = NumpyCalibrationReader(images, input_name, batch_size)
+            # The quantizer logs a line per tensor at INFO; keep the console readable.
+            with _quiet_logger(), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    quantize_static(
+                        str(fp32_path),
+                        str(tmp),
+                        reader,
+                        quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel,
+                        activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8,
+                        calibrate_method=CALIBRATION_METHODS[calibrate_method],
+                        nodes_to_exclude=list(nodes_to_exclude) or None,
+                        extra_options={
+                            "ActivationSymmetric": symmetric_activations,
+                            "WeightSymmetric": True,
+                            "QuantizeBias": False,
+                        },
+                    )
+                except Exception as exc:
+                    raise UserError(f"INT8 quantization of '{src}' failed: {first_line(exc)}") from exc
+            qmodel = load_onnx(tmp)
+            carry_metadata(
+                model,
+                qmodel,
+                precision="int8-qdq",
+                stage="quantized",
+                parent_sha256=sha256_file(src),
+                quantization=json.dumps(settings),
+            )
+            check_onnx(qmodel, what=f"INT8 model of '{src}'")
+            onnx.save_model(qmodel, str(tmp))
+    return QuantizeResult(
+        path=Path(dest),
+        nodes=node_count(qmodel),
+        op_counts=op_counts(qmodel),
+        num_calibration=len(images),
+        calibrate_method=calibrate_method,
+        per_channel=per_channel,
+        symmetric_activations=symmetric_activations,
+        preprocessed=preprocess,
+        sha256=sha256_file(dest),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+@contextlib.contextmanager
+def _quiet_logger(level: int = logging.WARNING) -> Iterator[None]:
+    """Raise the root logger's level to ``level`` for the duration (onnxruntime logs via root)."""
+    logger = logging.getLogger()
+    old = logger.level
+    logger.setLevel(max(old, level))
+    try:
+        yield
+    finally:
+        logger.setLevel(old)
