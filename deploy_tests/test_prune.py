@@ -58,6 +58,16 @@ def test_slimming_really_shrinks_and_round_trips(tmp_path, name, kwargs, with_ba
     ck = load_checkpoint(path)
     assert count_complexity(ck.model) == after
     torch.testing.assert_close(ck.model(x), y)
+    # the slim model exports to ONNX and onnxruntime reproduces PyTorch's logits
+    from export.metadata import DeployMetadata
+    from export.onnx_export import export_onnx
+    from export.runtime import OrtRunner
+
+    meta = DeployMetadata(class_names=[str(i) for i in range(10)], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=32)
+    export_onnx(model, tmp_path / "pruned.onnx", meta)
+    got = OrtRunner(tmp_path / "pruned.onnx", threads=1).run(x.numpy())
+    ref = y.detach().numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * max(1.0, float(np.abs(ref).max()))
 
 
 def test_depthwise_stays_depthwise():
