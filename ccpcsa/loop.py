@@ -30,7 +30,7 @@ from .artifacts import atomic_write_json
 from .attention import detach_bam
 from .criteria import Criterion, ScoreContext, feature_members
 from .criteria.stats import ChannelStatsCollector
-from .data import BatchLoader, DataSplits
+from .data import ArrayDataset, BatchLoader, DataSplits
 from .errors import UserError
 from .models.complexity import Complexity, count_complexity
 from .prune import ChannelPruner, channels_per_layer, prune_to_target
@@ -106,8 +106,6 @@ def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device
     """The first ``n_images`` of a seeded permutation of the train split, normalized, no augmentation."""
     g = torch.Generator().manual_seed(seed)
     idx = torch.randperm(len(data.train), generator=g)[:n_images].numpy()
-    from .data import ArrayDataset
-
     sub = ArrayDataset(data.train.images[idx], data.train.labels[idx])
     yield from BatchLoader(sub, batch_size, data.mean, data.std, device=device)
 
