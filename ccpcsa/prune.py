@@ -17,6 +17,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -204,41 +205,121 @@ def prune_to_target(pruner: ChannelPruner, scores: dict[str, np.ndarray], *, blo
                     target_macs: float | None = None,
                     before_apply: Callable[[dict[str, list[int]]], None] | None = None) -> tuple[dict[str, list[int]], Complexity]:
     """Prune ``pruner.model`` in place: the ``blocks`` lowest blocks, or the fewest lowest blocks that bring
-    MACs down to ``target_macs`` (bisection over the prefix length on copies; MACs fall monotonically
-    with the prefix). ``before_apply(plan)`` runs on the chosen plan just before the surgery (e.g. weight
-    compensation while channel indices are still valid). Returns the applied plan and the new complexity.
+    MACs down to ``target_macs`` (:func:`fewest_blocks`). ``before_apply(plan)`` runs on the chosen plan just
+    before the surgery (e.g. weight compensation while channel indices are still valid). Returns the
+    applied plan and the new complexity.
     """
-    ranked = pruner.ranked_blocks(scores)
     if blocks is None and target_macs is None:
         raise ValueError("give blocks or target_macs")
-    if blocks is not None:
-        k = min(blocks, len(ranked))
-    else:
-        assert target_macs is not None
-
-        def macs_after(n: int) -> int:
-            trial = copy.deepcopy(pruner.model)
-            p = ChannelPruner(trial, pruner.input_size, pruner.round_to, pruner.min_channels, pruner.max_layer_ratio,
-                              pruner.original_sizes, [])
-            p.apply(plan_from_blocks(ranked[:n]))
-            return count_complexity(trial, pruner.input_size).macs
-
-        lo, hi = 0, len(ranked)
-        if macs_after(hi) > target_macs:
-            k = hi
-        else:
-            while lo < hi:
-                mid = (lo + hi) // 2
-                if macs_after(mid) <= target_macs:
-                    hi = mid
-                else:
-                    lo = mid + 1
-            k = lo
+    ranked = pruner.ranked_blocks(scores)
+    k = min(blocks, len(ranked)) if blocks is not None else fewest_blocks(pruner, scores, float(target_macs))  # type: ignore[arg-type]
     plan = plan_from_blocks(ranked[:k])
     if before_apply is not None:
         before_apply(plan)
     pruner.apply(plan)
     return plan, count_complexity(pruner.model, pruner.input_size)
+
+
+def _macs_after(pruner: ChannelPruner, ranked: list[tuple[float, str, list[int]]], n: int) -> int:
+    """MACs of a copy of ``pruner.model`` with the first ``n`` ranked blocks removed (one DepGraph build)."""
+    trial = copy.deepcopy(pruner.model)
+    p = ChannelPruner(trial, pruner.input_size, pruner.round_to, pruner.min_channels, pruner.max_layer_ratio,
+                      pruner.original_sizes, [])
+    mods = dict(trial.named_modules())
+    for key, idxs in plan_from_blocks(ranked[:n]).items():
+        root = mods[key]
+        group = p.dg.get_pruning_group(root, p.dg.get_pruner_of_module(root).prune_out_channels, sorted(set(idxs)))
+        group.prune()
+    return count_complexity(trial, pruner.input_size).macs
+
+
+def channel_costs(pruner: ChannelPruner) -> dict[str, float]:
+    """First-order MACs of one channel of each group: Σ over the group's convs/linears of the MACs that one
+    output channel (``k_h k_w · C_in/groups · H_out W_out``) or one input channel (``k_h k_w · C_out/groups ·
+    H_out W_out``) costs; a depthwise conv counts ``k_h k_w · H_out W_out`` once."""
+    model = pruner.model
+    names = {m: n for n, m in model.named_modules()}
+    hw: dict[str, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o, _n=n: hw.__setitem__(_n, int(o.shape[2] * o.shape[3])))
+             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            dev = next(model.parameters()).device
+            model(torch.zeros(1, 3, pruner.input_size, pruner.input_size, device=dev))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    costs: dict[str, float] = {}
+    for key, group in pruner.tp_groups().items():
+        cost, seen = 0.0, set()
+        for item in group:
+            mod = item.dep.target.module
+            name = names.get(mod) if isinstance(mod, nn.Module) else None
+            if name is None or not isinstance(mod, (nn.Conv2d, nn.Linear)):
+                continue
+            out_fn = pruner.dg.is_out_channel_pruning_fn(item.dep.handler)
+            tag = (name, out_fn)
+            if tag in seen:
+                continue
+            seen.add(tag)
+            if isinstance(mod, nn.Linear):
+                cost += mod.in_features if out_fn else mod.out_features
+                continue
+            k = mod.kernel_size[0] * mod.kernel_size[1] * hw.get(name, 1)
+            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels:
+                if (name, not out_fn) not in seen:
+                    cost += k
+            else:
+                cost += k * (mod.in_channels if out_fn else mod.out_channels) / mod.groups
+        costs[key] = cost
+    return costs
+
+
+def fewest_blocks(pruner: ChannelPruner, scores: dict[str, Any], target_macs: float) -> int:
+    """Smallest ``k`` such that removing the ``k`` lowest blocks of ``pruner.ranked_blocks(scores)`` gives MACs ≤
+    ``target_macs`` (all blocks if none does): the answer of :func:`prune_to_target`'s bisection (MACs fall
+    monotonically with ``k``) with fewer trial surgeries. Each probe inverts the first-order estimate
+    ``MACs(k) ≈ MACs₀ − c · Σ_{b<k} |b| · cost(group_b)`` (:func:`channel_costs`; ``c`` re-fitted on the last
+    trial, since removing a layer's input and output channels together saves less than the sum) and then
+    checks the neighbour; after 4 rounds it falls back to bisection."""
+    ranked = pruner.ranked_blocks(scores)
+    costs = channel_costs(pruner)
+    est = np.concatenate([[0.0], np.cumsum([len(idx) * costs.get(key, 0.0) for _, key, idx in ranked])])
+    base = count_complexity(pruner.model, pruner.input_size).macs
+    cache: dict[int, int] = {0: base}
+
+    def f(n: int) -> int:
+        if n not in cache:
+            cache[n] = _macs_after(pruner, ranked, n)
+        return cache[n]
+
+    lo, hi = 0, len(ranked)  # invariant: f(lo) > target; the answer lies in (lo, hi]
+    if base <= target_macs or hi == 0:
+        return 0
+    c = 1.0
+    rounds = 0
+    while hi - lo > 1:
+        if rounds < 4:
+            g = int(np.searchsorted(est, (base - target_macs) / c, side="left"))
+            g = min(hi - 1, max(lo + 1, g))
+        else:
+            g = (lo + hi) // 2
+        rounds += 1
+        fg = f(g)
+        if est[g] > 0 and base > fg:
+            c = (base - fg) / est[g]
+        if fg <= target_macs:
+            hi = g
+            if g - 1 > lo and f(g - 1) > target_macs:
+                lo = g - 1
+        else:
+            lo = g
+            if g + 1 < hi and f(g + 1) <= target_macs:
+                hi = g + 1
+    return hi
 
 
 def channels_per_layer(model: nn.Module) -> dict[str, int]:

@@ -27,25 +27,18 @@ def register(name: str, factory: Callable[[], Criterion]) -> None:
 
 def list_criteria() -> list[str]:
     """Sorted registered criterion names."""
-    _load_optional()
     return sorted(CRITERIA)
 
 
 def get_criterion(name: str) -> Criterion:
     """Instantiate the criterion registered as ``name``; UserError listing the known names otherwise."""
-    _load_optional()
     if name not in CRITERIA:
         raise unknown("criterion", name, CRITERIA)
     return CRITERIA[name]()
 
 
-def _load_optional() -> None:
-    try:  # QSFM registers itself (qsfm, qsfm-ssim, qsfm-psnr) when its module is present.
-        from . import qsfm  # noqa: F401
-    except ImportError:
-        pass
-
+from . import qsfm  # noqa: E402  (registers qsfm, qsfm-ssim, qsfm-psnr; needs register() above)
 
 __all__ = ["CRITERIA", "Criterion", "CorrelationAttentionCriterion", "RandomCriterion", "ScoreContext", "TaylorCriterion",
            "TorchPruningCriterion", "combine_members", "feature_members", "get_criterion", "list_criteria",
-           "normalize_layer", "register"]
+           "normalize_layer", "qsfm", "register"]

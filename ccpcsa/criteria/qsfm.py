@@ -1,0 +1,503 @@
+"""QSFM: pruning by the quantified similarity of feature maps (Wang et al., "Model Pruning Based on
+Quantified Similarity of Feature Maps", arXiv 2105.06052).
+
+A filter whose feature map is nearly a copy of another filter's map in the same layer carries
+redundant information and can go. For every layer (group) we measure, on calibration images, the
+similarity ``S_ij`` of every pair of channel maps, averaged over the images:
+
+- **SSIM** (default; Wang, Bovik, Sheikh, Simoncelli, IEEE TIP 13(4), 2004). Each map is first scaled
+  to its dynamic range, ``x ← (x − min x) / (max x − min x)`` per image and channel (a constant map
+  becomes 0), so ``L = 1``, ``C1 = (0.01 L)²``, ``C2 = (0.03 L)²``. Local statistics use an 11×11
+  Gaussian window (σ = 1.5), evaluated at every pixel with the window restricted to the map (weights
+  renormalised over in-bounds pixels, i.e. ``blur(x)/blur(1)``, which is separable)::
+
+      μ_i = G⋆x_i,   σ_i² = G⋆x_i² − μ_i²,   σ_ij = G⋆(x_i x_j) − μ_i μ_j
+      SSIM_ij = mean_p  (2 μ_i μ_j + C1)(2 σ_ij + C2) / ((μ_i² + μ_j² + C1)(σ_i² + σ_j² + C2))
+
+  All pairs are computed at once: per-channel moments by one blur, the cross term ``G⋆(x_i x_j)`` for
+  a chunk of rows ``i`` and all columns ``j ≥ i`` as a batched outer product over channels followed by
+  the blur as matrix products (``G_H · X · G_Wᵀ``, or one Kronecker matrix for maps ≤ 100 pixels) —
+  no Python loop over pairs; chunks bound the memory.
+- **PSNR** on the same scaled maps: ``PSNR_ij = 10 log10(1 / MSE_ij)`` with
+  ``MSE_ij = mean_p (x_i − x_j)²`` from a batched Gram matrix; identical maps give MSE = 0, capped at
+  ``max_db`` (100 dB). Its similarity is ``S = min(PSNR, max_db) / max_db ∈ [0, 1]``.
+- Maps without spatial extent (inputs of Linear layers, 1×1 maps) use the same formulas with
+  statistics over the batch instead of a window (one "map" of N samples per channel and batch).
+
+**Which maps.** The maps of a group are taken where the network consumes them: the *input* of each
+cross-channel consumer of the group (the next ``groups=1`` conv or Linear, found in the DepGraph; see
+:func:`ccpcsa.compensation.find_consumers`), i.e. after BN/ReLU/depthwise stages — the very tensor on
+which the compensation fit is made. A coupled group (residual stream, depthwise block) has several
+such tensors; ``S`` is the mean of their similarity matrices (spatial maps preferred over pooled
+vectors). Groups without a usable consumer fall back to their feature members' outputs (BN, else conv).
+
+**Selection** (the paper's greedy pair elimination, per group): repeatedly take the most similar
+remaining pair ``(i, j)`` and remove the member with the smaller mean activation energy ``E[x²]``
+(normalised per tensor, averaged like ``S``); the kept one is its *twin*. The similarity of the pair
+at removal, ``s_t``, is non-increasing in the step ``t`` (a maximum over a shrinking set).
+Redundancy of channel i (reported) is ``max_{j≠i} S_ij``.
+
+**Score mapping** (low = pruned first): the channel removed at step ``t`` gets
+``score = (1 − s_t) + t·1e-9`` (the tiny ramp makes ties follow the greedy order, so any prefix of a
+group's sorted channels is a prefix of its removal order and every twin stays or is removed later);
+the last remaining channel gets 2 + C·1e-9. SSIM ∈ [−1, 1] and normalised PSNR ∈ [0, 1] are absolute,
+scale-free similarities, so scores are **not** mean-normalised per layer: they are comparable across
+layers as they are, and :meth:`ChannelPruner.ranked_blocks` removes the globally most redundant
+channels first, with the usual ``round_to`` blocks and per-layer floors.
+
+Registered as ``qsfm`` (= ``qsfm-ssim``) and ``qsfm-psnr``. After :meth:`QSFMCriterion.score`, the
+criterion keeps the removal pairs and the consumers' input moments, so :mod:`ccpcsa.compensation`
+can fold each removed channel into its twin (:meth:`QSFMCriterion.compensate`).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..compensation import CompensationReport, GroupConsumers, InputMoments, compensate, find_consumers
+from ..prune import ChannelPruner
+from . import register
+from .base import Criterion, ScoreContext, feature_members
+
+SSIM_K1 = 0.01
+SSIM_K2 = 0.03
+MAX_PSNR_DB = 100.0
+_KRON_MAX_PIXELS = 100
+_TIE_RAMP = 1e-9
+
+
+# --------------------------------------------------------------------------------------------- kernels
+def gaussian_matrix(n: int, window: int = 11, sigma: float = 1.5, device: torch.device | str | None = None) -> torch.Tensor:
+    """(n, n) 1-D Gaussian filter restricted to the signal: ``G[p, q] = g(q − p) / Σ_{q'} g(q' − p)`` for
+    ``|q − p| ≤ window // 2`` (0 elsewhere), ``g(d) = exp(−d² / 2σ²)``; rows sum to 1."""
+    i = torch.arange(n, dtype=torch.float64)
+    d = i[:, None] - i[None, :]
+    g = torch.exp(-(d**2) / (2 * sigma**2)) * (d.abs() <= window // 2)
+    return (g / g.sum(1, keepdim=True)).float().to(device)
+
+
+def scale_to_range(x: torch.Tensor, dims: tuple[int, ...] = (2, 3)) -> torch.Tensor:
+    """``(x − min) / (max − min)`` over ``dims`` (per image and channel for maps); a (numerically) constant
+    map becomes 0. Makes the maps' dynamic range L = 1 and the similarity invariant to ``a·x + b``, a > 0."""
+    mn = x.amin(dim=dims, keepdim=True)
+    mx = x.amax(dim=dims, keepdim=True)
+    rng = mx - mn
+    ok = rng > 1e-6 * (1 + torch.maximum(mx.abs(), mn.abs()))
+    return torch.where(ok, (x - mn) / torch.where(ok, rng, torch.ones_like(rng)), torch.zeros_like(x))
+
+
+class _Blur:
+    """Normalised Gaussian blur of (…, H, W) maps as matrix products, ``scale · G_H · X · G_Wᵀ``. Rows of
+    ``G`` sum to 1, so a constant added to ``X`` comes out unchanged (used to fold SSIM's constants)."""
+
+    def __init__(self, h: int, w: int, window: int, sigma: float, device: torch.device, scale: float = 1.0) -> None:
+        self.h, self.w = h, w
+        gh = gaussian_matrix(h, window, sigma, device)
+        gw = gaussian_matrix(w, window, sigma, device)
+        self.gh = gh * scale
+        self.gw_t = gw.T.contiguous()
+        # small maps: one (HW × HW) matrix, K[(p,q),(p',q')] = G_H[p,p'] G_W[q,q'], is faster than two passes
+        self.kron_t = (torch.kron(gh, gw) * scale).T.contiguous() if h * w <= _KRON_MAX_PIXELS else None
+
+    def __call__(self, t: torch.Tensor, out: torch.Tensor, tmp: torch.Tensor) -> torch.Tensor:
+        """Blur contiguous ``t`` into ``out`` (same shape), using ``tmp`` (same numel) as scratch."""
+        h, w = self.h, self.w
+        if self.kron_t is not None:
+            torch.mm(t.view(-1, h * w), self.kron_t, out=out.view(-1, h * w))
+            return out
+        torch.mm(t.reshape(-1, w), self.gw_t, out=tmp.view(-1, w))
+        b = tmp.numel() // (h * w)
+        torch.bmm(self.gh.expand(b, h, h), tmp.view(b, h, w), out=out.view(b, h, w))
+        return out
+
+
+def ssim_sums(x: torch.Tensor, window: int = 11, sigma: float = 1.5, chunk_elements: int = 1 << 22) -> torch.Tensor:
+    """Σ over images of the mean SSIM of every pair of channel maps of ``x`` (N, C, H, W): (C, C) float64.
+
+    Maps are scaled to their dynamic range first (:func:`scale_to_range`); see the module docstring for
+    the formula. Only the upper triangle (j ≥ i) is computed, chunked so that each work buffer holds about
+    ``chunk_elements`` values; the result is symmetric with SSIM_ii = 1.
+    """
+    x = scale_to_range(x.detach().float()).contiguous()
+    n, c, h, w = x.shape
+    hw = h * w
+    dev = x.device
+    blur = _Blur(h, w, window, sigma, dev)
+    blur2 = _Blur(h, w, window, sigma, dev, scale=2.0)
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    scratch = torch.empty_like(x)
+    mu = blur(x, torch.empty_like(x), scratch)
+    var = blur(x * x, torch.empty_like(x), scratch).sub_(mu * mu)
+    a = (mu * mu).add_(c1 / 2)  # den_l = a_i + a_j
+    b = var.add_(c2 / 2)  # den_cs = b_i + b_j
+    out = torch.zeros(c, c, dtype=torch.float64, device=dev)
+    per_image_row = c * hw
+    nb = max(1, min(n, chunk_elements // per_image_row))
+    rows = max(1, min(c, chunk_elements // (nb * per_image_row)))
+    cap = nb * rows * c * hw
+    bufs = [torch.empty(cap, device=dev) for _ in range(4)]
+    c1_t = torch.tensor(c1, device=dev)
+    half_c12 = torch.tensor((c1 + c2) / 2, device=dev)
+    for b0 in range(0, n, nb):
+        b1 = min(n, b0 + nb)
+        xb, mub, ab, bb = x[b0:b1], mu[b0:b1], a[b0:b1], b[b0:b1]
+        k = b1 - b0
+        for i0 in range(0, c, rows):
+            i1 = min(c, i0 + rows)
+            ci, cj = i1 - i0, c - i0
+            m = k * ci * cj * hw
+            shape = (k, ci, cj, h, w)
+            p, e, t, u = (buf[:m].view(shape) for buf in bufs)
+            torch.addcmul(half_c12, xb[:, i0:i1, None], xb[:, None, i0:], out=p)  # x_i x_j + (C1 + C2)/2
+            blur2(p, e, u)  # 2 G⋆(x_i x_j) + C1 + C2
+            torch.addcmul(c1_t, mub[:, i0:i1, None], mub[:, None, i0:], value=2, out=t)  # A = 2 μ_i μ_j + C1
+            e.sub_(t)  # B = 2 σ_ij + C2 = 2 G⋆(x_i x_j) + C1 + C2 − A
+            t.mul_(e)  # A·B
+            torch.add(ab[:, i0:i1, None], ab[:, None, i0:], out=e)
+            torch.add(bb[:, i0:i1, None], bb[:, None, i0:], out=u)
+            e.mul_(u)
+            t.div_(e)
+            out[i0:i1, i0:] += t.view(k, ci * cj, hw).sum(2).sum(0).view(ci, cj).double()
+    out /= hw
+    return torch.triu(out) + torch.triu(out, 1).T
+
+
+def psnr_sums(x: torch.Tensor, max_db: float = MAX_PSNR_DB, chunk_elements: int = 1 << 22) -> torch.Tensor:
+    """Σ over images of ``PSNR_ij = 10 log10(1 / MSE_ij)`` of every pair of range-scaled channel maps of
+    ``x`` (N, C, H, W), ``MSE_ij = (‖x_i‖² + ‖x_j‖² − 2⟨x_i, x_j⟩) / HW`` from a batched Gram matrix;
+    MSE is floored at ``10^(−max_db/10)`` so identical maps give ``max_db`` instead of ∞. (C, C) float64."""
+    xs = scale_to_range(x.detach().float()).flatten(2)  # (N, C, HW)
+    n, c, hw = xs.shape
+    floor = 10 ** (-max_db / 10)
+    out = torch.zeros(c, c, dtype=torch.float64, device=x.device)
+    nb = max(1, chunk_elements // max(1, c * c))
+    for b0 in range(0, n, nb):
+        v = xs[b0:b0 + nb].double()
+        gram = v @ v.transpose(1, 2)
+        sq = gram.diagonal(dim1=1, dim2=2)
+        mse = ((sq[:, :, None] + sq[:, None, :] - 2 * gram) / hw).clamp_min(floor)
+        out += (-10 * torch.log10(mse)).sum(0)
+    return out
+
+
+def global_ssim(v: torch.Tensor) -> torch.Tensor:
+    """SSIM of every pair of channels of ``v`` (N, C) with statistics over the N samples (no window),
+    each channel scaled to its dynamic range over the batch: (C, C) float64."""
+    v = scale_to_range(v.detach().double(), dims=(0,))
+    n = v.shape[0]
+    mu = v.mean(0)
+    cov = v.T @ v / n - torch.outer(mu, mu)
+    var = cov.diagonal()
+    c1, c2 = SSIM_K1**2, SSIM_K2**2
+    num = (2 * torch.outer(mu, mu) + c1) * (2 * cov + c2)
+    den = (mu[:, None] ** 2 + mu[None, :] ** 2 + c1) * (var[:, None] + var[None, :] + c2)
+    return num / den
+
+
+def global_psnr(v: torch.Tensor, max_db: float = MAX_PSNR_DB) -> torch.Tensor:
+    """PSNR of every pair of channels of ``v`` (N, C) over the N samples, range-scaled per channel, capped at ``max_db``."""
+    v = scale_to_range(v.detach().double(), dims=(0,))
+    gram = v.T @ v
+    sq = gram.diagonal()
+    mse = ((sq[:, None] + sq[None, :] - 2 * gram) / v.shape[0]).clamp_min(10 ** (-max_db / 10))
+    return -10 * torch.log10(mse)
+
+
+def pairwise_similarity(x: torch.Tensor, metric: str = "ssim", window: int = 11, sigma: float = 1.5,
+                        max_db: float = MAX_PSNR_DB) -> torch.Tensor:
+    """Mean over images of the pairwise similarity of ``x``'s channel maps: SSIM, or PSNR in dB (see
+    :func:`ssim_sums`, :func:`psnr_sums`); (N, C) inputs use :func:`global_ssim` / :func:`global_psnr`."""
+    if x.dim() == 2:
+        return global_ssim(x) if metric == "ssim" else global_psnr(x, max_db)
+    s = ssim_sums(x, window, sigma) if metric == "ssim" else psnr_sums(x, max_db)
+    return s / x.shape[0]
+
+
+# ------------------------------------------------------------------------------------------- selection
+@dataclass
+class Elimination:
+    """Greedy pair elimination of one group: ``order[t]`` removed at step t in favour of ``twins[t]``, the pair's
+    similarity then being ``similarity[t]`` (non-increasing); ``kept`` is the last channel standing."""
+
+    order: list[int]
+    twins: list[int]
+    similarity: list[float]
+    kept: int
+
+
+def redundancy(s: np.ndarray) -> np.ndarray:
+    """Redundancy of each channel: ``r_i = max_{j≠i} S_ij`` (−inf for a single channel)."""
+    s = np.array(s, dtype=np.float64)
+    np.fill_diagonal(s, -np.inf)
+    return s.max(1) if s.shape[0] > 1 else np.full(s.shape[0], -np.inf)
+
+
+def greedy_pair_elimination(s: np.ndarray, energy: np.ndarray) -> Elimination:
+    """Repeatedly take the most similar remaining pair ``argmax_{i<j alive} S_ij`` and remove the member with
+    the smaller energy (ties: the higher index), until one channel is left. O(C²) memory; each step only
+    re-scans the rows whose best partner was just removed."""
+    s = np.nan_to_num(np.array(s, dtype=np.float64), nan=-1.0)
+    c = s.shape[0]
+    energy = np.asarray(energy, dtype=np.float64)
+    if c == 0:
+        return Elimination([], [], [], -1)
+    np.fill_diagonal(s, -np.inf)
+    alive = np.ones(c, dtype=bool)
+    arg = s.argmax(1)
+    best = s[np.arange(c), arg]
+    order: list[int] = []
+    twins: list[int] = []
+    sims: list[float] = []
+    for _ in range(c - 1):
+        i = int(best.argmax())
+        j = int(arg[i])
+        sim = float(best[i])
+        if energy[i] < energy[j] or (energy[i] == energy[j] and i > j):
+            r, t = i, j
+        else:
+            r, t = j, i
+        order.append(r)
+        twins.append(t)
+        sims.append(sim)
+        alive[r] = False
+        s[r, :] = -np.inf
+        s[:, r] = -np.inf
+        best[r] = -np.inf
+        stale = np.nonzero(alive & (arg == r))[0]
+        if stale.size:
+            arg[stale] = s[stale].argmax(1)
+            best[stale] = s[stale, arg[stale]]
+    return Elimination(order, twins, sims, int(np.nonzero(alive)[0][0]))
+
+
+def elimination_scores(elim: Elimination, size: int) -> np.ndarray:
+    """``score[order[t]] = (1 − similarity[t]) + t·1e-9``; the kept channel gets ``2 + size·1e-9`` (see module docstring)."""
+    scores = np.full(size, 2.0 + size * _TIE_RAMP)
+    for t, (r, sim) in enumerate(zip(elim.order, elim.similarity, strict=True)):
+        scores[r] = min(1.0 - sim, 2.0) + t * _TIE_RAMP
+    return scores
+
+
+# ------------------------------------------------------------------------------------------ collection
+@dataclass
+class _SimAccumulator:
+    present: np.ndarray  # root channels present in the tensor
+    channels: np.ndarray  # their channel indices in the tensor
+    total: torch.Tensor
+    weight: int = 0
+    spatial: bool = True
+
+
+@dataclass
+class _Site:
+    """One tensor seen by the hooks (shared by every consumer that receives the same tensor)."""
+
+    name: str
+    moments: InputMoments = field(default_factory=InputMoments)
+    sims: dict[str, _SimAccumulator] = field(default_factory=dict)
+    batch: int = -1
+    done: dict[str, int] = field(default_factory=dict)
+
+
+class _Collector:
+    """Forward (pre-)hooks that keep running sums only: per tensor its channel moments and, per group, the
+    summed pairwise similarity of the group's channels."""
+
+    def __init__(self, model: nn.Module, sources: dict[tuple[str, str], list[tuple[str, np.ndarray]]], metric: str,
+                 window: int, sigma: float, max_db: float, chunk_elements: int) -> None:
+        self.model = model
+        self.sources = sources
+        self.metric, self.window, self.sigma, self.max_db, self.chunk = metric, window, sigma, max_db, chunk_elements
+        self.site_of: dict[tuple[str, str], _Site] = {}
+        self.batch = 0
+        self._live: list[tuple[weakref.ref[torch.Tensor], _Site]] = []
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+
+    def __enter__(self) -> _Collector:
+        mods = dict(self.model.named_modules())
+        for name, kind in self.sources:
+            if kind == "input":
+                def pre(mod: nn.Module, args: tuple, _n: str = name) -> None:
+                    if args and isinstance(args[0], torch.Tensor):
+                        self._observe((_n, "input"), args[0])
+                self._handles.append(mods[name].register_forward_pre_hook(pre))
+            else:
+                def post(mod: nn.Module, args: tuple, out: object, _n: str = name) -> None:
+                    if isinstance(out, torch.Tensor):
+                        self._observe((_n, "output"), out)
+                self._handles.append(mods[name].register_forward_hook(post))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+        self._live.clear()
+
+    def next_batch(self) -> None:
+        self.batch += 1
+        self._live.clear()
+
+    def _site(self, sid: tuple[str, str], x: torch.Tensor) -> _Site:
+        site = self.site_of.get(sid)
+        if site is None:
+            site = next((s for ref, s in self._live if ref() is x), None) or _Site(f"{sid[0]}:{sid[1]}")
+            self.site_of[sid] = site
+        self._live.append((weakref.ref(x), site))
+        return site
+
+    @torch.no_grad()
+    def _observe(self, sid: tuple[str, str], x: torch.Tensor) -> None:
+        if x.dim() not in (2, 3, 4):
+            return
+        site = self._site(sid, x)
+        if site.batch != self.batch:
+            site.batch = self.batch
+            site.moments.add(x)
+        for key, index in self.sources[sid]:
+            if site.done.get(key) == self.batch:
+                continue
+            site.done[key] = self.batch
+            present = np.nonzero(index >= 0)[0]
+            if present.size == 0:
+                continue
+            ch = torch.as_tensor(index[present], device=x.device)
+            xs = x.detach().index_select(1, ch)
+            if xs.dim() == 3:
+                xs = xs[..., None]
+            spatial = xs.dim() == 4 and xs.shape[2] * xs.shape[3] > 1
+            if spatial:
+                if self.metric == "ssim":
+                    total = ssim_sums(xs, self.window, self.sigma, self.chunk)
+                else:
+                    total = psnr_sums(xs, self.max_db)
+            else:
+                v = xs.flatten(1)
+                total = (global_ssim(v) if self.metric == "ssim" else global_psnr(v, self.max_db)) * v.shape[0]
+            acc = site.sims.get(key)
+            if acc is None:
+                acc = site.sims[key] = _SimAccumulator(present, index[present], torch.zeros_like(total, device="cpu"), 0, spatial)
+            acc.total += total.double().cpu()
+            acc.weight += xs.shape[0]
+
+
+# ----------------------------------------------------------------------------------------- criterion
+@dataclass
+class GroupRedundancy:
+    """QSFM's view of one group: combined similarity ``S`` (root channels), energy, the greedy elimination and
+    the tensors it was measured on."""
+
+    key: str
+    similarity: np.ndarray
+    energy: np.ndarray
+    elimination: Elimination
+    redundancy: np.ndarray
+    sources: list[str]
+
+
+class QSFMCriterion(Criterion):
+    """QSFM score (see module docstring). ``metric``: ``"ssim"`` or ``"psnr"``. Needs ``ctx.batches``."""
+
+    collects_training_stats = False
+
+    def __init__(self, metric: str = "ssim", name: str | None = None, window: int = 11, sigma: float = 1.5,
+                 max_psnr_db: float = MAX_PSNR_DB, chunk_elements: int = 1 << 22) -> None:
+        if metric not in ("ssim", "psnr"):
+            raise ValueError(f"QSFM metric must be 'ssim' or 'psnr', got {metric!r}")
+        self.metric = metric
+        self.name = name or f"qsfm-{metric}"
+        self.window, self.sigma, self.max_db, self.chunk = window, sigma, max_psnr_db, chunk_elements
+        self.groups: dict[str, GroupRedundancy] = {}
+        self.moments: dict[str, InputMoments] = {}
+        self.consumers: dict[str, GroupConsumers] = {}
+
+    def similarity_to_unit(self, s: np.ndarray) -> np.ndarray:
+        """Similarity in the unit used for scores: SSIM as is; PSNR (dB) → ``min(PSNR, max_db) / max_db``."""
+        return s if self.metric == "ssim" else np.minimum(s, self.max_db) / self.max_db
+
+    def score(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        """Collect similarities on ``ctx.batches()``, run the greedy elimination per group, return its scores."""
+        if ctx.batches is None:
+            raise ValueError(f"criterion '{self.name}' needs calibration batches")
+        model, pruner = ctx.model, ctx.pruner
+        self.consumers = find_consumers(pruner)
+        sources: dict[tuple[str, str], list[tuple[str, np.ndarray]]] = {}
+        for g in pruner.groups:
+            cons = self.consumers[g.key].consumers
+            if cons:
+                for c in cons:
+                    sources.setdefault((c.module, "input"), []).append((g.key, c.index))
+            else:
+                for name in feature_members(g, model):
+                    idx = np.asarray(g.member_channel_index[name], dtype=np.int64)
+                    sources.setdefault((name, "output"), []).append((g.key, idx))
+        was = model.training
+        model.eval()
+        try:
+            with _Collector(model, sources, self.metric, self.window, self.sigma, self.max_db, self.chunk) as col, torch.no_grad():
+                for x, _ in ctx.batches():
+                    col.next_batch()
+                    model(x)
+        finally:
+            model.train(was)
+        if col.batch == 0:
+            raise ValueError(f"criterion '{self.name}' got no calibration batches")
+        self.moments = {name: site.moments for (name, kind), site in col.site_of.items() if kind == "input"}
+        sites_by_group: dict[str, list[_Site]] = {}
+        for sid, site in col.site_of.items():
+            for key, _ in sources.get(sid, []):
+                lst = sites_by_group.setdefault(key, [])
+                if all(s is not site for s in lst):
+                    lst.append(site)
+        self.groups = {}
+        out: dict[str, np.ndarray] = {}
+        for g in pruner.groups:
+            red = self._combine(g.key, g.size, sites_by_group.get(g.key, []))
+            if red is None:
+                continue
+            self.groups[g.key] = red
+            out[g.key] = elimination_scores(red.elimination, g.size)
+        return out
+
+    def _combine(self, key: str, size: int, sites: list[_Site]) -> GroupRedundancy | None:
+        accs = [(s, s.sims[key]) for s in sites if key in s.sims and s.sims[key].weight > 0]
+        if any(a.spatial for _, a in accs):
+            accs = [(s, a) for s, a in accs if a.spatial]
+        if not accs:
+            return None
+        total = np.zeros((size, size))
+        count = np.zeros((size, size))
+        e_total = np.zeros(size)
+        e_count = np.zeros(size)
+        for site, acc in accs:
+            p = acc.present
+            total[np.ix_(p, p)] += self.similarity_to_unit((acc.total / acc.weight).numpy())
+            count[np.ix_(p, p)] += 1
+            if site.moments.n > 0:
+                e = site.moments.energy().cpu().numpy()[acc.channels]
+                m = float(e.mean())
+                e_total[p] += e / m if m > 0 else e
+                e_count[p] += 1
+        sim = np.where(count > 0, total / np.maximum(count, 1), -1.0)
+        energy = e_total / np.maximum(e_count, 1)
+        elim = greedy_pair_elimination(sim, energy)
+        return GroupRedundancy(key, sim, energy, elim, redundancy(sim), [s.name for s, _ in accs])
+
+    def removal_pairs(self) -> dict[str, list[tuple[int, int]]]:
+        """Group key → ``(removed, twin)`` root-channel pairs in greedy removal order (after :meth:`score`)."""
+        return {k: list(zip(g.elimination.order, g.elimination.twins, strict=True)) for k, g in self.groups.items()}
+
+    def compensate(self, pruner: ChannelPruner, plan: dict[str, list[int]]) -> CompensationReport:
+        """Fold the planned removals into their twins (:func:`ccpcsa.compensation.compensate`); call before
+        the surgery, on the pruner that was scored."""
+        return compensate(pruner, plan, self.removal_pairs(), self.moments, self.consumers)
+
+
+register("qsfm", lambda: QSFMCriterion("ssim", "qsfm"))
+register("qsfm-ssim", lambda: QSFMCriterion("ssim", "qsfm-ssim"))
+register("qsfm-psnr", lambda: QSFMCriterion("psnr", "qsfm-psnr"))
