@@ -36,9 +36,9 @@ import tempfile
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, TextIO
+from typing import IO, TextIO
 
 import onnx
 import torch
@@ -48,7 +48,7 @@ from ccpcsa.artifacts import atomic_path, sha256_file
 from ccpcsa.errors import UserError
 
 from .metadata import INPUT_NAME, OUTPUT_NAME, DeployMetadata, set_props
-from .onnx_io import PathLike, check_onnx, first_line, input_signature, node_count, op_counts
+from .onnx_io import ArtifactRecord, PathLike, check_onnx, first_line, input_signature, node_count, op_counts
 
 DEFAULT_OPSET = 17
 MIN_OPSET = 13  # per-channel QDQ (QuantizeLinear axis) needs opset >= 13
@@ -57,7 +57,7 @@ BATCH_DIM = "batch"
 
 
 @dataclass(frozen=True)
-class OnnxExportResult:
+class OnnxExportResult(ArtifactRecord):
     """Outcome of :func:`export_onnx`: the file, its opset and size of its graph."""
 
     path: Path
@@ -67,12 +67,6 @@ class OnnxExportResult:
     op_counts: dict[str, int]
     sha256: str
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (path as string)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def _probe(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:

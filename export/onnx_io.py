@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import onnx
 from google.protobuf.message import DecodeError
@@ -114,3 +116,13 @@ def input_signature(model: onnx.ModelProto, *, what: str = "model") -> tuple[str
     if min(chw) <= 0:
         raise UserError(f"{what} input '{vi.name}' has non-static C/H/W dims; expected fixed sizes")
     return vi.name, batch, (chw[0], chw[1], chw[2])
+
+
+class ArtifactRecord:
+    """Mixin for result dataclasses that describe a written artifact (a ``path`` field)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (path as string)."""
+        d = asdict(self)  # type: ignore[call-overload]
+        d["path"] = str(d["path"])
+        return d

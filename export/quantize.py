@@ -24,9 +24,8 @@ import logging
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import onnx
@@ -44,6 +43,7 @@ from ccpcsa.errors import UserError
 
 from .metadata import carry_metadata
 from .onnx_io import (
+    ArtifactRecord,
     PathLike,
     check_onnx,
     first_line,
@@ -88,7 +88,7 @@ class NumpyCalibrationReader(CalibrationDataReader):
 
 
 @dataclass(frozen=True)
-class QuantizeResult:
+class QuantizeResult(ArtifactRecord):
     """Outcome of :func:`quantize_int8`."""
 
     path: Path
@@ -101,12 +101,6 @@ class QuantizeResult:
     preprocessed: bool
     sha256: str
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (path as string)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def _calibration_array(images: object, chw: tuple[int, int, int], limit: int) -> np.ndarray:

@@ -5,9 +5,8 @@ from __future__ import annotations
 import contextlib
 import io
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import onnx
 import onnxsim
@@ -17,6 +16,7 @@ from ccpcsa.errors import UserError
 
 from .metadata import carry_metadata
 from .onnx_io import (
+    ArtifactRecord,
     PathLike,
     check_onnx,
     first_line,
@@ -29,7 +29,7 @@ from .onnx_io import (
 
 
 @dataclass(frozen=True)
-class SimplifyResult:
+class SimplifyResult(ArtifactRecord):
     """Outcome of :func:`simplify_onnx`: node counts before/after and the checked artifact."""
 
     path: Path
@@ -40,12 +40,6 @@ class SimplifyResult:
     check_n: int
     sha256: str
     seconds: float
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict (path as string)."""
-        d = asdict(self)
-        d["path"] = str(self.path)
-        return d
 
 
 def simplify_onnx(src: PathLike, dest: PathLike, *, check_n: int = 3, test_batch: int = 2) -> SimplifyResult:
