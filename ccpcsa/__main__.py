@@ -15,8 +15,6 @@ import json
 import sys
 from dataclasses import fields
 
-import torch
-
 from . import distributed as ddp
 from .checkpoint import ModelSpec, save_checkpoint
 from .data import load_data
@@ -102,5 +100,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    torch.set_num_threads(torch.get_num_threads())
     sys.exit(main())
