@@ -221,7 +221,7 @@ def fit(
         row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc, "val_loss": val_loss,
                "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te, "images_per_s": n / (time.perf_counter() - te)}
         result.history.append(row)
-        if progress and info.is_main:
+        if info.is_main:  # one summary line per epoch even without a progress bar
             tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.3f} train {row['train_acc']:.2f}% "
                        f"val {val_acc:.2f}% ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)")
         if checkpoint is not None and spec is not None and info.is_main:
