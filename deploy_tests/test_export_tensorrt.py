@@ -194,13 +194,6 @@ def _mypy() -> list[str]:
 
 
 @pytest.mark.slow
-def test_mypy_tensorrt_module() -> None:
-    """What `make test` runs: mypy export/tensorrt.py with the project config."""
-    proc = subprocess.run([*_mypy(), "export/tensorrt.py"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.mark.slow
 def test_mypy_tensorrt_module_against_real_stubs(tmp_path: Path) -> None:
     """`make typecheck`'s real check: patched tensorrt-stubs resolve and export/tensorrt.py type-checks."""
     _mypy()
