@@ -18,7 +18,7 @@ from dataclasses import fields
 from . import distributed as ddp
 from .checkpoint import ModelSpec, save_checkpoint
 from .data import load_data
-from .errors import UserError
+from .errors import run_cli
 from .models import build_model, count_complexity, list_models, native_input_size
 from .train import TrainConfig, evaluate, fit
 
@@ -89,14 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     i.add_argument("--num-classes", type=int, default=10)
     i.add_argument("--input-size", type=int, default=None)
     args = p.parse_args(argv)
-    try:
-        return _train(args) if args.cmd == "train" else _info(args)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return run_cli(lambda: _train(args) if args.cmd == "train" else _info(args))
 
 
 if __name__ == "__main__":

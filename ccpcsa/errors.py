@@ -9,7 +9,7 @@ its traceback.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 
 class UserError(Exception):
@@ -31,3 +31,18 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
     """Build the standard 'unknown <kind>' error listing the valid choices."""
     options = sorted(choices)
     return UserError(f"unknown {kind} '{name}'{closest(name, options)}; known: {', '.join(options)}")
+
+
+def run_cli(body: Callable[[], int], interrupted: str = "interrupted") -> int:
+    """Run a command-line body: a :class:`UserError` becomes one ``error: …`` line on stderr and its exit
+    code (2); Ctrl-C prints ``interrupted`` and returns 130. Other exceptions are bugs and propagate."""
+    import sys
+
+    try:
+        return body()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130

@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from ccpcsa.errors import UserError
+from ccpcsa.errors import run_cli
 
 from .config import load_config, valid_keys
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("stages", help="list stages")
     sub.add_parser("keys", help="list config keys")
     args = p.parse_args(argv)
-    try:
+    def body() -> int:
         if args.cmd == "stages":
             for s in STAGES:
                 print(f"{s.name:10s} {s.doc}")
@@ -58,12 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "report":
             return run_stages(cfg, STAGES, run_dir, from_stage="report", progress=False)
         return run_stages(cfg, STAGES, run_dir, from_stage=args.from_stage, until=args.until, progress=not args.no_progress)
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
+
+    return run_cli(body, "interrupted; rerun the same command to resume")
 
 
 if __name__ == "__main__":
