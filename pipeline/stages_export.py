@@ -184,13 +184,15 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
              "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx")}
     parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8"}
 
+    # every exported format is the pruned architecture: count it once
+    base_c = count_complexity(base_ck.model, input_size(ctx))
+    pruned_c = count_complexity(load_checkpoint(ctx.path("pruned.pt")).model, input_size(ctx))
     for name, path in files.items():
         if not path.exists():
             continue
         runner = _runner(ctx, path)
         acc = _accuracy(ctx, runner)
-        model = load_checkpoint(path).model if path.suffix == ".pt" else load_checkpoint(ctx.path("pruned.pt")).model
-        c = count_complexity(model, input_size(ctx)) if name != "pytorch_baseline" else count_complexity(base_ck.model, input_size(ctx))
+        c = base_c if name == "pytorch_baseline" else pruned_c
         lat = _latency(ctx, runner)
         row = {"file": path.name, "precision": "int8" if name == "int8" else "fp32", "size_bytes": path.stat().st_size,
                "params": c.params, "flops": c.macs, "accuracy": acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
@@ -209,7 +211,6 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     # the pruned model must be really faster: ORT CPU, same harness, pruned vs unpruned FP32 ONNX
     base_lat = _latency(ctx, _runner(ctx, base_onnx))["latency_ms"]
     pruned_lat = rows.get("onnx_simplified", rows["onnx"])["latency_ms"]
-    base_c = count_complexity(base_ck.model, input_size(ctx))
     flops_ratio = base_c.macs / rows["pytorch_pruned"]["flops"]
     sp = {}
     checks = []
