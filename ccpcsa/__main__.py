@@ -14,21 +14,48 @@ import hashlib
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 from . import distributed as ddp
+from .artifacts import ensure_writable_dir
 from .checkpoint import ModelSpec, save_checkpoint
-from .data import load_data
-from .errors import run_cli
+from .data import load_data, parse_spec
+from .errors import CliParser, UserError, run_cli, unknown
 from .models import build_model, count_complexity, list_models, native_input_size
-from .train import TrainConfig, evaluate, fit
+from .models.registry import ZOO, _resolve_custom, is_custom
+from .train import TrainConfig, check_device, evaluate, fit
+
+
+def _check_model(name: str) -> None:
+    """UserError unless ``name`` is a zoo model or an importable ``package.module:factory``."""
+    if is_custom(name):
+        _resolve_custom(name)
+    elif name not in ZOO:
+        raise unknown("model", name, [*ZOO, "package.module:factory"])
+
+
+def _check_train_args(args: argparse.Namespace, cfg: TrainConfig) -> None:
+    """Every cheap check before any data is read or any epoch is trained: values, model, device, data
+    spec and the checkpoint's directory (so a typo never costs a training run)."""
+    cfg.validate()
+    _check_model(args.model)
+    check_device(args.device, "--device")
+    if args.val_size is not None and args.val_size < 0:
+        raise UserError(f"--val-size must be ≥ 0, got {args.val_size}")
+    parse_spec(args.data, progress=False)
+    if args.out:
+        out = Path(args.out)
+        if out.is_dir():
+            raise UserError(f"--out {out} is a directory; give a checkpoint file path such as {out / 'model.pt'}")
+        ensure_writable_dir(out.parent, "checkpoint directory (--out)")
 
 
 def _train(args: argparse.Namespace) -> int:
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
+    cfg = TrainConfig(**overrides)
+    _check_train_args(args, cfg)
     info, device = ddp.init(args.device)
     try:
-        overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig) if getattr(args, f.name, None) is not None}
-        cfg = TrainConfig(**overrides)
-        cfg.validate()
         data = load_data(args.data, val_size=args.val_size, seed=cfg.seed, progress=info.is_main)
         spec = ModelSpec(args.model, len(data.classes), data.input_size)
         model = build_model(args.model, len(data.classes))
@@ -51,6 +78,10 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    if args.num_classes < 1:
+        raise UserError(f"--num-classes must be ≥ 1, got {args.num_classes}")
+    if args.input_size is not None and args.input_size < 8:
+        raise UserError(f"--input-size must be ≥ 8, got {args.input_size}")
     size = args.input_size or native_input_size(args.model)
     c = count_complexity(build_model(args.model, args.num_classes), size)
     print(json.dumps({"model": args.model, "input_size": size, "params": c.params, "macs": c.macs}))
@@ -70,7 +101,7 @@ _FIELD_TYPES = {"int": int, "float": float, "str": str, "bool": _bool, "int | No
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
-    p = argparse.ArgumentParser(prog="python -m ccpcsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="python -m ccpcsa", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("train", help="train a model from scratch (resumable)")
     t.add_argument("--model", default="resnet20", help=f"zoo name ({', '.join(list_models())}) or package.module:factory")

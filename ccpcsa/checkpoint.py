@@ -93,27 +93,51 @@ def save_checkpoint(
         "meta": dict(meta or {}),
         "train_state": train_state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        # A file object, not a path: torch names the zip's inner folder after a path's stem, so saving to the
+        # random temp name would make identical checkpoints differ byte-wise; with a file object it is "archive/".
+        torch.save(payload, fh)
     return Path(path)
 
 
 def read_checkpoint_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the raw checkpoint dict with ``weights_only=True``; user errors for missing/corrupt/unsafe files."""
+    """Load the raw checkpoint dict with ``weights_only=True``; user errors for missing/corrupt/unsafe files.
+
+    Besides the file itself, the dict's structure is checked (format tag, ``model`` with ``name`` and
+    ``num_classes``, ``state_dict`` of tensors), so a foreign or damaged payload is a one-line
+    :class:`UserError` naming the file instead of a ``KeyError`` later.
+    """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"checkpoint {p} is a directory, not a checkpoint file; point to the .pt file")
     if not p.is_file():
         raise UserError(f"checkpoint {p} does not exist; train one first or fix the path")
+    if p.stat().st_size == 0:
+        raise UserError(f"checkpoint {p} is empty (0 bytes); it was not written completely, restore or retrain it")
+    if not zipfile.is_zipfile(p):
+        raise UserError(
+            f"checkpoint {p} is truncated or not a torch checkpoint (not a zip archive); restore or retrain it"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError, io.UnsupportedOperation) as exc:
+    except (zipfile.BadZipFile, EOFError, RuntimeError, io.UnsupportedOperation, OSError) as exc:
         raise UserError(f"checkpoint {p} is truncated or not a torch checkpoint ({_first_line(exc)})") from exc
     except Exception as exc:  # pickle.UnpicklingError and friends: refused by the weights-only unpickler
         raise UserError(
             f"checkpoint {p} was refused by the safe (weights_only) loader: it holds objects other than tensors "
-            f"and plain data ({_first_line(exc)}); only load checkpoints this tool wrote"
+            "and plain data; only load checkpoints this tool wrote"
         ) from exc
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
-        raise UserError(f"checkpoint {p} is not a {FORMAT} checkpoint (was it written by this tool?)")
+        hint = ""
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            hint = " — it looks like a bare state_dict; save it with ccpcsa.checkpoint.save_checkpoint"
+        raise UserError(f"checkpoint {p} is not a {FORMAT} checkpoint (was it written by this tool?){hint}")
+    model, state = obj.get("model"), obj.get("state_dict")
+    if not isinstance(model, dict) or not isinstance(model.get("name"), str) or isinstance(model.get("num_classes"), bool) \
+            or not isinstance(model.get("num_classes"), int):
+        raise UserError(f"checkpoint {p} is damaged: its 'model' entry lacks a name or class count; restore or retrain it")
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"checkpoint {p} is damaged: its 'state_dict' is not a mapping of tensors; restore or retrain it")
     return obj
 
 
@@ -160,16 +184,35 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
                 m.running_var = torch.ones(n)
 
 
-def load_checkpoint(path: str | os.PathLike[str], expect_classes: int | None = None, check_finite: bool = True) -> Checkpoint:
+def _same_model(a: str, b: str) -> bool:
+    """Model names equal, ignoring surrounding whitespace."""
+    return a.strip() == b.strip()
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str],
+    expect_classes: int | None = None,
+    check_finite: bool = True,
+    expect_model: str | None = None,
+) -> Checkpoint:
     """Rebuild the model stored in ``path`` (pruned or not, with or without BAM) and load its weights.
 
     Raises :class:`UserError` when the file is missing/corrupt/unsafe, when its architecture does
-    not match its own tensors, when ``expect_classes`` differs from the checkpoint's class count,
-    or (``check_finite``) when a weight holds NaN/Inf.
+    not match its own tensors, when ``expect_model`` (a model name) or ``expect_classes`` differs from
+    the checkpoint's, or (``check_finite``) when a weight holds NaN/Inf.
     """
     raw = read_checkpoint_dict(path)
     m = raw["model"]
-    spec = ModelSpec(m["name"], int(m["num_classes"]), int(m.get("input_size", 32)), dict(m.get("kwargs", {})), raw.get("attention"))
+    try:
+        spec = ModelSpec(m["name"], int(m["num_classes"]), int(m.get("input_size") or 32), dict(m.get("kwargs") or {}),
+                         raw.get("attention"))
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"checkpoint {path} is damaged: bad model entry ({_first_line(exc)}); restore or retrain it") from exc
+    if expect_model is not None and not _same_model(expect_model, spec.name):
+        raise UserError(
+            f"checkpoint {path} holds a '{spec.name}' model but '{expect_model}' is expected; "
+            f"use a checkpoint of '{expect_model}' or set model.name={spec.name}"
+        )
     if expect_classes is not None and expect_classes != spec.num_classes:
         raise UserError(
             f"checkpoint {path} has {spec.num_classes} classes but the data/config has {expect_classes}; "
@@ -177,19 +220,41 @@ def load_checkpoint(path: str | os.PathLike[str], expect_classes: int | None = N
         )
     state: dict[str, torch.Tensor] = raw["state_dict"]
     if check_finite:
-        bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
-        if bad:
-            raise UserError(f"checkpoint {path} has NaN/Inf values in {len(bad)} tensors (first: {bad[0]}); it cannot be used")
-    model = build_from_spec(spec)
-    resize_to_state_dict(model, state)
+        nan = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
+        inf = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isinf(v).any())]
+        if nan or inf:
+            kinds = " and ".join(f"{kind} in {len(keys)} tensor(s) (first: {keys[0]})"
+                                 for kind, keys in (("NaN", nan), ("Inf", inf)) if keys)
+            raise UserError(f"checkpoint {path} has NaN/Inf weights — {kinds}; it cannot be used, "
+                            "retrain it or restore a good copy (lower the learning rate if training diverged)")
+    try:
+        model = build_from_spec(spec)
+    except UserError as exc:
+        raise UserError(f"checkpoint {path}: {exc}") from exc
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"checkpoint {path}: cannot rebuild model '{spec.name}' ({_first_line(exc)})") from exc
+    try:
+        resize_to_state_dict(model, state)
+    except (IndexError, ValueError, RuntimeError) as exc:
+        raise UserError(f"checkpoint {path} does not match architecture '{spec.name}': {_mismatch(model, state)}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        missing = _first_line(exc)
         raise UserError(
             f"checkpoint {path} does not match architecture '{spec.name}' "
-            f"(attention={'BAM' if spec.attention else 'none'}): {missing}"
+            f"(attention={'BAM' if spec.attention else 'none'}): {_mismatch(model, state)}"
         ) from exc
     model.eval()
     return Checkpoint(model, spec, list(raw.get("classes", [])), list(raw.get("mean", [])), list(raw.get("std", [])),
                       dict(raw.get("meta", {})), raw.get("train_state"))
+
+
+def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
+    """Summarise how ``state`` differs from ``model.state_dict()``: missing / unexpected keys, shape mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
+             (("missing tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes)) if keys]
+    return "; ".join(parts) or "tensor shapes differ"

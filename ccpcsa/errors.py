@@ -8,8 +8,12 @@ its traceback.
 
 from __future__ import annotations
 
+import argparse
 import difflib
+import errno
+import sys
 from collections.abc import Callable, Iterable
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -19,6 +23,49 @@ class UserError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class ArtifactWriteError(UserError, OSError):
+    """Writing an artifact failed for a reason the user can fix (disk full, quota, read-only place).
+
+    It is both a :class:`UserError` (command-line entry points print it as one line) and an
+    :class:`OSError` (code that tolerates a failed optional write, like the data cache, still catches it).
+    """
+
+    def __init__(self, message: str, err: int | None = None) -> None:
+        super().__init__(message)
+        self.errno = err
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+NOT_WRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR})
+
+
+def write_error(exc: BaseException, dest: object) -> ArtifactWriteError | None:
+    """Translate a failed write of ``dest`` into an :class:`ArtifactWriteError`, or ``None`` for other errors.
+
+    Disk full (``ENOSPC``/``EDQUOT``, also when a library reports it as a ``RuntimeError`` whose text says
+    "No space left on device") and permission / read-only / not-a-directory errors are user-fixable.
+    """
+    if isinstance(exc, ArtifactWriteError):
+        return exc
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code in DISK_FULL_ERRNOS or "No space left on device" in str(exc):
+        return ArtifactWriteError(
+            f"no space left on device while writing {dest}; free some space and rerun "
+            "(any previous version of it is intact)",
+            errno.ENOSPC,
+        )
+    if code in NOT_WRITABLE_ERRNOS:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not writable"
+        return ArtifactWriteError(
+            f"cannot write {dest} ({why}); choose a writable location (any previous version of it is intact)",
+            code,
+        )
+    return None
 
 
 def closest(name: str, choices: Iterable[str]) -> str:
@@ -36,8 +83,6 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> UserError:
 def run_cli(body: Callable[[], int], interrupted: str = "interrupted") -> int:
     """Run a command-line body: a :class:`UserError` becomes one ``error: …`` line on stderr and its exit
     code (2); Ctrl-C prints ``interrupted`` and returns 130. Other exceptions are bugs and propagate."""
-    import sys
-
     try:
         return body()
     except UserError as exc:
@@ -46,3 +91,13 @@ def run_cli(body: Callable[[], int], interrupted: str = "interrupted") -> int:
     except KeyboardInterrupt:
         print(interrupted, file=sys.stderr)
         return 130
+
+
+class CliParser(argparse.ArgumentParser):
+    """``argparse`` parser whose usage errors follow the project convention: one ``error: …`` line on
+    stderr (pointing at ``--help``) and exit status 2, instead of the usage block plus the message."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``error: <message>; see <prog> --help`` and exit with status 2."""
+        print(f"error: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr)
+        raise SystemExit(2)

@@ -65,7 +65,7 @@ class PruneConfig:
             raise UserError(f"prune.target_flops_reduction must be in [0, 1), got {self.target_flops_reduction}")
         if self.target_params_reduction is not None and not 0 <= self.target_params_reduction < 1:
             raise UserError(f"prune.target_params_reduction must be in [0, 1) or null, got {self.target_params_reduction}")
-        if self.tolerance < 0:
+        if not self.tolerance >= 0:  # also rejects NaN
             raise UserError(f"prune.tolerance must be ≥ 0 (percentage points), got {self.tolerance}")
         if self.max_iterations < 0:
             raise UserError(f"prune.max_iterations must be ≥ 0, got {self.max_iterations}")
@@ -77,6 +77,13 @@ class PruneConfig:
             raise UserError(f"prune.round_to and prune.min_channels must be ≥ 1, got {self.round_to}, {self.min_channels}")
         if not 0 <= self.max_layer_ratio < 1:
             raise UserError(f"prune.max_layer_ratio must be in [0, 1), got {self.max_layer_ratio}")
+        if self.finetune_epochs < 0 or self.final_finetune_epochs < 0:
+            raise UserError(f"prune.finetune_epochs and prune.final_finetune_epochs must be ≥ 0, "
+                            f"got {self.finetune_epochs}, {self.final_finetune_epochs}")
+        if not 0 < self.lr < float("inf"):  # also rejects NaN
+            raise UserError(f"prune.lr must be a finite number > 0, got {self.lr}")
+        if self.calibration_images < 1:
+            raise UserError(f"prune.calibration_images must be ≥ 1, got {self.calibration_images}")
 
 
 @dataclass

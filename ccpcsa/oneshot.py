@@ -16,12 +16,13 @@ passes over the same calibration images in eval mode (no training epoch in one-s
 
 from __future__ import annotations
 
+import argparse
+import json
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -167,14 +168,11 @@ def prune_oneshot(model: nn.Module, data: DataSplits, criterion_name: str | Crit
 def main(argv: list[str] | None = None) -> int:
     """``python -m ccpcsa.oneshot CKPT --data SPEC --criterion qsfm --target 0.47 [--no-compensate] [--recalibrate-bn]
     [--test-images N]``: prune a checkpoint one-shot and print one JSON line (accuracies before/after, FLOPs,
-    compensation counts). The pruned model is not saved."""
-    import argparse
-    import json
+    compensation counts). The pruned model is not saved. User mistakes print one ``error:`` line and exit 2."""
+    from .errors import CliParser, run_cli
 
-    from .checkpoint import load_checkpoint
-    from .data import ArrayDataset, load_data
-
-    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap = CliParser(prog="python -m ccpcsa.oneshot", description=main.__doc__,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkpoint")
     ap.add_argument("--data", default="imagefolder:../shared/data/cifar10-jpg.tar.gz")
     ap.add_argument("--criterion", default="qsfm")
@@ -185,11 +183,32 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-images", type=int, default=None, help="random subset of the test split (default: all)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
+    return run_cli(lambda: _main(a))
+
+
+def _main(a: argparse.Namespace) -> int:
+    """Body of :func:`main`: validate every argument, load checkpoint and data, prune, print the summary."""
+    from .checkpoint import load_checkpoint
+    from .data import load_data, parse_spec
+    from .errors import UserError
+
+    if not 0 <= a.target < 1:  # also rejects NaN
+        raise UserError(f"--target (FLOPs reduction) must be in [0, 1), got {a.target}")
+    if a.calibration_images < 1:
+        raise UserError(f"--calibration-images must be ≥ 1, got {a.calibration_images}")
+    if a.test_images is not None and a.test_images < 1:
+        raise UserError(f"--test-images must be ≥ 1, got {a.test_images}")
+    if a.seed < 0:
+        raise UserError(f"--seed must be ≥ 0, got {a.seed}")
+    get_criterion(a.criterion)  # unknown criterion → UserError before anything is loaded
+    parse_spec(a.data, progress=False)
     ck = load_checkpoint(a.checkpoint)
     data = load_data(a.data, progress=False)
-    if a.test_images is not None and a.test_images < len(data.test):
-        sel = np.random.default_rng(a.seed).permutation(len(data.test))[:a.test_images]
-        data = replace(data, test=ArrayDataset(data.test.images[sel], data.test.labels[sel]))
+    if len(data.classes) != ck.spec.num_classes:
+        raise UserError(f"checkpoint {a.checkpoint} has {ck.spec.num_classes} classes but dataset {a.data} has "
+                        f"{len(data.classes)}; use a checkpoint trained on this dataset")
+    if a.test_images is not None:
+        data = replace(data, test=data.test.sample(a.test_images, seed=a.seed))
     r = prune_oneshot(ck.model, data, a.criterion, a.target, input_size=ck.spec.input_size, compensate=not a.no_compensate,
                       calibration_images=a.calibration_images, recalibrate_bn=a.recalibrate_bn, seed=a.seed)
     s = r.summary()

@@ -57,14 +57,40 @@ class TrainConfig:
             raise UserError(f"train.epochs must be ≥ 0, got {self.epochs}")
         if self.batch_size < 1:
             raise UserError(f"train.batch_size must be ≥ 1, got {self.batch_size}")
-        if not self.lr > 0:
-            raise UserError(f"train.lr must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise UserError(f"train.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.momentum < 1:
+            raise UserError(f"train.momentum must be in [0, 1), got {self.momentum}")
+        if not 0 <= self.weight_decay < math.inf:
+            raise UserError(f"train.weight_decay must be a finite number ≥ 0, got {self.weight_decay}")
+        if not 0 <= self.warmup_epochs < math.inf:
+            raise UserError(f"train.warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
+        if not 0 < self.pct_start < 1:
+            raise UserError(f"train.pct_start must be in (0, 1), got {self.pct_start}")
+        if self.eval_batch_size < 1:
+            raise UserError(f"train.eval_batch_size must be ≥ 1, got {self.eval_batch_size}")
+        if self.seed < 0:
+            raise UserError(f"train.seed must be ≥ 0, got {self.seed}")
         if self.schedule not in SCHEDULES:
             raise UserError(f"train.schedule '{self.schedule}' unknown; use one of {', '.join(SCHEDULES)}")
         if not 0 <= self.label_smoothing < 1:
             raise UserError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise UserError(f"train.max_steps_per_epoch must be ≥ 1 or null, got {self.max_steps_per_epoch}")
+
+
+def check_device(device: str, key: str = "device") -> None:
+    """UserError unless ``device`` is ``auto`` or a torch device string usable on this machine."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"{key} '{device}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"{key} is '{device}' but no CUDA GPU is visible; use auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"{key} is '{device}' but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
 @dataclass
@@ -134,6 +160,18 @@ def evaluate(model: nn.Module, dataset: ArrayDataset, mean: Any, std: Any, batch
     return 100.0 * correct / n, loss_sum / n
 
 
+def _check_resume(raw: dict[str, Any], spec: ModelSpec | None, checkpoint: str | os.PathLike[str]) -> None:
+    """UserError when the checkpoint to resume from was written for another model or class count than ``spec``."""
+    if spec is None:
+        return
+    m = raw.get("model") or {}
+    if m.get("name") != spec.name or m.get("num_classes") != spec.num_classes:
+        raise UserError(
+            f"cannot resume from {checkpoint}: it holds '{m.get('name')}' with {m.get('num_classes')} classes, this run "
+            f"trains '{spec.name}' with {spec.num_classes}; delete it, drop --resume or write to another checkpoint path"
+        )
+
+
 def fit(
     model: nn.Module,
     data: DataSplits,
@@ -177,10 +215,16 @@ def fit(
     start_epoch = 0
     if resume and checkpoint is not None and os.path.exists(checkpoint):
         raw = read_checkpoint_dict(checkpoint)
+        _check_resume(raw, spec, checkpoint)
         ts = raw.get("train_state") or {}
         if ts.get("epoch") is not None and ts.get("epochs") == cfg.epochs:
-            model.load_state_dict(raw["state_dict"])
-            opt.load_state_dict(ts["optimizer"])
+            try:
+                model.load_state_dict(raw["state_dict"])
+                opt.load_state_dict(ts["optimizer"])
+            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+                raise UserError(f"cannot resume from {checkpoint}: it does not match this model/optimizer "
+                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                                "delete it or write to another checkpoint path") from exc
             start_epoch = int(ts["epoch"]) + 1
             result.history = list(ts.get("history", []))
     net: nn.Module = model

@@ -38,13 +38,17 @@ def load_onnx(path: PathLike, *, check: bool = True) -> onnx.ModelProto:
     protobuf ``ModelProto`` (e.g. truncated or another format) or fails the checker.
     """
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"ONNX file '{p}' is a directory; point to the .onnx file")
     if not p.is_file():
         raise UserError(f"ONNX file '{p}' does not exist")
     if p.stat().st_size == 0:
         raise UserError(f"ONNX file '{p}' is empty")
     try:
         model = onnx.load(str(p), load_external_data=False)
-    except (DecodeError, ValueError) as exc:
+    except OSError as exc:
+        raise UserError(f"cannot read ONNX file '{p}' ({exc.strerror or first_line(exc)})") from exc
+    except (DecodeError, ValueError, RuntimeError) as exc:
         raise UserError(f"'{p}' is not a valid ONNX model (truncated or another format?): {first_line(exc)}") from exc
     if model.ir_version == 0 or not model.HasField("graph"):
         raise UserError(f"'{p}' is not a valid ONNX model (no IR version or graph; truncated or another format?)")

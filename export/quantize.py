@@ -130,6 +130,7 @@ def quantize_int8(
     symmetric_activations: bool = True,
     preprocess: bool = True,
     nodes_to_exclude: Sequence[str] = (),
+    op_types: Sequence[str] | None = None,
 ) -> QuantizeResult:
     """Quantize the FP32 ONNX model ``src`` to an INT8 QDQ model at ``dest`` (atomically).
 
@@ -167,6 +168,7 @@ def quantize_int8(
         "calibrate_method": calibrate_method,
         "num_calibration": len(images),
         "nodes_to_exclude": list(nodes_to_exclude),
+        "op_types": list(op_types) if op_types else "all",
     }
     with tempfile.TemporaryDirectory(prefix="ccpcsa-quant-") as work:
         fp32_path = Path(str(src))
@@ -192,6 +194,7 @@ def quantize_int8(
                         weight_type=QuantType.QInt8,
                         calibrate_method=CALIBRATION_METHODS[calibrate_method],
                         nodes_to_exclude=list(nodes_to_exclude) or None,
+                        op_types_to_quantize=list(op_types) if op_types else None,
                         extra_options={
                             "ActivationSymmetric": symmetric_activations,
                             "WeightSymmetric": True,

@@ -164,8 +164,12 @@ def check_sidecar(sidecar: Mapping[str, Any], *, trt_version: str, gpu_name: str
 
     A TensorRT plan is only valid for the exact TensorRT version and GPU model that built it. The
     comparison is on the full version string and the GPU name (whitespace-trimmed); the error
-    names both sides and says to rebuild from the ONNX artifact.
+    names both sides and says to rebuild from the ONNX artifact. A sidecar whose ``format`` is
+    another tool's (not :data:`SIDECAR_FORMAT`) is refused too.
     """
+    fmt = sidecar.get("format")
+    if fmt is not None and fmt != SIDECAR_FORMAT:
+        raise UserError(f"{engine}: sidecar format is {fmt!r}, not {SIDECAR_FORMAT!r}; rebuild the engine from its ONNX model")
     missing = [k for k in ("tensorrt_version", "gpu") if k not in sidecar]
     if missing:
         raise UserError(f"{engine}: sidecar lacks {', '.join(missing)}; rebuild the engine from its ONNX model")

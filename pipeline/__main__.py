@@ -5,18 +5,47 @@
     python -m pipeline keys              # list every config key
     python -m pipeline report --run-dir DIR
 
-User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0.
+User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0; Ctrl-C exits
+130 and SIGTERM 143, both after releasing the lock (rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
-from ccpcsa.errors import run_cli
+from ccpcsa.errors import CliParser, run_cli
 
 from .config import load_config, valid_keys
+
+
+class Terminated(BaseException):
+    """Raised in the main thread on SIGTERM, so the run unwinds like Ctrl-C: temporary files are deleted,
+    the lock is released, finished stages stay recorded. A ``BaseException``, so no stage handler
+    records it as a stage failure."""
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (main thread only; the old handler is restored)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise Terminated()
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run_dir(args: argparse.Namespace, run_name: str) -> Path:
@@ -27,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     from .stages import STAGES
 
-    p = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = CliParser(prog="python -m pipeline", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run the chain (skips up-to-date stages)")
     r.add_argument("--config", default=None, help="YAML config (default: built-in defaults = configs/default.yaml)")
@@ -59,7 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             return run_stages(cfg, STAGES, run_dir, from_stage="report", progress=False)
         return run_stages(cfg, STAGES, run_dir, from_stage=args.from_stage, until=args.until, progress=not args.no_progress)
 
-    return run_cli(body, "interrupted; rerun the same command to resume")
+    def guarded() -> int:
+        try:
+            with _sigterm_unwinds():
+                return body()
+        except Terminated:
+            print("terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+            return 128 + signal.SIGTERM
+
+    return run_cli(guarded, "interrupted; rerun the same command to resume")
 
 
 if __name__ == "__main__":

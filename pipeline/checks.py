@@ -44,7 +44,8 @@ def accuracy_drop(base_accuracy: float, accuracy: float, max_drop: float) -> Che
 
 def parity(max_abs_diff: float | None, agreement: float, *, fp32: bool, max_diff: float, min_agree_fp32: float,
            min_agree_lowp: float) -> list[Check]:
-    """FP32: max |Δlogit| ≤ max_diff and top-1 agreement ≥ min_agree_fp32; FP16/INT8: agreement ≥ min_agree_lowp."""
+    """FP32: max |Δlogit| ≤ max_diff and top-1 agreement ≥ min_agree_fp32; FP16/INT8: agreement ≥ min_agree_lowp
+    (the caller passes ``checks.min_agreement_lowp`` for FP16 and ``checks.min_agreement_int8`` for INT8)."""
     if fp32:
         assert max_abs_diff is not None
         return [at_most("max_abs_diff", max_abs_diff, max_diff), at_least("top1_agreement", agreement, min_agree_fp32)]

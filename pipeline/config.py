@@ -97,6 +97,7 @@ class ChecksConfig:
     max_abs_diff: float = 1e-3
     min_agreement_fp32: float = 99.9
     min_agreement_lowp: float = 99.0
+    min_agreement_int8: float = 99.0
     latency_budget_ms: float | None = None
     latency_budget_batch: int = 1
     require_speedup: bool = True
@@ -154,14 +155,89 @@ class PipelineConfig:
             (self.export.latency_iters >= 1, "export.latency_iters must be ≥ 1"),
             (set(self.export.engine_precisions) <= {"fp32", "fp16", "int8"}, "export.engine_precisions: use fp32, fp16, int8"),
             (self.checks.max_accuracy_drop >= 0, "checks.max_accuracy_drop must be ≥ 0"),
-            (0 <= self.checks.min_agreement_fp32 <= 100 and 0 <= self.checks.min_agreement_lowp <= 100,
+            (all(0 <= v <= 100 for v in (self.checks.min_agreement_fp32, self.checks.min_agreement_lowp, self.checks.min_agreement_int8)),
              "checks.min_agreement_* are percentages in [0, 100]"),
             (self.checks.eval_images is None or self.checks.eval_images >= 1, "checks.eval_images must be ≥ 1 or null"),
             (self.data.val_size is None or self.data.val_size >= 0, "data.val_size must be ≥ 0 or null"),
         ]
+        checks += [
+            (self.run.threads >= 0, f"run.threads must be ≥ 0 (0 = torch default), got {self.run.threads}"),
+            (self.model.input_size is None or self.model.input_size >= 8, "model.input_size must be ≥ 8 or null"),
+            (self.export.workspace_mb >= 1, f"export.workspace_mb must be ≥ 1, got {self.export.workspace_mb}"),
+            (self.export.latency_warmup >= 0, f"export.latency_warmup must be ≥ 0, got {self.export.latency_warmup}"),
+            (self.export.threads >= 0, f"export.threads must be ≥ 0, got {self.export.threads}"),
+            (self.checks.max_abs_diff >= 0, f"checks.max_abs_diff must be ≥ 0, got {self.checks.max_abs_diff}"),
+            (self.checks.latency_budget_ms is None or self.checks.latency_budget_ms > 0,
+             "checks.latency_budget_ms must be > 0 or null"),
+            (self.checks.latency_budget_batch >= 1, "checks.latency_budget_batch must be ≥ 1"),
+        ]
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
+        from ccpcsa.train import check_device
+
+        check_device(self.run.device, "run.device")
+        self._validate_model()
+        self._validate_data()
+        self._validate_baseline()
+
+    def _validate_model(self) -> None:
+        """``model.name`` must be a zoo name or an importable ``package.module:factory``."""
+        from ccpcsa.errors import unknown
+        from ccpcsa.models.registry import ZOO, _resolve_custom, is_custom
+
+        name = self.model.name
+        if is_custom(name):
+            _resolve_custom(name)
+        elif name not in ZOO:
+            raise unknown("model", name, [*ZOO, "package.module:factory"])
+
+    def _validate_data(self) -> None:
+        """``data.spec`` (or, when its path is absent, ``data.fallback``) must be a valid spec whose path exists."""
+        from ccpcsa.data import parse_spec
+
+        spec = self.data.spec
+        if isinstance(spec, str) and spec.startswith("imagefolder:") and self.data.fallback:
+            path = Path(spec.split(":", 1)[1]).expanduser()
+            if spec.split(":", 1)[1] and not path.exists():
+                spec = self.data.fallback  # the baseline stage falls back (and says so)
+        try:
+            parse_spec(spec, progress=False)
+        except UserError as exc:
+            key = "data.spec" if spec == self.data.spec else "data.fallback"
+            fix = "" if self.data.fallback or key != "data.spec" else " (or set data.fallback, e.g. synthetic)"
+            raise UserError(f"{key}: {exc}{fix}") from None
+
+    def _validate_baseline(self) -> None:
+        """``baseline.checkpoint``, when set, must exist and hold ``model.name`` with ``model.num_classes``.
+
+        Checked here, before the run directory is touched. A file that cannot be read safely (truncated,
+        not a checkpoint, code inside, NaN/Inf weights) is left to the ``baseline`` stage, which refuses it
+        before any training and records the failure in the manifest.
+        """
+        path = self.baseline.checkpoint
+        if not path:
+            return
+        from ccpcsa.checkpoint import read_checkpoint_dict
+
+        p = Path(path).expanduser()
+        if not p.is_file():
+            what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
+            raise UserError(f"baseline.checkpoint {p} {what}; fix the path, or unset the key to train a baseline")
+        try:
+            model = read_checkpoint_dict(p)["model"]
+        except UserError:
+            return
+        if model["name"].strip() != self.model.name.strip():
+            raise UserError(
+                f"baseline.checkpoint {p} holds a '{model['name']}' model but model.name is '{self.model.name}'; "
+                f"set --set model.name={model['name']} or use a checkpoint of '{self.model.name}'"
+            )
+        if model["num_classes"] != self.model.num_classes:
+            raise UserError(
+                f"baseline.checkpoint {p} has {model['num_classes']} classes but model.num_classes is "
+                f"{self.model.num_classes}; set --set model.num_classes={model['num_classes']} or use a matching checkpoint"
+            )
 
 
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
@@ -204,7 +280,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise UserError(f"config key {key} must be an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:  # NaN != NaN
             raise UserError(f"config key {key} must be a number, got {value!r}")
         return float(value)
     if tp is str:

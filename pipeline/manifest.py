@@ -3,13 +3,15 @@ hash, metrics, times) and the run lock.
 
 The manifest is rewritten atomically after every stage transition, so a crash at any moment leaves
 either the previous or the new manifest. A stage's outputs are recorded only after they were
-written completely (atomically) and hashed; on resume a stage counts as done only if every recorded
-output still exists with the recorded hash, so a partial file is never taken as valid.
+written completely (atomically) and hashed, and a stage that starts is first recorded as ``running``
+with no outputs (it may be about to replace them); on resume a stage counts as done only if every
+recorded output still exists with the recorded hash, so a partial file is never taken as valid.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import socket
@@ -22,8 +24,16 @@ from typing import Any
 from ccpcsa.artifacts import atomic_write_json, sha256_file
 from ccpcsa.errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
+
 MANIFEST = "manifest.json"
 LOCK = ".lock"
+STALE_EMPTY_S = 5.0  # O_EXCL fallback: an empty/half-written lock file older than this is stale
+TEMP_GLOBS = (".*.tmp",)  # ccpcsa.artifacts.atomic_path's temporary files: ".<name>.<random>.tmp"
+TEMP_DIRS = (".", "plots")  # folders of a run directory the stages write into
 
 
 def now() -> str:
@@ -66,11 +76,35 @@ class Manifest:
         rec = self.stage(name)
         if not rec or rec.get("status") not in ("ok", "skipped") or rec.get("key") != key:
             return False
-        for rel, digest in (rec.get("outputs") or {}).items():
-            p = run_dir / rel
-            if not p.is_file() or sha256_file(p) != digest:
-                return False
-        return True
+        return outputs_intact(rec, run_dir)
+
+
+def outputs_intact(record: dict[str, Any], run_dir: Path) -> bool:
+    """True when every output a stage record lists still exists in ``run_dir`` with its recorded SHA-256."""
+    for rel, digest in (record.get("outputs") or {}).items():
+        p = run_dir / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            return False
+    return True
+
+
+def clear_temp_files(run_dir: Path) -> list[Path]:
+    """Delete the temporary files an interrupted atomic write left in ``run_dir`` (and ``plots/``).
+
+    Only call this while holding :func:`run_lock`: then no other writer can own such a file. They were
+    never renamed into place, so nothing in the manifest refers to them.
+    """
+    removed = []
+    for sub in TEMP_DIRS:
+        folder = run_dir / sub
+        if not folder.is_dir():
+            continue
+        for pattern in TEMP_GLOBS:
+            for p in sorted(folder.glob(pattern)):
+                if p.is_file() and not p.is_symlink():
+                    p.unlink(missing_ok=True)
+                    removed.append(p)
+    return removed
 
 
 def hash_outputs(run_dir: Path, paths: list[Path]) -> dict[str, str]:
@@ -88,40 +122,124 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@contextlib.contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """Exclusive lock on a run directory (``O_EXCL`` lock file holding host and pid).
+def _read_holder(lock: Path) -> dict[str, Any]:
+    """The JSON a lock file holds (``{}`` when it is absent, empty, half-written or not JSON)."""
+    try:
+        held = json.loads(lock.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return held if isinstance(held, dict) else {}
 
-    A second concurrent run is refused with a :class:`UserError`. A lock left by a killed process on
-    this host (pid no longer alive) is detected as stale, cleared, and taken.
+
+def _locked_error(run_dir: Path, lock: Path, held: dict[str, Any]) -> UserError:
+    return UserError(f"run directory {run_dir} is locked by pid {held.get('pid') or '?'} on {held.get('host', '?')} "
+                     f"since {held.get('since', '?')}; wait for it to finish or remove {lock} if it is dead")
+
+
+def _is_stale(lock: Path, held: dict[str, Any], host: str) -> bool:
+    """Pid-based staleness (used only where ``flock`` is unavailable): a dead pid on this host, or a
+    lock file that stayed empty/half-written for more than :data:`STALE_EMPTY_S` seconds."""
+    pid = int(held.get("pid", 0) or 0) if str(held.get("pid", "0")).isdigit() else 0
+    if held.get("host") == host and pid and not _pid_alive(pid):
+        return True
+    if not held:
+        try:
+            return time.time() - lock.stat().st_mtime > STALE_EMPTY_S
+        except FileNotFoundError:
+            return True
+    return False
+
+
+def _try_flock(fd: int) -> bool | None:
+    """Take an exclusive non-blocking ``flock`` on ``fd``: True when taken, False when another open file
+    holds it, None when the platform or file system has no ``flock``."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None  # ENOLCK, EINVAL, …: no flock here
+    return True
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """Exclusive lock on a run directory: the lock file ``.lock`` holds host, pid and start time.
+
+    Liveness comes from an exclusive ``flock`` on that file, which the kernel drops when its holder
+    exits in any way (SIGKILL, OOM kill, crash), so a lock file left by a killed run is stale by
+    construction: the next run takes it over and rewrites it at once (no pid guessing, no race between
+    two runs clearing the same stale lock). A second concurrent run is refused with a
+    :class:`UserError` naming the holder. Where ``flock`` is unavailable it falls back to ``O_EXCL``
+    creation plus a pid check (a dead pid on this host, or a file left empty for more than
+    :data:`STALE_EMPTY_S` seconds, is stale). The lock file is removed on exit.
+
+    Yields the record of the stale lock it cleared (``{}`` when there was none; ``{"pid": None}``
+    for an empty or half-written one).
     """
     lock = run_dir / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": now()}
+    host = socket.gethostname()
+    me = {"pid": os.getpid(), "host": host, "since": now()}
+    stale: dict[str, Any] = {}
+    for _ in range(20):
+        try:
+            try:
+                fd, created = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644), True
+            except FileExistsError:
+                fd, created = os.open(lock, os.O_RDWR), False
+        except FileNotFoundError:  # unlinked between the two opens by a finishing run: try again
+            continue
+        except OSError as exc:
+            raise UserError(f"cannot open the lock file {lock} ({exc.strerror}); check the permissions of {run_dir}") from exc
+        taken = _try_flock(fd)
+        if taken is None:  # no flock on this platform / file system: O_EXCL + pid protocol
+            if not created:
+                os.close(fd)
+                fd, stale = _exclusive_create(run_dir, lock, host)
+            break
+        if not taken:
+            os.close(fd)
+            raise _locked_error(run_dir, lock, _read_holder(lock))
+        # A finishing run unlinks the file while still holding its flock: make sure the path still
+        # names the inode we locked, else we would hold a lock on an orphaned file; then start again.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            if not created:  # a lock file nobody holds: left by a run that was killed
+                stale = _read_holder(lock) or {"pid": None}
+            break
+        os.close(fd)
+    else:
+        raise UserError(f"could not take the lock {lock}: it keeps being replaced; is another run starting in {run_dir}?")
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        os.fsync(fd)
+        yield stale
+    finally:
+        # unlink while still holding it: a run waiting on this inode sees the path changed (above)
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                lock.unlink()
+        os.close(fd)
+
+
+def _exclusive_create(run_dir: Path, lock: Path, host: str) -> tuple[int, dict[str, Any]]:
+    """``O_EXCL`` fallback of :func:`run_lock`: create the lock file, clearing a stale one once."""
+    stale: dict[str, Any] = {}
     for _ in range(2):
         try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            return os.open(lock, os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o644), stale
         except FileExistsError:
-            try:
-                held = json.loads(lock.read_text() or "{}")
-            except (OSError, ValueError):
-                held = {}
-            pid = int(held.get("pid", 0) or 0)
-            if held.get("host") == me["host"] and pid and not _pid_alive(pid):
-                lock.unlink(missing_ok=True)  # stale: its process is gone
-                continue
-            if not held:  # half-written lock (killed between create and write)
-                age = time.time() - lock.stat().st_mtime
-                if age > 5:
-                    lock.unlink(missing_ok=True)
-                    continue
-            raise UserError(f"run directory {run_dir} is locked by pid {pid or '?'} on {held.get('host', '?')} "
-                            f"since {held.get('since', '?')}; wait for it to finish or remove {lock} if it is dead") from None
-        else:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(me, fh)
-            break
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            lock.unlink()
+            held = _read_holder(lock)
+            if not _is_stale(lock, held, host):
+                raise _locked_error(run_dir, lock, held) from None
+            stale = held or {"pid": None}
+            lock.unlink(missing_ok=True)
+    raise _locked_error(run_dir, lock, _read_holder(lock))

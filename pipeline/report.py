@@ -31,7 +31,7 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     base = (stages.get("baseline", {}).get("metrics") or {})
     out_stages = []
     for name, rec in stages.items():
-        if name == "report":
+        if name == "report" or rec.get("status") == "running":  # a record of an interrupted stage is no result
             continue
         outputs = rec.get("outputs") or {}
         artifact = next(iter(outputs), None)

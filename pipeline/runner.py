@@ -6,6 +6,12 @@ every artifact produced by earlier stages; a rerun skips a stage whose key is un
 recorded outputs are intact, re-runs a changed stage and everything after it, and ``--from``
 forces a stage and its successors. A failed gate marks the stage ``failed``, stops the chain and
 returns a non-zero exit code; earlier artifacts are kept.
+
+Crash safety: a stage about to run is first recorded as ``running`` with no outputs, so a run killed at
+any moment leaves a manifest that refers only to complete files with their hashes; the next run takes
+over the killed run's lock, deletes its temporary files and re-runs that stage and everything after
+it. Every stage starts from the same seeded RNG state, so a resumed chain gives the same results as an
+uninterrupted one.
 """
 
 from __future__ import annotations
@@ -24,10 +30,11 @@ import torch
 
 from ccpcsa.distributed import resolve_device
 from ccpcsa.errors import UserError, unknown
+from ccpcsa.train import seed_everything
 
 from .checks import Check
 from .config import PipelineConfig
-from .manifest import Manifest, hash_outputs, now, run_lock
+from .manifest import Manifest, clear_temp_files, hash_outputs, now, outputs_intact, run_lock
 
 
 @dataclass
@@ -59,6 +66,7 @@ class StageContext:
     device: torch.device
     progress: bool = True
     cache: dict[str, Any] = field(default_factory=dict)
+    key: str = ""  # the running stage's key (config sections + upstream artifact hashes)
 
     def path(self, name: str) -> Path:
         return self.run_dir / name
@@ -98,7 +106,14 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
         raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another with --run-dir") from exc
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
-    with run_lock(run_dir):
+    with run_lock(run_dir) as stale:
+        if stale:
+            who = f"pid {stale['pid']} on {stale.get('host', '?')}" if stale.get("pid") else "an empty lock file"
+            print(f"note: cleared a stale lock ({who}, since {stale.get('since', '?')}): that run was killed", flush=True)
+        leftovers = clear_temp_files(run_dir)
+        if leftovers:
+            print(f"note: removed {len(leftovers)} temporary file(s) of an interrupted write: "
+                  f"{', '.join(str(p.relative_to(run_dir)) for p in leftovers)}", flush=True)
         manifest = Manifest.open(run_dir, cfg.run.name)
         manifest.data["config_hash"] = cfg.section_hash()
         manifest.data["config"] = cfg.to_dict()
@@ -117,21 +132,33 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                 upstream.update(rec.get("outputs") or {})
             else:
                 dirty = True
-                _banner(f"stage {stage.name}")
                 started, t0 = now(), time.perf_counter()
+                base = {"key": key, "config_hash": cfg.section_hash(*stage.sections), "inputs": dict(upstream), "started": started}
+                previous = manifest.stage(stage.name)
+                # Before the stage may rewrite its files, forget its previous outputs: a run killed from
+                # here on leaves a 'running' record that points at no file, never a stale hash.
+                manifest.set_stage(stage.name, {"status": "running", "reason": "started, not finished (interrupted or killed)",
+                                                **base, "key": None, "outputs": {}, "metrics": {}, "checks": [],
+                                                "ended": None, "seconds": None})
+                _banner(f"stage {stage.name}")
+                # Every stage starts from the same RNG state, whichever stages ran before it in this process,
+                # so a resumed chain reproduces an uninterrupted one.
+                seed_everything(cfg.run.seed)
+                ctx.key = key
                 try:
                     out = stage.fn(ctx).gate()
-                except UserError:
+                except UserError as exc:
+                    manifest.set_stage(stage.name, previous if previous and outputs_intact(previous, run_dir) else {
+                        "status": "failed", "reason": str(exc), **base, "outputs": {}, "metrics": {}, "checks": [],
+                        "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
                     raise
                 except Exception as exc:  # a bug or an environment failure: record it, keep artifacts
                     traceback.print_exc()
                     out = StageOutcome("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
                 manifest.set_stage(stage.name, {
-                    "status": out.status, "reason": out.reason, "key": key, "config_hash": cfg.section_hash(*stage.sections),
-                    "inputs": dict(upstream), "outputs": outputs, "metrics": out.metrics,
-                    "checks": [c.to_dict() for c in out.checks], "started": started, "ended": now(),
-                    "seconds": round(time.perf_counter() - t0, 2)})
+                    "status": out.status, "reason": out.reason, **base, "outputs": outputs, "metrics": out.metrics,
+                    "checks": [c.to_dict() for c in out.checks], "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
                 upstream.update(outputs)
                 for c in out.checks:
                     print(f"   check {c.describe()}", flush=True)

@@ -15,7 +15,7 @@ from .stages_export import (
 from .stages_train import stage_attention, stage_baseline, stage_prune
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier.
-_PARITY = ("checks.max_abs_diff", "checks.min_agreement_fp32", "checks.min_agreement_lowp", "checks.max_accuracy_drop",
+_PARITY = ("checks.max_abs_diff", "checks.min_agreement_fp32", "checks.min_agreement_lowp", "checks.min_agreement_int8", "checks.max_accuracy_drop",
            "checks.eval_images")
 
 STAGES: list[Stage] = [

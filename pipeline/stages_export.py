@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import tarfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,10 +49,14 @@ def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:
 
 
 def _runner(ctx: StageContext, what: str | Path) -> Any:
-    """A Torch runner for a checkpoint, an onnxruntime CPU runner for an ONNX file."""
+    """A Torch runner for a checkpoint, a TensorRT runner for an engine, an onnxruntime CPU runner for an ONNX file."""
     from export.runtime import OrtRunner, TorchRunner
 
     p = Path(what)
+    if p.suffix == ".engine":
+        from export.tensorrt import TrtRunner
+
+        return TrtRunner(p)
     if p.suffix == ".pt":
         return TorchRunner(load_checkpoint(p).model, input_size=input_size(ctx), device=str(ctx.device), threads=ctx.cfg.export.threads)
     return OrtRunner(p, threads=ctx.cfg.export.threads)
@@ -74,16 +79,25 @@ def _accuracy(ctx: StageContext, runner: Any) -> float:
     return float(100.0 * (run_batched(runner, x, 250).argmax(1) == y).mean())
 
 
-def _parity_outcome(ctx: StageContext, out: Path, ref: Path, fp32: bool, extra: dict[str, Any]) -> StageOutcome:
-    cmp = _compare(ctx, ref, out)
+def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str) -> tuple[dict[str, Any], list[Any]]:
+    """Compare ``new`` with ``ref`` on the evaluation split → (metrics, checks): parity for ``precision``
+    (fp32: max |Δlogit| + agreement; fp16: ``checks.min_agreement_lowp``; int8: ``checks.min_agreement_int8``)
+    and the accuracy drop against the baseline."""
+    cmp = _compare(ctx, ref, new)
     c = ctx.cfg.checks
     base = load_checkpoint(ctx.path("baseline.pt")).meta
-    checks = parity(cmp["max_abs_diff"], cmp["top1_agreement"], fp32=fp32, max_diff=c.max_abs_diff,
-                    min_agree_fp32=c.min_agreement_fp32, min_agree_lowp=c.min_agreement_lowp)
+    checks = parity(cmp["max_abs_diff"], cmp["top1_agreement"], fp32=precision == "fp32", max_diff=c.max_abs_diff,
+                    min_agree_fp32=c.min_agreement_fp32,
+                    min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp)
     checks.append(accuracy_drop(float(base["accuracy"]), cmp["accuracy_b"], c.max_accuracy_drop))
     metrics = {"accuracy": cmp["accuracy_b"], "max_abs_diff": cmp["max_abs_diff"], "mean_abs_diff": cmp["mean_abs_diff"],
-               "top1_agreement": cmp["top1_agreement"], "parity_vs": ref.name, "size_bytes": out.stat().st_size, **extra}
-    return StageOutcome(outputs=[out], metrics=metrics, checks=checks)
+               "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name}
+    return metrics, checks
+
+
+def _parity_outcome(ctx: StageContext, out: Path, ref: Path, precision: str, extra: dict[str, Any]) -> StageOutcome:
+    metrics, checks = _parity_checks(ctx, ref, out, precision)
+    return StageOutcome(outputs=[out], metrics={**metrics, "size_bytes": out.stat().st_size, **extra}, checks=checks)
 
 
 def stage_onnx(ctx: StageContext) -> StageOutcome:
@@ -94,7 +108,7 @@ def stage_onnx(ctx: StageContext) -> StageOutcome:
     ck = load_checkpoint(src)
     out = ctx.path("model.onnx")
     res = export_onnx(ck.model, out, _metadata(ctx), opset=ctx.cfg.export.opset)
-    return _parity_outcome(ctx, out, src, True, {"nodes": res.nodes, "opset": res.opset, "exporter": res.exporter})
+    return _parity_outcome(ctx, out, src, "fp32", {"nodes": res.nodes, "opset": res.opset, "exporter": res.exporter})
 
 
 def stage_simplify(ctx: StageContext) -> StageOutcome:
@@ -105,7 +119,7 @@ def stage_simplify(ctx: StageContext) -> StageOutcome:
 
     out = ctx.path("model.sim.onnx")
     res = simplify_onnx(ctx.path("model.onnx"), out)
-    return _parity_outcome(ctx, out, ctx.path("model.onnx"), True, {"nodes_before": res.nodes_before, "nodes_after": res.nodes_after})
+    return _parity_outcome(ctx, out, ctx.path("model.onnx"), "fp32", {"nodes_before": res.nodes_before, "nodes_after": res.nodes_after})
 
 
 def _fp32_onnx(ctx: StageContext) -> Path:
@@ -123,7 +137,7 @@ def stage_int8(ctx: StageContext) -> StageOutcome:
     out = ctx.path("model.int8.onnx")
     src = _fp32_onnx(ctx)
     res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n)
-    return _parity_outcome(ctx, out, src, False, {"nodes": res.nodes, "calibration_images": res.num_calibration})
+    return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration})
 
 
 def stage_engine(ctx: StageContext) -> StageOutcome:
@@ -139,7 +153,7 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
     script = write_trtexec_script(ctx.path("build_engine.sh"), cmds)
     if not e.engine:
         return StageOutcome("skipped", "export.engine is false", outputs=[script])
-    outputs, metrics, reasons = [script], {}, []
+    outputs, metrics, reasons, checks = [script], {}, [], []
     for prec in e.engine_precisions:
         src = int8 if prec == "int8" else _fp32_onnx(ctx)
         if prec == "int8" and not int8.exists():
@@ -151,12 +165,17 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
         if res.status != "ok":
             reasons.append(f"{prec}: {res.reason}")
         outputs += [p for p in (res.engine_path, res.sidecar_path) if p is not None and Path(p).exists()]
+        if res.ok and res.engine_path is not None:
+            # Parity of the engine against the FP32 ONNX model it was built from (FP16/INT8 agreement gates).
+            par, engine_checks = _parity_checks(ctx, _fp32_onnx(ctx), res.engine_path, prec)
+            metrics[prec]["parity"] = par
+            checks += [replace(ch, name=f"{prec}_engine_{ch.name}") for ch in engine_checks]
     statuses = {m["status"] for m in metrics.values()}
     if statuses == {"skipped"}:
         return StageOutcome("skipped", reasons[0].split(": ", 1)[1] if reasons else "", outputs=outputs, metrics=metrics)
     if "failed" in statuses:
-        return StageOutcome("failed", "; ".join(reasons), outputs=outputs, metrics=metrics)
-    return StageOutcome(outputs=outputs, metrics=metrics)
+        return StageOutcome("failed", "; ".join(reasons), outputs=outputs, metrics=metrics, checks=checks)
+    return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
 
 
 def _latency(ctx: StageContext, runner: Any) -> dict[str, Any]:
@@ -206,8 +225,18 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     eng = manifest.get("engine", {})
     for prec in cfg.export.engine_precisions:
         m = (eng.get("metrics") or {}).get(prec) or {}
-        rows[f"tensorrt_{prec}"] = {"file": f"model.{prec}.engine", "precision": prec, "status": m.get("status", eng.get("status", "skipped")),
-                                   "reason": m.get("reason", eng.get("reason", ""))}
+        row = {"file": f"model.{prec}.engine", "precision": prec, "status": m.get("status", eng.get("status", "skipped")),
+               "reason": m.get("reason", eng.get("reason", ""))}
+        path = ctx.path(row["file"])
+        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): measured like every other format
+            runner = _runner(ctx, path)
+            lat = _latency(ctx, runner)
+            par = m.get("parity") or {}
+            row.update({"size_bytes": path.stat().st_size, "params": pruned_c.params, "flops": pruned_c.macs,
+                        "accuracy": _accuracy(ctx, runner), "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
+                        "max_abs_diff": par.get("max_abs_diff"), "top1_agreement": par.get("top1_agreement"),
+                        "parity": f"top-1 {par.get('top1_agreement', 0):.2f}% vs {par.get('parity_vs')}" if par else ""})
+        rows[f"tensorrt_{prec}"] = row
     # the pruned model must be really faster: ORT CPU, same harness, pruned vs unpruned FP32 ONNX
     base_lat = _latency(ctx, _runner(ctx, base_onnx))["latency_ms"]
     pruned_lat = rows.get("onnx_simplified", rows["onnx"])["latency_ms"]

@@ -38,10 +38,9 @@ def data_splits(ctx: StageContext) -> DataSplits:
 
 
 def eval_split(ctx: StageContext) -> ArrayDataset:
-    """The test split, limited to the first ``checks.eval_images`` images when set."""
-    test = data_splits(ctx).test
-    n = ctx.cfg.checks.eval_images
-    return test if n is None else ArrayDataset(test.images[:n], test.labels[:n])
+    """The test split, limited to a fixed seeded sample of ``checks.eval_images`` images when set (the
+    same sample for every run and stage; the split is stored sorted by class, so never a prefix)."""
+    return data_splits(ctx).test.sample(ctx.cfg.checks.eval_images, seed=0)
 
 
 def input_size(ctx: StageContext) -> int:
@@ -63,6 +62,13 @@ def stage_baseline(ctx: StageContext) -> StageOutcome:
     cfg, data = ctx.cfg, data_splits(ctx)
     out = ctx.path("baseline.pt")
     seed_everything(cfg.run.seed)
+    # The per-epoch training checkpoint is named after the stage key, so an interrupted run resumes only
+    # under the same config: a leftover of a run with other settings is deleted, never resumed from.
+    train_ck = ctx.path(f"baseline.train.{ctx.key[:16]}.pt" if ctx.key else "baseline.train.pt")
+    given = Path(cfg.baseline.checkpoint).resolve() if cfg.baseline.checkpoint else None
+    for old in ctx.run_dir.glob("baseline.train*.pt"):
+        if old != train_ck and old.resolve() != given:
+            old.unlink(missing_ok=True)
     if cfg.baseline.checkpoint:
         ck = load_checkpoint(cfg.baseline.checkpoint, expect_classes=len(data.classes))
         model, spec = ck.model, ck.spec
@@ -70,11 +76,13 @@ def stage_baseline(ctx: StageContext) -> StageOutcome:
     else:
         spec = ModelSpec(cfg.model.name, cfg.model.num_classes, input_size(ctx), dict(cfg.model.kwargs))
         model = build_model(cfg.model.name, cfg.model.num_classes, **cfg.model.kwargs)
-        fit(model, data, replace(cfg.train, seed=cfg.run.seed), device=ctx.device, checkpoint=ctx.path("baseline.train.pt"),
+        if train_ck.exists():
+            ctx.say(f"resuming the interrupted training from {train_ck.name}")
+        fit(model, data, replace(cfg.train, seed=cfg.run.seed), device=ctx.device, checkpoint=train_ck,
             spec=spec, resume=True, progress=ctx.progress, desc="baseline")
     metrics = model_metrics(ctx, model)
     save_checkpoint(out, model, spec, data.classes, data.mean, data.std, meta={"stage": "baseline", **metrics})
-    ctx.path("baseline.train.pt").unlink(missing_ok=True)
+    train_ck.unlink(missing_ok=True)
     return StageOutcome(outputs=[out], metrics=metrics)
 
 

@@ -43,6 +43,7 @@ def read_cache(entry: Path) -> tuple[RawData | None, str]:
         counts = meta["counts"]
         shape = tuple(int(v) for v in meta["image_shape"])
         stats = {str(k): int(v) for k, v in meta.get("stats", {}).items()}
+        examples = {str(k): str(v) for k, v in meta.get("examples", {}).items()}
         arrays: dict[str, np.ndarray] = {}
         for name in ARRAYS:
             arrays[name] = np.load(entry / f"{name}.npy", allow_pickle=False)
@@ -60,7 +61,7 @@ def read_cache(entry: Path) -> tuple[RawData | None, str]:
     moments, n_train = arrays["train_moments"], int(counts["train"])
     if moments.dtype != np.float64 or moments.shape != (n_train, 2, 3):
         return None, f"train moments are {moments.dtype} {moments.shape}, expected float64 ({n_train}, 2, 3)"
-    return RawData(**arrays, classes=classes, stats=stats), ""
+    return RawData(**arrays, classes=classes, stats=stats, examples=examples), ""
 
 
 def write_cache(entry: Path, raw: RawData, extra: dict[str, Any] | None = None) -> None:
@@ -81,6 +82,7 @@ def write_cache(entry: Path, raw: RawData, extra: dict[str, Any] | None = None) 
         "counts": {"train": int(len(raw.train_labels)), "test": int(len(raw.test_labels))},
         "image_shape": list(raw.train_images.shape[1:]),
         "stats": dict(raw.stats),
+        "examples": dict(raw.examples),
         **(extra or {}),
     }
     atomic_write_json(entry / META, meta)

@@ -34,6 +34,18 @@ class ArrayDataset:
         """Number of images."""
         return int(self.images.shape[0])
 
+    def sample(self, n: int | None, seed: int = 0) -> ArrayDataset:
+        """``n`` images drawn without replacement by a seeded permutation (kept in their original order);
+        the whole set when ``n`` is None or ≥ ``len(self)``.
+
+        Use this, never a prefix ``[:n]``, for an evaluation or calibration subset: the ImageFolder
+        splits are stored sorted by class, so the first ``n`` images cover only the first classes.
+        """
+        if n is None or n >= len(self):
+            return self
+        idx = np.sort(np.random.default_rng(seed).permutation(len(self))[:n])
+        return ArrayDataset(self.images[idx], self.labels[idx])
+
 
 @dataclass
 class DataSplits:

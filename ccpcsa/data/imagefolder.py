@@ -194,6 +194,11 @@ class ImageFolderSource:
         classes = sorted(train_classes)
         class_index = {c: i for i, c in enumerate(classes)}
         stats = dict.fromkeys(STAT_KEYS, 0)
+        examples: dict[str, str] = {}
+
+        def count(kind: str, rel: str) -> None:
+            stats[kind] += 1
+            examples.setdefault(kind, rel)
 
         # (split, label, relpath) for every file inside a class folder.
         items: list[tuple[str, int, str]] = []
@@ -206,7 +211,7 @@ class ImageFolderSource:
                 rest = rel[len(prefix) :]
                 cls, sep, _ = rest.partition("/")
                 if not sep or cls not in class_index:
-                    stats["stray"] += 1
+                    count("stray", rel)
                 else:
                     items.append((split, class_index[cls], rel))
                     per_class_files[(split, cls)] += 1
@@ -216,7 +221,7 @@ class ImageFolderSource:
                     raise UserError(f"{where}: class folder {root}{split}/{cls}/ has no images")
         items.sort(key=lambda it: (SPLITS.index(it[0]), it[1], it[2]))
 
-        decoded: list[tuple[str, int, np.ndarray]] = []
+        decoded: list[tuple[str, int, str, np.ndarray]] = []
         good_per_class: collections.Counter[tuple[str, int]] = collections.Counter()
         for split, label, rel in tqdm(
             items, desc="decoding images", unit="img", disable=not progress, leave=False, mininterval=0.5
@@ -225,15 +230,15 @@ class ImageFolderSource:
             try:
                 data = source if isinstance(source, bytes) else source.read_bytes()
             except OSError:
-                stats["undecodable"] += 1
+                count("undecodable", rel)
                 continue
             arr, outcome = _decode(data, rel)
             if arr is None:
-                stats[outcome] += 1
+                count(outcome, rel)
                 continue
             if outcome == "converted":
-                stats["converted"] += 1
-            decoded.append((split, label, arr))
+                count("converted", rel)
+            decoded.append((split, label, rel, arr))
             good_per_class[(split, label)] += 1
         for split in SPLITS:
             for label, cls in enumerate(classes):
@@ -242,7 +247,7 @@ class ImageFolderSource:
                         f"{where}: class folder {root}{split}/{cls}/ has no images that could be decoded"
                     )
 
-        sizes = collections.Counter(arr.shape[:2] for _, _, arr in decoded)
+        sizes = collections.Counter(arr.shape[:2] for _, _, _, arr in decoded)
         (height, width), _ = sizes.most_common(1)[0]
         if height != width:
             raise UserError(
@@ -251,12 +256,12 @@ class ImageFolderSource:
             )
         arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
         labels: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for split, label, arr in decoded:
+        for split, label, rel, arr in decoded:
             if arr.shape[:2] != (height, width):
                 arr = np.asarray(
                     Image.fromarray(arr).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8
                 )
-                stats["resized"] += 1
+                count("resized", rel)
             arrays[split].append(arr)
             labels[split].append(label)
         return RawData(
@@ -266,6 +271,7 @@ class ImageFolderSource:
             test_labels=np.asarray(labels["test"], dtype=np.int64),
             classes=classes,
             stats=stats,
+            examples=examples,
         )
 
 

@@ -87,18 +87,19 @@ def load_data(
 
 def _warn_fixes(spec: str, raw: RawData) -> None:
     """One UserWarning summarising the conversions / resizes / skips decoding had to make."""
-    s = raw.stats
+    s, ex = raw.stats, raw.examples
     parts = []
-    if s.get("converted"):
-        parts.append(f"converted {s['converted']} non-RGB (grayscale/RGBA/palette) image(s) to RGB")
+
+    def add(key: str, text: str) -> None:
+        if s.get(key):
+            parts.append(text + (f" (e.g. {ex[key]})" if ex.get(key) else ""))
+
+    add("converted", f"converted {s.get('converted')} non-RGB (grayscale/RGBA/palette) image(s) to RGB")
     if s.get("resized"):
         h, w = raw.train_images.shape[1:3]
-        parts.append(f"resized {s['resized']} image(s) of another size to {w}x{h}")
-    if s.get("non_image"):
-        parts.append(f"skipped {s['non_image']} non-image file(s)")
-    if s.get("undecodable"):
-        parts.append(f"skipped {s['undecodable']} undecodable image file(s)")
-    if s.get("stray"):
-        parts.append(f"ignored {s['stray']} file(s) outside a class folder")
+        add("resized", f"resized {s['resized']} image(s) of another size to {w}x{h}")
+    add("non_image", f"skipped {s.get('non_image')} non-image file(s)")
+    add("undecodable", f"skipped {s.get('undecodable')} undecodable image file(s)")
+    add("stray", f"ignored {s.get('stray')} file(s) outside a class folder")
     if parts:
         warnings.warn(f"{spec}: " + "; ".join(parts), stacklevel=3)

@@ -1,0 +1,611 @@
+"""Bad-input battery (issue #7 "Hardening").
+
+Every user mistake must end in exactly one ``error: <message>`` line on stderr that names the thing
+and the fix, a non-zero exit status (2 for user errors), no traceback, and nothing overwritten. Cases
+go through the real command lines (``python -m pipeline``, ``python -m ccpcsa``,
+``python -m ccpcsa.oneshot``) where that is fast, and otherwise through the library functions those
+command lines call, wrapped in :func:`ccpcsa.errors.run_cli` exactly as the entry points wrap them.
+No case trains a model: config, data and checkpoint mistakes are all caught before training.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import os
+import tarfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from ccpcsa import artifacts
+from ccpcsa.__main__ import main as ccpcsa_main
+from ccpcsa.checkpoint import FORMAT, ModelSpec, load_checkpoint, save_checkpoint
+from ccpcsa.data import load_data
+from ccpcsa.errors import ArtifactWriteError, run_cli
+from ccpcsa.oneshot import main as oneshot_main
+from deploy_tests.byo_model import tiny_net
+from export.onnx_io import load_onnx
+from export.tensorrt import SIDECAR_FORMAT, TrtRunner, check_sidecar, load_sidecar, sidecar_path_for
+from pipeline.__main__ import main as pipeline_main
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+TINY = "deploy_tests.byo_model:tiny_net"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def one_error_line(capsys: pytest.CaptureFixture[str], *fragments: str) -> str:
+    """Assert stderr holds exactly one non-empty line, ``error: …``, containing every fragment; return it."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one error line, got:\n{err}"
+    assert lines[0].startswith("error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], f"{fragment!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+def cli_error(capsys: pytest.CaptureFixture[str], body: Callable[[], Any], *fragments: str) -> str:
+    """Run ``body`` the way every entry point does (inside ``run_cli``); assert exit 2 and one error line."""
+    capsys.readouterr()
+
+    def wrapped() -> int:
+        body()
+        return 0
+
+    assert run_cli(wrapped) == 2, "expected a UserError (exit 2)"
+    return one_error_line(capsys, *fragments)
+
+
+def snapshot(root: Path) -> dict[str, bytes]:
+    """Every file below ``root`` (relative path → bytes), to prove nothing was written or overwritten."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def no_temp_files(directory: Path) -> None:
+    """No ``.NAME.*.tmp`` leftovers of an interrupted atomic write."""
+    assert not list(directory.glob(".*.tmp")), list(directory.iterdir())
+
+
+@pytest.fixture(scope="module")
+def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A valid checkpoint of the smoke config's model (tiny_net, width 16, 10 classes) plus broken variants."""
+    d = tmp_path_factory.mktemp("ckpt")
+    torch.manual_seed(0)
+    good = save_checkpoint(d / "good.pt", tiny_net(10, 16), ModelSpec(TINY, 10, 32, {"width": 16}),
+                           [f"c{i}" for i in range(10)], [0.5] * 3, [0.25] * 3)
+    raw = good.read_bytes()
+    (d / "truncated.pt").write_bytes(raw[: len(raw) // 2])
+    (d / "random.pt").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (d / "text.pt").write_text("these are not the weights you are looking for\n")
+    (d / "empty.pt").write_bytes(b"")
+    torch.save(tiny_net(10, 16).state_dict(), d / "bare_state_dict.pt")
+    payload = torch.load(good, weights_only=True)
+    other_arch = {**payload, "model": {**payload["model"], "name": "resnet20", "kwargs": {}}}
+    torch.save(other_arch, d / "other_arch.pt")
+    torch.save({"format": FORMAT, "model": payload["model"]}, d / "no_state.pt")
+    for kind, value in (("nan", float("nan")), ("inf", float("inf"))):
+        bad = torch.load(good, weights_only=True)
+        bad["state_dict"]["fc.weight"][0, 0] = value
+        torch.save(bad, d / f"{kind}.pt")
+    save_checkpoint(d / "five_classes.pt", tiny_net(5, 16), ModelSpec(TINY, 5, 32, {"width": 16}))
+    return d
+
+
+# ---------------------------------------------------------------------------------------------
+# 1–2. pipeline config: unknown names, wrong types, out-of-range values (all fail before the run dir exists)
+
+CONFIG_CASES = [
+    (["--set", "model.name=resent20"], ["unknown model 'resent20'", "did you mean 'resnet20'"]),
+    (["--set", "prune.method=ccpsca"], ["unknown prune.method (criterion) 'ccpsca'", "did you mean 'ccpcsa'"]),
+    (["--from", "prunee"], ["unknown stage 'prunee'", "did you mean 'prune'"]),
+    (["--until", "bundel"], ["unknown stage 'bundel'", "did you mean 'bundle'"]),
+    (["--set", "prune.targt_flops_reduction=0.5"],
+     ["unknown config key 'prune.targt_flops_reduction'", "did you mean 'prune.target_flops_reduction'"]),
+    (["--set", "prune.target_flops_reduction=1.0"], ["prune.target_flops_reduction must be in [0, 1), got 1.0"]),
+    (["--set", "prune.target_flops_reduction=1.5"], ["prune.target_flops_reduction must be in [0, 1), got 1.5"]),
+    (["--set", "prune.target_flops_reduction=-0.1"], ["prune.target_flops_reduction must be in [0, 1), got -0.1"]),
+    (["--set", "prune.tolerance=-1"], ["prune.tolerance must be ≥ 0", "got -1.0"]),
+    (["--set", "prune.tolerance=.nan"], ["config key prune.tolerance must be a number, got nan"]),
+    (["--set", "train.batch_size=0"], ["train.batch_size must be ≥ 1, got 0"]),
+    (["--set", "train.lr=abc"], ["config key train.lr must be a number, got 'abc'"]),
+    (["--set", "train.epochs=[1, 2]"], ["config key train.epochs must be an integer, got [1, 2]"]),
+    (["--set", "train.epochs=2.5"], ["config key train.epochs must be an integer, got 2.5"]),
+    (["--set", "train.augment=maybe"], ["config key train.augment must be true or false, got 'maybe'"]),
+    (["--set", "export.latency_batches=8"], ["config key export.latency_batches must be a list, got 8"]),
+    (["--set", "train=5"], ["config section train must be a mapping, got 5"]),
+    (["--set", "train.lr"], ["--set 'train.lr' must look like key=value"]),
+    (["--set", "run.device=gpu"], ["run.device 'gpu' is not a device", "use auto, cpu, cuda"]),
+    (["--set", "model.name=deploy_tests.no_such_module:net"], ["cannot import module 'deploy_tests.no_such_module'"]),
+]
+
+
+@pytest.mark.parametrize(("args", "fragments"), CONFIG_CASES, ids=[" ".join(a) for a, _ in CONFIG_CASES])
+def test_pipeline_config_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
+                                  fragments: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", *args]) == 2
+    one_error_line(capsys, *fragments)
+    assert not run_dir.exists()
+
+
+def test_config_file_typo_and_bad_yaml(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    typo = tmp_path / "typo.yaml"
+    typo.write_text("train:\n  epoch: 3\n")
+    assert pipeline_main(["run", "--config", str(typo), "--run-dir", str(tmp_path / "r")]) == 2
+    one_error_line(capsys, "unknown config key 'train.epoch'", "did you mean 'train.epochs'")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("train:\n  epochs: [3\n")
+    assert pipeline_main(["run", "--config", str(broken), "--run-dir", str(tmp_path / "r")]) == 2
+    one_error_line(capsys, f"config file {broken} is not valid YAML at line")
+    assert pipeline_main(["run", "--config", str(tmp_path / "missing.yaml"), "--run-dir", str(tmp_path / "r")]) == 2
+    one_error_line(capsys, "missing.yaml does not exist")
+    assert not (tmp_path / "r").exists()
+
+
+def test_config_error_leaves_existing_run_untouched(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "manifest.json").write_text('{"run": "smoke", "stages": {}}\n')
+    (run_dir / "baseline.pt").write_bytes(b"previous artifact")
+    before = snapshot(run_dir)
+    assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--set", "train.batch_size=-3"]) == 2
+    one_error_line(capsys, "train.batch_size must be ≥ 1, got -3")
+    assert snapshot(run_dir) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 1–2. the training and one-shot command lines
+
+
+def test_ccpcsa_cli_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # the default data cache would appear here as .cache/
+    assert ccpcsa_main(["info", "--model", "resent20"]) == 2
+    one_error_line(capsys, "unknown model 'resent20'", "did you mean 'resnet20'")
+    assert ccpcsa_main(["info", "--model", "resnet20", "--input-size", "2"]) == 2
+    one_error_line(capsys, "--input-size must be ≥ 8, got 2")
+    # A bad value or name is refused before any data is read: no data cache is created, nothing is trained.
+    common = ["train", "--data", "synthetic:100:20", "--epochs", "1", "--out", str(tmp_path / "m.pt")]
+    assert ccpcsa_main([*common, "--batch-size", "0"]) == 2
+    one_error_line(capsys, "train.batch_size must be ≥ 1, got 0")
+    assert ccpcsa_main([*common, "--model", "resnet21"]) == 2
+    one_error_line(capsys, "unknown model 'resnet21'")
+    assert ccpcsa_main([*common, "--schedule", "linear"]) == 2
+    one_error_line(capsys, "train.schedule 'linear' unknown")
+    assert ccpcsa_main(["train", "--data", f"imagefolder:{tmp_path / 'nope'}", "--epochs", "1"]) == 2
+    one_error_line(capsys, f"dataset path {tmp_path / 'nope'} does not exist")
+    assert not (tmp_path / ".cache").exists() and not (tmp_path / "m.pt").exists()
+
+
+def test_argparse_errors_are_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ccpcsa_main(["train", "--lr", "abc"])
+    assert exc.value.code == 2
+    one_error_line(capsys, "argument --lr: invalid float value: 'abc'", "--help")
+    with pytest.raises(SystemExit) as exc:
+        oneshot_main(["model.pt", "--target", "half"])
+    assert exc.value.code == 2
+    one_error_line(capsys, "argument --target: invalid float value: 'half'")
+
+
+def test_oneshot_cli_mistakes(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = str(ckpt_dir / "good.pt")
+    assert oneshot_main([good, "--criterion", "qsmf", "--data", "synthetic"]) == 2
+    one_error_line(capsys, "unknown criterion 'qsmf'", "did you mean 'qsfm'")
+    assert oneshot_main([good, "--target", "1.5", "--data", "synthetic"]) == 2
+    one_error_line(capsys, "--target (FLOPs reduction) must be in [0, 1), got 1.5")
+    assert oneshot_main([str(tmp_path / "missing.pt"), "--data", "synthetic"]) == 2
+    one_error_line(capsys, f"checkpoint {tmp_path / 'missing.pt'} does not exist")
+    assert oneshot_main([str(ckpt_dir / "nan.pt"), "--data", "synthetic", "--criterion", "l1"]) == 2
+    one_error_line(capsys, "NaN in 1 tensor(s) (first: fc.weight)")
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. datasets (load_data with the cache in tmp_path; nothing is cached for a rejected dataset)
+
+
+def _img(arr: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _tree(root: Path, n: int = 2) -> Path:
+    """train/ and test/ with classes cat and dog, ``n`` 8×8 RGB PNG/JPEG images each."""
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for ci, cls in enumerate(("cat", "dog")):
+            folder = root / split / cls
+            folder.mkdir(parents=True)
+            for i in range(n):
+                arr = (np.full((8, 8, 3), 50 + 100 * ci) + rng.integers(0, 20, (8, 8, 3))).astype(np.uint8)
+                (folder / f"{i}.{'png' if i % 2 == 0 else 'jpg'}").write_bytes(_img(arr, "PNG" if i % 2 == 0 else "JPEG"))
+    return root
+
+
+def _tgz(src: Path, dest: Path) -> Path:
+    with tarfile.open(dest, "w:gz") as tf:
+        tf.add(src, arcname="data")
+    return dest
+
+
+def _load(spec: str, cache: Path) -> Any:
+    return load_data(spec, val_size=0, cache_dir=cache, progress=False)
+
+
+def test_dataset_missing_path(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "cifar.tar.gz"
+    cli_error(capsys, lambda: _load(f"imagefolder:{missing}", tmp_path / "c"), f"dataset path {missing} does not exist",
+              "train/<class>/ and test/<class>/")
+    # Through the pipeline: refused by config validation (smoke has no fallback), before the run dir exists.
+    assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(tmp_path / "r"),
+                          "--set", f"data.spec=imagefolder:{missing}"]) == 2
+    one_error_line(capsys, f"data.spec: dataset path {missing} does not exist", "set data.fallback")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "c").exists()
+
+
+def test_dataset_empty_folder_and_archives(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    cli_error(capsys, lambda: _load(f"imagefolder:{empty_dir}", tmp_path / "c"),
+              f"{empty_dir}: no train/ folder found (found: nothing)")
+    empty_tgz = tmp_path / "empty.tar.gz"
+    with tarfile.open(empty_tgz, "w:gz"):
+        pass
+    cli_error(capsys, lambda: _load(f"imagefolder:{empty_tgz}", tmp_path / "c"),
+              f"{empty_tgz}: no train/ folder found (found: nothing)")
+    zero = tmp_path / "zero.tar.gz"
+    zero.write_bytes(b"")
+    cli_error(capsys, lambda: _load(f"imagefolder:{zero}", tmp_path / "c"), f"{zero} is truncated or not a gzip tar archive")
+    assert not (tmp_path / "c").exists()
+
+
+def test_dataset_truncated_archive(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    full = _tgz(_tree(tmp_path / "tree", n=4), tmp_path / "full.tar.gz")
+    assert len(_load(f"imagefolder:{full}", tmp_path / "ok").train) == 8  # the intact archive loads
+    data = full.read_bytes()
+    for cut in (len(data) // 2, len(data) - 8):  # mid-stream, and only the gzip trailer missing
+        trunc = tmp_path / f"trunc{cut}.tar.gz"
+        trunc.write_bytes(data[:cut])
+        cli_error(capsys, lambda t=trunc: _load(f"imagefolder:{t}", tmp_path / "c"),
+                  f"{trunc} is truncated or not a gzip tar archive")
+    assert not (tmp_path / "c").exists()
+
+
+def test_dataset_class_folder_without_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = _tree(tmp_path / "tree")
+    (tree / "train" / "bird").mkdir()
+    (tree / "test" / "bird").mkdir()
+    (tree / "test" / "bird" / "0.png").write_bytes((tree / "test" / "cat" / "0.png").read_bytes())
+    cli_error(capsys, lambda: _load(f"imagefolder:{tree}", tmp_path / "c"), "class folder train/bird/ has no images")
+    (tree / "train" / "bird" / "readme.txt").write_text("birds go here\n")  # a file, but no image
+    cli_error(capsys, lambda: _load(f"imagefolder:{tree}", tmp_path / "c"),
+              "class folder train/bird/ has no images that could be decoded")
+    assert not (tmp_path / "c").exists()
+
+
+def test_dataset_non_image_renamed_jpg_is_skipped_with_warning(tmp_path: Path) -> None:
+    """Decision: a non-image among images is skipped (not fatal); one warning names the count and a file."""
+    tree = _tree(tmp_path / "tree")
+    (tree / "train" / "cat" / "fake.jpg").write_text("I am a text file wearing a .jpg extension\n")
+    with pytest.warns(UserWarning, match=r"skipped 1 undecodable image file\(s\) \(e\.g\. train/cat/fake\.jpg\)"):
+        d = _load(f"imagefolder:{tree}", tmp_path / "c")
+    assert d.stats["undecodable"] == 1 and len(d.train) == 4 and np.bincount(d.train.labels).tolist() == [2, 2]
+
+
+def test_dataset_grayscale_is_converted_and_odd_size_is_resized(tmp_path: Path) -> None:
+    """Decision: grayscale images are converted to RGB, odd-sized ones resized to the common size; both said."""
+    tree = _tree(tmp_path / "tree")
+    (tree / "train" / "dog" / "gray.png").write_bytes(_img(np.full((8, 8), 77, np.uint8)))
+    (tree / "train" / "cat" / "odd.png").write_bytes(_img(np.full((12, 10, 3), 200, np.uint8)))
+    with pytest.warns(UserWarning) as record:
+        d = _load(f"imagefolder:{tree}", tmp_path / "c")
+    msg = " ".join(str(w.message) for w in record)
+    assert "converted 1 non-RGB (grayscale/RGBA/palette) image(s) to RGB (e.g. train/dog/gray.png)" in msg
+    assert "resized 1 image(s) of another size to 8x8 (e.g. train/cat/odd.png)" in msg
+    assert d.train.images.shape == (6, 8, 8, 3) and d.stats["converted"] == 1 and d.stats["resized"] == 1
+    gray = d.train.images[d.train.labels == 1][-1]  # gray.png sorts after 1.jpg
+    assert np.all(gray == 77)
+    odd = d.train.images[d.train.labels == 0][-1]
+    assert np.all(odd == 200)
+    # The cached entry keeps the note: a second load warns the same way.
+    with pytest.warns(UserWarning, match="e.g. train/dog/gray.png"):
+        _load(f"imagefolder:{tree}", tmp_path / "c")
+
+
+def test_dataset_non_square_images_are_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = tmp_path / "tree"
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (tree / split / cls).mkdir(parents=True)
+            (tree / split / cls / "0.png").write_bytes(_img(np.zeros((6, 9, 3), np.uint8)))
+    cli_error(capsys, lambda: _load(f"imagefolder:{tree}", tmp_path / "c"), "most images are 9x6",
+              "only square images are supported")
+
+
+def test_dataset_cache_disk_full_is_not_fatal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decoded-array cache is optional: a full disk while writing it is a warning, and the data still loads."""
+    import ccpcsa.data.cache as cache_mod
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_mod.np, "save", full)
+    with pytest.warns(UserWarning, match="could not write the data cache.*no space left on device"):
+        d = load_data("synthetic:40:10", val_size=0, cache_dir=tmp_path / "c", progress=False)
+    assert len(d.train) == 40
+    for entry in (tmp_path / "c").iterdir():
+        no_temp_files(entry)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. checkpoints
+
+CHECKPOINT_CASES = [
+    ("truncated.pt", {}, "is truncated or not a torch checkpoint"),
+    ("random.pt", {}, "is truncated or not a torch checkpoint"),
+    ("text.pt", {}, "is truncated or not a torch checkpoint"),
+    ("empty.pt", {}, "is empty (0 bytes)"),
+    ("bare_state_dict.pt", {}, "looks like a bare state_dict"),
+    ("no_state.pt", {}, "is damaged: its 'state_dict' is not a mapping of tensors"),
+    ("other_arch.pt", {}, "does not match architecture 'resnet20'"),
+    ("good.pt", {"expect_model": "resnet56"}, f"holds a '{TINY}' model but 'resnet56' is expected"),
+    ("good.pt", {"expect_classes": 100}, "has 10 classes but the data/config has 100"),
+    ("nan.pt", {}, "NaN in 1 tensor(s) (first: fc.weight)"),
+    ("inf.pt", {}, "Inf in 1 tensor(s) (first: fc.weight)"),
+    ("missing.pt", {}, "does not exist"),
+]
+
+
+@pytest.mark.parametrize(("name", "kwargs", "fragment"), CHECKPOINT_CASES,
+                         ids=[f"{n}-{'-'.join(k) or 'plain'}" for n, k, _ in CHECKPOINT_CASES])
+def test_bad_checkpoints(ckpt_dir: Path, capsys: pytest.CaptureFixture[str], name: str, kwargs: dict[str, Any],
+                         fragment: str) -> None:
+    path = ckpt_dir / name
+    before = path.read_bytes() if path.exists() else None
+    line = cli_error(capsys, lambda: load_checkpoint(path, **kwargs), fragment)
+    assert str(path) in line
+    assert (path.read_bytes() if path.exists() else None) == before
+
+
+def test_checkpoint_directory_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cli_error(capsys, lambda: load_checkpoint(tmp_path), f"checkpoint {tmp_path} is a directory")
+
+
+def test_the_good_checkpoint_loads(ckpt_dir: Path) -> None:
+    """Guards the fixtures above: the broken variants fail for their own reason, not because all do."""
+    ck = load_checkpoint(ckpt_dir / "good.pt", expect_classes=10, expect_model=TINY)
+    assert ck.spec.num_classes == 10 and ck.model(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.parametrize(("name", "overrides", "fragment", "where"), [
+    ("missing.pt", [], "does not exist; fix the path", "config"),
+    ("five_classes.pt", [], "has 5 classes but model.num_classes is 10", "config"),
+    ("good.pt", ["model.name=resnet20"], f"holds a '{TINY}' model but model.name is 'resnet20'", "config"),
+    ("truncated.pt", [], "is truncated or not a torch checkpoint", "stage"),
+    ("text.pt", [], "is truncated or not a torch checkpoint", "stage"),
+    ("inf.pt", [], "Inf in 1 tensor(s) (first: fc.weight)", "stage"),
+], ids=["missing", "other-class-count", "other-architecture", "truncated", "not-a-checkpoint", "inf"])
+def test_pipeline_rejects_bad_baseline_checkpoint_before_training(
+        ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        name: str, overrides: list[str], fragment: str, where: str) -> None:
+    """Mismatches with the config are refused by config validation (the run directory is not touched); a file
+    that cannot be loaded is refused by the baseline stage before any training. Either way: one line, exit 2,
+    the previous baseline.pt intact."""
+    import ccpcsa.train
+    import pipeline.stages_train
+
+    def no_training(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("training started despite a bad baseline checkpoint")
+
+    monkeypatch.setattr(ccpcsa.train, "fit", no_training)
+    monkeypatch.setattr(pipeline.stages_train, "fit", no_training)
+    monkeypatch.chdir(tmp_path)  # the pipeline's data cache (.cache/data) goes to tmp_path
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "baseline.pt").write_bytes(b"previous artifact")
+    before = snapshot(run_dir)
+    args = ["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "baseline",
+            "--set", f"baseline.checkpoint={ckpt_dir / name}", "--set", "data.spec=synthetic:200:50"]
+    for o in overrides:
+        args += ["--set", o]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert pipeline_main(args) == 2
+    one_error_line(capsys, fragment, str(ckpt_dir / name))
+    assert (run_dir / "baseline.pt").read_bytes() == b"previous artifact"
+    no_temp_files(run_dir)
+    if where == "config":
+        assert snapshot(run_dir) == before and not (tmp_path / ".cache").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. ONNX files
+
+
+@pytest.fixture(scope="module")
+def onnx_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small valid ONNX model (MatMul by a 64×64 initializer) built with onnx.helper — no export needed."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32), "w")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 64])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
+    onnx.save_model(model, str(path))
+    return path
+
+
+def test_good_onnx_loads(onnx_file: Path) -> None:
+    assert load_onnx(onnx_file).graph.node[0].op_type == "MatMul"
+
+
+@pytest.mark.parametrize(("kind", "fragment"), [
+    ("truncated", "is not a valid ONNX model (truncated or another format?)"),
+    ("text", "is not a valid ONNX model"),
+    ("random", "is not a valid ONNX model"),
+    ("empty", "is empty"),
+])
+def test_bad_onnx(onnx_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str, fragment: str) -> None:
+    data = onnx_file.read_bytes()
+    content = {"truncated": data[: len(data) // 2], "text": b"this is a README, not a model\n" * 20,
+               "random": np.random.default_rng(1).integers(0, 256, 2048, dtype=np.uint8).tobytes(), "empty": b""}[kind]
+    bad = tmp_path / f"{kind}.onnx"
+    bad.write_bytes(content)
+    line = cli_error(capsys, lambda: load_onnx(bad), fragment)
+    assert str(bad) in line and bad.read_bytes() == content
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. TensorRT engine sidecars (pure checks; TensorRT is not needed)
+
+SIDECAR = {"format": SIDECAR_FORMAT, "tensorrt_version": "10.3.0", "gpu": "Orin (nvgpu)", "precision": "fp16"}
+
+
+@pytest.mark.parametrize(("sidecar", "trt_version", "gpu", "fragments"), [
+    (SIDECAR, "10.3.0", "NVIDIA H100 80GB HBM3", ["GPU 'Orin (nvgpu)' (this machine: 'NVIDIA H100 80GB HBM3')", "rebuild"]),
+    (SIDECAR, "10.13.0.35", "Orin (nvgpu)", ["TensorRT 10.3.0 (installed: 10.13.0.35)", "rebuild"]),
+    ({**SIDECAR, "format": "other-tool/3"}, "10.3.0", "Orin (nvgpu)", ["sidecar format is 'other-tool/3'"]),
+    ({"gpu": "Orin (nvgpu)"}, "10.3.0", "Orin (nvgpu)", ["sidecar lacks tensorrt_version"]),
+], ids=["other-gpu", "other-trt", "other-format", "no-version"])
+def test_engine_sidecar_mismatch(capsys: pytest.CaptureFixture[str], sidecar: dict[str, Any], trt_version: str,
+                                 gpu: str, fragments: list[str]) -> None:
+    cli_error(capsys, lambda: check_sidecar(sidecar, trt_version=trt_version, gpu_name=gpu, engine="engine 'm.engine'"),
+              "engine 'm.engine'", *fragments)
+
+
+def test_engine_sidecar_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"\x00plan bytes")
+    side = sidecar_path_for(engine)
+    side.write_text(json.dumps({**SIDECAR, "engine_sha256": "0" * 64}))
+    before = snapshot(tmp_path)
+    cli_error(capsys, lambda: TrtRunner(engine), "engine 'm.engine' does not match its sidecar (SHA-256 differs)")
+    side.write_text("[1, 2]")
+    cli_error(capsys, lambda: load_sidecar(engine), "must hold a JSON object")
+    side.write_bytes(b"\xff\xfe garbage")
+    cli_error(capsys, lambda: load_sidecar(engine), "is not valid JSON")
+    assert engine.read_bytes() == before["m.engine"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. run directory not writable
+
+
+def test_run_dir_below_a_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Works for root too: nobody can create a directory below a regular file."""
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"keep me")
+    run_dir = afile / "run"
+    assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress"]) == 2
+    one_error_line(capsys, f"run directory {run_dir} is not writable", "choose another with --run-dir")
+    assert afile.read_bytes() == b"keep me"
+    assert ccpcsa_main(["train", "--data", "synthetic:100:20", "--out", str(run_dir / "m.pt")]) == 2
+    one_error_line(capsys, f"checkpoint directory (--out) {run_dir} is not writable", "choose another location")
+    assert ccpcsa_main(["train", "--data", "synthetic:100:20", "--out", str(afile / "m.pt")]) == 2
+    one_error_line(capsys, f"checkpoint directory (--out) {afile} is a file, not a directory")
+    cli_error(capsys, lambda: artifacts.atomic_write_text(run_dir / "report.md", "x"), f"cannot write {run_dir / 'report.md'}")
+    assert afile.read_bytes() == b"keep me"
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root ignores directory permissions")
+def test_run_dir_read_only(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "manifest.json").write_text("{}")
+    ro.chmod(0o500)
+    try:
+        assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(ro), "--no-progress"]) == 2
+        one_error_line(capsys, f"run directory {ro} is not writable (Permission denied)")
+        assert (ro / "manifest.json").read_text() == "{}"
+    finally:
+        ro.chmod(0o700)
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. disk full while writing an artifact
+
+
+def _enospc(*args: Any, **kwargs: Any) -> None:
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_keeps_previous_artifact(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    dest = tmp_path / "report.json"
+    artifacts.atomic_write_json(dest, {"version": 1})
+    before = dest.read_bytes()
+    monkeypatch.setattr(artifacts.os, "fsync", _enospc)
+    line = cli_error(capsys, lambda: artifacts.atomic_write_json(dest, {"version": 2}),
+                     f"no space left on device while writing {dest}", "free some space and rerun",
+                     "previous version of it is intact")
+    assert "Errno" not in line
+    assert dest.read_bytes() == before
+    no_temp_files(tmp_path)
+    with pytest.raises(OSError) as exc:  # still an OSError for code that tolerates optional writes
+        artifacts.atomic_write_bytes(dest, b"v3")
+    assert isinstance(exc.value, ArtifactWriteError) and exc.value.errno == errno.ENOSPC
+
+
+def test_disk_full_in_torch_save(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.save reports ENOSPC as a RuntimeError ("file write failed"): recognised by the free space left."""
+    import shutil
+
+    dest = tmp_path / "model.pt"
+    dest.write_bytes((ckpt_dir / "good.pt").read_bytes())
+    before = dest.read_bytes()
+
+    def failing_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"PK\x03\x04partial") if hasattr(f, "write") else Path(f).write_bytes(b"PK\x03\x04partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:783] . PytorchStreamWriter failed writing file "
+                           "data/3: file write failed")
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10 << 30, 10 << 30, 0))  # type: ignore[attr-defined]
+    model = tiny_net(10, 16)
+    cli_error(capsys, lambda: save_checkpoint(dest, model, ModelSpec(TINY, 10)),
+              f"no space left on device while writing {dest}")
+    assert dest.read_bytes() == before
+    no_temp_files(tmp_path)
+
+
+def test_pipeline_reports_disk_full_in_one_line(ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The baseline stage (from a checkpoint, no training) hits a full disk writing baseline.pt: one line, exit 2,
+    the previous baseline.pt intact, no temp file left."""
+    monkeypatch.chdir(tmp_path)  # the pipeline's data cache (.cache/data) goes to tmp_path
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "baseline.pt").write_bytes(b"previous artifact")
+
+    def full_disk_save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        f.write(b"PK\x03\x04partial") if hasattr(f, "write") else Path(f).write_bytes(b"PK\x03\x04partial")
+        _enospc()
+
+    monkeypatch.setattr(torch, "save", full_disk_save)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = pipeline_main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "baseline",
+                              "--set", f"baseline.checkpoint={ckpt_dir / 'good.pt'}", "--set", "data.spec=synthetic:200:50",
+                              "--set", "checks.eval_images=50"])
+    assert code == 2
+    one_error_line(capsys, f"no space left on device while writing {run_dir / 'baseline.pt'}", "free some space and rerun")
+    assert (run_dir / "baseline.pt").read_bytes() == b"previous artifact"
+    no_temp_files(run_dir)
+    assert not (run_dir / ".lock").exists()
