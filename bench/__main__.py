@@ -1,11 +1,15 @@
-"""``python -m bench [--quick]``: run the benchmarks and write ``bench/results/<date>-<host>.json``.
+"""``python -m bench [--quick] [--only NAME ...]``: run the benchmarks, merge into ``bench/results/<date>-<host>[-quick].json``.
 
-- training throughput / projected epoch time (``bench/epoch_time.py``)
-- QSFM scoring time of resnet56 on 256 images (``bench/qsfm_scoring.py``)
-- format latency, unpruned vs l1-pruned resnet20 and resnet56 (``bench/export_latency.py``)
+- ``epoch_time``: training throughput / projected epoch time (``bench/epoch_time.py``)
+- ``qsfm_scoring``: QSFM scoring time of resnet56 on 256 images (``bench/qsfm_scoring.py``)
+- ``export_latency``: format latency, unpruned vs l1-pruned resnet20 and resnet56 (``bench/export_latency.py``)
+- ``criteria``: every pruning criterion at equal FLOPs + realized ORT speedup, INT8, round_to
+  (``bench/criteria.py``; CPU preset ≤ 2 h, ``--quick`` ≤ 15 min on 2 cores; also writes
+  ``<date>-<host>[-quick]-criteria.md`` and its plots)
 
-``--quick`` shortens every measurement. Each benchmark's own command prints JSON lines; this driver
-collects them with the machine description (cores, CPU, library versions).
+``--quick`` shortens every measurement (the criteria benchmark's quick preset; its results go to
+``…-quick.json`` so they never overwrite a full session). Each benchmark's results are merged into the
+file under its name, keeping the others, with the machine description (cores, CPU model, library versions).
 """
 
 from __future__ import annotations
@@ -13,19 +17,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ("epoch_time", "qsfm_scoring", "export_latency", "criteria")
 
 
-def _json_lines(cmd: list[str]) -> list[dict]:
+def _json_lines(cmd: list[str]) -> list[dict[str, Any]]:
     print("$ " + " ".join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    proc = subprocess_run(cmd)
     rows = []
     for line in proc.stdout.splitlines():
         print("  " + line, flush=True)
@@ -36,31 +39,44 @@ def _json_lines(cmd: list[str]) -> list[dict]:
     return rows
 
 
+def subprocess_run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run ``cmd`` in the repository root with it on ``PYTHONPATH``, capturing text output."""
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
 def main() -> int:
+    from bench import criteria
+    from bench.common import RESULTS_DIR, merge_results, results_stem
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", nargs="+", choices=BENCHMARKS, default=list(BENCHMARKS), help="run only these benchmarks")
+    g = ap.add_argument_group("criteria benchmark")
+    criteria.add_arguments(g)
     a = ap.parse_args()
     py = sys.executable
     steps = "5" if a.quick else "20"
     iters = "10" if a.quick else "50"
-    results = {
-        "epoch_time": _json_lines([py, "bench/epoch_time.py", "--channels-last", "--steps", steps]),
-        "qsfm_scoring": _json_lines([py, "bench/qsfm_scoring.py", "--images", "64" if a.quick else "256"]),
-        "export_latency": [row for m in ("resnet20", "resnet56")
-                           for row in _json_lines([py, "bench/export_latency.py", "--model", m, "--iters", iters])],
+    out = RESULTS_DIR / f"{results_stem(a.quick)}.json"
+    command = "python -m bench " + " ".join(sys.argv[1:])
+    simple = {
+        "epoch_time": lambda: _json_lines([py, "bench/epoch_time.py", "--channels-last", "--steps", steps]),
+        "qsfm_scoring": lambda: _json_lines([py, "bench/qsfm_scoring.py", "--images", "64" if a.quick else "256"]),
+        "export_latency": lambda: [row for m in ("resnet20", "resnet56")
+                                   for row in _json_lines([py, "bench/export_latency.py", "--model", m, "--iters", iters])],
     }
-    import numpy
-    import onnxruntime
-    import torch
-
-    out = {"date": time.strftime("%Y-%m-%d"), "host": socket.gethostname(), "quick": a.quick,
-           "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "python": platform.python_version(),
-                       "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "numpy": numpy.__version__},
-           "results": results}
-    dest = ROOT / "bench" / "results" / f"{out['date']}-{out['host']}.json"
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"wrote {dest}")
+    for name in a.only:
+        if name in simple:
+            merge_results(out, {name: simple[name]()}, quick=a.quick, command=command)
+    if "criteria" in a.only:
+        try:
+            criteria.run_benchmark(criteria.preset_from_args(a), root=Path(a.root).resolve() if a.root else None, out_json=out,
+                                   checkpoint=a.baseline, dry_run=a.dry_run, command=command)
+        except criteria.PipelineError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+    if not a.dry_run:
+        print(f"wrote {out}")
     return 0
 
 

@@ -91,8 +91,9 @@ def main() -> None:
         prune_to_target(p, scores, target_macs=(1 - a.prune_flops) * count_complexity(base).macs)
     x = y = None
     if trained or a.pruned:
-        x = normalize_batch(data.test.images[: a.eval_images], data.mean, data.std).numpy()
-        y = data.test.labels[: a.eval_images]
+        test = data.test.sample(a.eval_images)
+        x = normalize_batch(test.images, data.mean, data.std).numpy()
+        y = test.labels
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as d:
         for tag, m in (("unpruned", base), ("pruned", pruned)):

@@ -206,9 +206,9 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         if reached(current):
             stop = "target reached"
     bar.close()
-    if cfg.remove_attention:
-        detach_bam(model)
-    if cfg.final_finetune_epochs > 0 and result.iterations > 0:
+    detached = detach_bam(model) if cfg.remove_attention else 0
+    # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
+    if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0):
         fit(model, data, replace(ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress, desc="prune final finetune")
     result.model = model
     result.final = count_complexity(model, input_size)

@@ -106,3 +106,24 @@ def test_guard_restores_last_accepted_model(trained, synthetic_data):
     model2 = copy.deepcopy(trained[0])
     res2 = run_pruning(model2, synthetic_data, get_criterion("l1"), replace(cfg, tolerance=100.0), train_cfg, progress=False)
     assert res2.history[0]["accepted"] and count_complexity(res2.model).macs <= 0.4 * base.macs * 1.001
+
+
+def test_removing_bam_is_followed_by_a_finetune_even_when_no_iteration_is_accepted(trained, synthetic_data):
+    """remove_attention detaches BAM after the loop; the network then needs the final fine-tune even if the guard
+    rejected the first iteration (it did not run in that case before: a 29 pp drop in a default deploy)."""
+    from ccpcsa.attention import attach_bam, bam_modules
+
+    train_cfg = TrainConfig(batch_size=64, max_steps_per_epoch=2)
+    cfg = PruneConfig(method="l1", target_flops_reduction=0.6, step_flops_reduction=0.6, tolerance=0.5, finetune_epochs=0,
+                      final_finetune_epochs=1, lr=1e-9, round_to=1, min_channels=1, remove_attention=True)
+    runs = {}
+    for final in (0, 1):
+        model = copy.deepcopy(trained[0])
+        attach_bam(model)
+        assert bam_modules(model)
+        res = run_pruning(model, synthetic_data, get_criterion("l1"), replace(cfg, final_finetune_epochs=final), train_cfg,
+                          progress=False)
+        assert res.iterations == 0 and not bam_modules(res.model)
+        runs[final] = {k: v.clone() for k, v in res.model.state_dict().items() if k.endswith("running_mean")}
+    # the fine-tune ran (BN statistics moved) only when it was asked for
+    assert any(not torch.equal(runs[0][k], runs[1][k]) for k in runs[0])

@@ -15,17 +15,18 @@ from .stages_export import (
 from .stages_train import stage_attention, stage_baseline, stage_prune
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier.
+# ``checks.eval_images`` picks the test sample every stage's accuracy is measured on, so it keys them all.
 _PARITY = ("checks.max_abs_diff", "checks.min_agreement_fp32", "checks.min_agreement_lowp", "checks.min_agreement_int8", "checks.max_accuracy_drop",
            "checks.eval_images")
 
 STAGES: list[Stage] = [
-    Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline"), "train or load the model → baseline.pt"),
-    Stage("attention", stage_attention, ("attention",), "attach BAM, retrain → attention.pt"),
+    Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline", "checks.eval_images"), "train or load the model → baseline.pt"),
+    Stage("attention", stage_attention, ("attention", "checks.eval_images"), "attach BAM, retrain → attention.pt"),
     Stage("prune", stage_prune, ("prune", "checks.max_accuracy_drop", "checks.require_flops_target", "checks.eval_images"), "CCPCSA loop (any criterion) → pruned.pt, history.json"),
     Stage("onnx", stage_onnx, ("export.opset", *_PARITY), "export ONNX, parity vs PyTorch → model.onnx"),
     Stage("simplify", stage_simplify, ("export.simplify", *_PARITY), "onnxsim → model.sim.onnx"),
     Stage("int8", stage_int8, ("export.int8", "export.calibration_images", *_PARITY), "INT8 QDQ (onnxruntime) → model.int8.onnx"),
-    Stage("engine", stage_engine, ("export",), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
+    Stage("engine", stage_engine, ("export", *_PARITY), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
     Stage("validate", stage_validate, ("export", "checks"), "accuracy, parity, latency of every format; speedup gate"),
     Stage("report", stage_report, (), "report.json, report.md, plots/"),
     Stage("bundle", stage_bundle, (), "bundle.tar.gz for the edge device"),

@@ -1,0 +1,109 @@
+"""Shared by the benchmarks: the machine description (cores, CPU model, memory, GPU, library versions) and the
+results file ``bench/results/<date>-<host>[-quick].json`` that every benchmark merges its results into."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+LIBRARIES = ("torch", "onnxruntime", "onnx", "onnxsim", "torch-pruning", "numpy", "matplotlib")
+
+
+def cpu_model() -> str:
+    """``lscpu``'s "Model name" (falls back to /proc/cpuinfo, then :func:`platform.processor`)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}).stdout
+        for line in out.splitlines():
+            if line.strip().lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _memory_gib() -> float | None:
+    try:
+        return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def library_versions() -> dict[str, str | None]:
+    """Installed distribution versions of the libraries that shape the numbers (None when absent)."""
+    out: dict[str, str | None] = {}
+    for name in LIBRARIES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def machine_info() -> dict[str, Any]:
+    """Host, cores (logical and usable by this process), CPU model, memory, GPU (if torch sees one), Python, libraries."""
+    info: dict[str, Any] = {
+        "host": socket.gethostname(),
+        "cpus": os.cpu_count(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpu": cpu_model(),
+        "arch": platform.machine(),
+        "memory_gib": _memory_gib(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "libraries": library_versions(),
+        "gpu": None,
+    }
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def results_stem(quick: bool, date: str | None = None, host: str | None = None) -> str:
+    """``<date>-<host>`` (``-quick`` appended for quick presets), the stem of every result file of one benchmark session."""
+    stem = f"{date or time.strftime('%Y-%m-%d')}-{host or socket.gethostname()}"
+    return stem + "-quick" if quick else stem
+
+
+def merge_results(path: Path, updates: dict[str, Any], *, quick: bool, command: str) -> Path:
+    """Merge ``updates`` into ``results`` of the JSON file at ``path`` (created when absent) and write it atomically.
+
+    Top-level ``date``, ``host``, ``quick``, ``command`` and ``machine`` are refreshed; other benchmarks'
+    results already in the file are kept, so ``python -m bench --only X`` never erases ``Y``.
+    """
+    from ccpcsa.artifacts import atomic_write_text
+
+    data: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            data = {}
+    data.update({"date": data.get("date") or time.strftime("%Y-%m-%d"), "host": socket.gethostname(), "quick": quick,
+                 "command": command, "machine": machine_info()})
+    data.setdefault("results", {}).update(updates)
+    out = atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")  # atomic; indent 1 keeps it diffable and small
+    out.chmod(0o644)  # a result to commit, not a secret (the atomic writer creates files 0600)
+    return out
