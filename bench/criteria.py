@@ -349,7 +349,6 @@ def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any]) -> dict[str,
 
 def _eval_and_calibration(p: Preset, n_calib: int) -> tuple[Any, Any, Any, Any]:
     """(normalized eval images, labels, calibration images, data) exactly as the pipeline's stages pick them."""
-    import numpy as np
 
     from ccpcsa.data import load_data, normalize_batch
 
@@ -357,8 +356,7 @@ def _eval_and_calibration(p: Preset, n_calib: int) -> tuple[Any, Any, Any, Any]:
     # the pipeline's eval_split: a fixed seeded sample of checks.eval_images (the split is sorted by class)
     test = data.test.sample(p.eval_images, seed=0) if p.eval_images else data.test
     x = normalize_batch(test.images, data.mean, data.std).numpy()
-    idx = np.random.default_rng(0).permutation(len(data.train))[:n_calib]
-    calib = normalize_batch(data.train.images[idx], data.mean, data.std).numpy()
+    calib = normalize_batch(data.train.sample(n_calib, seed=0).images, data.mean, data.std).numpy()
     return x, test.labels, calib, data
 
 

@@ -76,8 +76,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     data = load_data(a.data, progress=False)
     meta = DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, input_size=32, run_id="bench")
-    idx = np.random.default_rng(0).permutation(len(data.train))[:512]
-    calib = normalize_batch(data.train.images[idx], data.mean, data.std).numpy()
+    calib = normalize_batch(data.train.sample(512, seed=0).images, data.mean, data.std).numpy()
     trained = a.checkpoint is not None
     base = load_checkpoint(a.checkpoint).model if trained else build_model(a.model, len(data.classes))
     if a.pruned:

@@ -34,10 +34,9 @@ def eval_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
 
 
 def calibration_array(ctx: StageContext, n: int) -> np.ndarray:
-    """``n`` train images (seeded permutation), normalized like the model input."""
+    """``n`` train images (a seeded sample), normalized like the model input."""
     data = data_splits(ctx)
-    idx = np.random.default_rng(ctx.cfg.run.seed).permutation(len(data.train))[:n]
-    return normalize_batch(data.train.images[idx], data.mean, data.std).numpy()
+    return normalize_batch(data.train.sample(n, seed=ctx.cfg.run.seed).images, data.mean, data.std).numpy()
 
 
 def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:
