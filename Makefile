@@ -35,7 +35,7 @@ test: typecheck
 	$(BIN)/pytest -q -n 2 --durations=15 deploy_tests
 
 lint: setup
-	$(BIN)/ruff check ccpcsa export pipeline deploy_tests
+	$(BIN)/ruff check ccpcsa export pipeline deploy_tests bench
 
 deploy: setup
 	$(PIPE) $(ARGS)

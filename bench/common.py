@@ -81,6 +81,16 @@ def machine_info() -> dict[str, Any]:
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
+def p50(fmt: dict[str, Any] | None, batch: str) -> float | None:
+    """The p50 latency (ms) at ``batch`` of one format record ``{"latency_ms": {"1": {"p50": …}}}``, or None."""
+    return (((fmt or {}).get("latency_ms") or {}).get(batch) or {}).get("p50")
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    """``a / b``, or None when either is missing or ``b`` is 0 (a speedup is old latency / new latency)."""
+    return a / b if a is not None and b else None
+
+
 def results_stem(quick: bool, date: str | None = None, host: str | None = None) -> str:
     """``<date>-<host>`` (``-quick`` appended for quick presets), the stem of every result file of one benchmark session."""
     stem = f"{date or time.strftime('%Y-%m-%d')}-{host or socket.gethostname()}"

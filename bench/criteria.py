@@ -35,11 +35,13 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from bench.common import p50, ratio
+from bench.ort_profile import profile_models
 
 ROOT = Path(__file__).resolve().parents[1]
 ALL_CRITERIA = ("ccpcsa", "corr", "attention", "qsfm", "l1", "bn", "taylor", "random")
@@ -280,14 +282,6 @@ def prepare_run_dir(shared: Path, run_dir: Path, config_hash: str) -> None:
 # --------------------------------------------------------------------------------------------- collecting
 
 
-def _lat(fmt: dict[str, Any] | None, b: str) -> float | None:
-    return (((fmt or {}).get("latency_ms") or {}).get(b) or {}).get("p50")
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
 def collect_shared(shared: Path) -> dict[str, Any]:
     """Baseline and BAM model metrics recorded by the shared run's stages."""
     m = _manifest(shared) or {}
@@ -334,13 +328,13 @@ def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any]) -> dict[str,
         int8, pt, ptb = formats.get("int8"), formats.get("pytorch_pruned"), formats.get("pytorch_baseline")
         row["int8_accuracy"] = (int8 or {}).get("accuracy")
         row["speedup"] = vm.get("speedup") or {}
-        row["int8_speedup_vs_fp32"] = {b: _ratio(_lat(fp32, b), _lat(int8, b)) for b in map(str, BATCHES)}
-        row["ort_speedup_vs_pytorch"] = {b: _ratio(_lat(pt, b), _lat(fp32, b)) for b in map(str, BATCHES)}
+        row["int8_speedup_vs_fp32"] = {b: ratio(p50(fp32, b), p50(int8, b)) for b in map(str, BATCHES)}
+        row["ort_speedup_vs_pytorch"] = {b: ratio(p50(pt, b), p50(fp32, b)) for b in map(str, BATCHES)}
         # the final artifact (pruned + INT8 on onnxruntime) and the fastest pruned ORT format vs unpruned FP32 PyTorch eager
-        row["final_speedup"] = {b: _ratio(_lat(ptb, b), _lat(int8, b)) for b in map(str, BATCHES)}
-        best = {b: min(((n, _lat(f, b)) for n, f in (("onnx_fp32", fp32), ("onnx_int8", int8)) if _lat(f, b)), key=lambda t: t[1],
+        row["final_speedup"] = {b: ratio(p50(ptb, b), p50(int8, b)) for b in map(str, BATCHES)}
+        best = {b: min(((n, p50(f, b)) for n, f in (("onnx_fp32", fp32), ("onnx_int8", int8)) if p50(f, b)), key=lambda t: t[1],
                        default=(None, None)) for b in map(str, BATCHES)}
-        row["best_ort_speedup"] = {b: {"format": n, "speedup": _ratio(_lat(ptb, b), v)} for b, (n, v) in best.items()}
+        row["best_ort_speedup"] = {b: {"format": n, "speedup": ratio(p50(ptb, b), v)} for b, (n, v) in best.items()}
     return row
 
 
@@ -429,115 +423,6 @@ def _round(obj: Any, nd: int = 4) -> Any:
     if isinstance(obj, list):
         return [_round(v, nd) for v in obj]
     return obj
-
-
-def _conv_macs(op: str, ins: list[list[int]], outs: list[list[int]]) -> int:
-    """MACs of one node call from the shapes onnxruntime's profiler records (float conv and GEMM nodes; else 0 —
-    QLinearConv's weights are pre-packed, the profile does not show their shape)."""
-    import math
-
-    try:
-        if op in ("Conv", "FusedConv", "NchwcConv"):
-            w, o = ins[1], outs[0]
-            return int(math.prod(o) * math.prod(w[1:]))
-        if op in ("Gemm", "MatMul", "FusedGemm"):
-            a, o = ins[0], outs[0]
-            return int(math.prod(o) * a[-1])
-    except (IndexError, TypeError):
-        return 0
-    return 0
-
-
-def _shapes(entries: Any) -> list[list[int]]:
-    out = []
-    for e in entries or []:
-        if isinstance(e, dict) and e:
-            out.append([int(d) for d in next(iter(e.values()))])
-    return out
-
-
-def profile_onnx(path: str | Path, batch: int, iters: int, threads: int, warmup: int = 5, keep_nodes: bool = True) -> dict[str, Any]:
-    """Per-node and per-op-type kernel time (µs per inference) of an ONNX model on onnxruntime CPU at ``batch``
-    (``SessionOptions.enable_profiling``; the first ``warmup`` runs are dropped), with each node's MACs from the
-    recorded shapes, the mean ``model_run`` time and the part of it outside any kernel (framework overhead).
-    ``keep_nodes``: also return the conv and ``ReorderOutput`` nodes one by one (else only per-op-type sums)."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from export.onnx_io import input_signature, load_onnx
-
-    name, _, chw = input_signature(load_onnx(path))
-    with tempfile.TemporaryDirectory() as d:
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.enable_profiling = True
-        opts.profile_file_prefix = str(Path(d) / "prof")
-        sess = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
-        x = np.random.default_rng(0).standard_normal((batch, *chw), dtype=np.float32)
-        for _ in range(warmup + iters):
-            sess.run(None, {name: x})
-        events = json.loads(Path(sess.end_profiling()).read_text())
-    runs = sorted((e for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"), key=lambda e: e["ts"])[warmup:]
-    if not runs:
-        return {}
-    t0 = runs[0]["ts"]
-    nodes: dict[str, dict[str, Any]] = {}
-    for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or e.get("ts", 0) < t0:
-            continue
-        args = e.get("args") or {}
-        n = e["name"][: -len("_kernel_time")]
-        rec = nodes.setdefault(n, {"op": args.get("op_name", "?"), "us": 0.0, "calls": 0, "macs": 0})
-        rec["us"] += e["dur"]
-        rec["calls"] += 1
-        ins, outs = _shapes(args.get("input_type_shape")), _shapes(args.get("output_type_shape"))
-        rec["macs"] = _conv_macs(rec["op"], ins, outs) // max(1, batch)
-        if rec["op"] == "ReorderOutput" and ins and outs and len(ins[0]) > 1 and len(outs[0]) > 1:
-            rec["channels"] = [ins[0][1], outs[0][1]]  # NCHWc (padded) width → real width
-    k = len(runs)
-    for rec in nodes.values():
-        rec["us"] /= k
-    ops: dict[str, dict[str, float]] = {}
-    for rec in nodes.values():
-        o = ops.setdefault(rec["op"], {"us": 0.0, "nodes": 0, "macs": 0})
-        o["us"] += rec["us"]
-        o["nodes"] += 1
-        o["macs"] += rec["macs"]
-    run_us = sum(r["dur"] for r in runs) / k
-    kernel_us = sum(r["us"] for r in nodes.values())
-    ranked = sorted(nodes.items(), key=lambda t: -t[1]["us"])
-    keep = ("Conv", "FusedConv", "NchwcConv", "QLinearConv", "ReorderOutput")
-    return {"batch": batch, "runs": k, "model_run_us": run_us, "kernel_us": kernel_us, "overhead_us": max(0.0, run_us - kernel_us),
-            "macs_per_image": sum(r["macs"] for r in nodes.values()), "node_count": len(nodes),
-            "ops": dict(sorted(ops.items(), key=lambda t: -t[1]["us"])),
-            # the conv nodes (per-layer comparison) and the NCHWc reorders, slowest first
-            "nodes": {n: {k: v[k] for k in ("op", "us", "macs", "channels") if k in v} for n, v in ranked if v["op"] in keep}
-            if keep_nodes else {}}
-
-
-def profile_models(p: Preset, models: dict[str, dict[str, str]], rounds: int = 3) -> dict[str, Any]:
-    """``{label: {"fp32": path, "int8": path}}`` → ``{label: {precision: {batch: profile}}}``. Every model is profiled
-    ``rounds`` times, the models interleaved within a round, and the round with the median ``model_run`` time is kept,
-    so that a burst of load from other jobs does not land on one model only."""
-    out: dict[str, Any] = {}
-    for prec in ("fp32", "int8"):
-        for b in BATCHES:
-            got: dict[str, list[dict[str, Any]]] = {}
-            for _ in range(rounds):
-                for label, files in models.items():
-                    path = files.get(prec)
-                    if path and Path(path).is_file():
-                        got.setdefault(label, []).append(profile_onnx(path, b, p.profile_iters.get(str(b), 50), p.threads,
-                                                                      keep_nodes=prec == "fp32"))
-            for label, profs in got.items():
-                profs = [q for q in profs if q]
-                if profs:
-                    pick = sorted(profs, key=lambda q: q["model_run_us"])[len(profs) // 2]
-                    pick["rounds_model_run_us"] = [q["model_run_us"] for q in profs]
-                    out.setdefault(label, {}).setdefault(prec, {})[str(b)] = pick
-    return out
 
 
 # --------------------------------------------------------------------------------------------- driver
@@ -656,7 +541,7 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
             d = ROOT / row["run_dir"]
             models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8": str(d / "model.int8.onnx")}
     try:
-        result["profile"] = profile_models(p, models)
+        result["profile"] = profile_models(models, threads=p.threads, iters=p.profile_iters, batches=BATCHES)
     except Exception as exc:
         errors["profile"] = f"{type(exc).__name__}: {exc}"
     try:

@@ -15,6 +15,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.common import p50
 from ccpcsa.artifacts import atomic_path, atomic_write_text
 
 # the issue's targets
@@ -30,10 +31,6 @@ def _f(v: Any, spec: str = ".2f", none: str = "—") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return none
     return format(v, spec)
-
-
-def _lat(fmt: dict[str, Any] | None, b: str) -> float | None:
-    return (((fmt or {}).get("latency_ms") or {}).get(b) or {}).get("p50")
 
 
 def _table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -95,17 +92,53 @@ def _target_accuracy(c: dict[str, Any], base_acc: float, se: float) -> list[str]
     steps = p.get("steps_per_epoch")
     ft = f"{p['final_finetune_epochs'] * steps} steps ({p['final_finetune_epochs'] * steps * 128 / 45000:.2f} epochs of the train split)" \
         if steps else f"{p['final_finetune_epochs']} epochs"
-    rec = []
-    for r in sorted((r for r in grid if r["criterion"] == REFERENCE), key=lambda r: r["target"]):
-        h = r.get("history") or []
-        if h and h[-1].get("val_accuracy") is not None and r.get("val_accuracy") is not None:
-            rec.append(f"−{100 * r['target']:.0f}%: {h[-1]['val_accuracy']:.1f} → {r['val_accuracy']:.1f}")
-    if rec:
-        out += ["", f"Why: every criterion gets the same short recovery — {ft} after one-shot pruning. CCPCSA's val accuracy "
-                    f"right after pruning → after that fine-tune: {'; '.join(rec)} % (val accuracy of the shared BAM model "
-                    f"it starts from: {_f((c.get('attention') or {}).get('val_accuracy'))} %)."]
+    out += ["", f"Why: every criterion gets the same short recovery — {ft} after one-shot pruning; "
+                f"val accuracy of the shared BAM model they all start from: {_f((c.get('attention') or {}).get('val_accuracy'))} %."]
+    out += _recovery(grid, targets)
     out += ["", f"Resolution: one test-accuracy number has a binomial standard error of ±{se:.2f} pp here, so differences "
                 f"below ≈ {2 * se:.1f} pp between criteria are not significant."]
+    return out
+
+
+def _widths_key(r: dict[str, Any]) -> tuple[tuple[str, int], ...]:
+    return tuple(sorted((r.get("channels_after") or {}).items()))
+
+
+def _recovery(grid: list[dict[str, Any]], targets: list[float]) -> list[str]:
+    """Per criterion and target: val accuracy right after the prune (before any fine-tune) → after the final fine-tune,
+    which criteria leave identical per-layer widths, and where CCPCSA's widths differ from the best criterion's."""
+    crits = sorted({r["criterion"] for r in grid}, key=lambda k: (k != REFERENCE, k))
+    cell: dict[tuple[str, float], str] = {}
+    for r in grid:
+        h = r.get("history") or []
+        after = h[-1].get("val_accuracy") if h else None
+        cell[(r["criterion"], r["target"])] = f"{_f(after, '.1f')} → {_f(r.get('val_accuracy'), '.1f')}"
+    out = ["", "Val accuracy right after the one-shot prune → after the fine-tune (the same split for every run):", ""]
+    out += _table(["criterion"] + [f"−{100 * t:.0f}%" for t in targets],
+                  [[k] + [cell.get((k, t), "—") for t in targets] for k in crits])
+    out.append("")
+    for t in targets:
+        post = [h[-1]["val_accuracy"] for r in grid if r["target"] == t and (h := r.get("history")) and h[-1].get("val_accuracy") is not None]
+        if post and max(post) <= 25.0:  # 10 classes: chance is 10 %
+            out.append(f"- −{100 * t:.0f}%: right after the prune every criterion is near chance (≤ {max(post):.1f} % val), so the "
+                       "ranking is how well the architecture each one leaves recovers in the fine-tune, more than which "
+                       "individual channels it kept.")
+        at = sorted((r for r in grid if r["target"] == t and r.get("channels_after")), key=lambda r: -r["accuracy"])
+        groups: dict[tuple[tuple[str, int], ...], list[str]] = {}
+        for r in at:
+            groups.setdefault(_widths_key(r), []).append(r["criterion"])
+        same = [g for g in groups.values() if len(g) > 1]
+        ref = next((r for r in at if r["criterion"] == REFERENCE), None)
+        line = f"- −{100 * t:.0f}%: {len(groups)} distinct architectures among {len(at)} criteria"
+        if same:
+            line += "; identical per-layer widths: " + "; ".join(", ".join(g) for g in same)
+        if ref is not None and at and at[0] is not ref:
+            best = at[0]
+            diff = [(n, w, best["channels_after"].get(n)) for n, w in ref["channels_after"].items() if best["channels_after"].get(n) != w]
+            if diff:
+                line += (f". CCPCSA vs {best['criterion']} widths (CCPCSA/{best['criterion']}): "
+                         + ", ".join(f"{n} {a}/{b}" for n, a, b in diff[:8]) + (f", … ({len(diff)} layers)" if len(diff) > 8 else ""))
+        out.append(line)
     return out
 
 
@@ -235,27 +268,27 @@ def _speedup_table(c: dict[str, Any]) -> list[str]:
 def _formats_table(c: dict[str, Any], base_acc: float) -> list[str]:
     ref = c.get("reference") or {}
     head = ["model", "format", "acc %", "p50 ms b1", "p50 ms b32", "img/s b32", "vs unpruned PyTorch b1", "vs unpruned PyTorch b32"]
-    pt_base = {b: _lat(ref.get("pytorch_fp32"), b) for b in ("1", "32")}
+    pt_base = {b: p50(ref.get("pytorch_fp32"), b) for b in ("1", "32")}
     rows = []
     names = {"pytorch_fp32": "PyTorch eager FP32", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT8 (QDQ)"}
     for k, title in names.items():
         f = ref.get(k)
         if f:
-            rows.append(["unpruned", title, _f(f.get("accuracy")), _f(_lat(f, "1"), ".3f"), _f(_lat(f, "32"), ".2f"),
+            rows.append(["unpruned", title, _f(f.get("accuracy")), _f(p50(f, "1"), ".3f"), _f(p50(f, "32"), ".2f"),
                          _f((f.get("images_per_s") or {}).get("32"), ".0f")] +
-                        [_f(pt_base[b] / _lat(f, b) if pt_base[b] and _lat(f, b) else None, ".2f") + "×" for b in ("1", "32")])
+                        [_f(pt_base[b] / p50(f, b) if pt_base[b] and p50(f, b) else None, ".2f") + "×" for b in ("1", "32")])
     fnames = {"pytorch_pruned": "PyTorch eager FP32", "onnx_simplified": "ORT FP32", "int8": "ORT INT8 (QDQ)"}
     for r in sorted(_ok(c["runs"]), key=lambda r: r["target"]):
         if r["criterion"] != REFERENCE or r["round_to"] != c["preset"]["round_to"]:
             continue
         fm = r.get("formats") or {}
-        own = {b: _lat(fm.get("pytorch_baseline"), b) for b in ("1", "32")}  # the same run's validate stage
+        own = {b: p50(fm.get("pytorch_baseline"), b) for b in ("1", "32")}  # the same run's validate stage
         for k, title in fnames.items():
             f = fm.get(k)
             if f:
-                rows.append([f"{REFERENCE} −{100 * r['flops_reduction']:.0f}%", title, _f(f.get("accuracy")), _f(_lat(f, "1"), ".3f"),
-                             _f(_lat(f, "32"), ".2f"), _f((f.get("images_per_s") or {}).get("32"), ".0f")] +
-                            [_f(own[b] / _lat(f, b) if own[b] and _lat(f, b) else None, ".2f") + "×" for b in ("1", "32")])
+                rows.append([f"{REFERENCE} −{100 * r['flops_reduction']:.0f}%", title, _f(f.get("accuracy")), _f(p50(f, "1"), ".3f"),
+                             _f(p50(f, "32"), ".2f"), _f((f.get("images_per_s") or {}).get("32"), ".0f")] +
+                            [_f(own[b] / p50(f, b) if own[b] and p50(f, b) else None, ".2f") + "×" for b in ("1", "32")])
     out = _table(head, rows) + ["", "Unpruned rows: measured together at the end of the session; pruned rows: measured by the "
                                     "run's `validate` stage, ratios against the unpruned PyTorch model timed in that same stage."]
     # ratios across every run
@@ -271,7 +304,7 @@ def _formats_table(c: dict[str, Any], base_acc: float) -> list[str]:
     ri = ref.get("ort_int8")
     rf = ref.get("ort_fp32")
     if ri and rf:
-        lines.append(f"- unpruned: INT8 {_lat(ri, '1'):.3f} ms vs FP32 {_lat(rf, '1'):.3f} ms at b1, accuracy "
+        lines.append(f"- unpruned: INT8 {p50(ri, '1'):.3f} ms vs FP32 {p50(rf, '1'):.3f} ms at b1, accuracy "
                      f"{ri['accuracy']:.2f} vs {rf['accuracy']:.2f} %; INT8 file {ri['size_bytes'] / 1024:.0f} KiB vs "
                      f"{rf['size_bytes'] / 1024:.0f} KiB.")
     return out + [""] + lines
@@ -478,7 +511,7 @@ def _plots(c: dict[str, Any], base: dict[str, Any], plot_dir: Path) -> list[Path
     if bars:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for ax, b in zip(axes, ("1", "32"), strict=True):
-            vals = [_lat(f, b) or 0 for _, f in bars]
+            vals = [p50(f, b) or 0 for _, f in bars]
             colors = ["#7f7f7f" if "PyTorch" in n else "#1f77b4" if "FP32" in n else "#ff7f0e" for n, _ in bars]
             ax.bar(range(len(bars)), vals, color=colors)
             ax.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=60, ha="right", fontsize=7)

@@ -1,0 +1,151 @@
+"""The benchmark harness itself (issue #8): the onnxruntime profile counts the MACs a conv really executes,
+the results file merges without losing other benchmarks, resuming skips only a finished run of the same
+configuration, and the summary's verdicts are computed from the results JSON."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from bench.common import merge_results, p50, ratio, results_stem
+from bench.criteria import (
+    PRESETS,
+    RunSpec,
+    common_overrides,
+    expected_config_hash,
+    run_is_complete,
+    run_overrides,
+)
+from bench.criteria_report import write_summary
+from bench.ort_profile import conv_macs, profile_onnx
+from ccpcsa.checkpoint import ModelSpec, build_from_spec, save_checkpoint
+
+RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
+
+
+def _two_convs(width: int) -> nn.Module:
+    """16 → ``width`` → 16 channels, 3×3, on an 8×8 map: nominal conv MACs = 2 · 16 · width · 9 · 64."""
+    return nn.Sequential(nn.Conv2d(16, width, 3, padding=1), nn.ReLU(), nn.Conv2d(width, 16, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+
+
+def _export(model: nn.Module, path: Path) -> Path:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 16, 8, 8),), str(path), input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+    return path
+
+
+def _conv_family_macs(prof: dict) -> int:
+    return sum(v["macs"] for op, v in prof["ops"].items() if op in ("Conv", "FusedConv", "NchwcConv"))
+
+
+def test_conv_macs_formula_matches_a_hand_count() -> None:
+    # 32 output channels on 8×8, each a 16·3·3 dot product; a 4×64 · 64×10 GEMM
+    assert conv_macs("Conv", [[1, 16, 8, 8], [32, 16, 3, 3], [32]], [[1, 32, 8, 8]]) == 32 * 64 * 16 * 9
+    assert conv_macs("Gemm", [[4, 64], [10, 64]], [[4, 10]]) == 4 * 10 * 64
+    assert conv_macs("Relu", [[1, 16, 8, 8]], [[1, 16, 8, 8]]) == 0
+    assert conv_macs("Conv", [], []) == 0  # a record without shapes is not a crash
+
+
+def test_profile_counts_the_executed_conv_macs_of_an_aligned_model(tmp_path: Path) -> None:
+    prof = profile_onnx(_export(_two_convs(32), tmp_path / "w32.onnx"), batch=1, iters=10, threads=1)
+    assert _conv_family_macs(prof) == 2 * 16 * 32 * 9 * 64  # widths on any SIMD block: executed == nominal
+    assert prof["runs"] == 10 and prof["model_run_us"] > 0
+    assert 0 < prof["kernel_us"] <= prof["model_run_us"] + 1e-6 and prof["overhead_us"] >= 0
+    assert {v["op"] for v in prof["nodes"].values()} & {"Conv", "FusedConv", "NchwcConv"}
+
+
+def test_profile_shows_a_pruned_width_padded_to_the_simd_block(tmp_path: Path) -> None:
+    """The finding behind the benchmark's efficiency < 0.9: a width of 20 runs as 24 (8-wide block) or 32 (16-wide,
+    AVX-512) on onnxruntime's NCHWc path, so pruning 32 → 20 channels saves less than its nominal 37.5 %."""
+    prof = profile_onnx(_export(_two_convs(20), tmp_path / "w20.onnx"), batch=1, iters=10, threads=1)
+    executed = _conv_family_macs(prof)
+    padded = {block: 2 * 16 * (-(-20 // block) * block) * 9 * 64 for block in (1, 8, 16)}
+    assert executed in padded.values(), (executed, padded)
+    nchwc = any(n["op"] == "ReorderOutput" for n in prof["nodes"].values()) or "ReorderInput" in prof["ops"]
+    if nchwc:  # the layout transform ran (x86 with AVX2 or better): the padding is real and counted
+        assert executed > padded[1]
+
+
+def test_merge_results_keeps_other_benchmarks_and_is_readable(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    merge_results(out, {"epoch_time": [{"img_s": 300.0}]}, quick=False, command="python -m bench --only epoch_time")
+    merge_results(out, {"criteria": {"runs": []}}, quick=False, command="python -m bench --only criteria")
+    data = json.loads(out.read_text())
+    assert data["results"] == {"epoch_time": [{"img_s": 300.0}], "criteria": {"runs": []}}
+    assert data["command"] == "python -m bench --only criteria" and data["machine"]["cpus"] >= 1
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644
+    assert not [p for p in tmp_path.iterdir() if p != out]  # no temp file left
+    assert results_stem(True, "2026-01-02", "h") == "2026-01-02-h-quick" and results_stem(False, "d", "h") == "d-h"
+
+
+def test_p50_and_ratio_tolerate_missing_numbers() -> None:
+    fmt = {"latency_ms": {"1": {"p50": 2.0}, "32": {"p50": 40.0}}}
+    assert p50(fmt, "1") == 2.0 and p50(fmt, "8") is None and p50(None, "1") is None
+    assert ratio(4.0, 2.0) == 2.0 and ratio(None, 2.0) is None and ratio(4.0, 0.0) is None
+
+
+def test_resume_only_skips_a_finished_run_of_the_same_configuration(tmp_path: Path) -> None:
+    p = PRESETS["quick"]
+    ckpt = save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec(p.model, 10)), ModelSpec(p.model, 10))
+    base = common_overrides(p, str(ckpt))
+    h_l1 = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 8)))
+    h_l1_r1 = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 1)))
+    h_bn = expected_config_hash(p, base + run_overrides(p, RunSpec("bn", 0.5, 8)))
+    assert len({h_l1, h_l1_r1, h_bn}) == 3
+    run = tmp_path / "l1-t50-r8"
+    run.mkdir()
+    manifest = {"config_hash": h_l1, "stages": {"validate": {"status": "ok"}}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert not run_is_complete(run, h_l1)  # no report.json yet: interrupted after validate
+    (run / "report.json").write_text("{}")
+    assert run_is_complete(run, h_l1)
+    assert not run_is_complete(run, h_l1_r1)  # same folder, other round_to: rerun
+    manifest["stages"]["validate"]["status"] = "failed"
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    assert not run_is_complete(run, h_l1)
+
+
+@pytest.mark.parametrize("name", ["2026-11-22-vm-quick.json"])
+def test_summary_verdicts_come_from_the_results(tmp_path: Path, name: str) -> None:
+    src = RESULTS / name
+    if not src.is_file():
+        pytest.skip(f"{src} is not in this checkout")
+    data = json.loads(src.read_text())
+    c = data["results"]["criteria"]
+    # re-derive target 1 from the raw runs: the best accuracy at −50 % among the default round_to runs
+    grid = [r for r in c["runs"] if r.get("status") == "ok" and r["target"] == 0.5 and r["round_to"] == c["preset"]["round_to"]]
+    best = max(grid, key=lambda r: r["accuracy"])
+    ref = next(r for r in grid if r["criterion"] == "ccpcsa")
+    rank = 1 + sum(r["accuracy"] > ref["accuracy"] for r in grid)
+    json_path = tmp_path / name
+    shutil.copy(src, json_path)
+    paths = write_summary(data, json_path)
+    md = paths[0].read_text()
+    assert f"{best['criterion']} {best['accuracy']:.2f}" in md and f"{rank} of {len(grid)}" in md
+    assert f"{best['accuracy'] - ref['accuracy']:.2f} pp behind {best['criterion']}" in md
+    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert any(p.suffix == ".png" and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
+    # change one number and the verdict must follow it: CCPCSA 0.2 pp below the baseline is best and within 0.5 pp
+    assert c["baseline"]["accuracy"] - 0.2 > best["accuracy"]
+    for r in c["runs"]:
+        if r["key"] == ref["key"]:
+            r["accuracy"] = c["baseline"]["accuracy"] - 0.2
+    assert _target1_row(md).split("|")[-2].strip().startswith("missed")
+    md2 = write_summary(data, json_path)[0].read_text()
+    assert _target1_row(md2).split("|")[-2].strip() == "**met**"
+
+
+def _target1_row(md: str) -> str:
+    """The −50 % row of the summary's target-1 table (between the "**1." and "**2." headings)."""
+    section = md.split("**1.", 1)[1].split("**2.", 1)[0]
+    return next(line for line in section.splitlines() if line.startswith("| 50% |"))
