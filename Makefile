@@ -47,7 +47,7 @@ prune: setup
 	$(PIPE) --until prune $(ARGS)
 
 export: setup
-	$(PIPE) --until int8 $(ARGS)
+	$(PIPE) --until int8_cpu $(ARGS)
 
 engine: setup
 	$(PIPE) --until engine $(ARGS)

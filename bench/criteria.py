@@ -264,12 +264,18 @@ def run_is_complete(run_dir: Path, config_hash: str) -> bool:
                 and (m.get("stages", {}).get("validate") or {}).get("status") == "ok")
 
 
-def prepare_run_dir(shared: Path, run_dir: Path, config_hash: str) -> None:
-    """Copy the shared run into ``run_dir`` (atomically, via a temporary folder) unless it already holds
-    this configuration (an interrupted run: the pipeline resumes it); a stale configuration is replaced."""
-    m = _manifest(run_dir)
-    if run_dir.exists() and m is not None and m.get("config_hash") == config_hash:
-        return
+def _shared_keys(manifest: dict[str, Any] | None) -> list[str | None]:
+    return [(((manifest or {}).get("stages") or {}).get(n) or {}).get("key") for n in ("baseline", "attention")]
+
+
+def prepare_run_dir(shared: Path, run_dir: Path) -> bool:
+    """Copy the shared run into ``run_dir`` (atomically, via a temporary folder), unless ``run_dir`` already grew
+    from this shared run (its ``baseline`` and ``attention`` stage keys — hashes of their settings and inputs —
+    equal the shared run's): then it is kept and the pipeline resumes it, re-running only the stages whose
+    settings changed (an interrupted run, or a new export option). Returns True when it was kept."""
+    mine = _shared_keys(_manifest(run_dir))
+    if run_dir.exists() and all(mine) and mine == _shared_keys(_manifest(shared)):
+        return True
     if run_dir.exists():
         shutil.rmtree(run_dir)
     tmp = run_dir.with_name(run_dir.name + ".tmp")
@@ -277,6 +283,7 @@ def prepare_run_dir(shared: Path, run_dir: Path, config_hash: str) -> None:
         shutil.rmtree(tmp)
     shutil.copytree(shared, tmp, ignore=shutil.ignore_patterns(".lock", "*.log", ".*.tmp"))
     os.replace(tmp, run_dir)
+    return False
 
 
 # --------------------------------------------------------------------------------------------- collecting
@@ -325,14 +332,22 @@ def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any]) -> dict[str,
             ref_acc = (formats.get("pytorch_baseline") or {}).get("accuracy", base["accuracy"])  # same split, same run
             row["accuracy_drop_pp"] = ref_acc - row["accuracy"]
         fp32 = formats.get("onnx_simplified") or formats.get("onnx")
-        int8, pt, ptb = formats.get("int8"), formats.get("pytorch_pruned"), formats.get("pytorch_baseline")
-        row["int8_accuracy"] = (int8 or {}).get("accuracy")
+        int8, int8_cpu = formats.get("int8"), formats.get("int8_cpu")
+        pt, ptb = formats.get("pytorch_pruned"), formats.get("pytorch_baseline")
+        row["int8_accuracy"] = (int8 or {}).get("accuracy")  # the TensorRT flavour (S8S8)
+        row["int8_cpu_accuracy"] = (int8_cpu or {}).get("accuracy")  # the onnxruntime-CPU flavour (U8S8)
         row["speedup"] = vm.get("speedup") or {}
         row["int8_speedup_vs_fp32"] = {b: ratio(p50(fp32, b), p50(int8, b)) for b in map(str, BATCHES)}
+        row["int8_cpu_speedup_vs_fp32"] = {b: ratio(p50(fp32, b), p50(int8_cpu, b)) for b in map(str, BATCHES)}
         row["ort_speedup_vs_pytorch"] = {b: ratio(p50(pt, b), p50(fp32, b)) for b in map(str, BATCHES)}
-        # the final artifact (pruned + INT8 on onnxruntime) and the fastest pruned ORT format vs unpruned FP32 PyTorch eager
-        row["final_speedup"] = {b: ratio(p50(ptb, b), p50(int8, b)) for b in map(str, BATCHES)}
-        best = {b: min(((n, p50(f, b)) for n, f in (("onnx_fp32", fp32), ("onnx_int8", int8)) if p50(f, b)), key=lambda t: t[1],
+        # the final CPU artifact (pruned + INT8 on onnxruntime: the CPU flavour when the run has it) and the fastest
+        # pruned ORT format, both vs the unpruned FP32 PyTorch eager model timed in the same validate stage
+        final = int8_cpu or int8
+        row["final_format"] = "int8_cpu" if int8_cpu else "int8"
+        row["final_accuracy"] = (final or {}).get("accuracy")
+        row["final_speedup"] = {b: ratio(p50(ptb, b), p50(final, b)) for b in map(str, BATCHES)}
+        cands = (("onnx_fp32", fp32), ("onnx_int8", int8), ("onnx_int8_cpu", int8_cpu))
+        best = {b: min(((n, p50(f, b)) for n, f in cands if p50(f, b)), key=lambda t: t[1],
                        default=(None, None)) for b in map(str, BATCHES)}
         row["best_ort_speedup"] = {b: {"format": n, "speedup": ratio(p50(ptb, b), v)} for b, (n, v) in best.items()}
     return row
@@ -356,7 +371,7 @@ def _eval_and_calibration(p: Preset, n_calib: int) -> tuple[Any, Any, Any, Any]:
 
 def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
     """The unpruned baseline in every format, same harness and threads as ``validate``: PyTorch eager,
-    ORT FP32 (simplified ONNX) and ORT INT8 (QDQ) — the pipeline itself never quantizes the unpruned model."""
+    ORT FP32 (simplified ONNX) and ORT INT8 (QDQ, both flavours) — the pipeline never quantizes the unpruned model."""
     import torch
 
     from ccpcsa.checkpoint import load_checkpoint
@@ -373,19 +388,22 @@ def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
     ck = load_checkpoint(shared / "baseline.pt")
     work.mkdir(parents=True, exist_ok=True)
     meta = DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, input_size=ck.spec.input_size, run_id="bench-reference")
-    onnx_p, sim_p, int8_p = work / "baseline.onnx", work / "baseline.sim.onnx", work / "baseline.int8.onnx"
+    onnx_p, sim_p = work / "baseline.onnx", work / "baseline.sim.onnx"
+    int8_p, int8_cpu_p = work / "baseline.int8.onnx", work / "baseline.int8.cpu.onnx"
     export_onnx(ck.model, onnx_p, meta)
     simplify_onnx(onnx_p, sim_p)
     quantize_int8(sim_p, int8_p, calib, num_calibration=len(calib))
+    quantize_int8(sim_p, int8_cpu_p, calib, num_calibration=len(calib), activations="uint8")
+    files = {"ort_fp32": sim_p, "ort_int8": int8_p, "ort_int8_cpu": int8_cpu_p}
     out: dict[str, Any] = {}
     for name, runner in (("pytorch_fp32", TorchRunner(ck.model, input_size=ck.spec.input_size, threads=p.threads)),
-                         ("ort_fp32", OrtRunner(sim_p, threads=p.threads)), ("ort_int8", OrtRunner(int8_p, threads=p.threads))):
+                         *((k, OrtRunner(f, threads=p.threads)) for k, f in files.items())):
         rep = measure_latency(runner, batch_sizes=BATCHES, warmup=p.latency_warmup, iters=p.latency_iters)
         acc = float(100.0 * (run_batched(runner, x, 250).argmax(1) == y).mean())
         out[name] = {"accuracy": acc, "latency_ms": {str(r.batch_size): {"p50": r.p50_ms, "p95": r.p95_ms} for r in rep.results},
                      "images_per_s": {str(r.batch_size): r.images_per_s for r in rep.results},
-                     "size_bytes": (int8_p if name == "ort_int8" else sim_p).stat().st_size}
-    out["files"] = {"fp32": str(sim_p), "int8": str(int8_p)}
+                     "size_bytes": files.get(name, sim_p).stat().st_size}
+    out["files"] = {"fp32": str(sim_p), "int8": str(int8_p), "int8_cpu": str(int8_cpu_p)}
     return out
 
 
@@ -501,15 +519,18 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
         h = hashes[spec.key]
         t = time.perf_counter()
         wall: float | None = None
+        before = (earlier.get(spec.key) or {}).get("wall_seconds")
         if not run_is_complete(run_dir, h):
-            prepare_run_dir(shared, run_dir, h)
+            kept = prepare_run_dir(shared, run_dir)
             # training (prune) with train_env, then export → validate (latency) in a fresh process with the defaults
             if run_pipeline(p, run_dir, ov, until="prune", env=p.train_env) == 0:
                 run_pipeline(p, run_dir, ov)
             wall = time.perf_counter() - t
             done_times.append(wall)
+            if kept and before:  # resumed: the run's time is the earlier session's plus this one's
+                wall, before = before + wall, None
         row = collect_run(run_dir, spec, result["baseline"])
-        row["wall_seconds"] = wall if wall is not None else (earlier.get(spec.key) or {}).get("wall_seconds")
+        row["wall_seconds"] = wall if wall is not None else before
         row["load_avg_1min"] = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None) if wall is not None \
             else (earlier.get(spec.key) or {}).get("load_avg_1min")
         rows.append(row)
@@ -539,7 +560,8 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
     for row in rows:
         if row["criterion"] == REFERENCE_CRITERION and row.get("status") == "ok":
             d = ROOT / row["run_dir"]
-            models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8": str(d / "model.int8.onnx")}
+            models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8": str(d / "model.int8.onnx"),
+                                  "int8_cpu": str(d / "model.int8.cpu.onnx")}
     try:
         result["profile"] = profile_models(models, threads=p.threads, iters=p.profile_iters, batches=BATCHES)
     except Exception as exc:

@@ -25,6 +25,7 @@ TARGET_FINAL_SPEEDUP = 4.0  # pruned + INT8 on ORT vs unpruned FP32 PyTorch eage
 TARGET_FINAL_DROP_PP = 1.0
 REFERENCE = "ccpcsa"
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NchwcConv", "ConvInteger")
+INT8_TITLES = {"int8_cpu": "ORT INT8 QDQ U8S8 (CPU flavour)", "int8": "ORT INT8 QDQ S8S8 (TensorRT flavour)"}
 
 
 def _f(v: Any, spec: str = ".2f", none: str = "—") -> str:
@@ -188,7 +189,7 @@ def _target_final(c: dict[str, Any], base_acc: float) -> list[str]:
         if r["criterion"] != REFERENCE:
             continue
         fs = (r.get("final_speedup") or {}).get("1")
-        drop = base_acc - r["int8_accuracy"] if r.get("int8_accuracy") is not None else None
+        drop = base_acc - _final_acc(r) if _final_acc(r) is not None else None
         best = (r.get("best_ort_speedup") or {}).get("1") or {}
         fp32_drop = base_acc - r["accuracy"]
         met = fs is not None and fs >= TARGET_FINAL_SPEEDUP and drop is not None and drop <= TARGET_FINAL_DROP_PP
@@ -201,18 +202,29 @@ def _target_final(c: dict[str, Any], base_acc: float) -> list[str]:
                      f"{best.get('format')} {_f(best.get('speedup'), '.2f')}× ({fp32_drop:+.2f} pp FP32)" if best else "—",
                      "**met**" if met else "missed: " + "; ".join(miss)])
     anymet = [r for r in grid if ((r.get("final_speedup") or {}).get("1") or 0) >= TARGET_FINAL_SPEEDUP
-              and r.get("int8_accuracy") is not None and base_acc - r["int8_accuracy"] <= TARGET_FINAL_DROP_PP]
+              and _final_acc(r) is not None and base_acc - _final_acc(r) <= TARGET_FINAL_DROP_PP]
+    flavour = {r.get("final_format", "int8") for r in grid}
+    what = "INT8 QDQ U8S8 (`model.int8.cpu.onnx`, the onnxruntime-CPU flavour)" if flavour == {"int8_cpu"} else \
+        "INT8 QDQ S8S8 (`model.int8.onnx`)" if flavour == {"int8"} else "INT8 QDQ (CPU flavour where the run has it)"
+    out += ["", f"Final artifact: pruned + {what} on onnxruntime."]
     out += [""] + _table(["CCPCSA target", "pruned+INT8 ORT vs PyTorch FP32 b1", "INT8 drop pp", "fastest pruned ORT format b1",
                           "status"], rows)
     out += ["", f"Runs of any criterion meeting it: {', '.join(r['key'] for r in anymet) if anymet else 'none'}."]
-    i8 = [r["int8_speedup_vs_fp32"]["1"] for r in grid if (r.get("int8_speedup_vs_fp32") or {}).get("1")]
-    if i8:
-        med = statistics.median(i8)
-        out += ["", f"Why: on this CPU INT8 (QDQ) runs at {med:.2f}× the speed of FP32 on onnxruntime at batch 1 (median over "
-                    f"runs; see the INT8 profile for the Quantize/Dequantize/Transpose share), so "
-                    f"{'INT8 is the faster artifact' if med > 1 else 'the fastest pruned artifact is FP32, not INT8'}; "
-                    "the accuracy part is the pruning drop of target 1."]
+    why = []
+    for key, name in (("int8_cpu_speedup_vs_fp32", "INT8 U8S8 (CPU flavour)"), ("int8_speedup_vs_fp32", "INT8 S8S8 (TensorRT flavour)")):
+        v = [r[key]["1"] for r in grid if (r.get(key) or {}).get("1")]
+        if v:
+            why.append(f"{name} runs at {statistics.median(v):.2f}× the speed of FP32 (median over runs, range {min(v):.2f}–{max(v):.2f})")
+    if why:
+        out += ["", "Why: at batch 1 on onnxruntime CPU, " + "; ".join(why) + " — see the INT8 profiles below for how many "
+                "convolutions run as QLinearConv and the Quantize/Dequantize/Transpose share; the accuracy part is the pruning "
+                "drop of target 1."]
     return out
+
+
+def _final_acc(r: dict[str, Any]) -> float | None:
+    """Accuracy of the run's final CPU artifact (older results without ``final_accuracy``: the INT8 model's)."""
+    return r.get("final_accuracy", r.get("int8_accuracy"))
 
 
 # ------------------------------------------------------------------------------------------------ tables
@@ -241,9 +253,10 @@ def _accuracy_tables(c: dict[str, Any], base: dict[str, Any]) -> list[str]:
         fr = [r["flops_reduction"] for r in grid if r["target"] == t]
         spread.append(f"−{100 * t:.0f}%: reached {100 * min(fr):.1f} – {100 * max(fr):.1f}%")
     out += ["Equal FLOPs: " + "; ".join(spread) + " (MACs vs the unpruned model, BAM removed).", ""]
-    head = ["criterion", "target", "MACs", "MACs cut", "params", "params cut", "test acc %", "Δ pp", "INT8 acc %", "val acc %", "run s"]
+    head = ["criterion", "target", "MACs", "MACs cut", "params", "params cut", "test acc %", "Δ pp", "INT8 acc % U8S8 / S8S8", "val acc %", "run s"]
     rows = [[r["criterion"], f"{100 * r['target']:.0f}%", f"{r['flops'] / 1e6:.2f} M", _pct(r["flops_reduction"]), f"{r['params']:,}",
-             _pct(r["params_reduction"]), f"{r['accuracy']:.2f}", f"{-r['accuracy_drop_pp']:+.2f}", _f(r.get("int8_accuracy")),
+             _pct(r["params_reduction"]), f"{r['accuracy']:.2f}", f"{-r['accuracy_drop_pp']:+.2f}",
+             f"{_f(r.get('int8_cpu_accuracy'))} / {_f(r.get('int8_accuracy'))}",
              _f(r.get("val_accuracy")), _f(r.get("wall_seconds"), ".0f")]
             for r in sorted(grid, key=lambda r: (r["target"], -r["accuracy"]))]
     return out + _table(head, rows)
@@ -270,14 +283,16 @@ def _formats_table(c: dict[str, Any], base_acc: float) -> list[str]:
     head = ["model", "format", "acc %", "p50 ms b1", "p50 ms b32", "img/s b32", "vs unpruned PyTorch b1", "vs unpruned PyTorch b32"]
     pt_base = {b: p50(ref.get("pytorch_fp32"), b) for b in ("1", "32")}
     rows = []
-    names = {"pytorch_fp32": "PyTorch eager FP32", "ort_fp32": "ORT FP32", "ort_int8": "ORT INT8 (QDQ)"}
+    names = {"pytorch_fp32": "PyTorch eager FP32", "ort_fp32": "ORT FP32", "ort_int8_cpu": INT8_TITLES["int8_cpu"],
+             "ort_int8": INT8_TITLES["int8"]}
     for k, title in names.items():
         f = ref.get(k)
         if f:
             rows.append(["unpruned", title, _f(f.get("accuracy")), _f(p50(f, "1"), ".3f"), _f(p50(f, "32"), ".2f"),
                          _f((f.get("images_per_s") or {}).get("32"), ".0f")] +
                         [_f(pt_base[b] / p50(f, b) if pt_base[b] and p50(f, b) else None, ".2f") + "×" for b in ("1", "32")])
-    fnames = {"pytorch_pruned": "PyTorch eager FP32", "onnx_simplified": "ORT FP32", "int8": "ORT INT8 (QDQ)"}
+    fnames = {"pytorch_pruned": "PyTorch eager FP32", "onnx_simplified": "ORT FP32", "int8_cpu": INT8_TITLES["int8_cpu"],
+              "int8": INT8_TITLES["int8"]}
     for r in sorted(_ok(c["runs"]), key=lambda r: r["target"]):
         if r["criterion"] != REFERENCE or r["round_to"] != c["preset"]["round_to"]:
             continue
@@ -295,18 +310,25 @@ def _formats_table(c: dict[str, Any], base_acc: float) -> list[str]:
     grid = _grid(c)
     lines = []
     for b in ("1", "32"):
-        i8 = [r["int8_speedup_vs_fp32"][b] for r in grid if (r.get("int8_speedup_vs_fp32") or {}).get(b)]
         ort = [r["ort_speedup_vs_pytorch"][b] for r in grid if (r.get("ort_speedup_vs_pytorch") or {}).get(b)]
-        if i8 and ort:
-            lines.append(f"- batch {b}: ORT FP32 is {statistics.median(ort):.2f}× (median over pruned runs, range "
-                         f"{min(ort):.2f}–{max(ort):.2f}) faster than PyTorch eager; INT8 runs at {statistics.median(i8):.2f}× the "
-                         f"speed of FP32 on ORT ({'faster' if statistics.median(i8) > 1 else 'slower'}; range {min(i8):.2f}–{max(i8):.2f}).")
-    ri = ref.get("ort_int8")
+        if not ort:
+            continue
+        line = (f"- batch {b}: ORT FP32 is {statistics.median(ort):.2f}× (median over pruned runs, range "
+                f"{min(ort):.2f}–{max(ort):.2f}) faster than PyTorch eager")
+        for key, name in (("int8_cpu_speedup_vs_fp32", "INT8 U8S8"), ("int8_speedup_vs_fp32", "INT8 S8S8")):
+            v = [r[key][b] for r in grid if (r.get(key) or {}).get(b)]
+            if v:
+                med = statistics.median(v)
+                line += (f"; {name} runs at {med:.2f}× the speed of FP32 on ORT ({'faster' if med > 1 else 'slower'}; "
+                         f"range {min(v):.2f}–{max(v):.2f})")
+        lines.append(line + ".")
     rf = ref.get("ort_fp32")
-    if ri and rf:
-        lines.append(f"- unpruned: INT8 {p50(ri, '1'):.3f} ms vs FP32 {p50(rf, '1'):.3f} ms at b1, accuracy "
-                     f"{ri['accuracy']:.2f} vs {rf['accuracy']:.2f} %; INT8 file {ri['size_bytes'] / 1024:.0f} KiB vs "
-                     f"{rf['size_bytes'] / 1024:.0f} KiB.")
+    for k in ("ort_int8_cpu", "ort_int8"):
+        ri = ref.get(k)
+        if ri and rf:
+            lines.append(f"- unpruned {INT8_TITLES[k[4:]]}: {p50(ri, '1'):.3f} ms vs FP32 {p50(rf, '1'):.3f} ms at b1, accuracy "
+                         f"{ri['accuracy']:.2f} vs {rf['accuracy']:.2f} %; file {ri['size_bytes'] / 1024:.0f} KiB vs "
+                         f"{rf['size_bytes'] / 1024:.0f} KiB.")
     return out + [""] + lines
 
 
@@ -389,7 +411,7 @@ def _profile_section(c: dict[str, Any], base: dict[str, Any]) -> list[str]:
     out = _executed_macs(c, base)
     out += [f"onnxruntime profiler (`SessionOptions.enable_profiling`, CPU, {c['preset']['threads']} threads, sequential), "
             f"kernel time per inference, unpruned vs `{key}`. *Overhead* = `model_run` time outside every kernel.", ""]
-    for prec in ("fp32", "int8"):
+    for prec in ("fp32", "int8_cpu", "int8"):
         for b in ("1", "32"):
             u = ((prof["unpruned"].get(prec) or {}).get(b)) or {}
             q = ((prof[key].get(prec) or {}).get(b)) or {}
@@ -399,7 +421,8 @@ def _profile_section(c: dict[str, Any], base: dict[str, Any]) -> list[str]:
             if prec == "fp32":
                 macs = (f", conv+GEMM MACs/image {u['macs_per_image'] / 1e6:.1f} → {q['macs_per_image'] / 1e6:.1f} M "
                         f"({u['macs_per_image'] / max(1, q['macs_per_image']):.2f}×)")
-            out += [f"**{prec.upper()}, batch {b}** — model_run {u['model_run_us']:.0f} → {q['model_run_us']:.0f} µs "
+            title = {"fp32": "FP32", "int8_cpu": "INT8 U8S8 (CPU flavour)", "int8": "INT8 S8S8 (TensorRT flavour)"}[prec]
+            out += [f"**{title}, batch {b}** — model_run {u['model_run_us']:.0f} → {q['model_run_us']:.0f} µs "
                     f"({u['model_run_us'] / q['model_run_us']:.2f}×){macs}", ""]
             ops = list(dict.fromkeys(list(u["ops"])[:8] + list(q["ops"])[:8]))
             rows = []
@@ -421,13 +444,13 @@ def _profile_section(c: dict[str, Any], base: dict[str, Any]) -> list[str]:
                         f"efficiency {cu / cq / (mu / mq):.2f}); everything else (other kernels + overhead): {rest_u:.0f} → "
                         f"{rest_q:.0f} µs, {100 * rest_u / u['model_run_us']:.0f}% of the unpruned time. Even with free convs the "
                         f"pruned model could be at most {cap:.2f}× faster than the unpruned one at this batch size.", ""]
-            if prec == "int8":
+            if prec.startswith("int8"):
                 for label, d in (("unpruned", u), ("pruned", q)):
                     ops_ = d.get("ops") or {}
                     qconv, fconv = (ops_.get("QLinearConv") or {}).get("nodes", 0), sum((ops_.get(o) or {}).get("nodes", 0)
                                                                                         for o in ("Conv", "FusedConv", "NchwcConv"))
                     qdq = sum((ops_.get(o) or {}).get("us", 0.0) for o in ("QuantizeLinear", "DequantizeLinear", "Transpose"))
-                    out.append(f"- INT8 {label}: {qconv} conv node(s) run as QLinearConv, {fconv} stay float Conv between "
+                    out.append(f"- {title} {label}: {qconv} conv node(s) run as QLinearConv, {fconv} stay float Conv between "
                                f"Dequantize/Quantize nodes; QuantizeLinear + DequantizeLinear + Transpose take {qdq:.0f} µs "
                                f"({100 * qdq / d['model_run_us']:.0f}% of the run).")
                 out.append("")
@@ -502,23 +525,26 @@ def _plots(c: dict[str, Any], base: dict[str, Any], plot_dir: Path) -> list[Path
 
     ref = c.get("reference") or {}
     bars: list[tuple[str, dict[str, Any] | None]] = [(f"unpruned {t}", ref.get(k)) for k, t in
-                                                     (("pytorch_fp32", "PyTorch"), ("ort_fp32", "ORT FP32"), ("ort_int8", "ORT INT8"))]
+                                                     (("pytorch_fp32", "PyTorch"), ("ort_fp32", "ORT FP32"),
+                                                      ("ort_int8_cpu", "ORT INT8 U8S8"), ("ort_int8", "ORT INT8 S8S8"))]
     for r in sorted((r for r in grid if r["criterion"] == REFERENCE), key=lambda r: r["target"]):
         f = r.get("formats") or {}
         bars += [(f"−{100 * r['flops_reduction']:.0f}% {t}", f.get(k)) for k, t in
-                 (("pytorch_pruned", "PyTorch"), ("onnx_simplified", "ORT FP32"), ("int8", "ORT INT8"))]
+                 (("pytorch_pruned", "PyTorch"), ("onnx_simplified", "ORT FP32"), ("int8_cpu", "ORT INT8 U8S8"),
+                  ("int8", "ORT INT8 S8S8"))]
     bars = [(n, f) for n, f in bars if f]
     if bars:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for ax, b in zip(axes, ("1", "32"), strict=True):
             vals = [p50(f, b) or 0 for _, f in bars]
-            colors = ["#7f7f7f" if "PyTorch" in n else "#1f77b4" if "FP32" in n else "#ff7f0e" for n, _ in bars]
+            colors = ["#7f7f7f" if "PyTorch" in n else "#1f77b4" if "FP32" in n else "#2ca02c" if "U8S8" in n else "#ff7f0e"
+                      for n, _ in bars]
             ax.bar(range(len(bars)), vals, color=colors)
             ax.set_xticks(range(len(bars)), [n for n, _ in bars], rotation=60, ha="right", fontsize=7)
             ax.set_ylabel("p50 latency (ms)")
             ax.set_title(f"batch {b}")
             ax.grid(alpha=0.3, axis="y")
-        fig.suptitle(f"Latency per format, unpruned and {REFERENCE}-pruned (grey PyTorch eager, blue ORT FP32, orange ORT INT8)",
+        fig.suptitle(f"Latency per format, unpruned and {REFERENCE}-pruned (grey PyTorch eager, blue ORT FP32, green ORT INT8 U8S8, orange ORT INT8 S8S8)",
                      fontsize=10)
         save(fig, "latency_per_format.png")
 
@@ -527,7 +553,7 @@ def _plots(c: dict[str, Any], base: dict[str, Any], plot_dir: Path) -> list[Path
     if key and "unpruned" in prof:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
         for ax, b in zip(axes, ("1", "32"), strict=True):
-            cols = [("unpruned", "fp32"), (key, "fp32"), ("unpruned", "int8"), (key, "int8")]
+            cols = [(m, pr) for pr in ("fp32", "int8_cpu", "int8") for m in ("unpruned", key) if ((prof.get(m) or {}).get(pr) or {}).get(b)]
             data = [((prof.get(m) or {}).get(pr) or {}).get(b) or {} for m, pr in cols]
             ops = list(dict.fromkeys(o for d in data for o in list(d.get("ops") or {})[:6]))
             bottom = [0.0] * len(cols)
@@ -577,7 +603,7 @@ def write_summary(data: dict[str, Any], json_path: Path) -> list[Path]:
           + (f"; failed measurements: {', '.join(f'{k} ({v})' for k, v in c['errors'].items())}" if c.get("errors") else "") + ").", "",
           "## Protocol", "",
           f"- One shared baseline (`{c.get('baseline_checkpoint')}`) and one shared BAM model ({p['attention_epochs']} epoch(s) of "
-          f"{epoch}); every run copies them and runs the pipeline's `prune → onnx → simplify → int8 → validate → report`.",
+          f"{epoch}); every run copies them and runs the pipeline's `prune → onnx → simplify → int8 → int8_cpu → validate → report`.",
           f"- Same budget for every criterion: {p['iterations']} pruning iteration(s) straight to the target (one training epoch "
           f"before scoring, during which CCPCSA/corr/attention collect their statistics), BAM removed, then {p['final_finetune_epochs']} "
           f"fine-tune epoch(s) at lr {p['prune_lr']} (cosine); an epoch is {epoch}. Accuracy guard and all gates off, so every "

@@ -100,12 +100,12 @@ def profile_onnx(path: str | Path, batch: int, iters: int, threads: int, warmup:
 
 def profile_models(models: dict[str, dict[str, str]], *, threads: int, iters: dict[str, int], batches: tuple[int, ...] = (1, 32),
                    rounds: int = 3) -> dict[str, Any]:
-    """``{label: {"fp32": path, "int8": path}}`` → ``{label: {precision: {batch: profile}}}`` (:func:`profile_onnx`,
+    """``{label: {"fp32": path, "int8": path, …}}`` → ``{label: {precision: {batch: profile}}}`` (:func:`profile_onnx`,
     ``iters[str(batch)]`` timed runs, default 50). Every model is profiled ``rounds`` times, the models interleaved
     within a round, and the round with the median ``model_run`` time is kept, so that a burst of load from other jobs
     does not land on one model only. Per-node records are kept for FP32 only."""
     out: dict[str, Any] = {}
-    for prec in ("fp32", "int8"):
+    for prec in dict.fromkeys(k for files in models.values() for k in files):
         for b in batches:
             got: dict[str, list[dict[str, Any]]] = {}
             for _ in range(rounds):

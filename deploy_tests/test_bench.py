@@ -149,3 +149,23 @@ def _target1_row(md: str) -> str:
     """The −50 % row of the summary's target-1 table (between the "**1." and "**2." headings)."""
     section = md.split("**1.", 1)[1].split("**2.", 1)[0]
     return next(line for line in section.splitlines() if line.startswith("| 50% |"))
+
+
+def test_a_run_grown_from_the_shared_run_is_kept_and_another_is_replaced(tmp_path: Path) -> None:
+    from bench.criteria import prepare_run_dir
+
+    def manifest(d: Path, base_key: str, att_key: str) -> None:
+        d.mkdir(parents=True, exist_ok=True)
+        stages = {"baseline": {"key": base_key, "status": "ok"}, "attention": {"key": att_key, "status": "ok"}}
+        (d / "manifest.json").write_text(json.dumps({"stages": stages}))
+
+    shared = tmp_path / "_shared"
+    manifest(shared, "b1", "a1")
+    (shared / "attention.pt").write_bytes(b"shared")
+    run = tmp_path / "run"
+    assert prepare_run_dir(shared, run) is False and (run / "attention.pt").read_bytes() == b"shared"
+    (run / "pruned.pt").write_bytes(b"work done")  # a run that got further: kept, the pipeline resumes it
+    assert prepare_run_dir(shared, run) is True and (run / "pruned.pt").read_bytes() == b"work done"
+    manifest(shared, "b1", "a2")  # the shared BAM model changed: the run's inputs are stale, start again from a copy
+    assert prepare_run_dir(shared, run) is False and not (run / "pruned.pt").exists()
+    assert not list(tmp_path.glob("*.tmp"))

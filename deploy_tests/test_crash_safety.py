@@ -49,7 +49,7 @@ from ccpcsa.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke.yaml"
-STAGES = ["baseline", "attention", "prune", "onnx", "simplify", "int8", "engine", "validate", "report", "bundle"]
+STAGES = ["baseline", "attention", "prune", "onnx", "simplify", "int8", "int8_cpu", "engine", "validate", "report", "bundle"]
 TIMEOUT = 600.0  # seconds for one pipeline subprocess: generous, the machine is shared
 ACC_TOL = 0.5  # percentage points: below one image of the 300-image evaluation split
 LOCK = ".lock"
@@ -60,7 +60,7 @@ LOCK = ".lock"
 # must resume that training and still reproduce the clean run bit for bit).
 _RNG = random.Random(20261122)
 KILLS: list[tuple[str, float]] = [("baseline", round(_RNG.uniform(0.05, 0.25), 3)), ("baseline", round(_RNG.uniform(0.6, 0.9), 3))] + [
-    (s, round(_RNG.uniform(0.1, 0.9), 3)) for s in ("attention", "prune", "prune", "onnx", "simplify", "int8", "validate", "report", "bundle")]
+    (s, round(_RNG.uniform(0.1, 0.9), 3)) for s in ("attention", "prune", "prune", "onnx", "simplify", "int8", "int8_cpu", "validate", "report", "bundle")]
 
 
 # ── helpers ─────────────────────────────────────────────────────────────────────────────────────────────
@@ -340,7 +340,7 @@ def test_sigkill_inside_every_stage_then_rerun(clean_run: Path, tmp_path: Path) 
     _check_complete(run_dir)
     bad = _report_mismatches(clean_run, run_dir)
     assert not bad, f"the chain killed {len(trials)} times differs from the clean run: {bad}"
-    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx"):  # deterministic: see test_two_independent_runs_are_identical
+    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):  # deterministic: see test_two_independent_runs_are_identical
         assert _sha(run_dir / name) == _sha(clean_run / name), name
 
     per_stage = {s: sum(t.stage == s for t in trials) for s in STAGES if s != "engine"}
@@ -668,9 +668,9 @@ def test_two_independent_runs_are_identical(clean_run: Path, tmp_path: Path) -> 
     _check_complete(other)
     pa, pb = (_manifest(d)["stages"]["prune"]["metrics"] for d in (clean_run, other))
     assert pa["channels_after"] == pb["channels_after"]  # level 1: architecture
-    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "baseline.onnx"):
+    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx"):
         assert _onnx_structure(clean_run / name) == _onnx_structure(other / name), name  # level 2: graph structure
-    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "baseline.onnx", "build_engine.sh"):
+    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx", "build_engine.sh"):
         assert _sha(clean_run / name) == _sha(other / name), name  # level 3: bytes
     from ccpcsa.checkpoint import load_checkpoint
 

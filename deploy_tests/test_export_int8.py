@@ -72,6 +72,43 @@ def test_int8_qdq_runs_on_ort_and_carries_metadata(fp32_model: Path, tmp_path: P
     assert json.loads(md_q["quantization"])["num_calibration"] == 64
 
 
+def _ort_optimized_ops(path: Path, tmp_path: Path) -> dict[str, int]:
+    """Op counts of the graph onnxruntime's CPU provider really executes (all optimizations, QDQ fusion included)."""
+    import collections
+
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.log_severity_level = 1, 3
+    so.optimized_model_filepath = str(tmp_path / f"{path.stem}.ort.onnx")
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(so.optimized_model_filepath).graph.node))
+
+
+def test_cpu_flavour_runs_every_conv_as_int8_on_onnxruntime(fp32_model: Path, tmp_path: Path) -> None:
+    """U8S8 (uint8 asymmetric activations) fuses every Conv into QLinearConv on onnxruntime's CPU provider; the
+    TensorRT flavour (int8 symmetric) leaves convolutions in float between Dequantize/Quantize — the reason the
+    pipeline writes both."""
+    convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32_model)).graph.node)
+    cpu = quantize_int8(fp32_model, tmp_path / "m.int8.cpu.onnx", calib(32), activations="uint8")
+    trt = quantize_int8(fp32_model, tmp_path / "m.int8.onnx", calib(32))
+    assert cpu.activations == "uint8" and not cpu.symmetric_activations and json.loads(
+        read_metadata(cpu.path)["quantization"])["activation_type"] == "uint8"
+    model = onnx.load(str(cpu.path))
+    inits = {i.name: i for i in model.graph.initializer}
+    zps = [onnx.numpy_helper.to_array(inits[n.input[2]]) for n in model.graph.node
+           if n.op_type == "QuantizeLinear" and len(n.input) > 2 and n.input[2] in inits]
+    assert zps and all(z.dtype == np.uint8 for z in zps)
+    ops_cpu, ops_trt = _ort_optimized_ops(cpu.path, tmp_path), _ort_optimized_ops(trt.path, tmp_path)
+    assert ops_cpu.get("QLinearConv", 0) == convs and ops_cpu.get("Conv", 0) == 0, ops_cpu
+    assert ops_trt.get("QLinearConv", 0) < convs, ops_trt
+    x = calib(8, seed=2)
+    ref = OrtRunner(fp32_model, threads=1).run(x)
+    assert np.abs(OrtRunner(cpu.path, threads=1).run(x) - ref).max() < 0.5 * np.abs(ref).max()  # quantized, not broken
+    with pytest.raises(UserError, match="unknown INT8 activation type"):
+        quantize_int8(fp32_model, tmp_path / "x.onnx", calib(4), activations="int4")
+
+
 def test_calibration_uses_at_most_n_images(fp32_model: Path, tmp_path: Path) -> None:
     res = quantize_int8(fp32_model, tmp_path / "m.int8.onnx", calib(40), num_calibration=24, preprocess=False)
     assert res.num_calibration == 24 and not res.preprocessed

@@ -35,7 +35,7 @@ def smoke_run(tmp_path_factory):
 
 def test_full_chain_artifacts_and_report(smoke_run):
     m = _manifest(smoke_run)
-    names = ["baseline", "attention", "prune", "onnx", "simplify", "int8", "engine", "validate", "report", "bundle"]
+    names = ["baseline", "attention", "prune", "onnx", "simplify", "int8", "int8_cpu", "engine", "validate", "report", "bundle"]
     assert list(m["stages"]) == names
     for n in names:
         st = m["stages"][n]
@@ -51,6 +51,8 @@ def test_full_chain_artifacts_and_report(smoke_run):
     fmts = {f["name"]: f for f in report["formats"]}
     assert fmts["pytorch_pruned"]["flops"] < fmts["pytorch_baseline"]["flops"]
     assert fmts["onnx"]["max_abs_diff"] <= 1e-3 and fmts["int8"]["top1_agreement"] >= 90
+    assert fmts["int8_cpu"]["top1_agreement"] >= 90 and fmts["int8_cpu"]["file"] == "model.int8.cpu.onnx"
+    assert m["stages"]["int8_cpu"]["metrics"]["activations"] == "uint8" and m["stages"]["int8"]["metrics"]["activations"] == "int8"
     md = (smoke_run / "report.md").read_text()
     assert "| ONNX simplified |" in md and "TensorRT" in md
     assert {p.name for p in (smoke_run / "plots").glob("*.png")} >= {"pruning_trajectory.png", "channels_per_layer.png",
@@ -61,7 +63,7 @@ def test_rerun_does_nothing(smoke_run, capsys):
     before = _manifest(smoke_run)
     assert _run(smoke_run) == 0
     out = capsys.readouterr().out
-    assert out.count("up to date") == 10
+    assert out.count("up to date") == 11
     assert _manifest(smoke_run)["stages"] == before["stages"]
 
 
@@ -74,7 +76,7 @@ def test_changed_prune_reruns_prune_and_after(smoke_run, tmp_path, capsys):
     out = capsys.readouterr().out
     for n in ("baseline", "attention"):
         assert f"── {n}: up to date" in out
-    for n in ("prune", "onnx", "simplify", "int8", "validate", "report", "bundle"):
+    for n in ("prune", "onnx", "simplify", "int8", "int8_cpu", "validate", "report", "bundle"):
         assert f"══ stage {n} " in out
     assert _manifest(run)["stages"]["prune"]["metrics"]["flops_reduction"] >= 0.3995
 
@@ -100,7 +102,7 @@ def test_bundle_infers_with_only_numpy_pillow_onnxruntime(smoke_run, tmp_path):
     with tarfile.open(smoke_run / "bundle.tar.gz") as tar:
         tar.extractall(tmp_path, filter="data")
     b = tmp_path / "bundle"
-    assert {"infer.py", "labels.json", "build_engine.sh", "model.sim.onnx", "model.int8.onnx"} <= {p.name for p in b.iterdir()}
+    assert {"infer.py", "labels.json", "build_engine.sh", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx"} <= {p.name for p in b.iterdir()}
     assert "--int8" in (b / "build_engine.sh").read_text() and "--fp16" in (b / "build_engine.sh").read_text()
     import numpy as np
     from PIL import Image
@@ -115,7 +117,7 @@ def test_bundle_infers_with_only_numpy_pillow_onnxruntime(smoke_run, tmp_path):
     for mod in ("torch", "ccpcsa", "export", "pipeline", "torch_pruning"):
         (blockers / f"{mod}.py").write_text("raise ImportError('not available on the edge device')\n")
     env = {**os.environ, "PYTHONPATH": str(blockers)}
-    for model in ("model.sim.onnx", "model.int8.onnx"):
+    for model in ("model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx"):
         proc = subprocess.run([sys.executable, str(b / "infer.py"), *imgs, "--model", str(b / model)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stderr

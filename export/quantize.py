@@ -13,6 +13,15 @@ TensorRT-driven choices:
 Quantization math (per tensor, or per output channel for weights): ``scale = max|x| / 127``,
 ``q = clamp(round(x / scale), -128, 127)``, ``x̂ = q · scale``; activation ranges come from
 calibration (``MinMax`` by default: the extreme values seen over the calibration images).
+
+``activations="uint8"`` makes the onnxruntime-CPU flavour instead (``model.int8.cpu.onnx`` in the
+pipeline): unsigned asymmetric activations, ``scale = (max - min) / 255``, ``zero_point =
+round(-min / scale)``, ``q = clamp(round(x / scale) + zero_point, 0, 255)``, weights still signed
+symmetric per channel (U8S8). Measured with onnxruntime 1.31 on x86 (``bench/results``): its QDQ
+fusion turns every Conv/Add of a CIFAR ResNet into ``QLinearConv``/``QLinearAdd`` with U8
+activations, but leaves 11 of 21 convolutions in float between Dequantize/Quantize nodes with S8
+activations — which is why the TensorRT flavour runs at about half the speed of FP32 on the CPU.
+TensorRT cannot use the U8 flavour (no zero points).
 """
 
 from __future__ import annotations
@@ -55,6 +64,7 @@ from .onnx_io import (
 )
 
 DEFAULT_CALIBRATION_IMAGES = 512
+ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
 CALIBRATION_METHODS = {
     "minmax": CalibrationMethod.MinMax,
     "entropy": CalibrationMethod.Entropy,
@@ -98,6 +108,7 @@ class QuantizeResult(ArtifactRecord):
     calibrate_method: str
     per_channel: bool
     symmetric_activations: bool
+    activations: str
     preprocessed: bool
     sha256: str
     seconds: float
@@ -128,6 +139,7 @@ def quantize_int8(
     calibrate_method: str = "minmax",
     per_channel: bool = True,
     symmetric_activations: bool = True,
+    activations: str = "int8",
     preprocess: bool = True,
     nodes_to_exclude: Sequence[str] = (),
     op_types: Sequence[str] | None = None,
@@ -136,7 +148,10 @@ def quantize_int8(
 
     ``calibration`` is a float array ``(N, C, H, W)`` of training images normalized exactly like
     the model's inputs; the first ``min(N, num_calibration)`` images are used (shuffle beforehand
-    for a representative subset). ``nodes_to_exclude`` names nodes (of the *preprocessed* graph
+    for a representative subset). ``activations``: ``"int8"`` (signed; symmetric unless
+    ``symmetric_activations`` is false — the TensorRT flavour) or ``"uint8"`` (unsigned asymmetric
+    U8S8 — the onnxruntime-CPU flavour, where every convolution fuses into ``QLinearConv``).
+    ``nodes_to_exclude`` names nodes (of the *preprocessed* graph
     when ``preprocess``; check :func:`export.onnx_io.op_counts` / node names) kept in float, e.g.
     a sensitive classifier head. With ``preprocess`` the model first goes through
     ``quant_pre_process`` (symbolic shape inference + ORT graph optimization, which folds what
@@ -149,6 +164,10 @@ def quantize_int8(
     """
     if calibrate_method not in CALIBRATION_METHODS:
         raise UserError(f"unknown calibration method '{calibrate_method}'; known: {', '.join(CALIBRATION_METHODS)}")
+    if activations not in ACTIVATION_TYPES:
+        raise UserError(f"unknown INT8 activation type '{activations}'; use int8 (TensorRT) or uint8 (onnxruntime CPU)")
+    if activations == "uint8":
+        symmetric_activations = False  # a uint8 tensor with zero point 128 would waste the ReLU outputs' half range
     if num_calibration < 1:
         raise UserError(f"num_calibration must be >= 1, got {num_calibration}")
     model = load_onnx(src)
@@ -159,7 +178,7 @@ def quantize_int8(
     start = time.perf_counter()
     settings = {
         "format": "QDQ",
-        "activation_type": "int8",
+        "activation_type": activations,
         "weight_type": "int8",
         "per_channel": per_channel,
         "symmetric_activations": symmetric_activations,
@@ -190,7 +209,7 @@ def quantize_int8(
                         reader,
                         quant_format=QuantFormat.QDQ,
                         per_channel=per_channel,
-                        activation_type=QuantType.QInt8,
+                        activation_type=ACTIVATION_TYPES[activations],
                         weight_type=QuantType.QInt8,
                         calibrate_method=CALIBRATION_METHODS[calibrate_method],
                         nodes_to_exclude=list(nodes_to_exclude) or None,
@@ -222,6 +241,7 @@ def quantize_int8(
         calibrate_method=calibrate_method,
         per_channel=per_channel,
         symmetric_activations=symmetric_activations,
+        activations=activations,
         preprocessed=preprocess,
         sha256=sha256_file(dest),
         seconds=round(time.perf_counter() - start, 3),

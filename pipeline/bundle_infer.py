@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Standalone edge inference: classify image files with the bundled ONNX model and print latency.
 
-    python infer.py IMAGE [IMAGE ...] [--model model.sim.onnx | model.int8.onnx] [--engine model.engine] [--threads N]
+    python infer.py IMAGE [IMAGE ...] [--model model.sim.onnx | model.int8.cpu.onnx | model.int8.onnx] [--engine model.engine] [--threads N]
 
 Needs only numpy, pillow and onnxruntime (TensorRT + pycuda only for --engine). Preprocessing comes
 from labels.json beside this file (written from the model's ONNX metadata): resize to the input size,

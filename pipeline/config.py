@@ -76,6 +76,7 @@ class ExportConfig:
     opset: int = 17
     simplify: bool = True
     int8: bool = True
+    int8_cpu: bool = True
     calibration_images: int = 512
     engine: bool = True
     engine_precisions: list[str] = field(default_factory=lambda: ["fp16", "int8"])

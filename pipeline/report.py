@@ -17,9 +17,10 @@ from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 # stage → the format row (in validate's metrics) that describes its artifact
 STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
-                "int8": "int8"}
+                "int8": "int8", "int8_cpu": "int8_cpu"}
 FORMAT_TITLES = {"pytorch_baseline": "PyTorch baseline", "pytorch_pruned": "PyTorch pruned", "onnx": "ONNX",
-                 "onnx_simplified": "ONNX simplified", "int8": "INT8 (QDQ)", "tensorrt_fp32": "TensorRT FP32",
+                 "onnx_simplified": "ONNX simplified", "int8": "INT8 QDQ (TensorRT, S8S8)",
+                 "int8_cpu": "INT8 QDQ (ORT CPU, U8S8)", "tensorrt_fp32": "TensorRT FP32",
                  "tensorrt_fp16": "TensorRT FP16", "tensorrt_int8": "TensorRT INT8"}
 SCHEMA_KEYS = ("accuracy", "params", "flops", "size_bytes", "latency_ms", "max_abs_diff", "top1_agreement")
 

@@ -126,17 +126,30 @@ def _fp32_onnx(ctx: StageContext) -> Path:
     return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
 
 
-def stage_int8(ctx: StageContext) -> StageOutcome:
-    """Static INT8 QDQ quantization (onnxruntime) → ``model.int8.onnx``; agreement vs FP32 ONNX."""
-    if not ctx.cfg.export.int8:
-        return StageOutcome("skipped", "export.int8 is false")
+def _quantize(ctx: StageContext, out: Path, activations: str) -> StageOutcome:
     from export.quantize import quantize_int8
 
     n = ctx.cfg.export.calibration_images
-    out = ctx.path("model.int8.onnx")
     src = _fp32_onnx(ctx)
-    res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n)
-    return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration})
+    res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations=activations)
+    return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration,
+                                                   "activations": res.activations, "op_counts": res.op_counts})
+
+
+def stage_int8(ctx: StageContext) -> StageOutcome:
+    """Static INT8 QDQ quantization for TensorRT (signed symmetric activations, S8S8) → ``model.int8.onnx``;
+    agreement vs FP32 ONNX (``checks.min_agreement_int8``)."""
+    if not ctx.cfg.export.int8:
+        return StageOutcome("skipped", "export.int8 is false")
+    return _quantize(ctx, ctx.path("model.int8.onnx"), "int8")
+
+
+def stage_int8_cpu(ctx: StageContext) -> StageOutcome:
+    """Static INT8 QDQ quantization for onnxruntime CPU (unsigned asymmetric activations, U8S8: every convolution
+    fuses into ``QLinearConv``) → ``model.int8.cpu.onnx``; agreement vs FP32 ONNX (``checks.min_agreement_int8``)."""
+    if not ctx.cfg.export.int8_cpu:
+        return StageOutcome("skipped", "export.int8_cpu is false")
+    return _quantize(ctx, ctx.path("model.int8.cpu.onnx"), "uint8")
 
 
 def stage_engine(ctx: StageContext) -> StageOutcome:
@@ -199,8 +212,9 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     manifest = ctx.manifest.data["stages"]
     rows: dict[str, Any] = {}
     files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
-             "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx")}
-    parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8"}
+             "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx"),
+             "int8_cpu": ctx.path("model.int8.cpu.onnx")}
+    parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8", "int8_cpu": "int8_cpu"}
 
     # every exported format is the pruned architecture: count it once
     base_c = count_complexity(base_ck.model, input_size(ctx))
@@ -212,13 +226,13 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
         acc = _accuracy(ctx, runner)
         c = base_c if name == "pytorch_baseline" else pruned_c
         lat = _latency(ctx, runner)
-        row = {"file": path.name, "precision": "int8" if name == "int8" else "fp32", "size_bytes": path.stat().st_size,
+        row = {"file": path.name, "precision": "int8" if name.startswith("int8") else "fp32", "size_bytes": path.stat().st_size,
                "params": c.params, "flops": c.macs, "accuracy": acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
                "threads": cfg.export.threads, "status": "ok"}
         st = manifest.get(parity_of.get(name, ""), {}).get("metrics") or {}
         if st:
             row["max_abs_diff"], row["top1_agreement"] = st.get("max_abs_diff"), st.get("top1_agreement")
-            row["parity"] = (f"max|Δ| {st['max_abs_diff']:.2e}, " if st.get("max_abs_diff") is not None and name != "int8" else "") + \
+            row["parity"] = (f"max|Δ| {st['max_abs_diff']:.2e}, " if st.get("max_abs_diff") is not None and not name.startswith("int8") else "") + \
                 f"top-1 {st.get('top1_agreement', 0):.2f}% vs {st.get('parity_vs')}"
         rows[name] = row
     eng = manifest.get("engine", {})
@@ -265,7 +279,8 @@ def stage_report(ctx: StageContext) -> StageOutcome:
 
 
 def stage_bundle(ctx: StageContext) -> StageOutcome:
-    """``bundle.tar.gz`` for the edge device: ONNX FP32 (simplified) + INT8, labels.json, build_engine.sh, infer.py."""
+    """``bundle.tar.gz`` for the edge device: ONNX FP32 (simplified), INT8 for TensorRT and for onnxruntime CPU,
+    labels.json, build_engine.sh, infer.py."""
     from export.metadata import read_metadata
 
     fp32 = _fp32_onnx(ctx)
@@ -275,7 +290,7 @@ def stage_bundle(ctx: StageContext) -> StageOutcome:
               "layout": "NCHW", "default_model": fp32.name, "run": ctx.cfg.run.name, "config_hash": ctx.cfg.section_hash()}
     members: dict[str, bytes] = {"labels.json": json.dumps(labels, indent=2).encode(),
                                  "infer.py": (Path(__file__).parent / "bundle_infer.py").read_bytes()}
-    for p in (fp32, ctx.path("model.int8.onnx"), ctx.path("build_engine.sh")):
+    for p in (fp32, ctx.path("model.int8.onnx"), ctx.path("model.int8.cpu.onnx"), ctx.path("build_engine.sh")):
         if p.exists():
             members[p.name] = p.read_bytes()
     out = ctx.path("bundle.tar.gz")
