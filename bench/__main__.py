@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -41,7 +40,9 @@ def _json_lines(cmd: list[str]) -> list[dict[str, Any]]:
 
 def subprocess_run(cmd: list[str]) -> subprocess.CompletedProcess[str]:
     """Run ``cmd`` in the repository root with it on ``PYTHONPATH``, capturing text output."""
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    from bench.common import repo_env
+
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=repo_env())
 
 
 def main() -> int:

@@ -79,6 +79,13 @@ def machine_info() -> dict[str, Any]:
 
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """This environment with the repository root first on ``PYTHONPATH`` (and ``extra`` added): for the
+    subprocesses a benchmark starts (``python -m pipeline``, ``bench/*.py``)."""
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra or {})}
 
 
 def p50(fmt: dict[str, Any] | None, batch: str) -> float | None:

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import p50, ratio
+from bench.common import p50, ratio, repo_env
 from bench.ort_profile import profile_models
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,10 +184,6 @@ class PipelineError(RuntimeError):
     """A pipeline invocation failed in a way that stops the benchmark (a user error, exit 2)."""
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **(extra or {})}
-
-
 def _tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -213,7 +209,7 @@ def run_pipeline(p: Preset, run_dir: Path, overrides: list[str], *, until: str |
     with open(log, "a") as fh:
         fh.write(f"\n$ {' '.join(f'{k}={v}' for k, v in (env or {}).items())} {' '.join(cmd)}\n")
         fh.flush()
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=_env(env)).returncode
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=repo_env(env)).returncode
     if rc == 2 or rc < 0 or rc > 2:
         raise PipelineError(f"pipeline exited {rc} in {run_dir}; last lines of {log}:\n{_tail(log)}")
     return rc
@@ -243,7 +239,7 @@ def ensure_baseline(p: Preset, root: Path, checkpoint: str | None, dry_run: bool
     marker = root / "baseline.training"
     marker.touch()
     with open(root / "baseline.log", "a") as fh:
-        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=_env(p.train_env)).returncode
+        rc = subprocess.run(cmd, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, env=repo_env(p.train_env)).returncode
     if rc != 0:
         raise PipelineError(f"baseline training exited {rc}; see {root / 'baseline.log'}:\n{_tail(root / 'baseline.log')}")
     marker.unlink()
@@ -251,8 +247,11 @@ def ensure_baseline(p: Preset, root: Path, checkpoint: str | None, dry_run: bool
 
 
 def _manifest(run_dir: Path) -> dict[str, Any] | None:
+    """:func:`pipeline.report.load_manifest`, or None for a run that has none (yet) or a torn one."""
+    from pipeline.report import load_manifest
+
     try:
-        return json.loads((run_dir / "manifest.json").read_text())
+        return load_manifest(run_dir)
     except (OSError, json.JSONDecodeError):
         return None
 
@@ -360,13 +359,14 @@ def _eval_and_calibration(p: Preset, n_calib: int) -> tuple[Any, Any, Any, Any]:
     """(normalized eval images, labels, calibration images, data) exactly as the pipeline's stages pick them."""
 
     from ccpcsa.data import load_data, normalize_batch
+    from pipeline.config import load_config
+    from pipeline.stages_export import calibration_images
+    from pipeline.stages_train import evaluation_sample
 
     data = load_data(p.data, progress=False)
-    # the pipeline's eval_split: a fixed seeded sample of checks.eval_images (the split is sorted by class)
-    test = data.test.sample(p.eval_images, seed=0) if p.eval_images else data.test
+    test = evaluation_sample(data.test, p.eval_images)
     x = normalize_batch(test.images, data.mean, data.std).numpy()
-    calib = normalize_batch(data.train.sample(n_calib, seed=0).images, data.mean, data.std).numpy()
-    return x, test.labels, calib, data
+    return x, test.labels, calibration_images(data, n_calib, load_config(ROOT / p.config).run.seed), data
 
 
 def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:

@@ -33,10 +33,14 @@ def eval_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
     return ctx.cache["eval"]
 
 
+def calibration_images(data: Any, n: int, seed: int) -> np.ndarray:
+    """``n`` train images of ``data`` (a seeded sample), normalized like the model input: INT8 calibration."""
+    return normalize_batch(data.train.sample(n, seed=seed).images, data.mean, data.std).numpy()
+
+
 def calibration_array(ctx: StageContext, n: int) -> np.ndarray:
-    """``n`` train images (a seeded sample), normalized like the model input."""
-    data = data_splits(ctx)
-    return normalize_batch(data.train.sample(n, seed=ctx.cfg.run.seed).images, data.mean, data.std).numpy()
+    """The run's calibration images: :func:`calibration_images` seeded with ``run.seed``."""
+    return calibration_images(data_splits(ctx), n, ctx.cfg.run.seed)
 
 
 def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:

@@ -37,10 +37,15 @@ def data_splits(ctx: StageContext) -> DataSplits:
     return data
 
 
+def evaluation_sample(test: ArrayDataset, eval_images: int | None) -> ArrayDataset:
+    """``test`` limited to a fixed seeded sample of ``eval_images`` images (all when None): the same sample for
+    every run, stage and benchmark; the split is stored sorted by class, so never a prefix."""
+    return test.sample(eval_images, seed=0)
+
+
 def eval_split(ctx: StageContext) -> ArrayDataset:
-    """The test split, limited to a fixed seeded sample of ``checks.eval_images`` images when set (the
-    same sample for every run and stage; the split is stored sorted by class, so never a prefix)."""
-    return data_splits(ctx).test.sample(ctx.cfg.checks.eval_images, seed=0)
+    """The run's evaluation split: :func:`evaluation_sample` of the test split with ``checks.eval_images``."""
+    return evaluation_sample(data_splits(ctx).test, ctx.cfg.checks.eval_images)
 
 
 def input_size(ctx: StageContext) -> int:
