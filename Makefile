@@ -2,6 +2,7 @@
 #   make setup        create .venv and install everything (torch pinned first)
 #   make test         mypy (TensorRT module) + the test suite
 #   make deploy       the whole chain: CONFIG=configs/default.yaml RUN=runs/default ARGS="--set k=v"
+#   make gpu-check    on a CUDA machine: cuda tests, pipelines and epoch timings on the GPU (README "GPU check")
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,7 +16,7 @@ RUN_ARG := $(if $(RUN),--run-dir $(RUN),)
 PIPE := $(PYTHON) -m pipeline run --config $(CONFIG) $(RUN_ARG)
 ARGS ?=
 
-.PHONY: setup test lint typecheck deploy baseline prune export engine validate report bundle bench bench-quick clean
+.PHONY: setup test lint typecheck deploy baseline prune export engine validate report bundle bench bench-quick gpu-check clean
 
 setup: $(VENV)/.installed
 
@@ -66,6 +67,12 @@ bench: setup
 
 bench-quick: setup
 	$(PYTHON) -m bench --quick $(ARGS)
+
+# No `setup` dependency: on a GPU machine the project runs on that machine's torch (setup would install the CPU
+# build); python3 there, this venv's python where it exists. The other dependencies: README "GPU check".
+GPU_PY ?= $(if $(wildcard $(PYTHON)),$(PYTHON),python3)
+gpu-check:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(GPU_PY) -m bench.gpu_check $(ARGS)
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -160,6 +160,14 @@ class InputMoments:
         """Mean activation energy ``E[x²] = var + mean²`` per channel (float64)."""
         return self.covariance().diagonal().clamp_min(0) + self.mean() ** 2
 
+    def to(self, device: str | torch.device) -> InputMoments:
+        """A copy whose running sums live on ``device`` (the pair fits read them element by element: on the CPU
+        that costs no device synchronization per pair)."""
+        out = InputMoments()
+        out.n = self.n
+        out.shift, out.s1, out.s2 = (t.to(device) if t is not None else None for t in (self.shift, self.s1, self.s2))
+        return out
+
 
 def affine_fit(m: InputMoments, i: int, j: int, eps: float = 1e-12) -> tuple[float, float, float]:
     """Least-squares ``x_i ≈ α x_j + β`` from running moments: ``α = cov_ij / var_j``, ``β = μ_i − α μ_j``.
@@ -316,7 +324,7 @@ def compensate(pruner: ChannelPruner, plan: dict[str, list[int]], pairs: dict[st
             crec = ConsumerCompensation(c.module)
             mod = mods[c.module]
             assert isinstance(mod, (nn.Conv2d, nn.Linear))
-            _fold(pruner, mod, local, moments[c.module], crec)
+            _fold(pruner, mod, local, moments[c.module].to("cpu"), crec)  # weights stay where the model is
             rec.consumers.append(crec)
         rec.status = "compensated"
     return report

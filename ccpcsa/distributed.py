@@ -14,6 +14,10 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from .placement import resolve_device
+
+__all__ = ["DistInfo", "all_reduce_sum", "cleanup", "init", "resolve_device", "sync_buffers"]
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,13 +46,6 @@ def init(device: str = "auto") -> tuple[DistInfo, torch.device]:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank, world, local), dev
-
-
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` → ``cuda:<local_rank>`` when CUDA is available, else ``cpu``."""
-    if device == "auto":
-        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    return torch.device(device)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:

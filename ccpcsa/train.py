@@ -4,6 +4,11 @@ SGD with momentum (Nesterov by default) and weight decay; a per-step learning-ra
 ``cosine`` (linear warm-up then half-cosine to 0) or ``onecycle`` (linear ramp from lr/25 to lr over
 ``pct_start`` of the steps, then cosine down to lr/1e4; Smith & Topin 2019) or ``constant``;
 optional label smoothing; channels_last; AMP (bfloat16/float16 autocast) on CUDA; seeded.
+
+Placement goes through :mod:`ccpcsa.placement`: a model handed over on another device or dtype is moved
+to the run's device (float32) by ``fit``, ``evaluate`` and ``predict_logits``. On CUDA the data set is held
+on the device, augmented there, the loss is checked without a host sync per step and long fits are
+compiled (``train.compile``; see :mod:`ccpcsa.train_speed`); the CPU path computes exactly what it did.
 """
 
 from __future__ import annotations
@@ -23,16 +28,27 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import distributed as ddp
+from . import placement
 from .checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
 from .data import ArrayDataset, BatchLoader, DataSplits
 from .errors import UserError
+from .train_speed import (
+    COMPILE_CHOICES,
+    Distillation,
+    StepMonitor,
+    StepRunner,
+    check_interval,
+    compile_decision,
+    has_forward_hooks,
+)
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 
 
 @dataclass
 class TrainConfig:
-    """Hyper-parameters of one fit. ``max_steps_per_epoch`` (None = full epoch) bounds smoke runs."""
+    """Hyper-parameters of one fit. ``max_steps_per_epoch`` (None = full epoch) bounds smoke runs.
+    ``compile``: ``auto`` (compile long single-process CUDA fits), ``on`` or ``off`` (see :mod:`ccpcsa.train_speed`)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -50,6 +66,7 @@ class TrainConfig:
     seed: int = 0
     eval_batch_size: int = 500
     max_steps_per_epoch: int | None = None
+    compile: str = "auto"
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values that cannot train."""
@@ -77,6 +94,8 @@ class TrainConfig:
             raise UserError(f"train.label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.max_steps_per_epoch is not None and self.max_steps_per_epoch < 1:
             raise UserError(f"train.max_steps_per_epoch must be ≥ 1 or null, got {self.max_steps_per_epoch}")
+        if self.compile not in COMPILE_CHOICES:
+            raise UserError(f"train.compile '{self.compile}' unknown; use one of {', '.join(COMPILE_CHOICES)}")
 
 
 def check_device(device: str, key: str = "device") -> None:
@@ -95,11 +114,13 @@ def check_device(device: str, key: str = "device") -> None:
 
 @dataclass
 class FitResult:
-    """Per-epoch history and the final metrics of a fit."""
+    """Per-epoch history and the final metrics of a fit; ``speed`` says how it ran (device, compiled or not
+    and why, resident data, steps between host checks)."""
 
     history: list[dict[str, float]] = field(default_factory=list)
     val_accuracy: float = float("nan")
     seconds: float = 0.0
+    speed: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,30 +155,58 @@ def _autocast(device: torch.device, enabled: bool) -> Any:
     return torch.autocast("cpu", enabled=False)
 
 
+#: On CUDA, evaluation batches hold at least this many pixels (4096 images of 32×32), never fewer than asked.
+GPU_EVAL_PIXELS = 4096 * 32 * 32
+
+
+def eval_batch_size(batch_size: int, device: torch.device, image_hw: int) -> int:
+    """``batch_size`` on the CPU; on CUDA at least ``GPU_EVAL_PIXELS / image_hw`` images (large batches keep the GPU busy;
+    eval-mode results do not depend on the batch size)."""
+    if device.type != "cuda":
+        return batch_size
+    return max(batch_size, GPU_EVAL_PIXELS // max(1, image_hw))
+
+
+def _run_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
+    """The device an entry point runs on: ``device`` (the model is moved there), else where the model is."""
+    placement.place(model, device)
+    return placement.module_device(model)
+
+
 @torch.no_grad()
 def predict_logits(model: nn.Module, images: np.ndarray, mean: Any, std: Any, batch_size: int = 500,
-                   device: torch.device | str = "cpu", channels_last: bool = False) -> np.ndarray:
-    """Float32 logits (N, classes) of ``model`` in eval mode on uint8 NHWC ``images``."""
+                   device: torch.device | str | None = None, channels_last: bool = False) -> np.ndarray:
+    """Float32 logits (N, classes) of ``model`` in eval mode on uint8 NHWC ``images``, as a host array.
+
+    ``device``: where to run (the model is moved there, float32); None = where the model already is."""
+    dev = _run_device(model, device)
     model.eval()
     ds = ArrayDataset(images, np.zeros(len(images), dtype=np.int64))
-    out = [model(x).float().cpu() for x, _ in BatchLoader(ds, batch_size, mean, std, device=device, channels_last=channels_last)]
-    return torch.cat(out).numpy() if out else np.zeros((0, 0), dtype=np.float32)
+    bs = eval_batch_size(batch_size, dev, int(images.shape[1] * images.shape[2]) if images.ndim == 4 else 1)
+    out = [model(x).float() for x, _ in BatchLoader(ds, bs, mean, std, device=dev, channels_last=channels_last)]
+    return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, dataset: ArrayDataset, mean: Any, std: Any, batch_size: int = 500,
-             device: torch.device | str = "cpu", channels_last: bool = False) -> tuple[float, float]:
-    """(top-1 accuracy in percent, mean cross-entropy) of ``model`` on ``dataset`` in eval mode."""
+             device: torch.device | str | None = None, channels_last: bool = False) -> tuple[float, float]:
+    """(top-1 accuracy in percent, mean cross-entropy) of ``model`` on ``dataset`` in eval mode.
+
+    ``device``: where to run (the model is moved there, float32); None = where the model already is.
+    On CUDA the batches are large (:func:`eval_batch_size`) and the sums stay on the device until the end."""
     if len(dataset) == 0:
         return float("nan"), float("nan")
+    dev = _run_device(model, device)
     model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
-    for x, y in BatchLoader(dataset, batch_size, mean, std, device=device, channels_last=channels_last):
+    correct = torch.zeros((), dtype=torch.int64, device=dev)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+    bs = eval_batch_size(batch_size, dev, int(dataset.images.shape[1] * dataset.images.shape[2]))
+    for x, y in BatchLoader(dataset, bs, mean, std, device=dev, channels_last=channels_last):
         logits = model(x).float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        correct += int((logits.argmax(1) == y).sum())
-        n += len(y)
-    return 100.0 * correct / n, loss_sum / n
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
+        correct += (logits.argmax(1) == y).sum()
+    n = len(dataset)
+    return 100.0 * float(correct) / n, float(loss_sum) / n
 
 
 def _check_resume(raw: dict[str, Any], spec: ModelSpec | None, checkpoint: str | os.PathLike[str]) -> None:
@@ -177,7 +226,7 @@ def fit(
     data: DataSplits,
     cfg: TrainConfig,
     *,
-    device: torch.device | str = "cpu",
+    device: torch.device | str | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     spec: ModelSpec | None = None,
     resume: bool = False,
@@ -185,26 +234,27 @@ def fit(
     desc: str = "train",
     dist_info: ddp.DistInfo | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
+    distill: Distillation | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs; evaluate on ``data.val`` each epoch.
 
     With ``checkpoint`` (and ``spec``), the model plus optimizer/schedule state is written atomically
     after every epoch (rank 0 only); with ``resume=True`` training continues from that file's epoch.
     Under torchrun the model is wrapped in DDP and each rank trains on its own shard.
+    ``device``: where to train (the model is moved there, float32); None = where the model already is.
+    ``FitResult.speed`` records how the fit ran (compiled or not and why, resident data, check interval).
+    ``distill``: knowledge distillation from a frozen teacher (:func:`ccpcsa.train_speed.batch_loss`); the teacher is
+    placed on the training device in eval mode.
     """
     cfg.validate()
-    device = torch.device(device)
+    device = _run_device(model, device)
     info = dist_info or ddp.DistInfo()
     seed_everything(cfg.seed)
-    model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                          lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    opt = _optimizer(model, cfg, device)
     loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, seed=cfg.seed,
                          drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last)
     steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
@@ -220,7 +270,10 @@ def fit(
         if ts.get("epoch") is not None and ts.get("epochs") == cfg.epochs:
             try:
                 model.load_state_dict(raw["state_dict"])
+                flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
                 opt.load_state_dict(ts["optimizer"])
+                for g, f in zip(opt.param_groups, flags, strict=True):  # keep this device's implementation
+                    g.update(f)
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"cannot resume from {checkpoint}: it does not match this model/optimizer "
                                 f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
@@ -229,13 +282,27 @@ def fit(
             result.history = list(ts.get("history", []))
     net: nn.Module = model
     if info.enabled:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else None
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[index] if device.type == "cuda" else None)
+    use_compile, why = compile_decision(cfg.compile, device, total - start_epoch * steps_per_epoch, info.enabled,
+                                        has_forward_hooks(model))
+    if distill is not None:
+        placement.place(distill.teacher, device).eval()
+        for p in distill.teacher.parameters():
+            p.requires_grad_(False)
+    runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, cfg.amp),
+                        report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
+    interval = check_interval(device)
+    result.speed = {"device": str(device), "compile": cfg.compile, "compiled": runner.is_compiled, "compile_note": runner.note,
+                    "resident_data": loader.resident, "check_every": interval,
+                    "fused_optimizer": bool(opt.param_groups[0].get("fused"))}
     t0 = time.perf_counter()
     step = start_epoch * steps_per_epoch
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
         loader.set_epoch(epoch)
-        seen, correct, loss_sum, te = 0, 0, 0.0, time.perf_counter()
+        te = time.perf_counter()
+        monitor = StepMonitor(device, interval, epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
                    leave=False, dynamic_ncols=True)
         for i, (x, y) in enumerate(loader):
@@ -243,28 +310,26 @@ def fit(
                 break
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * lr_factor(step, total, cfg, steps_per_epoch)
-            with _autocast(device, cfg.amp):
-                logits = net(x)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise RuntimeError(f"loss became {float(loss)} at epoch {epoch + 1}, step {i}; lower train.lr")
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, logits = runner(x, y)
+            monitor.observe(i, loss)  # on the CPU: raises before a non-finite step is applied
             opt.step()
+            monitor.accumulate(loss, logits, y)
             step += 1
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}",
-                            ips=f"{seen * info.world_size / (time.perf_counter() - te):.0f}")
+            if not bar.disable and (i + 1) % max(interval, POSTFIX_EVERY) == 0:
+                _postfix(bar, monitor.progress(), info.world_size, te)
+        s, c, n = monitor.finish()
+        train_seconds = time.perf_counter() - te
         bar.close()
         ddp.sync_buffers(model)
-        s, c, n = ddp.all_reduce_sum([loss_sum, float(correct), float(seen)], device)
+        s, c, n = ddp.all_reduce_sum([s, c, n], device)
         val_acc, val_loss = evaluate(model, data.val, data.mean, data.std, cfg.eval_batch_size, device, cfg.channels_last)
         row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc, "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te, "images_per_s": n / (time.perf_counter() - te)}
+               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te, "train_seconds": train_seconds,
+               "images_per_s": n / train_seconds}
         result.history.append(row)
+        result.speed.update(compiled=runner.is_compiled, compile_note=runner.note)
         if info.is_main:  # one summary line per epoch even without a progress bar
             tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.3f} train {row['train_acc']:.2f}% "
                        f"val {val_acc:.2f}% ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)")
@@ -278,3 +343,31 @@ def fit(
     result.seconds = time.perf_counter() - t0
     model.eval()
     return result
+
+
+#: Progress-bar postfix (loss, accuracy, img/s) every this many steps at most (on CUDA: every check interval).
+POSTFIX_EVERY = 10
+
+
+def _postfix(bar: Any, progress: tuple[float, float, int] | None, world_size: int, since: float) -> None:
+    """Show the running loss / accuracy / throughput known without a host sync (nothing before the first check)."""
+    if progress is None or progress[2] == 0:
+        return
+    s, c, n = progress
+    bar.set_postfix(loss=f"{s / n:.3f}", acc=f"{100 * c / n:.1f}", ips=f"{n * world_size / (time.perf_counter() - since):.0f}")
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """SGD (momentum, Nesterov, decoupled no-decay group for biases/BN); the fused kernel on CUDA when available."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    kwargs: dict[str, Any] = {"lr": cfg.lr, "momentum": cfg.momentum, "nesterov": cfg.nesterov and cfg.momentum > 0}
+    if device.type == "cuda":
+        try:
+            return torch.optim.SGD(groups, fused=True, **kwargs)
+        except (TypeError, RuntimeError, ValueError):
+            pass
+    return torch.optim.SGD(groups, **kwargs)

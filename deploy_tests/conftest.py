@@ -26,3 +26,13 @@ def synthetic_data():
     from ccpcsa.data import load_data
 
     return load_data("synthetic", seed=0, progress=False)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` run only where torch sees a CUDA GPU; elsewhere they are skipped with one reason."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

@@ -44,6 +44,7 @@ import onnx
 import torch
 from torch import nn
 
+from ccpcsa import placement
 from ccpcsa.artifacts import atomic_path, sha256_file
 from ccpcsa.errors import UserError
 
@@ -176,6 +177,8 @@ def export_onnx(
     ``num_classes == len(metadata.class_names)``. ``onnx.checker.check_model(full_check=True)`` and
     strict shape inference must pass, and ``metadata.to_props()`` is stored in ``metadata_props``.
 
+    A model on another device (CUDA) or dtype is exported from a float32 CPU copy (:func:`ccpcsa.placement.cpu_copy`),
+    so the graph holds no device-specific constants and the caller's model is not moved.
     The model's train/eval mode is restored afterwards. ``dest`` is written atomically: if the
     export fails for any reason (model not traceable, unsupported operator, check failure) a
     :class:`UserError` is raised and a previous file at ``dest`` is left untouched.
@@ -187,10 +190,9 @@ def export_onnx(
         raise UserError(f"opset {opset} is not supported; choose {MIN_OPSET}..{max_opset} (default {DEFAULT_OPSET})")
     if example_batch < 1:
         raise UserError(f"example_batch must be >= 1, got {example_batch}")
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")
+    model = placement.cpu_copy(model)  # a model on CUDA (or in another dtype) is exported from a float32 CPU copy; it stays put
     h, w = metadata.hw
-    example = torch.randn(example_batch, metadata.channels, h, w, device=device)
+    example = torch.randn(example_batch, metadata.channels, h, w)
     was_training = model.training
     model.eval()
     start = time.perf_counter()

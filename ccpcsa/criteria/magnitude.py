@@ -12,6 +12,7 @@ import numpy as np
 import torch.nn.functional as F
 import torch_pruning as tp
 
+from .. import placement
 from .base import Criterion, ScoreContext
 
 
@@ -53,7 +54,7 @@ class TaylorCriterion(TorchPruningCriterion):
         for i, (x, y) in enumerate(ctx.batches()):
             if i >= self.n_batches:
                 break
-            F.cross_entropy(model(x), y).backward()
+            F.cross_entropy(model(placement.inputs_for(model, x)), placement.inputs_for(model, y)).backward()
         model.train(was)
 
 

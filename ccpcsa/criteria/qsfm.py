@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import placement
 from ..compensation import CompensationReport, GroupConsumers, InputMoments, compensate, find_consumers
 from ..prune import ChannelPruner
 from . import register
@@ -442,7 +443,7 @@ class QSFMCriterion(Criterion):
             with _Collector(model, sources, self.metric, self.window, self.sigma, self.max_db, self.chunk) as col, torch.no_grad():
                 for x, _ in ctx.batches():
                     col.next_batch()
-                    model(x)
+                    model(placement.inputs_for(model, x))
         finally:
             model.train(was)
         if col.batch == 0:

@@ -9,7 +9,10 @@ import numpy as np
 import torch
 
 from .dataset import ArrayDataset
-from .transforms import _normalize, augment_batch, normalization_params
+from .transforms import _normalize, apply_augment, augment_batch, draw_augment, normalization_params
+
+#: A resident (device-held) copy of the dataset may take at most this fraction of the device's free memory.
+RESIDENT_MAX_FREE_FRACTION = 0.25
 
 
 def _mix_seed(*values: int) -> int:
@@ -37,6 +40,12 @@ class BatchLoader:
     ``augment=True`` applies :func:`augment_batch` (pad-4 black crop + horizontal flip) before
     normalization, with a generator seeded by ``(seed, epoch, rank)``: reproducible, different per
     epoch and per rank.
+
+    ``resident``: keep the uint8 dataset on ``device`` — copied once when the loader is built, never per
+    batch — and gather, augment and normalize each batch there; the epoch's order and augmentation draws go
+    to the device in one copy per epoch, so iterating never waits for the device (no host sync per batch).
+    ``None`` (default) = on a CUDA device when the images take at most :data:`RESIDENT_MAX_FREE_FRACTION` of
+    its free memory. Batches are identical either way (same order, same draws).
     """
 
     def __init__(
@@ -53,6 +62,7 @@ class BatchLoader:
         world_size: int = 1,
         device: str | torch.device = "cpu",
         channels_last: bool = False,
+        resident: bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -70,6 +80,12 @@ class BatchLoader:
         self.channels_last = channels_last
         self.epoch = 0
         self._scale, self._bias = normalization_params(mean, std, self.device)
+        self.resident = _fits_on_device(dataset, self.device) if resident is None else bool(resident)
+        self._images: torch.Tensor | None = None
+        self._labels: torch.Tensor | None = None
+        if self.resident:
+            self._images = torch.from_numpy(np.ascontiguousarray(dataset.images)).to(self.device)
+            self._labels = torch.from_numpy(np.ascontiguousarray(dataset.labels)).to(self.device)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the epoch whose shuffle order and augmentation draws the next iteration uses."""
@@ -99,6 +115,9 @@ class BatchLoader:
         return order.astype(np.int64, copy=False)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        if self.resident:
+            yield from self._iter_resident()
+            return
         order = self.indices()
         gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, self.rank, 1))
         non_blocking = self.device.type == "cuda"
@@ -109,3 +128,43 @@ class BatchLoader:
             if self.augment:
                 x = augment_batch(x, gen)
             yield _normalize(x, self._scale, self._bias, self.channels_last), y
+
+    def _iter_resident(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Batches gathered from the device-resident copy; the same batches as the host path."""
+        assert self._images is not None and self._labels is not None
+        order_np = self.indices()
+        n_batches = len(self)
+        sizes = [len(order_np[b * self.batch_size : (b + 1) * self.batch_size]) for b in range(n_batches)]
+        order = _to_device(torch.from_numpy(order_np), self.device)
+        params: list[torch.Tensor | None] = [None, None, None]
+        if self.augment and n_batches:
+            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, self.rank, 1))
+            draws = [draw_augment(k, gen) for k in sizes]  # batch by batch: the host path's exact sequence
+            params = [_to_device(torch.cat([d[j] for d in draws]), self.device) if draws[0][j] is not None else None
+                      for j in range(3)]
+        for b, k in enumerate(sizes):
+            lo = b * self.batch_size
+            idx = order[lo : lo + k]
+            x = self._images.index_select(0, idx)
+            y = self._labels.index_select(0, idx)
+            if self.augment:
+                x = apply_augment(x, *(p[lo : lo + k] if p is not None else None for p in params))
+            yield _normalize(x, self._scale, self._bias, self.channels_last), y
+
+
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Host tensor → ``device`` without a host sync (pinned + non_blocking on CUDA)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def _fits_on_device(dataset: ArrayDataset, device: torch.device) -> bool:
+    """Whether a resident copy of ``dataset`` belongs on ``device``: CUDA only, within the free-memory budget."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return False
+    try:
+        free, _total = torch.cuda.mem_get_info(device)
+    except RuntimeError:
+        return False
+    return dataset.images.nbytes + dataset.labels.nbytes <= RESIDENT_MAX_FREE_FRACTION * free

@@ -70,24 +70,49 @@ def augment_batch(
     Padding is zero in *pixel* space (black, like torchvision's ``RandomCrop(padding=4)``), applied
     before normalization. Each image gets its own crop offset in ``[0, 2*pad]`` per axis and a 50 %
     flip. Random numbers come from ``generator`` (a CPU ``torch.Generator``), drawn in a fixed order
-    (offsets y, offsets x, flips), so a seeded generator gives identical results on any device.
+    (offsets y, offsets x, flips; :func:`draw_augment`), so a seeded generator gives identical results
+    on any device. Equal to ``apply_augment(x, *draw_augment(len(x), generator, pad, flip), pad)``.
     """
-    x = images_uint8_nhwc
+    if images_uint8_nhwc.ndim != 4:
+        raise ValueError(f"expected an (N, H, W, C) batch, got shape {tuple(images_uint8_nhwc.shape)}")
+    params = draw_augment(images_uint8_nhwc.shape[0], generator, pad, flip)
+    dev = images_uint8_nhwc.device
+    return apply_augment(images_uint8_nhwc, *(p.to(dev) if p is not None else None for p in params), pad=pad)
+
+
+def draw_augment(
+    n: int, generator: torch.Generator | None = None, pad: int = 4, flip: bool = True
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """The random draws of :func:`augment_batch` for ``n`` images, on the CPU, in its fixed order: crop offsets
+    ``oy``, ``ox`` (int64 in ``[0, 2*pad]``; None when ``pad == 0``) and the flip mask (bool; None without
+    ``flip``). Drawing a whole epoch's batches in a row gives the same numbers as drawing them batch by batch."""
+    oy = ox = mask = None
+    if n > 0 and pad > 0:
+        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    if n > 0 and flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+    return oy, ox, mask
+
+
+def apply_augment(
+    x: torch.Tensor, oy: torch.Tensor | None, ox: torch.Tensor | None, mask: torch.Tensor | None, pad: int = 4
+) -> torch.Tensor:
+    """Crop a uint8 NHWC batch ``x`` at offsets ``oy``/``ox`` of its ``pad``-padded (black) version and flip the
+    images where ``mask`` is set (None: skip that part). The parameters must be on ``x``'s device; everything is
+    tensor ops on that device (no host synchronization), so it runs asynchronously on a GPU."""
     if x.ndim != 4:
         raise ValueError(f"expected an (N, H, W, C) batch, got shape {tuple(x.shape)}")
     n, h, w, c = x.shape
     if n == 0:
         return x
-    if pad > 0:
-        oy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(x.device)
+    if pad > 0 and oy is not None and ox is not None:
         padded = x.new_zeros((n, h + 2 * pad, w + 2 * pad, c))
         padded[:, pad : pad + h, pad : pad + w] = x
         rows = oy[:, None] + torch.arange(h, device=x.device)  # (n, h)
         cols = ox[:, None] + torch.arange(w, device=x.device)  # (n, w)
         batch = torch.arange(n, device=x.device)[:, None, None]
         x = padded[batch, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
-    if flip:
-        mask = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    if mask is not None:
         x = torch.where(mask[:, None, None, None], x.flip(2), x)
     return x

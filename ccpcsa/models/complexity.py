@@ -12,6 +12,8 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ..placement import example_input
+
 
 @dataclass(frozen=True)
 class Complexity:
@@ -29,8 +31,7 @@ def count_complexity(model: nn.Module, input_size: int = 32, in_channels: int = 
     """Count MACs of one forward pass at ``1×C×S×S`` and all parameters. Leaves train/eval mode as it was."""
     was_training = model.training
     model.eval()
-    device = next(model.parameters()).device
-    example = torch.zeros(1, in_channels, input_size, input_size, device=device)
+    example = example_input(model, input_size, in_channels)  # the model's device and dtype, wherever it lives
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model, example)
     model.train(was_training)

@@ -1,0 +1,519 @@
+"""Placement (issue 14): one helper decides where models live; every entry point uses it; GPU-speed plumbing.
+
+On a CPU-only machine "another device" is simulated honestly by a model handed over in float64: its
+forward on the float32 batches every entry point produces fails exactly like the CUDA/CPU mismatch of the
+issue (``Input type ... and bias type ... should be the same``) unless the entry point places the model.
+Tests marked ``cuda`` repeat the real thing on a GPU (skipped here).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ccpcsa import placement
+from ccpcsa.data import BatchLoader, augment_batch, load_data
+from ccpcsa.data.transforms import apply_augment, draw_augment
+from ccpcsa.errors import UserError
+from ccpcsa.train import TrainConfig, evaluate, fit, predict_logits
+from deploy_tests.byo_model import tiny_net
+
+SPEC_NAME = "deploy_tests.byo_model:tiny_net"
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_data("synthetic?size=16&train=256&test=64", seed=0, progress=False)
+
+
+def _tiny(dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return tiny_net(10, 8).to(dtype)
+
+
+def _cfg(**kw) -> TrainConfig:
+    base = dict(epochs=1, batch_size=32, lr=0.05, schedule="constant", max_steps_per_epoch=4, amp=False, augment=True)
+    return TrainConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------------------------ the helper
+def test_place_fixes_dtype_in_place_and_keeps_parameter_identity():
+    model = _tiny(torch.float64)
+    params = list(model.parameters())
+    assert not placement.is_placed(model, "cpu")
+    assert placement.place(model, "cpu") is model
+    assert placement.is_placed(model, "cpu") and all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(a is b for a, b in zip(params, model.parameters(), strict=True))  # optimizers/hooks stay valid
+    assert model.stem[1].num_batches_tracked.dtype == torch.int64  # integer buffers keep their dtype
+
+
+def test_place_is_a_noop_when_already_placed(monkeypatch):
+    model = _tiny()
+    monkeypatch.setattr(model, "to", lambda *a, **k: pytest.fail("place moved a model that was already placed"))
+    placement.place(model, "cpu")
+    placement.place(model)
+
+
+def test_module_device_dtype_and_example_input():
+    model = _tiny(torch.float64)
+    assert placement.module_device(model) == torch.device("cpu") and placement.module_dtype(model) == torch.float64
+    x = placement.example_input(model, 16)
+    assert x.shape == (1, 3, 16, 16) and x.dtype == torch.float64
+    assert placement.module_device(nn.ReLU()) == torch.device("cpu") and placement.module_dtype(nn.ReLU()) == torch.float32
+    y = placement.inputs_for(model, torch.zeros(2, 3, 16, 16))
+    assert y.dtype == torch.float64 and placement.inputs_for(model, torch.zeros(2, dtype=torch.long)).dtype == torch.long
+
+
+def test_resolve_device_lives_in_placement_and_is_reexported():
+    from ccpcsa.distributed import resolve_device
+
+    assert resolve_device is placement.resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    expected = "cuda:1" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto", local_rank=1) == torch.device(expected)
+
+
+def test_cpu_copy_leaves_the_original_where_it_is():
+    model = _tiny(torch.float64)
+    copy = placement.cpu_copy(model)
+    assert copy is not model and placement.is_placed(copy, "cpu") and placement.module_dtype(model) == torch.float64
+    plain = _tiny()
+    assert placement.cpu_copy(plain) is plain
+
+
+# ------------------------------------------------------------------------------------- entry points, by behaviour
+def test_a_misplaced_model_really_crashes_without_placement(data):
+    """The scenario the other tests rely on is a real failure, not a no-op."""
+    x, _ = next(iter(BatchLoader(data.test, 8, data.mean, data.std)))
+    with pytest.raises(RuntimeError, match="should be the same|expected .*(Double|Float)|dtype"):
+        _tiny(torch.float64)(x)
+
+
+def test_evaluate_and_predict_move_a_model_handed_over_elsewhere(data):
+    ref_acc, ref_loss = evaluate(_tiny(), data.test, data.mean, data.std)
+    ref_logits = predict_logits(_tiny(), data.test.images, data.mean, data.std, batch_size=16)
+    model = _tiny(torch.float64)
+    acc, loss = evaluate(model, data.test, data.mean, data.std, device="cpu")
+    assert acc == ref_acc and loss == pytest.approx(ref_loss, rel=1e-6)
+    assert placement.module_dtype(model) == torch.float32
+    logits = predict_logits(_tiny(torch.float64), data.test.images, data.mean, data.std, batch_size=16, device="cpu")
+    assert logits.shape == (64, 10) and np.allclose(logits, ref_logits, atol=1e-5)
+
+
+def test_fit_trains_a_model_handed_over_elsewhere_like_a_placed_one(data):
+    a, b = _tiny(), _tiny(torch.float64)
+    ra = fit(a, data, _cfg(), device="cpu", progress=False)
+    rb = fit(b, data, _cfg(), device="cpu", progress=False)
+    assert placement.is_placed(b, "cpu")
+    assert ra.history[0]["train_loss"] == pytest.approx(rb.history[0]["train_loss"], rel=1e-5)
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.allclose(pa, pb, atol=1e-5)
+
+
+def test_pruner_and_mac_count_trace_on_the_models_own_device_and_dtype():
+    from ccpcsa.models import count_complexity
+    from ccpcsa.prune import ChannelPruner
+
+    ref = count_complexity(_tiny(), 16)
+    model = _tiny(torch.float64)
+    assert count_complexity(model, 16) == ref  # traced with a float64 example, no crash
+    assert len(ChannelPruner(model, 16, round_to=2, min_channels=2).groups) == len(ChannelPruner(_tiny(), 16).groups) > 0
+
+
+def test_statistics_hooks_place_the_model_before_recording(data):
+    from ccpcsa.criteria.stats import ChannelStatsCollector
+
+    model = _tiny(torch.float64)
+    x, _ = next(iter(BatchLoader(data.train, 16, data.mean, data.std)))
+    with ChannelStatsCollector(model, ["stem.1"], training_only=False) as col, torch.no_grad():
+        model(x)
+    m = col.stats.moments["stem.1"]
+    assert m.n == 16 * 16 * 16 and m.redundancy().shape == (8,)
+
+
+def test_qsfm_oneshot_scores_and_compensates_a_model_handed_over_elsewhere(data):
+    from ccpcsa.oneshot import prune_oneshot
+
+    r = prune_oneshot(_tiny(torch.float64), data, "qsfm-psnr", 0.3, input_size=16, calibration_images=32, round_to=2,
+                      min_channels=2, device="cpu", batch_size=16)
+    assert r.final.macs <= 0.7 * r.base.macs * 1.0005
+    assert r.compensation is not None and r.compensation.compensated
+    assert placement.module_dtype(r.model) == torch.float32 and 0 <= r.test_pruned <= 100
+
+
+def test_checkpoint_loads_where_asked(tmp_path, data):
+    from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+
+    model = _tiny(torch.float64)
+    save_checkpoint(tmp_path / "m.pt", placement.place(model, "cpu"), ModelSpec(SPEC_NAME, 10, 16, {"width": 8}),
+                    data.classes, data.mean, data.std)
+    ck = load_checkpoint(tmp_path / "m.pt", device="cpu")
+    assert placement.is_placed(ck.model, "cpu") and not ck.model.training
+    assert placement.module_device(load_checkpoint(tmp_path / "m.pt").model) == torch.device("cpu")  # default: cpu
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_onnx_export_uses_a_cpu_float32_copy(tmp_path, data):
+    ort = pytest.importorskip("onnxruntime")
+    from export.metadata import DeployMetadata
+    from export.onnx_export import export_onnx
+
+    model = _tiny(torch.float64).eval()
+    res = export_onnx(model, tmp_path / "m.onnx", DeployMetadata(data.classes, data.mean, data.std, 16))
+    assert placement.module_dtype(model) == torch.float64  # the caller's model was not moved or cast
+    x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
+    out = ort.InferenceSession(str(res.path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x).double()).numpy()
+    assert np.abs(out - ref).max() < 1e-4
+
+
+def test_torch_runner_places_its_model():
+    from export.runtime import TorchRunner
+
+    r = TorchRunner(_tiny(torch.float64), input_size=16)
+    assert r.run(np.zeros((2, 3, 16, 16), np.float32)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------------------------- one helper decides placement
+@pytest.fixture
+def place_calls(monkeypatch):
+    calls: list[str] = []
+    real = placement.place
+
+    def recording(model, device=None, dtype=torch.float32):
+        calls.append(type(model).__name__)
+        return real(model, device, dtype)
+
+    monkeypatch.setattr(placement, "place", recording)
+    return calls
+
+
+def _entry_points(data, tmp_path):
+    from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+    from ccpcsa.criteria.stats import ChannelStatsCollector
+    from export.metadata import DeployMetadata
+    from export.onnx_export import export_onnx
+    from export.runtime import TorchRunner
+
+    spec = ModelSpec(SPEC_NAME, 10, 16, {"width": 8})
+    save_checkpoint(tmp_path / "c.pt", _tiny(), spec, data.classes, data.mean, data.std)
+
+    def stats() -> None:
+        with ChannelStatsCollector(_tiny(), ["stem.1"]):
+            pass
+
+    return {
+        "evaluate": lambda: evaluate(_tiny(), data.test, data.mean, data.std),
+        "predict_logits": lambda: predict_logits(_tiny(), data.test.images[:8], data.mean, data.std),
+        "fit": lambda: fit(_tiny(), data, _cfg(max_steps_per_epoch=1), progress=False),
+        "statistics hooks": stats,
+        "load_checkpoint": lambda: load_checkpoint(tmp_path / "c.pt", device="cpu"),
+        "export_onnx": lambda: export_onnx(_tiny(torch.float64), tmp_path / "e.onnx", DeployMetadata(data.classes, data.mean, data.std, 16)),
+        "TorchRunner": lambda: TorchRunner(_tiny(), input_size=16),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_every_entry_point_goes_through_the_one_placement_helper(place_calls, data, tmp_path):
+    for name, call in _entry_points(data, tmp_path).items():
+        place_calls.clear()
+        call()
+        assert place_calls, f"{name} did not call ccpcsa.placement.place"
+
+
+def test_pruning_loop_and_oneshot_call_the_helper(place_calls, data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.oneshot import prune_oneshot
+
+    prune_oneshot(_tiny(), data, "l1", 0.2, input_size=16, calibration_images=16, round_to=2, min_channels=2,
+                  evaluate_splits=False)
+    assert place_calls and place_calls[0] == "TinyNet"
+    place_calls.clear()
+    cfg = PruneConfig(target_flops_reduction=0.2, max_iterations=1, round_to=2, min_channels=2, finetune_epochs=0,
+                      final_finetune_epochs=0, tolerance=100.0, calibration_images=16)
+    run_pruning(_tiny(), data, get_criterion("l1"), cfg, _cfg(max_steps_per_epoch=1), input_size=16, progress=False)
+    assert place_calls and place_calls[0] == "TinyNet"
+
+
+# ------------------------------------------------------------------------------------------- GPU-speed plumbing
+def test_draw_then_apply_equals_augment_batch():
+    x = torch.randint(0, 256, (5, 8, 8, 3), dtype=torch.uint8)
+    a = augment_batch(x, torch.Generator().manual_seed(3))
+    b = apply_augment(x, *draw_augment(5, torch.Generator().manual_seed(3)))
+    assert torch.equal(a, b)
+    g = torch.Generator().manual_seed(3)
+    whole = draw_augment(9, g)
+    g = torch.Generator().manual_seed(3)
+    parts = [draw_augment(4, g), draw_augment(5, g)]
+    # a whole epoch drawn batch by batch is a different sequence than one long draw — the loader draws per batch
+    assert not torch.equal(whole[0], torch.cat([parts[0][0], parts[1][0]]))
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_resident_loader_gives_the_host_loaders_batches(data, world_size):
+    for rank in range(world_size):
+        kw = dict(shuffle=True, augment=True, seed=5, drop_last=False, rank=rank, world_size=world_size, channels_last=True)
+        host = BatchLoader(data.train, 48, data.mean, data.std, resident=False, **kw)
+        dev = BatchLoader(data.train, 48, data.mean, data.std, resident=True, **kw)
+        assert dev.resident and not host.resident
+        for epoch in (0, 3):
+            host.set_epoch(epoch)
+            dev.set_epoch(epoch)
+            pairs = list(zip(host, dev, strict=True))
+            assert len(pairs) == len(host)
+            for (xh, yh), (xd, yd) in pairs:
+                assert torch.equal(yh, yd) and torch.equal(xh, xd)
+                assert xd.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_loader_is_resident_only_on_cuda_by_default(data):
+    assert not BatchLoader(data.train, 32, data.mean, data.std).resident
+
+
+def test_train_config_compile_key_is_validated():
+    TrainConfig(compile="off").validate()
+    with pytest.raises(UserError, match="train.compile 'maybe' unknown; use one of auto, on, off"):
+        TrainConfig(compile="maybe").validate()
+
+
+def test_compile_decision_rules():
+    from ccpcsa.train_speed import COMPILE_MIN_STEPS, compile_decision
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_decision("auto", cuda, COMPILE_MIN_STEPS, False, False)[0]
+    assert not compile_decision("auto", cuda, COMPILE_MIN_STEPS - 1, False, False)[0]
+    assert not compile_decision("auto", cpu, 10**6, False, False)[0]
+    assert not compile_decision("auto", cuda, 10**6, True, False)[0]
+    assert compile_decision("on", cpu, 1, False, False)[0]
+    on_hooks = compile_decision("on", cuda, 10**6, False, True)
+    assert not on_hooks[0] and "hooks" in on_hooks[1]
+    assert compile_decision("off", cuda, 10**6, False, False) == (False, "train.compile is off")
+
+
+def _weights(model: nn.Module) -> list[torch.Tensor]:
+    return [t.detach().clone() for t in model.state_dict().values()]
+
+
+def test_compiled_fit_plumbing_matches_eager(monkeypatch, data):
+    """``compile=on`` through torch.compile's eager backend: the compiled path trains exactly like eager."""
+    from ccpcsa import train_speed
+
+    monkeypatch.setattr(train_speed, "COMPILE_KWARGS", {"backend": "eager"})
+    eager, comp = _tiny(), _tiny()
+    fit(eager, data, _cfg(compile="off", max_steps_per_epoch=3), progress=False)
+    r = fit(comp, data, _cfg(compile="on", max_steps_per_epoch=3), progress=False)
+    assert r.speed["compiled"] is True and r.speed["compile_note"] == "train.compile is on"
+    for a, b in zip(_weights(eager), _weights(comp), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-5)
+
+
+def test_compile_failure_falls_back_to_eager_with_identical_training(monkeypatch, data):
+    from ccpcsa import train_speed
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no working compiler on this machine")
+
+    monkeypatch.setattr(train_speed, "COMPILE_KWARGS", {"backend": broken_backend})
+    eager, comp = _tiny(), _tiny()
+    fit(eager, data, _cfg(compile="off"), progress=False)
+    r = fit(comp, data, _cfg(compile="on"), progress=False)
+    assert r.speed["compiled"] is False and "compile failed" in r.speed["compile_note"]
+    assert "no working compiler" in r.speed["compile_note"]
+    for a, b in zip(_weights(eager), _weights(comp), strict=True):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6)
+
+
+def test_statistics_hooks_keep_fit_eager_even_with_compile_on(monkeypatch, data):
+    from ccpcsa import train_speed
+    from ccpcsa.criteria.stats import ChannelStatsCollector
+
+    monkeypatch.setattr(train_speed, "COMPILE_KWARGS", {"backend": "eager"})
+    model = _tiny()
+    with ChannelStatsCollector(model, ["stem.1"]) as col:
+        r = fit(model, data, _cfg(compile="on", max_steps_per_epoch=2), progress=False)
+    assert r.speed["compiled"] is False and "hooks" in r.speed["compile_note"]
+    assert col.stats.moments["stem.1"].n == 2 * 32 * 16 * 16
+
+
+class _HostReads:
+    """Counts tensor → host reads (``item``, ``bool``, ``float``, ``int``, ``tolist``): each is a sync on a GPU."""
+
+    NAMES = ("item", "__bool__", "__float__", "__int__", "tolist")
+
+    def __init__(self, monkeypatch):
+        self.count = 0
+        for name in self.NAMES:
+            real = getattr(torch.Tensor, name)
+
+            def wrapper(t, *a, _real=real, **k):
+                self.count += 1
+                return _real(t, *a, **k)
+
+            monkeypatch.setattr(torch.Tensor, name, wrapper)
+
+
+def test_fit_reads_the_host_once_per_window_not_per_step(monkeypatch, data):
+    """With the GPU's check interval the training loop reads device values once per window (CPU: every step)."""
+    empty_val = replace(data, val=type(data.val)(data.val.images[:0], data.val.labels[:0]))
+    steps = 8
+    cfg = _cfg(max_steps_per_epoch=steps, batch_size=16)
+    reads = _HostReads(monkeypatch)
+    fit(_tiny(), empty_val, cfg, progress=False)
+    per_step = reads.count
+    monkeypatch.setattr("ccpcsa.train.check_interval", lambda device: 4)
+    reads.count = 0
+    r = fit(_tiny(), empty_val, cfg, progress=False)
+    assert r.speed["check_every"] == 4
+    assert per_step >= steps  # the CPU checks each step's loss
+    assert reads.count <= 2 + 3, f"{reads.count} host reads for {steps} steps"  # 2 windows + the epoch totals
+
+
+def test_non_finite_loss_still_raises_naming_the_first_bad_step(monkeypatch):
+    from ccpcsa.train_speed import StepMonitor
+
+    mon = StepMonitor(torch.device("cpu"), 3, epoch=1)
+    losses = [1.0, 0.9, 0.8, 0.7, 0.6, float("nan"), 0.5, 0.4, 0.3]
+    with pytest.raises(RuntimeError, match=r"loss became nan at epoch 2, step 5; lower train.lr"):
+        for i, v in enumerate(losses):
+            mon.observe(i, torch.tensor(v))
+            mon.accumulate(torch.tensor(v), torch.zeros(2, 3), torch.zeros(2, dtype=torch.long))
+        mon.finish()
+    ok = StepMonitor(torch.device("cpu"), 4, epoch=0)
+    for i in range(6):
+        ok.observe(i, torch.tensor(1.0))
+        ok.accumulate(torch.tensor(1.0), torch.eye(3)[:2], torch.tensor([0, 1]))
+    assert ok.finish() == (12.0, 12.0, 12.0)
+
+
+def test_fit_with_deferred_checks_raises_the_same_clear_error(monkeypatch, data):
+    monkeypatch.setattr("ccpcsa.train.check_interval", lambda device: 4)
+    with pytest.raises(RuntimeError, match=r"loss became (nan|inf) at epoch 1, step \d+; lower train.lr"):
+        fit(_tiny(), data, _cfg(lr=1e12, max_steps_per_epoch=8, batch_size=16), progress=False)
+
+
+# ------------------------------------------------------------------------------------------- validate's GPU rows
+def test_cuda_rows_plumbing_without_a_gpu(tmp_path, data):
+    """The GPU rows' code path on a CPU: the eager row runs, the CUDA-graph row fails with its reason, the
+    onnxruntime-CUDA row is skipped naming the providers (onnxruntime here has only the CPU provider)."""
+    pytest.importorskip("onnxruntime")
+    if torch.cuda.is_available():
+        pytest.skip("checks the no-GPU behaviour")
+    from ccpcsa.checkpoint import ModelSpec, save_checkpoint
+    from ccpcsa.data import normalize_batch
+    from export.metadata import DeployMetadata
+    from export.onnx_export import export_onnx
+    from pipeline.gpu_latency import cuda_rows
+
+    model = _tiny().eval()
+    save_checkpoint(tmp_path / "pruned.pt", model, ModelSpec(SPEC_NAME, 10, 16, {"width": 8}), data.classes, data.mean, data.std)
+    onnx = export_onnx(model, tmp_path / "m.onnx", DeployMetadata(data.classes, data.mean, data.std, 16)).path
+    x = normalize_batch(data.test.images, data.mean, data.std).numpy()
+    lat = {"latency_ms": {"1": {"p50": 1.0, "p95": 1.0}}, "images_per_s": {"1": 1000.0}}
+    rows = cuda_rows(tmp_path / "pruned.pt", onnx, torch.device("cpu"), 16, x, lambda r: lat,
+                     lambda r: {"accuracy": 50.0}, 10, 20)
+    assert rows["pytorch_pruned_cuda"]["status"] == "ok" and rows["pytorch_pruned_cuda"]["max_abs_diff"] < 1e-5
+    assert rows["pytorch_pruned_cuda"]["top1_agreement"] == 100.0 and rows["pytorch_pruned_cuda"]["latency_ms"] == lat["latency_ms"]
+    assert rows["pytorch_pruned_cuda_graph"]["status"] == "failed" and "CUDA GPU" in rows["pytorch_pruned_cuda_graph"]["reason"]
+    assert rows["onnx_cuda"]["status"] == "skipped" and "CPUExecutionProvider" in rows["onnx_cuda"]["reason"]
+
+
+# ------------------------------------------------------------------------------------------------------ on a GPU
+@pytest.mark.cuda
+def test_cuda_evaluate_fit_and_predict_move_a_cpu_model(data):
+    """The issue's crash: a checkpoint's CPU model evaluated on CUDA."""
+    ref = evaluate(_tiny(), data.test, data.mean, data.std, device="cpu")
+    model = _tiny()
+    acc, loss = evaluate(model, data.test, data.mean, data.std, device="cuda")
+    assert placement.module_device(model).type == "cuda"
+    assert abs(acc - ref[0]) <= 100 / len(data.test) * 2 and loss == pytest.approx(ref[1], abs=1e-2)
+    assert predict_logits(placement.place(model, "cpu"), data.test.images, data.mean, data.std, device="cuda").shape == (64, 10)
+    r = fit(placement.place(model, "cpu"), data, _cfg(), device="cuda", progress=False)
+    assert r.speed["resident_data"] is True and r.speed["check_every"] > 1 and np.isfinite(r.history[0]["train_loss"])
+
+
+@pytest.mark.cuda
+def test_cuda_resident_loader_matches_the_host_path(data):
+    kw = dict(shuffle=True, augment=True, seed=2, drop_last=True)
+    host = BatchLoader(data.train, 32, data.mean, data.std, **kw)
+    dev = BatchLoader(data.train, 32, data.mean, data.std, device="cuda", **kw)
+    assert dev.resident
+    for (xh, yh), (xd, yd) in zip(host, dev, strict=True):
+        assert torch.equal(yh, yd.cpu()) and torch.allclose(xh, xd.cpu(), atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_fit_has_no_host_sync_per_step(data):
+    empty_val = replace(data, val=type(data.val)(data.val.images[:0], data.val.labels[:0]))
+    steps = 60
+    cfg = _cfg(max_steps_per_epoch=steps, batch_size=4, compile="off")
+    fit(_tiny(), empty_val, replace(cfg, max_steps_per_epoch=2), device="cuda", progress=False)  # warm-up (cuDNN autotuning)
+    import warnings
+
+    model = placement.place(_tiny(), "cuda")  # moving the weights syncs once per tensor: not part of the steps
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(model, empty_val, cfg, device="cuda", progress=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = [w for w in caught if "synchroniz" in str(w.message)]
+    assert len(syncs) < steps // 2, f"{len(syncs)} synchronizing calls in {steps} steps"
+
+
+@pytest.mark.cuda
+def test_cuda_checkpoint_load_pruner_macs_and_onnx_export(tmp_path, data):
+    from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+    from ccpcsa.models import count_complexity
+    from ccpcsa.prune import ChannelPruner
+    from export.metadata import DeployMetadata
+    from export.onnx_export import export_onnx
+
+    model = placement.place(_tiny(), "cuda")
+    save_checkpoint(tmp_path / "m.pt", model, ModelSpec(SPEC_NAME, 10, 16, {"width": 8}), data.classes, data.mean, data.std)
+    assert all(v.device.type == "cpu" for v in torch.load(tmp_path / "m.pt", weights_only=True)["state_dict"].values())
+    ck = load_checkpoint(tmp_path / "m.pt", device="cuda")
+    assert placement.module_device(ck.model).type == "cuda"
+    assert count_complexity(ck.model, 16) == count_complexity(_tiny(), 16)
+    assert ChannelPruner(ck.model, 16, round_to=2, min_channels=2).groups
+    res = export_onnx(ck.model, tmp_path / "m.onnx", DeployMetadata(data.classes, data.mean, data.std, 16))
+    assert placement.module_device(ck.model).type == "cuda" and res.path.exists()
+
+
+@pytest.mark.cuda
+def test_cuda_qsfm_oneshot_and_pruning_loop(data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.oneshot import prune_oneshot
+
+    r = prune_oneshot(_tiny(), data, "qsfm-psnr", 0.3, input_size=16, calibration_images=32, round_to=2, min_channels=2,
+                      device="cuda", batch_size=16)
+    assert placement.module_device(r.model).type == "cuda" and r.compensation is not None and r.compensation.compensated
+    cfg = PruneConfig(target_flops_reduction=0.2, max_iterations=1, round_to=2, min_channels=2, finetune_epochs=0,
+                      final_finetune_epochs=0, tolerance=100.0, calibration_images=16)
+    res = run_pruning(_tiny(), data, get_criterion("ccpcsa"), cfg, _cfg(max_steps_per_epoch=2), input_size=16, device="cuda",
+                      progress=False)
+    assert placement.module_device(res.model).type == "cuda" and res.final.macs < res.base.macs
+
+
+@pytest.mark.cuda
+def test_cuda_graph_runner_equals_eager():
+    from export.runtime import TorchCudaGraphRunner, TorchRunner
+
+    x = np.random.default_rng(0).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    eager = TorchRunner(_tiny(), input_size=16, device="cuda").run(x)
+    graph = TorchCudaGraphRunner(_tiny(), input_size=16)
+    assert np.abs(graph.run(x) - eager).max() < 1e-5 and np.abs(graph.run(x[:1]) - eager[:1]).max() < 1e-5
+
+
+@pytest.mark.cuda
+def test_cuda_compiled_fit_trains(data):
+    r = fit(_tiny(), data, _cfg(compile="on", epochs=2, max_steps_per_epoch=6), device="cuda", progress=False)
+    assert np.isfinite(r.history[-1]["train_loss"]) and "compile" in r.speed["compile_note"]
