@@ -11,13 +11,15 @@ A *pruned* model is rebuilt without re-running pruning: the architecture is the 
 BAM when ``attention`` is set) whose Conv/BN/Linear layers are then resized to the shapes found in
 the state dict (:func:`resize_to_state_dict`). This works because structured pruning changes only
 tensor sizes, never the module graph.
+
+:func:`load_checkpoint` also takes weights as users have them — a bare ``state_dict`` (``.pt``/``.pth``,
+also wrapped or ``module.``-prefixed) or a ``.safetensors`` file (see :mod:`ccpcsa.weights`) — when it is
+given the architecture as a :class:`ModelSpec`; those are loaded strictly (same keys, same shapes).
 """
 
 from __future__ import annotations
 
-import io
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,7 @@ from torch import nn
 from .artifacts import atomic_path
 from .errors import UserError
 from .models import build_model
-
-FORMAT = "ccpcsa-checkpoint/1"
+from .weights import FORMAT, first_line, load_torch_file, non_finite, read_weights
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Checkpoint:
     std: list[float]
     meta: dict[str, Any]
     train_state: dict[str, Any] | None
+    source: str = "checkpoint"  # the file's form: "checkpoint" (this project's), "state_dict" or "safetensors"
+    sha256: str = ""  # of the file's bytes
 
 
 def build_from_spec(spec: ModelSpec) -> nn.Module:
@@ -101,49 +104,33 @@ def save_checkpoint(
 
 
 def read_checkpoint_dict(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the raw checkpoint dict with ``weights_only=True``; user errors for missing/corrupt/unsafe files.
+    """Load the raw project checkpoint dict with ``weights_only=True``; user errors for missing/corrupt/unsafe files.
 
     Besides the file itself, the dict's structure is checked (format tag, ``model`` with ``name`` and
     ``num_classes``, ``state_dict`` of tensors), so a foreign or damaged payload is a one-line
-    :class:`UserError` naming the file instead of a ``KeyError`` later.
+    :class:`UserError` naming the file instead of a ``KeyError`` later. Bare weights (a state_dict, a
+    safetensors file) are refused here: :func:`load_checkpoint` with a ``spec`` reads those.
     """
     p = Path(path)
-    if p.is_dir():
-        raise UserError(f"checkpoint {p} is a directory, not a checkpoint file; point to the .pt file")
-    if not p.is_file():
-        raise UserError(f"checkpoint {p} does not exist; train one first or fix the path")
-    if p.stat().st_size == 0:
-        raise UserError(f"checkpoint {p} is empty (0 bytes); it was not written completely, restore or retrain it")
-    if not zipfile.is_zipfile(p):
-        raise UserError(
-            f"checkpoint {p} is truncated or not a torch checkpoint (not a zip archive); restore or retrain it"
-        )
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except (zipfile.BadZipFile, EOFError, RuntimeError, io.UnsupportedOperation, OSError) as exc:
-        raise UserError(f"checkpoint {p} is truncated or not a torch checkpoint ({_first_line(exc)})") from exc
-    except Exception as exc:  # pickle.UnpicklingError and friends: refused by the weights-only unpickler
-        raise UserError(
-            f"checkpoint {p} was refused by the safe (weights_only) loader: it holds objects other than tensors "
-            "and plain data; only load checkpoints this tool wrote"
-        ) from exc
+    obj = load_torch_file(p)
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         hint = ""
         if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-            hint = " — it looks like a bare state_dict; save it with ccpcsa.checkpoint.save_checkpoint"
+            hint = (" — it looks like a bare state_dict; load it with load_checkpoint(path, spec=ModelSpec(...)) "
+                    "(in the pipeline: baseline.checkpoint with model.name)")
         raise UserError(f"checkpoint {p} is not a {FORMAT} checkpoint (was it written by this tool?){hint}")
+    _check_project_dict(obj, p)
+    return obj
+
+
+def _check_project_dict(obj: dict[str, Any], p: Path) -> None:
+    """UserError unless a ``ccpcsa-checkpoint/1`` dict has a model name, a class count and a state_dict of tensors."""
     model, state = obj.get("model"), obj.get("state_dict")
     if not isinstance(model, dict) or not isinstance(model.get("name"), str) or isinstance(model.get("num_classes"), bool) \
             or not isinstance(model.get("num_classes"), int):
         raise UserError(f"checkpoint {p} is damaged: its 'model' entry lacks a name or class count; restore or retrain it")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"checkpoint {p} is damaged: its 'state_dict' is not a mapping of tensors; restore or retrain it")
-    return obj
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -194,20 +181,42 @@ def load_checkpoint(
     expect_classes: int | None = None,
     check_finite: bool = True,
     expect_model: str | None = None,
+    spec: ModelSpec | None = None,
+    device: str | torch.device = "cpu",
 ) -> Checkpoint:
-    """Rebuild the model stored in ``path`` (pruned or not, with or without BAM) and load its weights.
+    """Rebuild the model of the weights file ``path`` and load its weights; the result's ``source`` and
+    ``sha256`` say which form the file had and hash its bytes. The model is returned on ``device``
+    (``map_location``; ``auto`` = CUDA when available), float32, in eval mode.
 
-    Raises :class:`UserError` when the file is missing/corrupt/unsafe, when its architecture does
-    not match its own tensors, when ``expect_model`` (a model name) or ``expect_classes`` differs from
-    the checkpoint's, or (``check_finite``) when a weight holds NaN/Inf.
+    * The project's ``ccpcsa-checkpoint/1`` file carries its architecture (pruned or not, with or without
+      BAM); ``spec`` is ignored for it. Classes, mean, std, meta and train state come from the file.
+    * Bare weights — a ``state_dict`` torch file (``{"state_dict": …}`` / ``{"model": …}`` wrappers and a
+      ``module.`` prefix accepted) or a ``.safetensors`` file — need ``spec`` (architecture name, classes,
+      kwargs, input size); the model is built from it and must match the tensors exactly (same keys, same
+      shapes; only a missing BatchNorm ``num_batches_tracked`` counter is tolerated). Classes, mean and std
+      are empty: the caller takes them from the dataset.
+
+    Raises :class:`UserError` when the file is missing/corrupt/unsafe, when the architecture does not match
+    the tensors (naming the first few missing / unexpected / mismatched keys), when ``expect_model`` (a model
+    name) or ``expect_classes`` differs from the architecture's, when bare weights come without ``spec``, when
+    the factory fails, or (``check_finite``) when a weight holds NaN/Inf.
     """
-    raw = read_checkpoint_dict(path)
-    m = raw["model"]
-    try:
-        spec = ModelSpec(m["name"], int(m["num_classes"]), int(m.get("input_size") or 32), dict(m.get("kwargs") or {}),
-                         raw.get("attention"))
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"checkpoint {path} is damaged: bad model entry ({_first_line(exc)}); restore or retrain it") from exc
+    w = read_weights(path)
+    if w.raw is not None:
+        _check_project_dict(w.raw, w.path)
+        m, raw = w.raw["model"], w.raw
+        try:
+            spec = ModelSpec(m["name"], int(m["num_classes"]), int(m.get("input_size") or 32), dict(m.get("kwargs") or {}),
+                             raw.get("attention"))
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"checkpoint {path} is damaged: bad model entry ({first_line(exc)}); restore or retrain it") from exc
+    elif spec is None:
+        raise UserError(
+            f"checkpoint {path} is bare weights ({w.source}) without an architecture; load it with "
+            "load_checkpoint(path, spec=ModelSpec(name, num_classes, ...)) (in the pipeline: set model.name, "
+            "model.kwargs and model.num_classes), or save it with ccpcsa.checkpoint.save_checkpoint")
+    else:
+        raw = {}
     if expect_model is not None and not _same_model(expect_model, spec.name):
         raise UserError(
             f"checkpoint {path} holds a '{spec.name}' model but '{expect_model}' is expected; "
@@ -218,25 +227,23 @@ def load_checkpoint(
             f"checkpoint {path} has {spec.num_classes} classes but the data/config has {expect_classes}; "
             "use a checkpoint trained on this dataset or set model.num_classes to match"
         )
-    state: dict[str, torch.Tensor] = raw["state_dict"]
-    if check_finite:
-        nan = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isnan(v).any())]
-        inf = [k for k, v in state.items() if v.is_floating_point() and bool(torch.isinf(v).any())]
-        if nan or inf:
-            kinds = " and ".join(f"{kind} in {len(keys)} tensor(s) (first: {keys[0]})"
-                                 for kind, keys in (("NaN", nan), ("Inf", inf)) if keys)
-            raise UserError(f"checkpoint {path} has NaN/Inf weights — {kinds}; it cannot be used, "
-                            "retrain it or restore a good copy (lower the learning rate if training diverged)")
+    state = w.state
+    if check_finite and (bad := non_finite(state)):
+        raise UserError(f"checkpoint {path} has NaN/Inf weights — {bad}; it cannot be used, "
+                        "retrain it or restore a good copy (lower the learning rate if training diverged)")
     try:
         model = build_from_spec(spec)
     except UserError as exc:
         raise UserError(f"checkpoint {path}: {exc}") from exc
     except (TypeError, ValueError) as exc:
-        raise UserError(f"checkpoint {path}: cannot rebuild model '{spec.name}' ({_first_line(exc)})") from exc
-    try:
-        resize_to_state_dict(model, state)
-    except (IndexError, ValueError, RuntimeError) as exc:
-        raise UserError(f"checkpoint {path} does not match architecture '{spec.name}': {_mismatch(model, state)}") from exc
+        raise UserError(f"checkpoint {path}: cannot rebuild model '{spec.name}' ({first_line(exc)})") from exc
+    if w.raw is None:
+        state = match_state_dict(model, state, spec, f"{path} ({w.source})")
+    else:
+        try:
+            resize_to_state_dict(model, state)
+        except (IndexError, ValueError, RuntimeError) as exc:
+            raise UserError(f"checkpoint {path} does not match architecture '{spec.name}': {_mismatch(model, state)}") from exc
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
@@ -244,17 +251,61 @@ def load_checkpoint(
             f"checkpoint {path} does not match architecture '{spec.name}' "
             f"(attention={'BAM' if spec.attention else 'none'}): {_mismatch(model, state)}"
         ) from exc
-    model.eval()
+    from .placement import place
+
+    place(model, device).eval()
     return Checkpoint(model, spec, list(raw.get("classes", [])), list(raw.get("mean", [])), list(raw.get("std", [])),
-                      dict(raw.get("meta", {})), raw.get("train_state"))
+                      dict(raw.get("meta", {})), raw.get("train_state"), w.source, w.sha256)
+
+
+def match_state_dict(model: nn.Module, state: dict[str, torch.Tensor], spec: ModelSpec, what: str) -> dict[str, torch.Tensor]:
+    """``state`` ready for ``model.load_state_dict(strict=True)``, or a :class:`UserError` naming ``what``,
+    ``spec.name`` and the first few missing / unexpected / shape-mismatched keys (plus a hint when only the
+    classifier's class count differs). A missing BatchNorm ``num_batches_tracked`` counter is filled in."""
+    own = model.state_dict()
+    if _differences(own, state):
+        hint = _class_count_hint(own, state, spec.num_classes) or " — are they for another architecture? check model.name and model.kwargs"
+        raise UserError(f"the tensors of {what} do not match architecture '{spec.name}' (kwargs {spec.kwargs or {}}, "
+                        f"{spec.num_classes} classes): {_mismatch(model, state)}{hint}")
+    return {**{k: v for k, v in own.items() if k not in state}, **state}
+
+
+def _differences(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]] | None:
+    """(missing, unexpected, shape-mismatched) keys of ``state`` against ``own``; ``None`` when they match."""
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in own]
+    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
+    return (missing, unexpected, shapes) if missing or unexpected or shapes else None
+
+
+def _class_count_hint(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], num_classes: int) -> str:
+    """A hint when a tensor sized by the class count (the classifier) is the only kind of shape mismatch."""
+    for k, v in own.items():
+        s = state.get(k)
+        if s is not None and v.ndim >= 1 and v.shape[0] == num_classes and s.ndim == v.ndim and s.shape[0] != num_classes \
+                and tuple(s.shape[1:]) == tuple(v.shape[1:]):
+            n = int(s.shape[0])
+            return (f" — the weights are for {n} classes, not {num_classes}: set model.num_classes={n} "
+                    "if the data has that many, or use weights trained on this dataset")
+    return ""
 
 
 def _mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> str:
-    """Summarise how ``state`` differs from ``model.state_dict()``: missing / unexpected keys, shape mismatches."""
+    """Summarise how ``state`` differs from ``model.state_dict()``: the first few missing / unexpected keys and
+    shape mismatches (file shape vs model shape)."""
     own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    parts = [f"{len(keys)} {what} (first: {keys[0]})" for what, keys in
-             (("missing tensors", missing), ("unexpected tensors", unexpected), ("shape mismatches", shapes)) if keys]
-    return "; ".join(parts) or "tensor shapes differ"
+    diff = _differences(own, state)
+    if diff is None:
+        return "tensor shapes differ"
+    missing, unexpected, shapes = diff
+
+    def first(keys: list[str], show: Any = str) -> str:
+        more = f", … {len(keys) - 3} more" if len(keys) > 3 else ""
+        return ", ".join(show(k) for k in keys[:3]) + more
+
+    parts = [f"{len(keys)} {what} ({first(keys)})" for what, keys in
+             (("missing tensors", missing), ("unexpected tensors", unexpected)) if keys]
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (" + first(
+            shapes, lambda k: f"{k}: {list(state[k].shape)} in the file, {list(own[k].shape)} in the model") + ")")
+    return "; ".join(parts)

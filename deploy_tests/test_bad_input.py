@@ -24,12 +24,14 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import save_file
 
 from ccpcsa import artifacts
 from ccpcsa.__main__ import main as ccpcsa_main
 from ccpcsa.checkpoint import FORMAT, ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.data import load_data
 from ccpcsa.errors import ArtifactWriteError, run_cli
+from ccpcsa.models import build_model
 from ccpcsa.oneshot import main as oneshot_main
 from deploy_tests.byo_model import tiny_net
 from export.onnx_io import load_onnx
@@ -101,6 +103,15 @@ def ckpt_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bad["state_dict"]["fc.weight"][0, 0] = value
         torch.save(bad, d / f"{kind}.pt")
     save_checkpoint(d / "five_classes.pt", tiny_net(5, 16), ModelSpec(TINY, 5, 32, {"width": 16}))
+    # bare weights as users have them (issue #16): for the smoke config's architecture unless the name says otherwise
+    sd = tiny_net(10, 16).state_dict()
+    torch.save(build_model("deploy_tests.tv_like:resnet18", 10, weights=None, width=8).state_dict(), d / "other_arch.pth")
+    torch.save(tiny_net(5, 16).state_dict(), d / "five_classes.pth")
+    save_file({k: v.contiguous() for k, v in sd.items() if k != "fc.bias"}, str(d / "missing_tensor.safetensors"))
+    torch.save({**sd, "epoch": 12, "arch": "tiny"}, d / "non_tensor.pth")
+    torch.save({"state_dict": {**sd, "fc.weight": torch.full_like(sd["fc.weight"], float("nan"))}}, d / "nan_state.pth")
+    save_file({**{k: v.contiguous() for k, v in sd.items()}, "fc.bias": torch.full((10,), float("inf"))}, str(d / "inf.safetensors"))
+    (d / "truncated.safetensors").write_bytes((d / "inf.safetensors").read_bytes()[:200])
     return d
 
 
@@ -129,6 +140,10 @@ CONFIG_CASES = [
     (["--set", "train.lr"], ["--set 'train.lr' must look like key=value"]),
     (["--set", "run.device=gpu"], ["run.device 'gpu' is not a device", "use auto, cpu, cuda"]),
     (["--set", "model.name=deploy_tests.no_such_module:net"], ["cannot import module 'deploy_tests.no_such_module'"]),
+    (["--set", "model.name=deploy_tests.tv_like:resnet18", "--set", "model.kwargs={weights: IMAGENET1K_V1}"],
+     ["model 'deploy_tests.tv_like:resnet18': the factory raised RuntimeError: cannot download pretrained weights",
+      "fix the factory or model.kwargs"]),
+    (["--set", "model.kwargs={width: 16, num_classes: 5}"], ["model.kwargs.num_classes", "remove it from model.kwargs"]),
 ]
 
 
@@ -358,7 +373,20 @@ CHECKPOINT_CASES = [
     ("random.pt", {}, "is truncated or not a torch checkpoint"),
     ("text.pt", {}, "is truncated or not a torch checkpoint"),
     ("empty.pt", {}, "is empty (0 bytes)"),
-    ("bare_state_dict.pt", {}, "looks like a bare state_dict"),
+    ("bare_state_dict.pt", {}, "is bare weights (state_dict) without an architecture; load it with load_checkpoint(path, spec="),
+    ("other_arch.pth", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})},
+     f"do not match architecture '{TINY}' (kwargs {{'width': 16}}, 10 classes): 20 missing tensors (stem.0.weight, stem.1.weight, stem.1.bias, … 17 more); "
+     "120 unexpected tensors (conv1.weight, bn1.weight, bn1.bias, … 117 more)"),
+    ("five_classes.pth", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})},
+     "fc.weight: [5, 32] in the file, [10, 32] in the model, fc.bias: [5] in the file, [10] in the model) — the weights "
+     "are for 5 classes, not 10: set model.num_classes=5"),
+    ("missing_tensor.safetensors", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})}, "(safetensors) do not match "
+     f"architecture '{TINY}' (kwargs {{'width': 16}}, 10 classes): 1 missing tensors (fc.bias)"),
+    ("non_tensor.pth", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})},
+     "is not a state_dict of tensors: 2 non-tensor entries (first: 'epoch' (int), 'arch' (str))"),
+    ("nan_state.pth", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})}, "NaN in 1 tensor(s) (first: fc.weight)"),
+    ("inf.safetensors", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})}, "Inf in 1 tensor(s) (first: fc.bias)"),
+    ("truncated.safetensors", {"spec": ModelSpec(TINY, 10, 32, {"width": 16})}, "is truncated or not a safetensors file"),
     ("no_state.pt", {}, "is damaged: its 'state_dict' is not a mapping of tensors"),
     ("other_arch.pt", {}, "does not match architecture 'resnet20'"),
     ("good.pt", {"expect_model": "resnet56"}, f"holds a '{TINY}' model but 'resnet56' is expected"),
@@ -397,7 +425,18 @@ def test_the_good_checkpoint_loads(ckpt_dir: Path) -> None:
     ("truncated.pt", [], "is truncated or not a torch checkpoint", "stage"),
     ("text.pt", [], "is truncated or not a torch checkpoint", "stage"),
     ("inf.pt", [], "Inf in 1 tensor(s) (first: fc.weight)", "stage"),
-], ids=["missing", "other-class-count", "other-architecture", "truncated", "not-a-checkpoint", "inf"])
+    # bare weights: model.* names the architecture; keys and shapes are matched before the run dir is touched
+    ("other_arch.pth", [], f"(state_dict) do not match architecture '{TINY}'", "config"),
+    ("five_classes.pth", [], "the weights are for 5 classes, not 10: set model.num_classes=5", "config"),
+    ("missing_tensor.safetensors", [], "(safetensors) do not match architecture", "config"),
+    ("bare_state_dict.pt", ["model.kwargs={width: 8}"], "shape mismatches (stem.0.weight: [16, 3, 3, 3] in the file, "
+     "[8, 3, 3, 3] in the model", "config"),
+    ("non_tensor.pth", [], "2 non-tensor entries (first: 'epoch' (int), 'arch' (str))", "stage"),
+    ("nan_state.pth", [], "NaN in 1 tensor(s) (first: fc.weight)", "stage"),
+    ("inf.safetensors", [], "Inf in 1 tensor(s) (first: fc.bias)", "stage"),
+], ids=["missing", "other-class-count", "other-architecture", "truncated", "not-a-checkpoint", "inf",
+        "state-dict-other-architecture", "state-dict-other-class-count", "safetensors-missing-tensor",
+        "state-dict-other-width", "state-dict-non-tensors", "state-dict-nan", "safetensors-inf"])
 def test_pipeline_rejects_bad_baseline_checkpoint_before_training(
         ckpt_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
         name: str, overrides: list[str], fragment: str, where: str) -> None:

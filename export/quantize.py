@@ -48,7 +48,7 @@ from onnxruntime.quantization import (
 )
 
 from ccpcsa.artifacts import atomic_path, sha256_file
-from ccpcsa.errors import UserError
+from ccpcsa.errors import UserError, write_error
 
 from .metadata import carry_metadata
 from .onnx_io import (
@@ -189,7 +189,10 @@ def quantize_int8(
         "nodes_to_exclude": list(nodes_to_exclude),
         "op_types": list(op_types) if op_types else "all",
     }
-    with tempfile.TemporaryDirectory(prefix="ccpcsa-quant-") as work:
+    # Scratch files (the preprocessed model, onnxruntime's augmented calibration model) live in a hidden folder
+    # beside ``dest``, ``.<dest name>.<random>.quant.tmp``: inside the run directory, where the runner's
+    # temp-file cleanup (pipeline.manifest.clear_temp_files) removes it if a killed run leaves it behind.
+    with _scratch_dir(Path(str(dest))) as work:
         fp32_path = Path(str(src))
         if preprocess:
             pre = Path(work) / "preprocessed.onnx"
@@ -246,6 +249,25 @@ def quantize_int8(
         sha256=sha256_file(dest),
         seconds=round(time.perf_counter() - start, 3),
     )
+
+
+@contextlib.contextmanager
+def _scratch_dir(dest: Path) -> Iterator[str]:
+    """A temporary folder ``.<dest name>.<random>.quant.tmp`` beside ``dest``, also made the process's temp root
+    (``tempfile.tempdir``) for the duration, so the temporary folders onnxruntime's quantizer opens itself land
+    inside it instead of ``/tmp``. Removed on exit; a SIGKILL leaves it for the runner's cleanup."""
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        scratch = tempfile.TemporaryDirectory(prefix=f".{dest.name}.", suffix=".quant.tmp", dir=dest.parent)
+    except OSError as exc:  # unwritable / full: one line naming the artifact
+        raise (write_error(exc, dest) or exc) from exc
+    old = tempfile.tempdir
+    with scratch as work:
+        tempfile.tempdir = work
+        try:
+            yield work
+        finally:
+            tempfile.tempdir = old
 
 
 @contextlib.contextmanager

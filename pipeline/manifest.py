@@ -14,6 +14,7 @@ import contextlib
 import errno
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -33,6 +34,8 @@ MANIFEST = "manifest.json"
 LOCK = ".lock"
 STALE_EMPTY_S = 5.0  # O_EXCL fallback: an empty/half-written lock file older than this is stale
 TEMP_GLOBS = (".*.tmp",)  # ccpcsa.artifacts.atomic_path's temporary files: ".<name>.<random>.tmp"
+# scratch folders: export.quantize's ".<name>.<random>.quant.tmp" (with onnxruntime's own temporary folders inside)
+TEMP_DIR_GLOBS = (".*.tmp",)
 TEMP_DIRS = (".", "plots")  # folders of a run directory the stages write into
 
 
@@ -89,10 +92,11 @@ def outputs_intact(record: dict[str, Any], run_dir: Path) -> bool:
 
 
 def clear_temp_files(run_dir: Path) -> list[Path]:
-    """Delete the temporary files an interrupted atomic write left in ``run_dir`` (and ``plots/``).
+    """Delete the temporary files an interrupted atomic write left in ``run_dir`` (and ``plots/``), and the
+    scratch folders (:data:`TEMP_DIR_GLOBS`, e.g. quantization's) a killed stage left there, with their contents.
 
     Only call this while holding :func:`run_lock`: then no other writer can own such a file. They were
-    never renamed into place, so nothing in the manifest refers to them.
+    never renamed into place, so nothing in the manifest refers to them. Symbolic links are never followed.
     """
     removed = []
     for sub in TEMP_DIRS:
@@ -103,6 +107,11 @@ def clear_temp_files(run_dir: Path) -> list[Path]:
             for p in sorted(folder.glob(pattern)):
                 if p.is_file() and not p.is_symlink():
                     p.unlink(missing_ok=True)
+                    removed.append(p)
+        for pattern in TEMP_DIR_GLOBS:
+            for p in sorted(folder.glob(pattern)):
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
                     removed.append(p)
     return removed
 

@@ -83,6 +83,9 @@ class Stage:
     fn: Callable[[StageContext], StageOutcome]
     sections: tuple[str, ...]
     doc: str = ""
+    # Files outside the run directory the stage reads (e.g. baseline.checkpoint): {path: sha256 or "missing"}.
+    # Part of the stage key, so replacing such a file re-runs the stage even though the config is unchanged.
+    external: Callable[[PipelineConfig], dict[str, str]] | None = None
 
 
 def _banner(text: str) -> None:
@@ -124,7 +127,9 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
         for stage in stages:
             if from_stage is not None and stage.name == from_stage:
                 dirty = True
-            key = hashlib.sha256(json.dumps({"config": cfg.section_hash(*stage.sections), "inputs": upstream},
+            external = stage.external(cfg) if stage.external else {}
+            key = hashlib.sha256(json.dumps({"config": cfg.section_hash(*stage.sections), "inputs": upstream,
+                                             **({"external": external} if external else {})},
                                             sort_keys=True).encode()).hexdigest()
             if not dirty and manifest.is_current(stage.name, key, run_dir):
                 rec = manifest.stage(stage.name) or {}

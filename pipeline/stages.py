@@ -13,7 +13,7 @@ from .stages_export import (
     stage_simplify,
     stage_validate,
 )
-from .stages_train import stage_attention, stage_baseline, stage_prune
+from .stages_train import baseline_inputs, stage_attention, stage_baseline, stage_prune
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier.
 # ``checks.eval_images`` picks the test sample every stage's accuracy is measured on, so it keys them all.
@@ -21,7 +21,8 @@ _PARITY = ("checks.max_abs_diff", "checks.min_agreement_fp32", "checks.min_agree
            "checks.eval_images")
 
 STAGES: list[Stage] = [
-    Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline", "checks.eval_images"), "train or load the model → baseline.pt"),
+    Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline", "checks.eval_images"), "train or load the model → baseline.pt",
+          external=baseline_inputs),
     Stage("attention", stage_attention, ("attention", "checks.eval_images"), "attach BAM, retrain → attention.pt"),
     Stage("prune", stage_prune, ("prune", "checks.max_accuracy_drop", "checks.require_flops_target", "checks.eval_images"), "CCPCSA loop (any criterion) → pruned.pt, history.json"),
     Stage("onnx", stage_onnx, ("export.opset", *_PARITY), "export ONNX, parity vs PyTorch → model.onnx"),

@@ -52,6 +52,11 @@ def is_custom(name: str) -> bool:
     return ":" in name
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -60,6 +65,9 @@ def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise UserError(f"model '{spec}': cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from exc
+    except Exception as exc:  # the module itself fails while importing (a broken install, an error at import time)
+        raise UserError(f"model '{spec}': importing module '{module_name}' failed ({type(exc).__name__}: "
+                        f"{_first_line(exc)}); fix that module or its installation") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"model '{spec}': '{module_name}' has no callable '{attr}'")
@@ -74,8 +82,11 @@ def native_input_size(name: str, default: int = 32) -> int:
 def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name or a bring-your-own model from ``package.module:factory``.
 
-    ``kwargs`` are passed to the factory (after the zoo entry's fixed ones). Raises
-    :class:`UserError` for unknown names or factories that fail on the given arguments.
+    The factory is called as ``factory(num_classes=num_classes, **kwargs)`` (after the zoo entry's fixed
+    kwargs), all by keyword, so keyword-only factories work — e.g. torchvision's
+    ``resnet18(*, weights=None, progress=True, **kwargs)`` with ``kwargs={"weights": None}``. Raises
+    :class:`UserError` for unknown names and for any exception the factory raises (one line with its
+    type and message); a factory must return an ``nn.Module``.
     """
     if is_custom(name):
         factory = _resolve_custom(name)
@@ -87,7 +98,12 @@ def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     try:
         model = factory(num_classes=num_classes, **{**fixed, **kwargs})
     except TypeError as exc:
-        raise UserError(f"model '{name}': bad arguments {sorted(kwargs)} ({exc})") from exc
+        raise UserError(f"model '{name}': bad arguments {sorted(kwargs)} ({_first_line(exc)})") from exc
+    except UserError:
+        raise
+    except Exception as exc:  # the user's factory failed: one line naming it, not a traceback
+        raise UserError(f"model '{name}': the factory raised {type(exc).__name__}: {_first_line(exc)} "
+                        f"(kwargs {kwargs or {}}, num_classes={num_classes}); fix the factory or model.kwargs") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model '{name}': factory returned {type(model).__name__}, not a torch.nn.Module")
     return model
