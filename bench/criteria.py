@@ -32,142 +32,28 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from bench.common import p50, ratio, repo_env
+from bench.common import repo_env
+from bench.criteria_presets import (  # noqa: F401  (re-exported: the benchmark's vocabulary)
+    ALL_CRITERIA,
+    ANCHOR,
+    BATCHES,
+    PRESETS,
+    Preset,
+    RunSpec,
+    common_overrides,
+    run_overrides,
+)
 from bench.ort_profile import profile_models
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_CRITERIA = ("ccpcsa", "corr", "attention", "qsfm", "l1", "bn", "taylor", "random")
 REFERENCE_CRITERION = "ccpcsa"
-BATCHES = (1, 32)
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Everything that defines one benchmark session. Fine-tune budget per run (identical for all criteria):
-    ``iterations`` training epochs interleaved with pruning (the loop trains one epoch before each scoring)
-    plus ``final_finetune_epochs`` after BAM removal, each epoch ``steps_per_epoch`` steps of 128 images."""
-
-    name: str
-    config: str
-    model: str
-    criteria: tuple[str, ...] = ALL_CRITERIA
-    targets: tuple[float, ...] = (0.3, 0.5, 0.7)
-    round_to: int = 8
-    round_to_extra: tuple[int, ...] = (1,)
-    compare_target: float = 0.5
-    iterations: int = 1
-    steps_per_epoch: int | None = 100
-    final_finetune_epochs: int = 3
-    prune_lr: float = 0.02
-    score_images: int = 256
-    attention_epochs: int = 1
-    attention_lr: float = 0.02
-    eval_images: int | None = None  # test images for accuracy: None = all, N = the pipeline's fixed seeded sample
-    latency_iters: int = 200
-    latency_warmup: int = 10
-    calibration_images: int = 512
-    threads: int = 2
-    device: str = "auto"
-    data: str = "imagefolder:../shared/data/cifar10-jpg.tar.gz"
-    baseline_checkpoint: str | None = None
-    baseline_epochs: int = 8
-    baseline_steps: int | None = None
-    baseline_lr: float = 0.2
-    baseline_schedule: str = "onecycle"
-    profile_iters: dict[str, int] = field(default_factory=lambda: {"1": 300, "32": 40})
-    # environment of the training stages only (baseline … prune): OpenMP threads that spin-wait slow training
-    # several-fold when the cores are shared; the export/validate stages that time latency run with the defaults.
-    train_env: dict[str, str] = field(default_factory=lambda: {"OMP_WAIT_POLICY": "PASSIVE"})
-    budget_minutes: float = 120.0
-
-    def runs(self) -> list[RunSpec]:
-        """Every (criterion, target, round_to) of the session, grid first, then the round_to comparison."""
-        out = [RunSpec(c, t, self.round_to) for t in self.targets for c in self.criteria]
-        out += [RunSpec(REFERENCE_CRITERION, self.compare_target, r) for r in self.round_to_extra if r != self.round_to]
-        return out
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One pipeline run: criterion, FLOPs reduction target (fraction) and ``round_to``."""
-
-    criterion: str
-    target: float
-    round_to: int
-
-    @property
-    def key(self) -> str:
-        return f"{self.criterion}-t{round(100 * self.target)}-r{self.round_to}"
-
-
-PRESETS: dict[str, Preset] = {
-    # ≤ 2 h on 2 CPU cores with runs/bench/resnet20_baseline.pt present: 8 criteria × 3 targets + CCPCSA at 50 % with
-    # round_to 1 and 16 = 26 runs. One run took 317 s with 3 × 100 fine-tune steps, all 10k test images and 200 latency
-    # iterations while other jobs shared the cores; with this budget (2 × 100 steps, a 5000-image seeded test sample,
-    # 100 iterations) it took 226 s at a load average of ≈ 1.7 → ≈ 98 min of runs + ≈ 4 min shared/reference/profile.
-    "cpu": Preset("cpu", "configs/default.yaml", "resnet20", steps_per_epoch=100, final_finetune_epochs=2, round_to_extra=(1, 16),
-                  eval_images=5000, latency_iters=100, baseline_checkpoint="runs/bench/resnet20_baseline.pt", budget_minutes=120),
-    # ≤ 15 min: four criteria at 50 % + round_to 1, tiny budgets (a smoke test of the whole benchmark, not a ranking).
-    "quick": Preset("quick", "configs/default.yaml", "resnet20", criteria=("ccpcsa", "l1", "taylor", "random"), targets=(0.5,),
-                    steps_per_epoch=40, final_finetune_epochs=1, attention_epochs=1, score_images=128, eval_images=2000, latency_iters=50,
-                    latency_warmup=5, calibration_images=128, baseline_checkpoint="runs/bench/resnet20_baseline.pt",
-                    baseline_epochs=1, baseline_steps=100, profile_iters={"1": 100, "32": 15}, budget_minutes=15),
-    # GPU machine, paper-scale model (untested on this CPU-only machine): resnet56, full epochs.
-    "gpu": Preset("gpu", "configs/resnet56_cifar10.yaml", "resnet56", steps_per_epoch=None, iterations=1, final_finetune_epochs=30,
-                  prune_lr=0.01, attention_epochs=10, attention_lr=0.01, eval_images=None, baseline_checkpoint=None,
-                  baseline_epochs=160, baseline_lr=0.1, baseline_schedule="cosine", budget_minutes=24 * 60),
-}
-
-
-# --------------------------------------------------------------------------------------------- config
-
-
-def _fmt_value(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
-    return str(v)
-
-
-def common_overrides(p: Preset, checkpoint: str) -> list[str]:
-    """``--set`` overrides shared by the shared run and every pruning run (so baseline/attention stay up to date)."""
-    kv: dict[str, Any] = {
-        "run.name": f"bench-criteria-{p.name}", "run.device": p.device, "model.name": p.model, "data.spec": p.data,
-        "data.fallback": None, "baseline.checkpoint": checkpoint, "train.max_steps_per_epoch": p.steps_per_epoch,
-        "attention.enabled": True, "attention.epochs": p.attention_epochs, "attention.lr": p.attention_lr,
-        # identical fine-tune for every criterion; no guard: every criterion reaches the FLOPs target
-        "prune.tolerance": 1000.0, "prune.max_iterations": p.iterations, "prune.groups_per_iteration": None,
-        "prune.target_params_reduction": None, "prune.finetune_epochs": 0, "prune.final_finetune_epochs": p.final_finetune_epochs,
-        "prune.lr": p.prune_lr, "prune.calibration_images": p.score_images, "prune.remove_attention": True,
-        # measure, don't gate: every run is exported and validated whatever its accuracy or speed
-        "checks.max_accuracy_drop": 100.0, "checks.min_agreement_lowp": 0.0, "checks.min_agreement_int8": 0.0,
-        "checks.require_speedup": False,
-        "checks.require_flops_target": False, "checks.latency_budget_ms": None, "checks.eval_images": p.eval_images,
-        "export.threads": p.threads, "export.latency_batches": list(BATCHES), "export.latency_iters": p.latency_iters,
-        "export.latency_warmup": p.latency_warmup, "export.calibration_images": p.calibration_images, "export.engine": False,
-        "export.int8": True, "export.simplify": True,
-    }
-    from pipeline.config import valid_keys
-
-    keys = set(valid_keys())  # keys another version of the pipeline lacks are left out (e.g. min_agreement_int8)
-    return [f"{k}={_fmt_value(v)}" for k, v in kv.items() if k in keys]
-
-
-def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
-    """The per-run ``--set`` overrides (criterion, target, one-step-per-iteration schedule, round_to)."""
-    return [f"prune.method={spec.criterion}", f"prune.target_flops_reduction={spec.target}",
-            f"prune.step_flops_reduction={min(0.99, spec.target / p.iterations)}", f"prune.round_to={spec.round_to}"]
 
 
 def expected_config_hash(p: Preset, overrides: list[str]) -> str:
@@ -256,11 +142,13 @@ def _manifest(run_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-def run_is_complete(run_dir: Path, config_hash: str) -> bool:
-    """True when ``run_dir`` has a ``report.json`` and its manifest was made with ``config_hash``, validate ok."""
+def run_is_complete(run_dir: Path, config_hash: str, until: str | None = None) -> bool:
+    """True when ``run_dir``'s manifest was made with ``config_hash`` and its last stage ran ok: ``prune`` for an
+    accuracy preset (``until="prune"``), else ``validate`` (and ``report.json`` exists)."""
     m = _manifest(run_dir)
-    return bool(m and (run_dir / "report.json").is_file() and m.get("config_hash") == config_hash
-                and (m.get("stages", {}).get("validate") or {}).get("status") == "ok")
+    last = until or "validate"
+    return bool(m and m.get("config_hash") == config_hash and (until or (run_dir / "report.json").is_file())
+                and (m.get("stages", {}).get(last) or {}).get("status") == "ok")
 
 
 def _shared_keys(manifest: dict[str, Any] | None) -> list[str | None]:
@@ -297,14 +185,15 @@ def collect_shared(shared: Path) -> dict[str, Any]:
         "seconds": (st.get(name) or {}).get("seconds"), "status": (st.get(name) or {}).get("status")} for name in ("baseline", "attention")}
 
 
-def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any]) -> dict[str, Any]:
-    """One result row from ``run_dir``'s manifest (works for failed runs too: whatever stages finished)."""
+def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any], until: str | None = None) -> dict[str, Any]:
+    """One result row from ``run_dir``'s manifest (works for failed runs too: whatever stages finished). Accuracy is the
+    pruned PyTorch model's top-1 on the preset's test images (``validate``'s when the run went that far, else
+    ``prune``'s: the same images), with its image count and standard error."""
     m = _manifest(run_dir) or {}
     st = m.get("stages", {})
-    row: dict[str, Any] = {"key": spec.key, "criterion": spec.criterion, "target": spec.target, "round_to": spec.round_to,
-                           "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir)}
+    row: dict[str, Any] = {"key": spec.key, **asdict(spec), "run_dir": str(run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir)}
     failed = [(n, s) for n, s in st.items() if s.get("status") == "failed"]
-    row["status"] = "failed" if failed else ("ok" if (st.get("validate") or {}).get("status") == "ok" else "incomplete")
+    row["status"] = "failed" if failed else ("ok" if (st.get(until or "validate") or {}).get("status") == "ok" else "incomplete")
     if failed:
         row["failed_stage"], row["reason"] = failed[0][0], failed[0][1].get("reason", "")
     row["stage_seconds"] = {n: s.get("seconds") for n, s in st.items() if n not in ("baseline", "attention")}
@@ -312,43 +201,30 @@ def collect_run(run_dir: Path, spec: RunSpec, base: dict[str, Any]) -> dict[str,
     if pm:
         base_flops, base_params = base["flops"], base["params"]
         row.update({"flops": pm.get("flops"), "params": pm.get("params"), "accuracy": pm.get("accuracy"),
+                    "accuracy_n": pm.get("accuracy_n"), "accuracy_se": pm.get("accuracy_se"),
                     "val_accuracy": pm.get("val_accuracy"), "flops_reduction": 1 - pm["flops"] / base_flops,
-                    "params_reduction": 1 - pm["params"] / base_params, "flops_reduction_vs_bam_model": pm.get("flops_reduction"),
-                    "flops_ratio": base_flops / pm["flops"], "accuracy_drop_pp": base["accuracy"] - pm["accuracy"],
+                    "params_reduction": 1 - pm["params"] / base_params, "flops_ratio": base_flops / pm["flops"],
+                    "accuracy_drop_pp": base["accuracy"] - pm["accuracy"], "alignment": pm.get("alignment"),
                     "stop_reason": pm.get("stop_reason"), "iterations": pm.get("iterations"), "prune_seconds": pm.get("seconds"),
-                    "channels_after": pm.get("channels_after"),
-                    "history": [{k: h.get(k) for k in ("iteration", "flops_reduction", "val_accuracy", "channels_removed", "seconds")}
+                    "channels_after": pm.get("channels_after"), "latency_target": pm.get("latency") or None,
+                    "history": [{k: h.get(k) for k in ("iteration", "flops_reduction", "val_accuracy", "drop_pp", "accepted",
+                                                       "channels_removed", "speedup", "seconds")}
                                 for h in pm.get("history") or []]})
     vm = (st.get("validate") or {}).get("metrics") or {}
     formats = vm.get("formats") or {}
     if formats:
-        keep = ("file", "size_bytes", "accuracy", "images_per_s", "top1_agreement")
+        keep = ("file", "size_bytes", "accuracy", "accuracy_n", "accuracy_se", "images_per_s", "top1_agreement")
         row["formats"] = {n: {**{k: f.get(k) for k in keep if k in f},
                               "latency_ms": {b: {q: v.get(q) for q in ("p50", "p95")} for b, v in (f.get("latency_ms") or {}).items()}}
                           for n, f in formats.items() if f.get("status") == "ok"}
-        if "accuracy" in row and (formats.get("pytorch_pruned") or {}).get("accuracy") is not None:
-            row["accuracy"] = formats["pytorch_pruned"]["accuracy"]
-            ref_acc = (formats.get("pytorch_baseline") or {}).get("accuracy", base["accuracy"])  # same split, same run
-            row["accuracy_drop_pp"] = ref_acc - row["accuracy"]
-        fp32 = formats.get("onnx_simplified") or formats.get("onnx")
-        int8, int8_cpu = formats.get("int8"), formats.get("int8_cpu")
-        pt, ptb = formats.get("pytorch_pruned"), formats.get("pytorch_baseline")
-        row["int8_accuracy"] = (int8 or {}).get("accuracy")  # the TensorRT flavour (S8S8)
-        row["int8_cpu_accuracy"] = (int8_cpu or {}).get("accuracy")  # the onnxruntime-CPU flavour (U8S8)
-        row["speedup"] = vm.get("speedup") or {}
-        row["int8_speedup_vs_fp32"] = {b: ratio(p50(fp32, b), p50(int8, b)) for b in map(str, BATCHES)}
-        row["int8_cpu_speedup_vs_fp32"] = {b: ratio(p50(fp32, b), p50(int8_cpu, b)) for b in map(str, BATCHES)}
-        row["ort_speedup_vs_pytorch"] = {b: ratio(p50(pt, b), p50(fp32, b)) for b in map(str, BATCHES)}
-        # the final CPU artifact (pruned + INT8 on onnxruntime: the CPU flavour when the run has it) and the fastest
-        # pruned ORT format, both vs the unpruned FP32 PyTorch eager model timed in the same validate stage
-        final = int8_cpu or int8
-        row["final_format"] = "int8_cpu" if int8_cpu else "int8"
-        row["final_accuracy"] = (final or {}).get("accuracy")
-        row["final_speedup"] = {b: ratio(p50(ptb, b), p50(final, b)) for b in map(str, BATCHES)}
-        cands = (("onnx_fp32", fp32), ("onnx_int8", int8), ("onnx_int8_cpu", int8_cpu))
-        best = {b: min(((n, p50(f, b)) for n, f in cands if p50(f, b)), key=lambda t: t[1],
-                       default=(None, None)) for b in map(str, BATCHES)}
-        row["best_ort_speedup"] = {b: {"format": n, "speedup": ratio(p50(ptb, b), v)} for b, (n, v) in best.items()}
+        pruned, ref = formats.get("pytorch_pruned") or {}, formats.get("pytorch_baseline") or {}
+        if pruned.get("accuracy") is not None:
+            row.update({k: pruned.get(k) for k in ("accuracy", "accuracy_n", "accuracy_se")})
+            row["accuracy_drop_pp"] = ref.get("accuracy", base["accuracy"]) - row["accuracy"]  # same images, same run
+        row["int8_cpu_accuracy"] = (formats.get("int8_cpu") or {}).get("accuracy")
+        row["int8_accuracy"] = (formats.get("int8") or {}).get("accuracy")
+        row["speedup"] = vm.get("speedup") or {}  # interleaved, FP32: {batch: {unpruned_ms, pruned_ms, speedup, ..., efficiency}}
+        row["speedup_int8"] = vm.get("speedup_int8") or {}
     return row
 
 
@@ -407,31 +283,6 @@ def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
     return out
 
 
-def ab_latency(p: Preset, reference: str | Path, models: dict[str, str], rounds: int = 3) -> dict[str, Any]:
-    """Pruned vs unpruned ORT FP32 latency measured interleaved (unpruned, pruned, unpruned, … ``rounds`` times per
-    batch size, same harness and threads as ``validate``) so that drifting load on shared cores hits both alike.
-    ``{key: {batch: {"unpruned_ms", "pruned_ms", "speedup"}}}`` with the median of the per-round p50s."""
-    from export.latency import measure_latency
-    from export.runtime import OrtRunner
-
-    ref = OrtRunner(reference, threads=p.threads)
-    iters = {1: max(20, p.latency_iters // 2), 32: max(10, p.latency_iters // 4)}
-    out: dict[str, Any] = {}
-    for key, path in models.items():
-        runner = OrtRunner(path, threads=p.threads)
-        res: dict[str, Any] = {}
-        for b in BATCHES:
-            a_ms, b_ms = [], []
-            for _ in range(rounds):
-                for r, acc in ((ref, a_ms), (runner, b_ms)):
-                    rep = measure_latency(r, batch_sizes=[b], warmup=max(2, p.latency_warmup // 2), iters=iters.get(b, 20), max_seconds=5.0)
-                    acc.append(rep.results[0].p50_ms)
-            u, q = statistics.median(a_ms), statistics.median(b_ms)
-            res[str(b)] = {"unpruned_ms": u, "pruned_ms": q, "speedup": u / q, "rounds": rounds}
-        out[key] = res
-    return out
-
-
 def _round(obj: Any, nd: int = 4) -> Any:
     """Floats rounded to ``nd`` significant-ish decimals (keeps the committed JSON small and diffable)."""
     if isinstance(obj, float):
@@ -454,33 +305,48 @@ def _hms(s: float) -> str:
 def _describe(row: dict[str, Any]) -> str:
     if row.get("status") != "ok":
         return f"{row.get('status')}: {row.get('failed_stage', '')} {row.get('reason', '')}".strip()
+    text = f"acc {row['accuracy']:.2f}% (Δ {-row['accuracy_drop_pp']:+.2f} pp) MACs -{100 * row['flops_reduction']:.1f}%"
     sp = row.get("speedup") or {}
-    return (f"acc {row['accuracy']:.2f}% (Δ {-row['accuracy_drop_pp']:+.2f} pp) MACs -{100 * row['flops_reduction']:.1f}% "
-            f"ORT b1 {sp.get('1', {}).get('speedup', 0):.2f}× b32 {sp.get('32', {}).get('speedup', 0):.2f}× "
-            f"(FLOPs ratio {row['flops_ratio']:.2f}×)")
+    if sp:
+        text += (f" ORT b1 {sp.get('1', {}).get('speedup', 0):.2f}× b32 {sp.get('32', {}).get('speedup', 0):.2f}× "
+                 f"(MACs ratio {row['flops_ratio']:.2f}×)")
+    return text
+
+
+def _one_run(p: Preset, shared: Path, run_dir: Path, overrides: list[str]) -> float:
+    """Prepare ``run_dir`` from the shared run and run the pipeline in it; the wall time. Training (up to ``prune``) runs
+    with the preset's training environment; export → validate (latency) in a fresh process with the defaults."""
+    t = time.perf_counter()
+    prepare_run_dir(shared, run_dir)
+    if run_pipeline(p, run_dir, overrides, until="prune", env=p.train_env) == 0 and p.until is None:
+        run_pipeline(p, run_dir, overrides)
+    return time.perf_counter() - t
 
 
 def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None = None, checkpoint: str | None = None,
                   summary: bool = True, dry_run: bool = False, command: str = "") -> dict[str, Any]:
-    """Run (or resume) the preset, merging results into ``out_json`` after every run; return the criteria result dict."""
+    """Run (or resume) the preset — ``p.jobs`` pipeline runs at a time — merging results into ``out_json`` after every
+    run; return the result dict (key ``criteria`` of the JSON)."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
     from bench.common import RESULTS_DIR, merge_results, results_stem
 
     t_start = time.perf_counter()
     root = root or ROOT / "runs" / "bench-criteria" / p.name
-    out_json = out_json or RESULTS_DIR / f"{results_stem(p.name == 'quick')}.json"
     quick = p.name == "quick"
+    out_json = out_json or RESULTS_DIR / f"{results_stem(quick)}{'' if p.name in ('cpu', 'quick') else '-' + p.name}.json"
     command = command or "python -m bench.criteria " + " ".join(sys.argv[1:])
     from ccpcsa.criteria import list_criteria
 
-    unknown = [c for c in p.criteria if c not in list_criteria()]
+    unknown = [c for c in {r.criterion for r in p.runs()} if c not in list_criteria() and c != ANCHOR]
     if unknown:
         raise PipelineError(f"unknown criterion {', '.join(unknown)}; known: {', '.join(list_criteria())}")
-    print(f"criteria benchmark, preset {p.name}: {len(p.runs())} runs under {root}, results → {out_json}", flush=True)
+    specs = p.runs()
+    print(f"criteria benchmark, preset {p.name}: {len(specs)} runs under {root}, results → {out_json}", flush=True)
     ckpt = ensure_baseline(p, root, checkpoint, dry_run)
     common = common_overrides(p, ckpt)
-    # one shared folder per set of settings that shape the baseline and BAM model (run/model/data/train/baseline/
-    # attention sections); fine-tune, export and check settings reuse it. Accuracy baselines for the tables come from
-    # each run's own validate stage (same evaluation split as the pruned model), never from the shared stage metrics.
+    # one shared folder per set of settings that shape the baseline and BAM model; fine-tune, export and check
+    # settings reuse it
     import hashlib
 
     shaping = [o for o in common if o.split(".", 1)[0] in ("run", "model", "data", "train", "baseline", "attention")]
@@ -496,93 +362,55 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
     print(f"shared baseline + BAM model ready ({time.perf_counter() - t:.0f}s)", flush=True)
     result: dict[str, Any] = {"preset": asdict(p), "root": str(root.relative_to(ROOT) if root.is_relative_to(ROOT) else root),
                               "baseline_checkpoint": ckpt, "overrides": common, "complete": False, "runs": []}
-    if not dry_run:
-        result.update(collect_shared(shared))
-    specs = p.runs()
-    done_times: list[float] = []
-    rows: list[dict[str, Any]] = []
-    hashes = {} if dry_run else {s.key: expected_config_hash(p, common + run_overrides(p, s)) for s in specs}
-    earlier: dict[str, dict[str, Any]] = {}  # rows of an interrupted session: keep their wall time and load
+    if dry_run:
+        for i, spec in enumerate(specs, 1):
+            print(f"[{i}/{len(specs)}] {spec.key}", flush=True)
+            run_pipeline(p, root / spec.key, common + run_overrides(p, spec), dry_run=True)
+        return result
+    result.update(collect_shared(shared))
+    hashes = {s.key: expected_config_hash(p, common + run_overrides(p, s)) for s in specs}
+    earlier: dict[str, dict[str, Any]] = {}  # rows of an interrupted session: keep their wall time
     try:
         prev = json.loads(out_json.read_text())["results"]["criteria"]
         earlier = {r["key"]: r for r in prev.get("runs") or [] if prev.get("root") == result["root"]}
     except (OSError, KeyError, TypeError, json.JSONDecodeError):
         pass
-    warned = False
-    for i, spec in enumerate(specs, 1):
-        ov = common + run_overrides(p, spec)
-        run_dir = root / spec.key
-        if dry_run:
-            print(f"[{i}/{len(specs)}] {spec.key}", flush=True)
-            run_pipeline(p, run_dir, ov, dry_run=True)
-            continue
-        h = hashes[spec.key]
-        t = time.perf_counter()
-        wall: float | None = None
-        before = (earlier.get(spec.key) or {}).get("wall_seconds")
-        if not run_is_complete(run_dir, h):
-            kept = prepare_run_dir(shared, run_dir)
-            # training (prune) with train_env, then export → validate (latency) in a fresh process with the defaults
-            if run_pipeline(p, run_dir, ov, until="prune", env=p.train_env) == 0:
-                run_pipeline(p, run_dir, ov)
-            wall = time.perf_counter() - t
-            done_times.append(wall)
-            if kept and before:  # resumed: the run's time is the earlier session's plus this one's
-                wall, before = before + wall, None
-        row = collect_run(run_dir, spec, result["baseline"])
-        row["wall_seconds"] = wall if wall is not None else before
-        row["load_avg_1min"] = (os.getloadavg()[0] if hasattr(os, "getloadavg") else None) if wall is not None \
-            else (earlier.get(spec.key) or {}).get("load_avg_1min")
-        rows.append(row)
-        result["runs"] = rows
-        _baseline_from_runs(result)
-        left = sum(1 for s in specs[i:] if not run_is_complete(root / s.key, hashes[s.key]))
-        eta = _hms(sum(done_times) / len(done_times) * left) if done_times else ("0m00s" if not left else "?")
-        print(f"[{i}/{len(specs)}] {spec.key:20s} {'done earlier' if wall is None else f'{wall:.0f}s':>12s}  {_describe(row)}"
-              f"  | elapsed {_hms(time.perf_counter() - t_start)}, ETA {eta} (+ reference/profile)", flush=True)
-        projected = time.perf_counter() - t_start + (sum(done_times) / len(done_times) * left if done_times else 0.0) + 240
-        if done_times and projected > 60 * p.budget_minutes and not warned:
-            warned = True
-            print(f"note: projected session time {_hms(projected)} exceeds the preset's {p.budget_minutes:.0f} min budget "
-                  "(shared cores?); it can be interrupted and resumed with the same command", flush=True)
+    rows: dict[str, dict[str, Any]] = {}
+    done_times: list[float] = []
+
+    def record(spec: RunSpec, wall: float | None) -> None:
+        row = collect_run(root / spec.key, spec, result["baseline"], p.until)
+        row["wall_seconds"] = wall if wall is not None else (earlier.get(spec.key) or {}).get("wall_seconds")
+        row["load_avg_1min"] = os.getloadavg()[0] if wall is not None and hasattr(os, "getloadavg") else \
+            (earlier.get(spec.key) or {}).get("load_avg_1min")
+        rows[spec.key] = row
+        result["runs"] = [rows[s.key] for s in specs if s.key in rows]
+        left = sum(1 for s in specs if s.key not in rows)
+        eta = _hms(sum(done_times) / len(done_times) * left / p.jobs) if done_times else "?"
+        print(f"[{len(rows)}/{len(specs)}] {spec.key:28s} {'done earlier' if wall is None else f'{wall:.0f}s':>12s}  "
+              f"{_describe(row)}  | elapsed {_hms(time.perf_counter() - t_start)}, ETA {eta}", flush=True)
         merge_results(out_json, {"criteria": _round(result)}, quick=quick, command=command)
-    if dry_run:
-        return result
-    print("measuring the unpruned reference in every format and profiling on onnxruntime …", flush=True)
-    t = time.perf_counter()
-    errors: dict[str, str] = {}
-    try:
-        result["reference"] = measure_reference(p, shared, root / "_reference")
-    except Exception as exc:  # a measurement failure must not lose the runs' results
-        errors["reference"] = f"{type(exc).__name__}: {exc}"
-        result["reference"] = {}
-    models = {"unpruned": result["reference"].pop("files")} if "files" in result["reference"] else {}
-    for row in rows:
-        if row["criterion"] == REFERENCE_CRITERION and row.get("status") == "ok":
-            d = ROOT / row["run_dir"]
-            models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8": str(d / "model.int8.onnx"),
-                                  "int8_cpu": str(d / "model.int8.cpu.onnx")}
-    try:
-        result["profile"] = profile_models(models, threads=p.threads, iters=p.profile_iters, batches=BATCHES)
-    except Exception as exc:
-        errors["profile"] = f"{type(exc).__name__}: {exc}"
-    try:
-        ab = ab_latency(p, models["unpruned"]["fp32"], {r["key"]: str(ROOT / r["run_dir"] / "model.sim.onnx") for r in rows
-                                                         if r.get("status") == "ok"}) if "unpruned" in models else {}
-    except Exception as exc:
-        errors["interleaved_latency"], ab = f"{type(exc).__name__}: {exc}", {}
-    for r in rows:
-        if r["key"] in ab:
-            r["speedup_interleaved"] = {b: {**v, "flops_ratio": r["flops_ratio"], "efficiency": v["speedup"] / r["flops_ratio"]}
-                                        for b, v in ab[r["key"]].items()}
-    for k, v in errors.items():
-        print(f"warning: {k} failed: {v}", file=sys.stderr, flush=True)
-    result["errors"] = errors
-    print(f"reference, interleaved latency and profiles done ({time.perf_counter() - t:.0f}s)", flush=True)
-    result["complete"] = all(r.get("status") == "ok" for r in rows) and not errors
+
+    todo = []
+    for spec in specs:
+        if run_is_complete(root / spec.key, hashes[spec.key], p.until):
+            record(spec, None)
+        else:
+            todo.append(spec)
+    with ThreadPoolExecutor(max_workers=max(1, p.jobs)) as pool:
+        running = {pool.submit(_one_run, p, shared, root / s.key, common + run_overrides(p, s)): s for s in todo}
+        while running:
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in finished:
+                spec = running.pop(fut)
+                wall = fut.result()  # a PipelineError (user error) stops the session
+                done_times.append(wall)
+                record(spec, wall)
+    if p.measure_speed:
+        _measure_speed(p, shared, root, result)
+    result["complete"] = all(r.get("status") == "ok" for r in result["runs"]) and not result.get("errors")
     result["wall_seconds"] = time.perf_counter() - t_start
-    result["run_seconds"] = done_times
-    result["run_seconds_total"] = sum(r["wall_seconds"] for r in rows if r.get("wall_seconds"))
+    result["run_seconds_total"] = sum(r["wall_seconds"] for r in result["runs"] if r.get("wall_seconds"))
     merge_results(out_json, {"criteria": _round(result)}, quick=quick, command=command)
     print(f"wrote {out_json}", flush=True)
     if summary:
@@ -593,27 +421,40 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
     return result
 
 
-def _baseline_from_runs(result: dict[str, Any]) -> None:
-    """Baseline accuracy := what the runs' ``validate`` stages measured for the unpruned model (the pruned models'
-    evaluation split); the shared stage's own number is kept as ``accuracy_shared_stage``."""
-    accs = [r["formats"]["pytorch_baseline"]["accuracy"] for r in result["runs"] if (r.get("formats") or {}).get("pytorch_baseline")]
-    if accs:
-        result["baseline"].setdefault("accuracy_shared_stage", result["baseline"].get("accuracy"))
-        result["baseline"]["accuracy"] = statistics.median(accs)
+def _measure_speed(p: Preset, shared: Path, root: Path, result: dict[str, Any]) -> None:
+    """The unpruned model in every format, and onnxruntime's per-node profile of it and of every pruned run (FP32 and
+    INT8 U8S8), into ``result`` (``reference``, ``profile``); failures are recorded in ``result["errors"]``."""
+    print("measuring the unpruned reference in every format and profiling on onnxruntime …", flush=True)
+    errors: dict[str, str] = {}
+    try:
+        result["reference"] = measure_reference(p, shared, root / "_reference")
+    except Exception as exc:  # a measurement failure must not lose the runs' results
+        errors["reference"] = f"{type(exc).__name__}: {exc}"
+        result["reference"] = {}
+    models = {"unpruned": result["reference"].pop("files")} if "files" in result["reference"] else {}
+    for row in result["runs"]:
+        if row.get("status") == "ok":
+            d = ROOT / row["run_dir"]
+            models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8_cpu": str(d / "model.int8.cpu.onnx")}
+    try:
+        result["profile"] = profile_models(models, threads=p.threads, iters=p.profile_iters, batches=BATCHES)
+    except Exception as exc:
+        errors["profile"] = f"{type(exc).__name__}: {exc}"
+    for k, v in errors.items():
+        print(f"warning: {k} failed: {v}", file=sys.stderr, flush=True)
+    result["errors"] = errors
 
 
 def preset_from_args(a: argparse.Namespace) -> Preset:
     """The named preset with any command-line overrides applied."""
     p = PRESETS["quick" if a.quick else a.preset]
     changes: dict[str, Any] = {}
-    for attr, key in (("criteria", "criteria"), ("targets", "targets")):
-        if getattr(a, attr):
-            changes[key] = tuple(getattr(a, attr))
-    for attr in ("steps_per_epoch", "final_finetune_epochs", "iterations", "eval_images", "latency_iters"):
+    for attr in ("criteria", "targets", "seeds"):
+        if getattr(a, attr, None):
+            changes[attr] = tuple(getattr(a, attr))
+    for attr in ("steps_per_epoch", "final_finetune_epochs", "iterations", "eval_images", "latency_iters", "jobs"):
         if getattr(a, attr, None) is not None:
             changes[attr] = getattr(a, attr)
-    if a.no_round_to:
-        changes["round_to_extra"] = ()
     return replace(p, **changes)
 
 
@@ -624,11 +465,12 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--targets", nargs="+", type=float, default=None, help="FLOPs reduction targets (fractions)")
     ap.add_argument("--steps", dest="steps_per_epoch", type=int, default=None, help="training steps per (fine-tune) epoch")
     ap.add_argument("--finetune-epochs", dest="final_finetune_epochs", type=int, default=None, help="final fine-tune epochs")
-    ap.add_argument("--iterations", type=int, default=None, help="pruning iterations to reach each target")
+    ap.add_argument("--iterations", type=int, default=None, help="Algorithm 1 pruning steps to reach each target")
     ap.add_argument("--eval-images", type=int, default=None,
                     help="test images for accuracy (a fixed seeded sample; default: the preset's, cpu = all 10000)")
     ap.add_argument("--latency-iters", type=int, default=None)
-    ap.add_argument("--no-round-to", action="store_true", help="skip the round_to comparison run(s)")
+    ap.add_argument("--seeds", nargs="+", type=int, default=None, help="pruning seeds of the main grid")
+    ap.add_argument("--jobs", type=int, default=None, help="pipeline runs at a time (default: the preset's)")
     ap.add_argument("--baseline", default=None, help="trained unpruned checkpoint (default: the preset's; trained when absent)")
     ap.add_argument("--root", default=None, help="run folder (default runs/bench-criteria/<preset>)")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the pipeline commands, run nothing")

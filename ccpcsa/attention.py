@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .placement import example_input, module_device, module_dtype
+
 
 class ChannelGate(nn.Module):
     """``Mc``: global average pool → Linear(C, h) → BN → ReLU → Linear(h, C); output (N, C, 1, 1) logits."""
@@ -53,7 +55,8 @@ class SpatialGate(nn.Module):
 
 
 class BAM(nn.Module):
-    """``F' = F + F ⊗ σ(Mc(F) + Ms(F))``. ``last_channel_attention`` keeps σ(Mc) of the last call (no grad)."""
+    """``F' = F + F ⊗ σ(Mc(F) + Ms(F))``. While ``record`` is set, ``last_channel_attention`` keeps σ(Mc) and
+    ``last_attention`` the mean over positions of σ(Mc + Ms) of the last call (N, C; no grad)."""
 
     def __init__(self, channels: int, reduction: int = 16, dilation: int = 4) -> None:
         super().__init__()
@@ -62,6 +65,7 @@ class BAM(nn.Module):
         self.channel_gate = ChannelGate(channels, hidden)
         self.spatial_gate = SpatialGate(channels, hidden, dilation)
         self.last_channel_attention: torch.Tensor | None = None
+        self.last_attention: torch.Tensor | None = None
         self.record = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -69,6 +73,8 @@ class BAM(nn.Module):
         if self.record:
             self.last_channel_attention = torch.sigmoid(mc.detach()).flatten(1)
         att = torch.sigmoid(mc + self.spatial_gate(x))
+        if self.record:  # σ(Mc + Ms) averaged over positions: (N, C)
+            self.last_attention = att.detach().mean(dim=(2, 3))
         return x + x * att
 
 
@@ -112,7 +118,7 @@ def _units(model: nn.Module, input_size: int) -> list[_Unit]:
     was = model.training
     model.eval()
     with torch.no_grad():
-        model(torch.zeros(1, 3, input_size, input_size, device=next(model.parameters()).device))
+        model(example_input(model, input_size))
     model.train(was)
     for h in handles:
         h.remove()
@@ -156,7 +162,7 @@ def attach_bam(model: nn.Module, input_size: int = 32, reduction: int = 16, dila
     for name, ch, _res in bottleneck_points(model, input_size):
         u = units[name]
         body = getattr(u.parent, u.attr)
-        bam = BAM(ch, reduction, dilation).to(next(body.parameters(), torch.zeros(0)).device)
+        bam = BAM(ch, reduction, dilation).to(module_device(body), module_dtype(body))
         setattr(u.parent, u.attr, WithAttention(body, bam))
         names.append(name)
     if not names:

@@ -20,21 +20,38 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import placement
+from .alignment import resolve_alignment
+from .allocation import ALLOCATIONS, order_blocks
 from .artifacts import atomic_write_json
 from .attention import detach_bam
-from .criteria import Criterion, ScoreContext, feature_members
-from .criteria.stats import ChannelStatsCollector
+from .cost import CostModel, MacsCost
+from .criteria import Criterion, ScoreContext
+from .criteria.stats import stats_collector
 from .data import ArrayDataset, BatchLoader, DataSplits
-from .errors import UserError
+from .errors import UserError, unknown
 from .models.complexity import Complexity, count_complexity
-from .prune import ChannelPruner, channels_per_layer, prune_to_target
+from .prune import (
+    SCOPES,
+    ChannelPruner,
+    channels_per_layer,
+    deployed_complexity,
+    fewest_prefix,
+    metapruner_to_target,
+    prune_to_target,
+)
 from .train import TrainConfig, evaluate, fit
+from .train_speed import Distillation
+
+#: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
+#: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
+PRUNERS = ("ccpcsa", "torch-pruning")
 
 
 @dataclass
@@ -49,15 +66,26 @@ class PruneConfig:
     max_iterations: int = 10
     groups_per_iteration: int | None = None
     step_flops_reduction: float = 0.1
-    round_to: int = 8
+    round_to: int | str = "auto"
+    target_runtime: str = "onnxruntime-cpu"
+    allocation: str = "global"
+    target_speedup: float | None = None
+    target_latency_ms: float | None = None
+    latency_batch: int = 1
+    pruner: str = "ccpcsa"
+    scope: str = "all"
     min_channels: int = 8
     max_layer_ratio: float = 0.9
     finetune_epochs: int = 1
     final_finetune_epochs: int = 2
     lr: float = 0.01
+    criterion_options: dict[str, Any] = field(default_factory=dict)
     calibration_images: int = 256
     remove_attention: bool = False
-    seed: int = 0
+    distill: bool = False
+    distill_weight: float = 0.7
+    distill_temperature: float = 4.0
+    seed: int | None = None  # None: 0 (the pipeline passes run.seed)
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the loop cannot honour."""
@@ -73,8 +101,27 @@ class PruneConfig:
             raise UserError(f"prune.groups_per_iteration must be ≥ 1 or null, got {self.groups_per_iteration}")
         if not 0 < self.step_flops_reduction < 1:
             raise UserError(f"prune.step_flops_reduction must be in (0, 1), got {self.step_flops_reduction}")
-        if self.round_to < 1 or self.min_channels < 1:
-            raise UserError(f"prune.round_to and prune.min_channels must be ≥ 1, got {self.round_to}, {self.min_channels}")
+        resolve_alignment(self.round_to, self.target_runtime)  # 'auto' or an integer ≥ 1, a known runtime
+        if self.min_channels < 1:
+            raise UserError(f"prune.min_channels must be ≥ 1, got {self.min_channels}")
+        if self.allocation not in ALLOCATIONS:
+            raise unknown("prune.allocation", self.allocation, ALLOCATIONS)
+        if self.target_speedup is not None and not 1 < self.target_speedup < float("inf"):
+            raise UserError(f"prune.target_speedup must be a number > 1 (e.g. 2.0) or null, got {self.target_speedup}")
+        if self.target_latency_ms is not None and not 0 < self.target_latency_ms < float("inf"):
+            raise UserError(f"prune.target_latency_ms must be a number > 0 or null, got {self.target_latency_ms}")
+        if self.target_speedup is not None and self.target_latency_ms is not None:
+            raise UserError("set prune.target_speedup or prune.target_latency_ms, not both")
+        if self.scope not in SCOPES:
+            raise unknown("prune.scope", self.scope, SCOPES)
+        if self.pruner not in PRUNERS:
+            raise unknown("prune.pruner", self.pruner, PRUNERS)
+        if self.pruner == "torch-pruning" and (self.target_speedup is not None or self.target_latency_ms is not None
+                                                or self.groups_per_iteration is not None):
+            raise UserError("prune.pruner=torch-pruning (the reference MetaPruner) takes a FLOPs target only; "
+                            "unset prune.target_speedup / target_latency_ms / groups_per_iteration")
+        if self.latency_batch < 1:
+            raise UserError(f"prune.latency_batch must be ≥ 1, got {self.latency_batch}")
         if not 0 <= self.max_layer_ratio < 1:
             raise UserError(f"prune.max_layer_ratio must be in [0, 1), got {self.max_layer_ratio}")
         if self.finetune_epochs < 0 or self.final_finetune_epochs < 0:
@@ -82,6 +129,12 @@ class PruneConfig:
                             f"got {self.finetune_epochs}, {self.final_finetune_epochs}")
         if not 0 < self.lr < float("inf"):  # also rejects NaN
             raise UserError(f"prune.lr must be a finite number > 0, got {self.lr}")
+        if not 0 <= self.distill_weight <= 1:
+            raise UserError(f"prune.distill_weight must be in [0, 1] (share of the distillation term), got {self.distill_weight}")
+        if not 0 < self.distill_temperature < float("inf"):
+            raise UserError(f"prune.distill_temperature must be a number > 0, got {self.distill_temperature}")
+        if self.seed is not None and self.seed < 0:
+            raise UserError(f"prune.seed must be ≥ 0 or null (run.seed), got {self.seed}")
         if self.calibration_images < 1:
             raise UserError(f"prune.calibration_images must be ≥ 1, got {self.calibration_images}")
 
@@ -99,13 +152,20 @@ class PruneResult:
     iterations: int = 0
     stop_reason: str = ""
     seconds: float = 0.0
+    alignment: int = 1
+    alignment_reason: str = ""
+    allocation: str = "global"
+    left_whole: dict[str, str] = field(default_factory=dict)
+    latency: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
                 "final_val_accuracy": self.final_val_accuracy, "base": asdict(self.base), "final": asdict(self.final),
-                "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds}
+                "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
+                "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
+                "latency": self.latency}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -117,31 +177,73 @@ def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device
     yield from BatchLoader(sub, batch_size, data.mean, data.std, device=device)
 
 
+class LatencyProbe(Protocol):
+    """What the loop needs from the target runtime for a latency target (``export.layer_latency.OrtLatencyProbe``):
+    the unpruned model as the reference, the reference's and a model's latency measured interleaved (ms per batch,
+    the deployed graph), and the latency cost model of a pruner calibrated to a measured latency."""
+
+    def set_reference(self, model: nn.Module) -> float: ...
+
+    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]: ...
+
+    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> CostModel: ...
+
+
 def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig, *,
-                input_size: int = 32, device: torch.device | str = "cpu", reference_accuracy: float | None = None,
-                history_path: str | Path | None = None, progress: bool = True) -> PruneResult:
+                input_size: int = 32, device: torch.device | str | None = None, reference_accuracy: float | None = None,
+                history_path: str | Path | None = None, progress: bool = True,
+                latency: LatencyProbe | None = None) -> PruneResult:
     """Run Algorithm 1 on ``model`` (modified in place) and return the last accepted model.
 
     ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule
     are replaced by the loop's (one epoch per iteration at ``cfg.lr``, cosine within a fine-tune).
     The history (JSON list, one row per iteration) is written atomically after every iteration.
+
+    Kept widths are multiples of the alignment (``cfg.round_to``, ``auto``: :func:`resolve_alignment` for
+    ``cfg.target_runtime``); blocks go in the order of ``cfg.allocation`` (:mod:`ccpcsa.allocation`). With
+    ``cfg.target_speedup`` / ``cfg.target_latency_ms`` the target is latency on the runtime ``latency`` measures:
+    each iteration removes blocks until the latency table's estimate reaches that iteration's step, and the loop
+    stops when the *measured* speedup over the unpruned model (interleaved timing) reaches the target.
     """
     cfg.validate()
     t0 = time.perf_counter()
-    device = torch.device(device)
-    model.to(device)
-    ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=cfg.seed)
+    device = placement.module_device(placement.place(model, device))  # None: where the model already is
+    seed = cfg.seed or 0
+    ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=seed)
     ref = reference_accuracy if reference_accuracy is not None else evaluate(model, data.val, data.mean, data.std, device=device)[0]
-    base = count_complexity(model, input_size)
+    base = deployed_complexity(model, input_size, cfg.remove_attention)  # MACs targets refer to the deployed graph
+    align, align_why = resolve_alignment(cfg.round_to, cfg.target_runtime)
     target_macs = base.macs * (1 - cfg.target_flops_reduction)
     target_params = base.params * (1 - cfg.target_params_reduction) if cfg.target_params_reduction is not None else None
-    result = PruneResult(model=model, base=base, reference_accuracy=ref)
-    pruner = ChannelPruner(model, input_size, cfg.round_to, cfg.min_channels, cfg.max_layer_ratio)
+    result = PruneResult(model=model, base=base, reference_accuracy=ref, alignment=align, alignment_reason=align_why,
+                         allocation=cfg.allocation)
+    pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, scope=cfg.scope)
     original_sizes = pruner.original_sizes
+    if pruner.fixed and progress:
+        tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
+    result.left_whole = dict(pruner.fixed)
+    lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
+    target_speedup = cfg.target_speedup
+    speedup_now = 1.0
+    if lat_mode:
+        if latency is None:
+            raise UserError(f"prune.target_speedup / prune.target_latency_ms need a latency measurement on "
+                            f"{cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction")
+        base_ms = latency.set_reference(model)
+        if target_speedup is None:
+            target_speedup = base_ms / float(cfg.target_latency_ms)  # type: ignore[arg-type]
+            if target_speedup <= 1:
+                raise UserError(f"prune.target_latency_ms {cfg.target_latency_ms} ms is not below the unpruned model's "
+                                f"{base_ms:.3f} ms at batch {cfg.latency_batch}; nothing to prune")
+        result.latency = {"batch": cfg.latency_batch, "unpruned_ms": base_ms, "target_speedup": target_speedup}
     accepted = copy.deepcopy(model)
     current = base
+    # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
+    kd = Distillation(copy.deepcopy(model).eval(), cfg.distill_weight, cfg.distill_temperature) if cfg.distill else None
 
     def reached(c: Complexity) -> bool:
+        if lat_mode:
+            return speedup_now >= float(target_speedup)  # type: ignore[arg-type]
         return c.macs <= target_macs * 1.0005 and (target_params is None or c.params <= target_params)
 
     stop = "max_iterations"
@@ -154,32 +256,56 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         # 1) one training epoch; hooks accumulate the statistics the criterion needs
         stats = None
         if criterion.collects_training_stats:
-            pruner = ChannelPruner(model, input_size, cfg.round_to, cfg.min_channels, cfg.max_layer_ratio, original_sizes)
-            feats = sorted({n for g in pruner.groups for n in feature_members(g, model)})
-            with ChannelStatsCollector(model, feats) as col:
-                fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats")
+            pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
+            with stats_collector(model, pruner, criterion.features) as col:
+                fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd)
             stats = col.stats
         else:
-            fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train")
-        # 2) score all groups, sort globally, prune the lowest blocks
-        pruner = ChannelPruner(model, input_size, cfg.round_to, cfg.min_channels, cfg.max_layer_ratio, original_sizes)
+            fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd)
+        # 2) score all groups, order the blocks (allocation), prune the first ones
+        pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
         ctx = ScoreContext(model, pruner, stats,
-                           lambda: calibration_batches(data, cfg.calibration_images, train_cfg.batch_size, device, cfg.seed),
-                           seed=cfg.seed + it)
+                           lambda: calibration_batches(data, cfg.calibration_images, train_cfg.batch_size, device, seed),
+                           seed=seed + it)
         model.eval()
-        scores = criterion.score(ctx)
-        if cfg.groups_per_iteration is not None:
-            plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration)
-        else:
+        scores = criterion.score(ctx) if cfg.pruner == "ccpcsa" else {}
+        est: dict[str, float] = {}
+        if lat_mode:
+            assert latency is not None and target_speedup is not None
+            ref_ms, cur_ms = latency.measure_pair(model)
+            lat_cost = latency.cost_model(pruner, cur_ms)
+            order = order_blocks(pruner, scores, cfg.allocation, lat_cost)
+            goal_speedup = min(float(target_speedup), 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
+            goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
+            prefix = lat_cost.prefix_costs(order)
+            k = fewest_prefix(len(order), prefix.__getitem__, goal_ms, prefix)
+            if cfg.groups_per_iteration is not None:
+                k = min(cfg.groups_per_iteration, len(order))
+            est = {"estimated_ms": prefix[k], "goal_ms": goal_ms}
+            plan, new = prune_to_target(pruner, scores, blocks=k, ranked=order)
+        elif cfg.pruner == "torch-pruning":  # the external reference: the library's MetaPruner picks and cuts
             goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
-            plan, new = prune_to_target(pruner, scores, target_macs=min(goal, current.macs - 1))
+            before = channels_per_layer(model)
+            metapruner_to_target(model, input_size, min(goal, current.macs - 1), round_to=align,
+                                 max_layer_ratio=cfg.max_layer_ratio, exclude_attention=cfg.remove_attention)
+            after = channels_per_layer(model)
+            plan = {k: list(range(before[k] - after.get(k, 0))) for k in before if before[k] != after.get(k, 0)}
+        else:
+            order = order_blocks(pruner, scores, cfg.allocation, MacsCost(pruner) if cfg.allocation == "cost" else None)
+            if cfg.groups_per_iteration is not None:
+                plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order)
+            else:
+                goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
+                plan, new = prune_to_target(pruner, scores, target_macs=min(goal, current.macs - 1), ranked=order,
+                                            exclude_attention=cfg.remove_attention)
+        new = deployed_complexity(model, input_size, cfg.remove_attention)
         removed = sum(len(v) for v in plan.values())
         if removed == 0:
-            stop = "nothing left to prune (per-layer floors reached)"
+            stop = "nothing left to prune (per-layer floors or alignment reached)"
             break
         # 3) fine-tune, measure, guard
         if cfg.finetune_epochs > 0:
-            fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress, desc=f"prune it{it} finetune")
+            fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress, desc=f"prune it{it} finetune", distill=kd)
         acc = evaluate(model, data.val, data.mean, data.std, device=device)[0]
         drop = ref - acc
         ok = drop < cfg.tolerance
@@ -187,13 +313,18 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         row = {"iteration": it, "macs": new.macs, "params": new.params, "flops_reduction": fr, "params_reduction": pr,
                "val_accuracy": acc, "drop_pp": drop, "accepted": ok, "channels_removed": removed,
                "channels": channels_per_layer(model), "seconds": time.perf_counter() - ti}
+        if lat_mode:
+            assert latency is not None
+            ref_ms, cur_ms = latency.measure_pair(model)
+            row.update(est, latency_ms=cur_ms, unpruned_ms=ref_ms, speedup=ref_ms / cur_ms)
         result.history.append(row)
         if history_path is not None:
             atomic_write_json(history_path, result.history)
         bar.update(1)
         bar.set_postfix(flops=f"-{100 * fr:.1f}%", acc=f"{acc:.2f}", drop=f"{drop:+.2f}pp", ok=ok)
         if progress:
-            tqdm.write(f"prune iteration {it}: FLOPs -{100 * fr:.1f}% params -{100 * pr:.1f}% val {acc:.2f}% "
+            speed = f" speedup {row['speedup']:.2f}x (goal {target_speedup:.2f}x)" if lat_mode else ""
+            tqdm.write(f"prune iteration {it}: FLOPs -{100 * fr:.1f}% params -{100 * pr:.1f}%{speed} val {acc:.2f}% "
                        f"(drop {drop:+.2f} pp) {'accepted' if ok else 'REJECTED → restoring last accepted model'}")
         if not ok:
             model = copy.deepcopy(accepted)
@@ -201,6 +332,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             break
         accepted = copy.deepcopy(model)
         current = new
+        if lat_mode:
+            speedup_now = float(row["speedup"])
         result.iterations = it
     else:
         if reached(current):
@@ -209,10 +342,13 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     detached = detach_bam(model) if cfg.remove_attention else 0
     # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
     if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0):
-        fit(model, data, replace(ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress, desc="prune final finetune")
+        fit(model, data, replace(ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress, desc="prune final finetune", distill=kd)
     result.model = model
     result.final = count_complexity(model, input_size)
     result.final_val_accuracy = evaluate(model, data.val, data.mean, data.std, device=device)[0]
+    if lat_mode and latency is not None:
+        ref_ms, cur_ms = latency.measure_pair(model)
+        result.latency.update(final_unpruned_ms=ref_ms, final_ms=cur_ms, final_speedup=ref_ms / cur_ms)
     result.stop_reason = stop
     result.seconds = time.perf_counter() - t0
     if history_path is not None:

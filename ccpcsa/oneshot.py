@@ -26,9 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import placement
+from .allocation import ALLOCATIONS, order_blocks
 from .compensation import CompensationReport, skipped_report
-from .criteria import Criterion, ScoreContext, feature_members, get_criterion
-from .criteria.stats import ChannelStatsCollector
+from .cost import MacsCost
+from .criteria import Criterion, ScoreContext, get_criterion
+from .criteria.stats import stats_collector
 from .data import DataSplits
 from .loop import calibration_batches
 from .models.complexity import Complexity, count_complexity
@@ -86,7 +89,7 @@ def recalibrate_batchnorm(model: nn.Module, batches: Any) -> None:
     model.train()
     try:
         for x, _ in batches():
-            model(x)
+            model(placement.inputs_for(model, x))
     finally:
         for m, mom in saved:
             m.momentum = mom
@@ -101,8 +104,9 @@ def _accuracy(model: nn.Module, data: DataSplits, split: str, device: torch.devi
 def prune_oneshot(model: nn.Module, data: DataSplits, criterion_name: str | Criterion, target_flops_reduction: float, *,
                   input_size: int = 32, compensate: bool = True, calibration_images: int = 256, round_to: int = 8,
                   min_channels: int = 8, max_layer_ratio: float = 0.9, finetune_epochs: int = 0,
-                  train_cfg: TrainConfig | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                  batch_size: int = 64, evaluate_splits: bool = True, recalibrate_bn: bool = False) -> OneShotResult:
+                  train_cfg: TrainConfig | None = None, device: torch.device | str | None = None, seed: int = 0,
+                  batch_size: int = 64, evaluate_splits: bool = True, recalibrate_bn: bool = False,
+                  allocation: str = "global", scope: str = "all") -> OneShotResult:
     """Prune ``model`` (in place) by ``target_flops_reduction`` of its MACs in one step (see module docstring).
 
     ``criterion_name``: a registered criterion name or a :class:`Criterion` instance. Compensation is applied
@@ -110,29 +114,29 @@ def prune_oneshot(model: nn.Module, data: DataSplits, criterion_name: str | Crit
     i.e. QSFM); otherwise every pruned group is reported as skipped. ``finetune_epochs > 0`` fine-tunes with
     ``train_cfg`` (default: SGD lr 0.01, cosine, no warm-up). ``evaluate_splits=False`` skips the accuracy
     measurements (NaN). ``recalibrate_bn=True`` re-estimates BatchNorm statistics on the calibration images after
-    the surgery (:func:`recalibrate_batchnorm`; no weights change, off by default). Returns an :class:`OneShotResult`.
+    the surgery (:func:`recalibrate_batchnorm`; no weights change, off by default). ``device``: where to run (the
+    model is moved there, float32); None = where the model already is. Returns an :class:`OneShotResult`.
     """
     if not 0 <= target_flops_reduction < 1:
         raise ValueError(f"target_flops_reduction must be in [0, 1), got {target_flops_reduction}")
     t0 = time.perf_counter()
-    device = torch.device(device)
-    model.to(device).eval()
+    placement.place(model, device).eval()
+    device = placement.module_device(model)
     criterion = get_criterion(criterion_name) if isinstance(criterion_name, str) else criterion_name
     nan = float("nan")
     val0 = _accuracy(model, data, "val", device) if evaluate_splits else nan
     test0 = _accuracy(model, data, "test", device) if evaluate_splits else nan
     base = count_complexity(model, input_size)
-    pruner = ChannelPruner(model, input_size, round_to, min_channels, max_layer_ratio)
+    pruner = ChannelPruner(model, input_size, round_to, min_channels, max_layer_ratio, scope=scope)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return calibration_batches(data, calibration_images, batch_size, device, seed)
 
     stats = None
     if criterion.collects_training_stats:
-        feats = sorted({n for g in pruner.groups for n in feature_members(g, model)})
-        with ChannelStatsCollector(model, feats, training_only=False) as col, torch.no_grad():
+        with stats_collector(model, pruner, criterion.features, training_only=False) as col, torch.no_grad():
             for x, _ in batches():
-                model(x)
+                model(placement.inputs_for(model, x))
         stats = col.stats
     ts = time.perf_counter()
     scores = criterion.score(ScoreContext(model, pruner, stats, batches, seed=seed))
@@ -148,7 +152,9 @@ def prune_oneshot(model: nn.Module, data: DataSplits, criterion_name: str | Crit
         else:
             report.append(skipped_report(plan, f"criterion '{criterion.name}' provides no twin pairs"))
 
-    plan, final = prune_to_target(pruner, scores, target_macs=base.macs * (1 - target_flops_reduction), before_apply=before_apply)
+    order = order_blocks(pruner, scores, allocation, MacsCost(pruner) if allocation == "cost" else None)
+    plan, final = prune_to_target(pruner, scores, target_macs=base.macs * (1 - target_flops_reduction), ranked=order,
+                                  before_apply=before_apply)
     if recalibrate_bn:
         recalibrate_batchnorm(model, batches)
     val1 = _accuracy(model, data, "val", device) if evaluate_splits else nan
@@ -182,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-images", type=int, default=256)
     ap.add_argument("--test-images", type=int, default=None, help="random subset of the test split (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocation", choices=ALLOCATIONS, default="global", help="block order (ccpcsa.allocation)")
+    ap.add_argument("--scope", choices=("all", "internal"), default="all",
+                    help="internal: leave residual streams whole, prune block-internal channels only")
+    ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
     return run_cli(lambda: _main(a))
 
@@ -200,9 +211,14 @@ def _main(a: argparse.Namespace) -> int:
         raise UserError(f"--test-images must be ≥ 1, got {a.test_images}")
     if a.seed < 0:
         raise UserError(f"--seed must be ≥ 0, got {a.seed}")
+    if a.round_to < 1:
+        raise UserError(f"--round-to must be ≥ 1, got {a.round_to}")
     get_criterion(a.criterion)  # unknown criterion → UserError before anything is loaded
+    from .train import check_device
+
+    check_device(a.device, "--device")
     parse_spec(a.data, progress=False)
-    ck = load_checkpoint(a.checkpoint)
+    ck = load_checkpoint(a.checkpoint, device=placement.resolve_device(a.device))
     data = load_data(a.data, progress=False)
     if len(data.classes) != ck.spec.num_classes:
         raise UserError(f"checkpoint {a.checkpoint} has {ck.spec.num_classes} classes but dataset {a.data} has "
@@ -210,10 +226,12 @@ def _main(a: argparse.Namespace) -> int:
     if a.test_images is not None:
         data = replace(data, test=data.test.sample(a.test_images, seed=a.seed))
     r = prune_oneshot(ck.model, data, a.criterion, a.target, input_size=ck.spec.input_size, compensate=not a.no_compensate,
-                      calibration_images=a.calibration_images, recalibrate_bn=a.recalibrate_bn, seed=a.seed)
+                      calibration_images=a.calibration_images, recalibrate_bn=a.recalibrate_bn, seed=a.seed,
+                      allocation=a.allocation, scope=a.scope, round_to=a.round_to)
     s = r.summary()
     comp = s.pop("compensation")
-    s.update(checkpoint=a.checkpoint, test_images=len(data.test), recalibrate_bn=a.recalibrate_bn,
+    s.update(checkpoint=a.checkpoint, test_images=len(data.test), recalibrate_bn=a.recalibrate_bn, allocation=a.allocation,
+             scope=a.scope, round_to=a.round_to,
              drop_test_pp=r.test_before - r.test_pruned,
              compensated_groups=comp["compensated"] if comp else 0, skipped_groups=comp["skipped"] if comp else 0)
     print(json.dumps(s))

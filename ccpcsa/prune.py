@@ -2,13 +2,22 @@
 
 A *group* is a set of coupled channels found by the dependency graph (Fang et al., "DepGraph",
 CVPR 2023): removing channel k of the group's root conv also removes the matching channel of every
-BN, BAM, residual partner, depthwise conv and consumer input in the group, so tensors really shrink
-and stay consistent. A *block* is ``round_to`` channels of one group — the unit this pruner removes,
-so that every layer keeps a channel count that is a multiple of ``round_to`` (aligned kernels).
+BN, BAM, residual partner, depthwise conv, concat/split slice and consumer input in the group, so
+tensors really shrink and stay consistent. A *block* is the unit this pruner removes from one group:
+``round_to`` channels (the runtime's alignment, see :mod:`ccpcsa.alignment`), so every pruned layer keeps
+a width that is a multiple of the alignment; a layer narrower than one block keeps its width.
 
-Selection is global: criteria give a score per channel of each group (low = prune first); blocks
-are formed from each group's lowest-scoring channels and sorted by mean score across groups. A
-group never drops below ``max(min_channels, ceil((1 − max_layer_ratio) · original))`` channels.
+Grouped convolutions (``1 < groups < channels``) must lose the same channels from every one of their
+``G`` channel slices, or the slices stop being equal (torch-pruning's ``MetaPruner`` does the same with
+its ``ch_groups``): a group whose channels feed or leave a grouped conv therefore removes each block's
+offsets from all ``G`` slices at once, and its kept width is a multiple of ``lcm(round_to, G)``. A group
+split into ``P`` equal parts (``torch.chunk``) is treated the same way with ``P`` slices, so the parts stay equal. A group
+that covers only some slices of a grouped conv (e.g. one branch of a concat feeding it) cannot be
+pruned consistently on its own: it is left whole and :attr:`ChannelPruner.fixed` says why.
+
+Which blocks go is the allocation's business (:mod:`ccpcsa.allocation`); criteria score channels
+(:mod:`ccpcsa.criteria`). :meth:`ChannelPruner.ranked_blocks` is the plain global order: blocks of every
+group, sorted by their mean score.
 """
 
 from __future__ import annotations
@@ -17,7 +26,7 @@ import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -25,7 +34,9 @@ import torch_pruning as tp
 from torch import nn
 
 from .attention import BAM
+from .errors import UserError
 from .models.complexity import Complexity, count_complexity
+from .placement import example_input
 
 
 class BAMPruner(tp.pruner.function.BasePruningFunc):
@@ -61,15 +72,30 @@ class BAMPruner(tp.pruner.function.BasePruningFunc):
     get_in_channels = get_out_channels
 
 
+#: ``all``: every group; ``internal``: residual streams (groups joined by an add) are left whole.
+SCOPES = ("all", "internal")
+
+
+class Block(NamedTuple):
+    """One removable unit: the mean score of its channels, its group's key, the channels (root-module indices)."""
+
+    score: float
+    key: str
+    channels: list[int]
+
+
 @dataclass
 class GroupInfo:
-    """One prunable group: ``key`` (root module name), ``size`` (current channels), ``members``
-    (names of the modules whose *output* channels the group removes: convs, BNs, BAMs, linears)."""
+    """One prunable group: ``key`` (root module name), ``size`` (current channels), ``members`` (names of the
+    modules whose *output* channels the group removes: convs, BNs, BAMs, linears), ``member_channel_index``
+    (member → its channel index per root channel, −1 where it has none) and ``ch_groups`` (the number of equal
+    slices every removal must hit alike: the lcm of the ``groups`` of the grouped convs in the group, 1 without)."""
 
     key: str
     size: int
     members: list[str]
-    member_channel_index: dict[str, list[int]] = field(default_factory=dict)  # member → its channel index per root channel
+    member_channel_index: dict[str, list[int]] = field(default_factory=dict)
+    ch_groups: int = 1
 
 
 def _classifier(model: nn.Module) -> list[nn.Module]:
@@ -81,12 +107,29 @@ def _inside_bam(model: nn.Module, module: nn.Module) -> bool:
     return any(module in list(b.modules()) for b in model.modules() if isinstance(b, BAM))
 
 
+def _is_grouped_conv(m: nn.Module) -> bool:
+    """A conv with ``1 < groups`` that is not depthwise (depthwise convs shrink with their input; no slices)."""
+    return isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else type(exc).__name__
+
+
 class ChannelPruner:
-    """Dependency-graph view of a model: its prunable groups and the surgery that removes channels."""
+    """Dependency-graph view of a model: its prunable groups and the surgery that removes channels.
+
+    ``round_to`` is the alignment (kept widths are multiples of it), ``min_channels``/``max_layer_ratio`` the
+    per-group floor, ``original_sizes`` the group widths the floors refer to (kept across iterations), ``scope`` which
+    groups may be pruned at all (:data:`SCOPES`)."""
 
     def __init__(self, model: nn.Module, input_size: int = 32, round_to: int = 8, min_channels: int = 8,
                  max_layer_ratio: float = 0.9, original_sizes: dict[str, int] | None = None,
-                 ignored_layers: Sequence[nn.Module] = ()) -> None:
+                 ignored_layers: Sequence[nn.Module] = (), scope: str = "all") -> None:
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
+        self.scope = scope
         if round_to < 1:
             raise ValueError(f"round_to must be ≥ 1, got {round_to}")
         if not 0 <= max_layer_ratio < 1:
@@ -101,33 +144,63 @@ class ChannelPruner:
         self.original_sizes = dict(original_sizes) if original_sizes else {g.key: g.size for g in self.groups}
 
     def _build(self) -> None:
-        device = next(self.model.parameters()).device
-        example = torch.zeros(1, 3, self.input_size, self.input_size, device=device)
+        example = example_input(self.model, self.input_size)
         was = self.model.training
         self.model.eval()
-        self.dg = tp.DependencyGraph().build_dependency(
-            self.model, example, customized_pruners={BAM: BAMPruner()}, verbose=False)
-        self.model.train(was)
+        try:
+            self.dg = tp.DependencyGraph().build_dependency(
+                self.model, example, customized_pruners={BAM: BAMPruner()}, verbose=False)
+        except Exception as exc:  # a forward torch-pruning cannot trace: a property of the user's model
+            raise UserError(f"cannot trace the model's channel dependencies with torch-pruning ({type(exc).__name__}: "
+                            f"{_first_line(exc)}); pruning needs a forward pass of plain tensor operations") from exc
+        finally:
+            self.model.train(was)
         names = {m: n for n, m in self.model.named_modules()}
         self._roots: dict[str, nn.Module] = {}
         self.groups: list[GroupInfo] = []
+        self.fixed: dict[str, str] = {}
         for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=(nn.Conv2d, nn.Linear)):
             root = group[0].dep.target.module
             key = names[root]
             size = int(self.dg.get_pruner_of_module(root).get_out_channels(root))
             info = GroupInfo(key, size, [])
+            slices: list[int] = []
             for item in group:
                 dep = item.dep
                 mod = dep.target.module
+                if isinstance(mod, (tp.ops._SplitOp, tp.ops._UnbindOp)):
+                    sizes = list(mod.split_sizes or [])
+                    idxs = list(item.idxs)
+                    if len(set(sizes)) == 1 and sorted(idxs) == list(range(sum(sizes))) and size == sum(sizes):
+                        slices.append(len(sizes))  # chunk/unbind into equal parts: remove alike from every part
+                    else:
+                        self.fixed[key] = "it is split into unequal parts (torch.split with fixed sizes)"
+                    continue
                 if not isinstance(mod, nn.Module) or mod not in names:
                     continue
-                if self.dg.is_out_channel_pruning_fn(dep.handler) or isinstance(mod, (nn.BatchNorm2d, BAM)):
+                out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
+                if _is_grouped_conv(mod):
+                    assert isinstance(mod, nn.Conv2d)
+                    width = mod.out_channels if out_fn else mod.in_channels
+                    idxs, roots = list(item.idxs), list(item.root_idxs)
+                    if sorted(idxs) != list(range(width)) or idxs != roots or size != width:
+                        self.fixed[key] = (f"its channels reach only part of grouped conv '{names[mod]}' "
+                                           f"(groups={mod.groups}) through a concat or split")
+                    slices.append(mod.groups)
+                if out_fn or isinstance(mod, (nn.BatchNorm2d, BAM)):
                     n = names[mod]
                     if n not in info.member_channel_index:
                         index = np.full(size, -1, dtype=np.int64)
                         index[np.asarray(item.root_idxs, dtype=np.int64)] = np.asarray(item.idxs, dtype=np.int64)
                         info.members.append(n)
                         info.member_channel_index[n] = index.tolist()
+            info.ch_groups = math.lcm(*slices) if slices else 1
+            if self.scope == "internal" and any(isinstance(it.dep.target.module, tp.ops._ElementWiseOp)
+                                                and str(it.dep.target.module._grad_fn).startswith(("AddBackward", "SubBackward"))
+                                                for it in group):
+                self.fixed.setdefault(key, "it is a residual stream (prune.scope=internal prunes block-internal channels only)")
+            if size % info.ch_groups:
+                self.fixed[key] = f"its {size} channels do not split into the {info.ch_groups} slices of its grouped convs"
             self._roots[key] = root
             self.groups.append(info)
 
@@ -146,54 +219,82 @@ class ChannelPruner:
                 return g
         raise KeyError(key)
 
+    def unit(self, key: str) -> int:
+        """Kept widths of group ``key`` are multiples of this: ``lcm(round_to, ch_groups)``."""
+        return math.lcm(self.round_to, self.group(key).ch_groups)
+
     def floor(self, key: str) -> int:
-        """Fewest channels group ``key`` may keep."""
+        """Fewest channels group ``key`` may keep: ``max(min(min_channels, original), ⌈(1 − max_layer_ratio)·original⌉)``,
+        rounded up to a multiple of its ``ch_groups``."""
         orig = self.original_sizes.get(key, self.group(key).size)
-        return max(min(self.min_channels, orig), math.ceil((1 - self.max_layer_ratio) * orig))
+        f = max(min(self.min_channels, orig), math.ceil((1 - self.max_layer_ratio) * orig))
+        g = self.group(key).ch_groups
+        return -(-f // g) * g
 
-    def ranked_blocks(self, scores: dict[str, np.ndarray]) -> list[tuple[float, str, list[int]]]:
-        """All removable blocks ``(mean score, group key, channel indices)`` in ascending score order.
+    def group_blocks(self, key: str, score: np.ndarray) -> list[Block]:
+        """Removable blocks of group ``key`` in the order they go: lowest scores first, each block keeping the
+        remaining width a multiple of :meth:`unit` (the first block takes the remainder); none below the floor,
+        none for a group in :attr:`fixed`. With ``ch_groups = G > 1`` channel ``o`` of every slice is scored by
+        the mean over the ``G`` slices and removed from all of them together.
 
-        Within a group, channels are sorted by score and cut into blocks so the remaining count stays
-        a multiple of ``round_to`` (the first block absorbs the remainder); block means are therefore
-        non-decreasing within a group, and any prefix of the global order removes a prefix of every
-        group's sorted channels. Groups without a score are not pruned.
-        """
-        blocks: list[tuple[float, str, list[int]]] = []
-        for g in self.groups:
-            if g.key not in scores:
-                continue
-            s = np.asarray(scores[g.key], dtype=np.float64)
-            if s.shape != (g.size,):
-                raise ValueError(f"score for group {g.key} has shape {s.shape}, expected ({g.size},)")
-            order = np.argsort(s, kind="stable")
-            removable = g.size - self.floor(g.key)
-            pos, first = 0, g.size % self.round_to
-            while True:
-                step = first if (pos == 0 and first) else self.round_to
-                if pos + step > removable:
-                    break
-                idx = order[pos:pos + step]
-                blocks.append((float(s[idx].mean()), g.key, [int(i) for i in idx]))
-                pos += step
-        blocks.sort(key=lambda b: b[0])
+        Prefixes of the returned list are exactly the removals a group can make, so any allocation that takes a
+        prefix of every group's list keeps every layer aligned and every grouped conv consistent."""
+        g = self.group(key)
+        s = np.asarray(score, dtype=np.float64)
+        if s.shape != (g.size,):
+            raise ValueError(f"score for group {key} has shape {s.shape}, expected ({g.size},)")
+        if key in self.fixed:
+            return []
+        G = g.ch_groups
+        per = g.size // G
+        offset_score = s.reshape(G, per).mean(0)
+        order = np.argsort(offset_score, kind="stable")
+        step_off = self.unit(key) // G
+        removable_off = (g.size - self.floor(key)) // G
+        blocks: list[Block] = []
+        pos, first = 0, per % step_off
+        while True:
+            step = first if (pos == 0 and first) else step_off
+            if pos + step > removable_off:
+                break
+            offs = order[pos:pos + step]
+            idx = sorted(int(sl * per + o) for sl in range(G) for o in offs)
+            blocks.append(Block(float(s[idx].mean()), key, idx))
+            pos += step
         return blocks
 
+    def ranked_blocks(self, scores: dict[str, np.ndarray]) -> list[Block]:
+        """All removable blocks in ascending mean-score order (the plain global sort). Block means are
+        non-decreasing within a group, so any prefix removes a prefix of every group's blocks. Groups without a
+        score are not pruned."""
+        blocks = [b for g in self.groups if g.key in scores for b in self.group_blocks(g.key, scores[g.key])]
+        blocks.sort(key=lambda b: b.score)
+        return blocks
+
+    def widths(self) -> dict[str, int]:
+        """Current width of every group."""
+        return {g.key: g.size for g in self.groups}
+
     def apply(self, plan: dict[str, list[int]]) -> None:
-        """Remove the listed output channels (root-module indices) of each group, then rebuild the graph."""
-        for key, idxs in plan.items():
-            if not idxs:
-                continue
+        """Remove the listed output channels (root-module indices) of each group, then rebuild the graph.
+
+        In a graph with concat/split nodes the groups are pruned one at a time on a freshly traced graph,
+        because torch-pruning's concat/split offsets describe the graph as it was traced."""
+        todo = {k: sorted(set(int(i) for i in v)) for k, v in plan.items() if v}
+        retrace = any(isinstance(m, (tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._UnbindOp)) for m in self.dg.module2node)
+        for n, (key, idxs) in enumerate(todo.items()):
+            if n > 0 and retrace:
+                self._build()
             root = self._roots[key]
             fn = self.dg.get_pruner_of_module(root).prune_out_channels
-            group = self.dg.get_pruning_group(root, fn, sorted(set(idxs)))
+            group = self.dg.get_pruning_group(root, fn, idxs)
             if not self.dg.check_pruning_group(group):
                 raise ValueError(f"pruning {len(idxs)} channels of {key} would empty a layer")
             group.prune()
         self._build()
 
 
-def plan_from_blocks(blocks: Sequence[tuple[float, str, list[int]]]) -> dict[str, list[int]]:
+def plan_from_blocks(blocks: Sequence[Block | tuple[float, str, list[int]]]) -> dict[str, list[int]]:
     """Merge blocks into ``{group key: channel indices}``."""
     plan: dict[str, list[int]] = {}
     for _, key, idxs in blocks:
@@ -201,125 +302,152 @@ def plan_from_blocks(blocks: Sequence[tuple[float, str, list[int]]]) -> dict[str
     return plan
 
 
+def deployed_complexity(model: nn.Module, input_size: int, exclude_attention: bool = False) -> Complexity:
+    """MACs and parameters of ``model``; with ``exclude_attention`` of the model as deployed without its BAM modules
+    (counted on a detached copy, the model itself is untouched)."""
+    from .attention import detach_bam
+
+    if exclude_attention and any(isinstance(m, BAM) for m in model.modules()):
+        model = copy.deepcopy(model)
+        detach_bam(model)
+    return count_complexity(model, input_size)
+
+
+def macs_after(pruner: ChannelPruner, plan: dict[str, list[int]], exclude_attention: bool = False) -> int:
+    """MACs of a copy of ``pruner.model`` with ``plan`` removed (the real counter on a real trial surgery; without BAM
+    when ``exclude_attention``)."""
+    trial = copy.deepcopy(pruner.model)
+    p = ChannelPruner(trial, pruner.input_size, pruner.round_to, pruner.min_channels, pruner.max_layer_ratio,
+                      pruner.original_sizes, [])
+    p.apply(plan)
+    return deployed_complexity(trial, pruner.input_size, exclude_attention).macs
+
+
+def fewest_prefix(n_max: int, value: Callable[[int], float], target: float, estimate: Sequence[float] | None = None) -> int:
+    """Smallest ``k`` in ``0..n_max`` with ``value(k) ≤ target`` (``n_max`` if none), for a ``value`` that does not
+    increase with ``k``: bisection, where the first 4 probes invert ``estimate`` (a cheap non-increasing guess of
+    ``value``, rescaled on the last probe) and check the neighbour — few calls of an expensive ``value``."""
+    cache: dict[int, float] = {}
+
+    def f(n: int) -> float:
+        if n not in cache:
+            cache[n] = float(value(n))
+        return cache[n]
+
+    if n_max == 0 or f(0) <= target:
+        return 0
+    lo, hi = 0, n_max  # f(lo) > target; the answer lies in (lo, hi]
+    base = f(0)
+    saved = None if estimate is None else base - np.asarray(estimate, dtype=np.float64)  # non-decreasing
+    c, rounds = 1.0, 0
+    while hi - lo > 1:
+        if saved is not None and rounds < 4:
+            g = int(np.searchsorted(saved, (base - target) / c, side="left"))
+            g = min(hi - 1, max(lo + 1, g))
+        else:
+            g = (lo + hi) // 2
+        rounds += 1
+        fg = f(g)
+        if saved is not None and saved[g] > 0 and base > fg:
+            c = (base - fg) / saved[g]
+        if fg <= target:
+            hi = g
+            if g - 1 > lo and f(g - 1) > target:
+                lo = g - 1
+        else:
+            lo = g
+            if g + 1 < hi and f(g + 1) <= target:
+                hi = g + 1
+    return hi
+
+
 def prune_to_target(pruner: ChannelPruner, scores: dict[str, np.ndarray], *, blocks: int | None = None,
-                    target_macs: float | None = None,
-                    before_apply: Callable[[dict[str, list[int]]], None] | None = None) -> tuple[dict[str, list[int]], Complexity]:
-    """Prune ``pruner.model`` in place: the ``blocks`` lowest blocks, or the fewest lowest blocks that bring
-    MACs down to ``target_macs`` (:func:`fewest_blocks`). ``before_apply(plan)`` runs on the chosen plan just
-    before the surgery (e.g. weight compensation while channel indices are still valid). Returns the
-    applied plan and the new complexity.
-    """
+                    target_macs: float | None = None, ranked: Sequence[Block] | None = None,
+                    before_apply: Callable[[dict[str, list[int]]], None] | None = None,
+                    exclude_attention: bool = False) -> tuple[dict[str, list[int]], Complexity]:
+    """Prune ``pruner.model`` in place: the first ``blocks`` blocks of ``ranked`` (default: the global order
+    :meth:`ChannelPruner.ranked_blocks`), or the blocks that bring MACs down to ``target_macs`` (counted without BAM
+    when ``exclude_attention``) — :func:`fit_to_target`. ``before_apply(plan)`` runs on the chosen plan just before the
+    surgery (e.g. weight compensation while channel indices are still valid). Returns the applied plan and the new
+    complexity (of the model as it is, BAM included)."""
     if blocks is None and target_macs is None:
         raise ValueError("give blocks or target_macs")
-    ranked = pruner.ranked_blocks(scores)
-    k = min(blocks, len(ranked)) if blocks is not None else fewest_blocks(pruner, scores, float(target_macs))  # type: ignore[arg-type]
-    plan = plan_from_blocks(ranked[:k])
+    order = list(ranked) if ranked is not None else pruner.ranked_blocks(scores)
+    if blocks is not None:
+        chosen = order[:min(blocks, len(order))]
+    else:
+        chosen = fit_to_target(pruner, order, float(target_macs), exclude_attention)  # type: ignore[arg-type]
+    plan = plan_from_blocks(chosen)
     if before_apply is not None:
         before_apply(plan)
     pruner.apply(plan)
     return plan, count_complexity(pruner.model, pruner.input_size)
 
 
-def _macs_after(pruner: ChannelPruner, ranked: list[tuple[float, str, list[int]]], n: int) -> int:
-    """MACs of a copy of ``pruner.model`` with the first ``n`` ranked blocks removed (one DepGraph build)."""
-    trial = copy.deepcopy(pruner.model)
-    p = ChannelPruner(trial, pruner.input_size, pruner.round_to, pruner.min_channels, pruner.max_layer_ratio,
-                      pruner.original_sizes, [])
-    mods = dict(trial.named_modules())
-    for key, idxs in plan_from_blocks(ranked[:n]).items():
-        root = mods[key]
-        group = p.dg.get_pruning_group(root, p.dg.get_pruner_of_module(root).prune_out_channels, sorted(set(idxs)))
-        group.prune()
-    return count_complexity(trial, pruner.input_size).macs
+def fit_to_target(pruner: ChannelPruner, order: list[Block], target_macs: float, exclude_attention: bool = False,
+                  attempts: int = 4, slack: float = 0.01) -> list[Block]:
+    """The blocks to remove for ``target_macs``: the fewest first blocks of ``order`` that reach it (real trial surgeries
+    guided by the first-order MACs estimate of :mod:`ccpcsa.cost`, :func:`fewest_prefix`). When that prefix overshoots
+    by more than ``slack`` of the MACs (its last block was a coarse one — half a narrow residual stream, say), the last
+    block and its group's later blocks are set aside and the prefix is searched again, up to ``attempts`` times; the
+    plan that reaches the target with the least overshoot wins. So criteria compared at one MACs target reach it alike,
+    not one coarse block apart; every plan is still a prefix of every group's own block order."""
+    from .cost import MacsCost
+
+    cost = MacsCost(pruner)
+    base = deployed_complexity(pruner.model, pruner.input_size, exclude_attention).macs
+    seen: dict[tuple[int, ...], float] = {}
+
+    def real(blocks: list[Block]) -> float:
+        key = tuple(id(b) for b in blocks)
+        if key not in seen:
+            seen[key] = base if not blocks else macs_after(pruner, plan_from_blocks(blocks), exclude_attention)
+        return seen[key]
+
+    cur, best, best_macs = list(order), [], -np.inf
+    for _ in range(max(1, attempts)):
+        est = cost.prefix_costs(cur)
+        est = [base - (est[0] - e) for e in est]
+        k = fewest_prefix(len(cur), lambda n, c=cur: real(c[:n]), target_macs, est)
+        macs = real(cur[:k])
+        if macs <= target_macs and macs > best_macs:
+            best, best_macs = cur[:k], macs
+        if k == 0 or macs > target_macs or target_macs - macs <= slack * base:
+            break
+        last = cur[k - 1]
+        cur = cur[:k - 1] + [b for b in cur[k:] if b.key != last.key]
+    return best if best_macs > -np.inf else cur[:k]
 
 
-def channel_costs(pruner: ChannelPruner) -> dict[str, float]:
-    """First-order MACs of one channel of each group: Σ over the group's convs/linears of the MACs that one
-    output channel (``k_h k_w · C_in/groups · H_out W_out``) or one input channel (``k_h k_w · C_out/groups ·
-    H_out W_out``) costs; a depthwise conv counts ``k_h k_w · H_out W_out`` once."""
-    model = pruner.model
-    names = {m: n for n, m in model.named_modules()}
-    hw: dict[str, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, _n=n: hw.__setitem__(_n, int(o.shape[2] * o.shape[3])))
-             for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            dev = next(model.parameters()).device
-            model(torch.zeros(1, 3, pruner.input_size, pruner.input_size, device=dev))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    costs: dict[str, float] = {}
-    for key, group in pruner.tp_groups().items():
-        cost, seen = 0.0, set()
-        for item in group:
-            mod = item.dep.target.module
-            name = names.get(mod) if isinstance(mod, nn.Module) else None
-            if name is None or not isinstance(mod, (nn.Conv2d, nn.Linear)):
-                continue
-            out_fn = pruner.dg.is_out_channel_pruning_fn(item.dep.handler)
-            tag = (name, out_fn)
-            if tag in seen:
-                continue
-            seen.add(tag)
-            if isinstance(mod, nn.Linear):
-                cost += mod.in_features if out_fn else mod.out_features
-                continue
-            k = mod.kernel_size[0] * mod.kernel_size[1] * hw.get(name, 1)
-            if mod.groups > 1 and mod.groups == mod.in_channels == mod.out_channels:
-                if (name, not out_fn) not in seen:
-                    cost += k
-            else:
-                cost += k * (mod.in_channels if out_fn else mod.out_channels) / mod.groups
-        costs[key] = cost
-    return costs
+def metapruner_to_target(model: nn.Module, input_size: int, target_macs: float, *, round_to: int = 1,
+                         max_layer_ratio: float = 0.9, exclude_attention: bool = False) -> Complexity:
+    """Torch-Pruning's own pruner as an external reference: ``tp.pruner.MetaPruner`` with its default
+    ``GroupMagnitudeImportance`` (L2, group mean, mean-normalized), ``global_pruning=True``, ``round_to``, at most
+    ``max_layer_ratio`` of any layer, the classifier kept — with the global channel ratio bisected (on trial copies)
+    so the MACs (without BAM when ``exclude_attention``) come as close to ``target_macs`` from below as 12 halvings
+    get. Prunes ``model`` in place and returns its complexity."""
 
+    def run(m: nn.Module, ratio: float) -> None:
+        tp.pruner.MetaPruner(m, example_input(m, input_size), importance=tp.importance.GroupMagnitudeImportance(),
+                             global_pruning=True, pruning_ratio=ratio, max_pruning_ratio=max_layer_ratio, round_to=round_to,
+                             ignored_layers=_classifier(m), customized_pruners={BAM: BAMPruner()}).step()
 
-def fewest_blocks(pruner: ChannelPruner, scores: dict[str, Any], target_macs: float) -> int:
-    """Smallest ``k`` such that removing the ``k`` lowest blocks of ``pruner.ranked_blocks(scores)`` gives MACs ≤
-    ``target_macs`` (all blocks if none does): the answer of :func:`prune_to_target`'s bisection (MACs fall
-    monotonically with ``k``) with fewer trial surgeries. Each probe inverts the first-order estimate
-    ``MACs(k) ≈ MACs₀ − c · Σ_{b<k} |b| · cost(group_b)`` (:func:`channel_costs`; ``c`` re-fitted on the last
-    trial, since removing a layer's input and output channels together saves less than the sum) and then
-    checks the neighbour; after 4 rounds it falls back to bisection."""
-    ranked = pruner.ranked_blocks(scores)
-    costs = channel_costs(pruner)
-    est = np.concatenate([[0.0], np.cumsum([len(idx) * costs.get(key, 0.0) for _, key, idx in ranked])])
-    base = count_complexity(pruner.model, pruner.input_size).macs
-    cache: dict[int, int] = {0: base}
+    def macs(ratio: float) -> int:
+        trial = copy.deepcopy(model)
+        run(trial, ratio)
+        return deployed_complexity(trial, input_size, exclude_attention).macs
 
-    def f(n: int) -> int:
-        if n not in cache:
-            cache[n] = _macs_after(pruner, ranked, n)
-        return cache[n]
-
-    lo, hi = 0, len(ranked)  # invariant: f(lo) > target; the answer lies in (lo, hi]
-    if base <= target_macs or hi == 0:
-        return 0
-    c = 1.0
-    rounds = 0
-    while hi - lo > 1:
-        if rounds < 4:
-            g = int(np.searchsorted(est, (base - target_macs) / c, side="left"))
-            g = min(hi - 1, max(lo + 1, g))
+    lo, hi = 0.0, max_layer_ratio  # macs(lo) > target ≥ macs(hi) is not guaranteed at hi: then hi it is
+    if deployed_complexity(model, input_size, exclude_attention).macs <= target_macs:
+        return count_complexity(model, input_size)
+    for _ in range(12):
+        mid = (lo + hi) / 2
+        if macs(mid) <= target_macs:
+            hi = mid
         else:
-            g = (lo + hi) // 2
-        rounds += 1
-        fg = f(g)
-        if est[g] > 0 and base > fg:
-            c = (base - fg) / est[g]
-        if fg <= target_macs:
-            hi = g
-            if g - 1 > lo and f(g - 1) > target_macs:
-                lo = g - 1
-        else:
-            lo = g
-            if g + 1 < hi and f(g + 1) <= target_macs:
-                hi = g + 1
-    return hi
+            lo = mid
+    run(model, hi)
+    return count_complexity(model, input_size)
 
 
 def channels_per_layer(model: nn.Module) -> dict[str, int]:

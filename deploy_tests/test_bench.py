@@ -5,9 +5,9 @@ configuration, and the summary's verdicts are computed from the results JSON."""
 from __future__ import annotations
 
 import json
-import shutil
 import stat
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from torch import nn
 
 from bench.common import merge_results, p50, ratio, results_stem
 from bench.criteria import (
+    ANCHOR,
     PRESETS,
     RunSpec,
     common_overrides,
@@ -26,8 +27,6 @@ from bench.criteria import (
 from bench.criteria_report import write_summary
 from bench.ort_profile import conv_macs, profile_onnx
 from ccpcsa.checkpoint import ModelSpec, build_from_spec, save_checkpoint
-
-RESULTS = Path(__file__).resolve().parents[1] / "bench" / "results"
 
 
 def _two_convs(width: int) -> nn.Module:
@@ -101,12 +100,16 @@ def test_resume_only_skips_a_finished_run_of_the_same_configuration(tmp_path: Pa
     h_l1 = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 8)))
     h_l1_r1 = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 1)))
     h_bn = expected_config_hash(p, base + run_overrides(p, RunSpec("bn", 0.5, 8)))
-    assert len({h_l1, h_l1_r1, h_bn}) == 3
+    h_l1_s1 = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 8, seed=1)))
+    h_l1_nokd = expected_config_hash(p, base + run_overrides(p, RunSpec("l1", 0.5, 8, distill=False)))
+    h_anchor = expected_config_hash(p, base + run_overrides(p, RunSpec(ANCHOR, 0.5, 8)))
+    assert len({h_l1, h_l1_r1, h_bn, h_l1_s1, h_l1_nokd, h_anchor}) == 6
     run = tmp_path / "l1-t50-r8"
     run.mkdir()
-    manifest = {"config_hash": h_l1, "stages": {"validate": {"status": "ok"}}}
+    manifest = {"config_hash": h_l1, "stages": {"prune": {"status": "ok"}, "validate": {"status": "ok"}}}
     (run / "manifest.json").write_text(json.dumps(manifest))
-    assert not run_is_complete(run, h_l1)  # no report.json yet: interrupted after validate
+    assert run_is_complete(run, h_l1, until="prune")  # an accuracy preset stops after prune
+    assert not run_is_complete(run, h_l1)  # a full-chain preset: no report.json yet, interrupted after validate
     (run / "report.json").write_text("{}")
     assert run_is_complete(run, h_l1)
     assert not run_is_complete(run, h_l1_r1)  # same folder, other round_to: rerun
@@ -115,40 +118,35 @@ def test_resume_only_skips_a_finished_run_of_the_same_configuration(tmp_path: Pa
     assert not run_is_complete(run, h_l1)
 
 
-@pytest.mark.parametrize("name", ["2026-11-22-vm-quick.json"])
-def test_summary_verdicts_come_from_the_results(tmp_path: Path, name: str) -> None:
-    src = RESULTS / name
-    if not src.is_file():
-        pytest.skip(f"{src} is not in this checkout")
-    data = json.loads(src.read_text())
-    c = data["results"]["criteria"]
-    # re-derive target 1 from the raw runs: the best accuracy at −50 % among the default round_to runs
-    grid = [r for r in c["runs"] if r.get("status") == "ok" and r["target"] == 0.5 and r["round_to"] == c["preset"]["round_to"]]
-    best = max(grid, key=lambda r: r["accuracy"])
-    ref = next(r for r in grid if r["criterion"] == "ccpcsa")
-    rank = 1 + sum(r["accuracy"] > ref["accuracy"] for r in grid)
-    json_path = tmp_path / name
-    shutil.copy(src, json_path)
-    paths = write_summary(data, json_path)
+def _session(accs: dict[str, list[float]], base_acc: float = 87.0) -> dict:
+    """A results dict of an accuracy session at −50 % MACs: ``accs[criterion]`` = accuracy per seed."""
+    p = {**asdict(PRESETS["cpu"]), "name": "cpu"}
+    runs = [{"key": f"{c}-t50-s{i}", "criterion": c, "target": 0.5, "round_to": 8, "seed": i, "distill": True, "guard": False,
+             "allocation": "global", "target_speedup": None, "status": "ok", "accuracy": a, "accuracy_se": 0.33,
+             "flops_reduction": 0.5, "params_reduction": 0.45, "accuracy_drop_pp": base_acc - a, "wall_seconds": 200.0}
+            for c, seeds in accs.items() for i, a in enumerate(seeds)]
+    return {"date": "2026-11-30", "command": "test", "machine": {"cpus": 2},
+            "results": {"criteria": {"preset": p, "baseline": {"accuracy": base_acc, "flops": 41e6, "params": 272474},
+                                     "runs": runs, "complete": True}}}
+
+
+def test_summary_verdicts_come_from_the_results(tmp_path: Path) -> None:
+    from bench.criteria_report import criteria_table
+
+    data = _session({"ccpcsa": [86.0, 86.4], "l1": [86.5, 86.7], "taylor": [85.0, 85.2], ANCHOR: [86.2, 86.4]})
+    table = criteria_table(data["results"]["criteria"], 0.5)
+    assert [d["criterion"] for d in table] == ["l1", ANCHOR, "ccpcsa", "taylor"]
+    assert table[0]["mean"] == pytest.approx(86.6) and table[0]["se"] == pytest.approx(0.1)  # sd 0.1414 / √2
+    md = write_summary(data, tmp_path / "s.json")[0].read_text()
+    assert "most accurate at −50 % MACs (a tie within 0.3 pp counts): missed" in md  # 86.2 vs l1 86.6: −0.40 pp
+    assert "rank 3 of 4" in md and "(-0.40 pp)" in md
+    assert "within 1.0 pp of the baseline (87.00 %): met** — drop 0.80 pp" in md
+    # change the numbers and the verdicts follow them
+    data = _session({"ccpcsa": [86.4, 86.6], "l1": [86.5, 86.9], ANCHOR: [85.0, 85.0]}, base_acc=88.0)
+    paths = write_summary(data, tmp_path / "s.json")
     md = paths[0].read_text()
-    assert f"{best['criterion']} {best['accuracy']:.2f}" in md and f"{rank} of {len(grid)}" in md
-    assert f"{best['accuracy'] - ref['accuracy']:.2f} pp behind {best['criterion']}" in md
-    assert all(p.is_file() and p.stat().st_size > 0 for p in paths)
+    assert "(a tie within 0.3 pp counts): met" in md and "missed** — drop 1.50 pp, 0.50 pp short" in md
     assert any(p.suffix == ".png" and p.read_bytes()[:4] == b"\x89PNG" for p in paths)
-    # change one number and the verdict must follow it: CCPCSA 0.2 pp below the baseline is best and within 0.5 pp
-    assert c["baseline"]["accuracy"] - 0.2 > best["accuracy"]
-    for r in c["runs"]:
-        if r["key"] == ref["key"]:
-            r["accuracy"] = c["baseline"]["accuracy"] - 0.2
-    assert _target1_row(md).split("|")[-2].strip().startswith("missed")
-    md2 = write_summary(data, json_path)[0].read_text()
-    assert _target1_row(md2).split("|")[-2].strip() == "**met**"
-
-
-def _target1_row(md: str) -> str:
-    """The −50 % row of the summary's target-1 table (between the "**1." and "**2." headings)."""
-    section = md.split("**1.", 1)[1].split("**2.", 1)[0]
-    return next(line for line in section.splitlines() if line.startswith("| 50% |"))
 
 
 def test_a_run_grown_from_the_shared_run_is_kept_and_another_is_replaced(tmp_path: Path) -> None:

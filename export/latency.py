@@ -125,3 +125,39 @@ def measure_latency(
                 break
         results.append(latency_stats(samples, bs, warmup))
     return LatencyReport(runner=runner.info.to_dict(), threads=runner.info.threads, results=results)
+
+
+def measure_interleaved(runners: dict[str, Runner], *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 5,
+                        warmup: int = 5, iters: int = 30, max_seconds: float | None = 10.0,
+                        seed: int = 0) -> dict[str, dict[int, LatencyStats]]:
+    """Time several runners *interleaved*: per batch size, ``rounds`` rounds in which every runner runs
+    ``max(1, iters // rounds)`` timed calls in turn, so drifting load on shared cores hits all of them alike; each
+    runner's samples of all rounds are pooled into one :class:`LatencyStats` (``max_seconds`` bounds each runner's
+    share of a round). The way to compare a pruned model with its unpruned reference on a busy machine."""
+    if rounds < 1 or iters < 1:
+        raise UserError(f"latency: need rounds >= 1 and iters >= 1 (got {rounds}, {iters})")
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[int, LatencyStats]] = {k: {} for k in runners}
+    per_round = max(1, iters // rounds)
+    for bs in batch_sizes:
+        batches = {}
+        for k, r in runners.items():
+            c, h, w = r.info.input_chw
+            batches[k] = rng.standard_normal((bs, c, h, w), dtype=np.float32)
+            for _ in range(warmup):
+                r.run(batches[k])
+            r.synchronize()
+        samples: dict[str, list[float]] = {k: [] for k in runners}
+        for _ in range(rounds):
+            for k, r in runners.items():
+                deadline = time.perf_counter() + max_seconds / rounds if max_seconds is not None else None
+                for _ in range(per_round):
+                    t0 = time.perf_counter_ns()
+                    r.run(batches[k])
+                    r.synchronize()
+                    samples[k].append((time.perf_counter_ns() - t0) / 1e6)
+                    if deadline is not None and time.perf_counter() > deadline:
+                        break
+        for k in runners:
+            out[k][bs] = latency_stats(samples[k], bs, warmup)
+    return out

@@ -53,9 +53,13 @@ class DataConfig:
 
 @dataclass
 class BaselineConfig:
-    """``checkpoint``: start from this trained checkpoint instead of training one."""
+    """``checkpoint``: start from these trained weights instead of training — the project's checkpoint, a bare
+    ``state_dict`` (``.pt``/``.pth``) or a ``.safetensors`` file (bare weights: ``model.*`` names the
+    architecture). ``train_if_missing``: when ``checkpoint`` does not exist, train a baseline (and say so)
+    instead of refusing the run."""
 
     checkpoint: str | None = None
+    train_if_missing: bool = False
 
 
 @dataclass
@@ -67,6 +71,7 @@ class AttentionConfig:
     dilation: int = 4
     epochs: int = 2
     lr: float = 0.05
+    max_steps_per_epoch: int | None = None  # None: train.max_steps_per_epoch
 
 
 @dataclass
@@ -92,7 +97,9 @@ class ExportConfig:
 
 @dataclass
 class ChecksConfig:
-    """Gates. Accuracies in percent points; ``eval_images`` limits the test images used (None = all)."""
+    """Gates. Accuracies in percent points. ``eval_images``: the seeded test sample the intermediate gates (prune,
+    ONNX, simplify, INT8, engine) measure on (None = all); ``final_eval_images``: the test images the ``validate``
+    stage evaluates every final format on — None (default) = the whole test split, the report's headline numbers."""
 
     max_accuracy_drop: float = 1.5
     max_abs_diff: float = 1e-3
@@ -102,8 +109,10 @@ class ChecksConfig:
     latency_budget_ms: float | None = None
     latency_budget_batch: int = 1
     require_speedup: bool = True
+    min_speedup_efficiency: float | None = 0.85
     require_flops_target: bool = True
     eval_images: int | None = None
+    final_eval_images: int | None = None
 
 
 @dataclass
@@ -142,12 +151,17 @@ class PipelineConfig:
             from ccpcsa.errors import unknown
 
             raise unknown("prune.method (criterion)", self.prune.method, list_criteria())
+        from ccpcsa.criteria import get_criterion
+
+        get_criterion(self.prune.method, **self.prune.criterion_options)  # bad options: one line naming them
         checks = [
             (self.model.num_classes >= 2, f"model.num_classes must be ≥ 2, got {self.model.num_classes}"),
             (self.run.seed >= 0, f"run.seed must be ≥ 0, got {self.run.seed}"),
             (self.attention.reduction >= 1 and self.attention.dilation >= 1, "attention.reduction and attention.dilation must be ≥ 1"),
             (self.attention.epochs >= 0, f"attention.epochs must be ≥ 0, got {self.attention.epochs}"),
             (self.attention.lr > 0, f"attention.lr must be > 0, got {self.attention.lr}"),
+            (self.attention.max_steps_per_epoch is None or self.attention.max_steps_per_epoch >= 1,
+             f"attention.max_steps_per_epoch must be ≥ 1 or null, got {self.attention.max_steps_per_epoch}"),
             (13 <= self.export.opset <= 20, f"export.opset must be in 13..20 (per-channel QDQ needs ≥ 13), got {self.export.opset}"),
             (self.export.calibration_images >= 1, f"export.calibration_images must be ≥ 1, got {self.export.calibration_images}"),
             (1 <= self.export.min_batch <= self.export.opt_batch <= self.export.max_batch,
@@ -159,6 +173,8 @@ class PipelineConfig:
             (all(0 <= v <= 100 for v in (self.checks.min_agreement_fp32, self.checks.min_agreement_lowp, self.checks.min_agreement_int8)),
              "checks.min_agreement_* are percentages in [0, 100]"),
             (self.checks.eval_images is None or self.checks.eval_images >= 1, "checks.eval_images must be ≥ 1 or null"),
+            (self.checks.final_eval_images is None or self.checks.final_eval_images >= 1,
+             "checks.final_eval_images must be ≥ 1 or null (null = the whole test split)"),
             (self.data.val_size is None or self.data.val_size >= 0, "data.val_size must be ≥ 0 or null"),
         ]
         checks += [
@@ -171,6 +187,8 @@ class PipelineConfig:
             (self.checks.latency_budget_ms is None or self.checks.latency_budget_ms > 0,
              "checks.latency_budget_ms must be > 0 or null"),
             (self.checks.latency_budget_batch >= 1, "checks.latency_budget_batch must be ≥ 1"),
+            (self.checks.min_speedup_efficiency is None or 0 < self.checks.min_speedup_efficiency <= 2,
+             f"checks.min_speedup_efficiency must be in (0, 2] (speedup / MACs ratio) or null, got {self.checks.min_speedup_efficiency}"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -183,7 +201,9 @@ class PipelineConfig:
         self._validate_baseline()
 
     def _validate_model(self) -> None:
-        """``model.name`` must be a zoo name or an importable ``package.module:factory``."""
+        """``model.name`` must be a zoo name or an importable ``package.module:factory`` that builds a model from
+        ``model.num_classes`` and ``model.kwargs`` (built once here, so a failing factory stops the run before the
+        run directory is touched)."""
         from ccpcsa.errors import unknown
         from ccpcsa.models.registry import ZOO, _resolve_custom, is_custom
 
@@ -192,6 +212,11 @@ class PipelineConfig:
             _resolve_custom(name)
         elif name not in ZOO:
             raise unknown("model", name, [*ZOO, "package.module:factory"])
+        if "num_classes" in self.model.kwargs:
+            raise UserError("model.kwargs.num_classes: the class count is model.num_classes; remove it from model.kwargs")
+        from ccpcsa.models import build_model
+
+        build_model(name, self.model.num_classes, **self.model.kwargs)  # a factory that raises: one line, now
 
     def _validate_data(self) -> None:
         """``data.spec`` (or, when its path is absent, ``data.fallback``) must be a valid spec whose path exists."""
@@ -210,34 +235,49 @@ class PipelineConfig:
             raise UserError(f"{key}: {exc}{fix}") from None
 
     def _validate_baseline(self) -> None:
-        """``baseline.checkpoint``, when set, must exist and hold ``model.name`` with ``model.num_classes``.
+        """``baseline.checkpoint``, when set, must exist (unless ``baseline.train_if_missing``) and fit the config.
 
-        Checked here, before the run directory is touched. A file that cannot be read safely (truncated,
-        not a checkpoint, code inside, NaN/Inf weights) is left to the ``baseline`` stage, which refuses it
-        before any training and records the failure in the manifest.
+        Checked here, before the run directory is touched: the project's checkpoint must hold ``model.name``
+        with ``model.num_classes``; bare weights (state_dict, safetensors) must match the architecture
+        ``model.*`` builds, key for key and shape for shape. A file that cannot be read safely (truncated, not
+        a checkpoint, code inside, non-tensor entries, NaN/Inf weights) is left to the ``baseline`` stage,
+        which refuses it before any training and records the failure in the manifest.
         """
         path = self.baseline.checkpoint
         if not path:
             return
-        from ccpcsa.checkpoint import read_checkpoint_dict
+        from ccpcsa.checkpoint import ModelSpec, match_state_dict
+        from ccpcsa.models import build_model
+        from ccpcsa.weights import read_weights
 
         p = Path(path).expanduser()
+        if not p.exists() and self.baseline.train_if_missing:
+            return  # the baseline stage trains one and says so
         if not p.is_file():
             what = "is a directory, not a checkpoint file" if p.is_dir() else "does not exist"
-            raise UserError(f"baseline.checkpoint {p} {what}; fix the path, or unset the key to train a baseline")
+            raise UserError(f"baseline.checkpoint {p} {what}; fix the path, set baseline.train_if_missing=true "
+                            "or unset the key to train a baseline")
         try:
-            model = read_checkpoint_dict(p)["model"]
+            weights = read_weights(p)
         except UserError:
             return
+        if weights.raw is None:
+            spec = ModelSpec(self.model.name, self.model.num_classes, self.model.input_size or 32, dict(self.model.kwargs))
+            net = build_model(spec.name, spec.num_classes, **spec.kwargs)
+            match_state_dict(net, weights.state, spec, f"baseline.checkpoint {p} ({weights.source})")
+            return
+        model = weights.raw.get("model")
+        if not isinstance(model, dict) or not isinstance(model.get("name"), str):
+            return  # damaged: the stage says so
         if model["name"].strip() != self.model.name.strip():
             raise UserError(
                 f"baseline.checkpoint {p} holds a '{model['name']}' model but model.name is '{self.model.name}'; "
                 f"set --set model.name={model['name']} or use a checkpoint of '{self.model.name}'"
             )
-        if model["num_classes"] != self.model.num_classes:
+        if model.get("num_classes") != self.model.num_classes:
             raise UserError(
-                f"baseline.checkpoint {p} has {model['num_classes']} classes but model.num_classes is "
-                f"{self.model.num_classes}; set --set model.num_classes={model['num_classes']} or use a matching checkpoint"
+                f"baseline.checkpoint {p} has {model.get('num_classes')} classes but model.num_classes is "
+                f"{self.model.num_classes}; set --set model.num_classes={model.get('num_classes')} or use a matching checkpoint"
             )
 
 
@@ -265,6 +305,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
+        for alt in inner[1:]:  # e.g. ``int | str`` (prune.round_to: 16 or auto): the member the value already is
+            if isinstance(value, alt) and not (alt is int and isinstance(value, bool)):
+                return value
         return _coerce(value, inner[0], key)
     if tp is Any:
         return value

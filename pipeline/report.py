@@ -1,10 +1,13 @@
 """``report.json`` + ``report.md`` + plots, built only from the manifest and the run's JSON artifacts.
 
-report.json schema (see README): ``{"run", "config", "config_hash", "baseline": {"accuracy", "params",
-"flops"}, "stages": [{"name", "status", "reason", "artifact", "sha256", "metrics": {"accuracy",
-"params", "flops", "size_bytes", "latency_ms": {"<batch>": {"p50", "p95"}}, "max_abs_diff",
-"top1_agreement"}, "checks": [{"name", "passed", "value", "threshold"}]}], "formats": [...]}`` —
-accuracy in percent (test split), FLOPs as MACs per image.
+report.json schema (see README): ``{"run", "config", "config_hash", "baseline": {"accuracy", "accuracy_n",
+"accuracy_se", "params", "flops", "weights"}, "evaluation": {"final_images", "gate_images"}, "stages": [{"name",
+"status", "reason", "artifact", "sha256", "metrics": {"accuracy", "accuracy_n", "accuracy_se", "params", "flops",
+"size_bytes", "latency_ms": {"<batch>": {"p50", "p95"}}, "max_abs_diff", "top1_agreement"}, "checks": [{"name",
+"passed", "value", "threshold"}]}], "formats": [...]}`` — accuracy is top-1 in percent on ``accuracy_n`` test
+images with standard error ``accuracy_se`` (pp, :mod:`pipeline.accuracy`); FLOPs as MACs per image. The headline
+accuracies (``baseline``, ``formats``, and the stage rows once ``validate`` ran) are ``validate``'s, on the whole
+test split by default; the gates' own values (on the ``checks.eval_images`` sample) stay in each stage's checks.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
+from .accuracy import format_accuracy
+
 # stage → the format row (in validate's metrics) that describes its artifact
 STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
                 "int8": "int8", "int8_cpu": "int8_cpu"}
@@ -22,7 +27,9 @@ FORMAT_TITLES = {"pytorch_baseline": "PyTorch baseline", "pytorch_pruned": "PyTo
                  "onnx_simplified": "ONNX simplified", "int8": "INT8 QDQ (TensorRT, S8S8)",
                  "int8_cpu": "INT8 QDQ (ORT CPU, U8S8)", "tensorrt_fp32": "TensorRT FP32",
                  "tensorrt_fp16": "TensorRT FP16", "tensorrt_int8": "TensorRT INT8"}
-SCHEMA_KEYS = ("accuracy", "params", "flops", "size_bytes", "latency_ms", "max_abs_diff", "top1_agreement")
+SCHEMA_KEYS = ("accuracy", "accuracy_n", "accuracy_se", "params", "flops", "size_bytes", "latency_ms", "max_abs_diff",
+               "top1_agreement")
+ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_se")  # taken together, from one evaluation
 
 
 def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -30,6 +37,7 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     stages = manifest.get("stages", {})
     formats: dict[str, Any] = (stages.get("validate", {}).get("metrics") or {}).get("formats", {})
     base = (stages.get("baseline", {}).get("metrics") or {})
+    prune = (stages.get("prune", {}).get("metrics") or {})
     out_stages = []
     for name, rec in stages.items():
         if name == "report" or rec.get("status") == "running":  # a record of an interrupted stage is no result
@@ -39,16 +47,51 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
         m = dict(rec.get("metrics") or {})
         fmt = formats.get(STAGE_FORMAT.get(name, ""), {})
         metrics = {k: fmt.get(k, m.get(k)) for k in SCHEMA_KEYS}
+        # the final (validate) evaluation when there is one, else the stage's own: never a mix of the two
+        metrics.update({k: (fmt if fmt.get("accuracy") is not None else m).get(k) for k in ACCURACY_KEYS})
         if name == "engine":
             metrics["engines"] = {k: v for k, v in formats.items() if k.startswith("tensorrt")}
         out_stages.append({"name": name, "status": rec.get("status"), "reason": rec.get("reason", ""), "artifact": artifact,
                            "sha256": outputs.get(artifact) if artifact else None, "metrics": metrics,
                            "checks": [{k: c[k] for k in ("name", "passed", "value", "threshold")} for c in rec.get("checks", [])],
                            "seconds": rec.get("seconds")})
+    # Headline: the baseline as validate measured it, on the same (full test) images as every format row.
+    base_fmt = formats.get("pytorch_baseline") or {}
+    base_acc = base_fmt if base_fmt.get("accuracy") is not None else base
     return {"run": manifest.get("run"), "config": manifest.get("config"), "config_hash": manifest.get("config_hash"),
-            "baseline": {"accuracy": base.get("accuracy"), "params": base.get("params"), "flops": base.get("flops")},
+            "baseline": {**{k: base_acc.get(k) for k in ACCURACY_KEYS}, "params": base.get("params"), "flops": base.get("flops"),
+                         "weights": base.get("weights")},
+            "evaluation": (stages.get("validate", {}).get("metrics") or {}).get("evaluation")
+            or {"final_images": None, "test_images": None, "gate_images": base.get("accuracy_n")},
             "stages": out_stages, "formats": [{"name": k, **v} for k, v in formats.items()],
-            "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {})}
+            "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
+            "speedup_int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {}),
+            "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency")}}
+
+
+def speedup_section(report: dict[str, Any]) -> list[str]:
+    """Markdown: pruned vs unpruned on onnxruntime CPU (FP32 and INT8 U8S8, interleaved timing) — speedup, MACs ratio
+    and efficiency (speedup / MACs ratio) per batch — and how the widths were chosen."""
+    rows = [(kind, b, s) for kind, sp in (("FP32", report.get("speedup") or {}), ("INT8 (U8S8)", report.get("speedup_int8") or {}))
+            for b, s in sp.items()]
+    if not rows:
+        return []
+    md = ["## Pruned vs unpruned (onnxruntime CPU, interleaved timing)", "",
+          "| precision | batch | unpruned ms | pruned ms | speedup | MACs ratio | efficiency (speedup / MACs ratio) |",
+          "|---|---|---|---|---|---|---|"]
+    md += [f"| {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}× | {s['flops_ratio']:.2f}× | "
+           f"{s['efficiency']:.2f} |" for kind, b, s in rows]
+    p = report.get("pruning") or {}
+    if p.get("alignment"):
+        md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "
+               f"`{p.get('allocation')}`."]
+        if p.get("left_whole"):
+            md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
+        lat = p.get("latency") or {}
+        if lat.get("target_speedup"):
+            md.append(f"Latency target: {lat['target_speedup']:.2f}× at batch {lat.get('batch')} → measured "
+                      f"{_fmt(lat.get('final_speedup'))}× at the end of pruning.")
+    return md + [""]
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
@@ -62,7 +105,7 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The per-format Markdown table (also printed at the end of a run)."""
     batches = sorted({b for f in report["formats"] for b in (f.get("latency_ms") or {})}, key=int)
-    head = ["format", "file", "size", "params", "MACs", "accuracy %", "Δacc pp"]
+    head = ["format", "file", "size", "params", "MACs", "accuracy % ± SE", "n", "Δacc pp"]
     for b in batches:
         head += [f"p50 ms b{b}", f"p95 ms b{b}", f"img/s b{b}"]
     head += ["parity", "status"]
@@ -75,7 +118,8 @@ def format_table(report: dict[str, Any]) -> str:
                _fmt(f.get("size_bytes") / 1024, ".0f") + " KiB" if f.get("size_bytes") else "—",
                _fmt(f.get("params"), ",d") if isinstance(f.get("params"), int) else "—",
                _fmt(f.get("flops") / 1e6, ".1f") + " M" if f.get("flops") else "—",
-               _fmt(acc), _fmt(acc - base_acc, "+.2f") if acc is not None and base_acc is not None else "—"]
+               format_accuracy(acc, f.get("accuracy_se")), _fmt(f.get("accuracy_n"), ",d") if isinstance(f.get("accuracy_n"), int) else "—",
+               _fmt(acc - base_acc, "+.2f") if acc is not None and base_acc is not None else "—"]
         for b in batches:
             s = lat.get(b) or {}
             row += [_fmt(s.get("p50")), _fmt(s.get("p95")), _fmt((f.get("images_per_s") or {}).get(b), ".0f")]
@@ -85,19 +129,34 @@ def format_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def evaluation_note(report: dict[str, Any]) -> str:
+    """One paragraph under the table: what the accuracies are measured on and what ± means."""
+    ev = report.get("evaluation") or {}
+    final, test, gate = ev.get("final_images"), ev.get("test_images"), ev.get("gate_images")
+
+    def images(n: Any) -> str:
+        if not isinstance(n, int):
+            return "the test split"
+        return f"all {n:,} test images" if n == test else f"a fixed seeded sample of {n:,} of the {test:,} test images"
+
+    text = (f"Accuracy: top-1 on {images(final)} (`checks.final_eval_images`), ± one standard error √(p(1−p)/n) in "
+            "percentage points; Δacc against the PyTorch baseline on the same images.")
+    w = (report.get("baseline") or {}).get("weights") or {}
+    if w.get("source") and w["source"] != "trained":
+        text += f" Baseline weights: `{w.get('path')}` ({w['source']}, SHA-256 `{w.get('sha256')}`), used as given."
+    if isinstance(gate, int) and isinstance(test, int):
+        text += f" The intermediate gates (prune, ONNX, simplify, INT8, engine) measured on {images(gate)} (`checks.eval_images`)."
+    return text
+
+
 def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     """Write report.json, report.md and plots/*.png atomically; return the paths written."""
     report = build_report(manifest)
     paths = [atomic_write_json(run_dir / "report.json", report)]
     plots = write_plots(run_dir, manifest, report)
-    md = [f"# Run `{report['run']}`", "", f"config hash `{report['config_hash']}`", "", "## Formats", "", format_table(report), ""]
-    sp = report.get("speedup") or {}
-    if sp:
-        md += ["## Pruned vs unpruned (onnxruntime CPU)", "", "| batch | unpruned ms | pruned ms | speedup | FLOPs ratio | speedup / FLOPs ratio |",
-               "|---|---|---|---|---|---|"]
-        for b, s in sp.items():
-            md.append(f"| {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}× | {s['flops_ratio']:.2f}× | {s['efficiency']:.2f} |")
-        md.append("")
+    md = [f"# Run `{report['run']}`", "", f"config hash `{report['config_hash']}`", "", "## Formats", "", format_table(report), "",
+          evaluation_note(report), ""]
+    md += speedup_section(report)
     md += ["## Stages", "", "| stage | status | reason | seconds | checks |", "|---|---|---|---|---|"]
     for s in report["stages"]:
         checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])
@@ -161,12 +220,13 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
         axes[0].set_ylabel("p50 latency (ms)")
         axes[0].set_yscale("log")
         axes[0].legend()
-        axes[1].bar(range(len(fmts)), [f.get("accuracy") or 0 for f in fmts], color="#2ca02c")
+        axes[1].bar(range(len(fmts)), [f.get("accuracy") or 0 for f in fmts], color="#2ca02c",
+                    yerr=[f.get("accuracy_se") or 0 for f in fmts], capsize=3)
         axes[1].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f["name"], f["name"]) for f in fmts], rotation=30, ha="right")
         accs = [f.get("accuracy") for f in fmts if f.get("accuracy") is not None]
         if accs:
             axes[1].set_ylim(max(0, min(accs) - 5), min(100, max(accs) + 2))
-        axes[1].set_ylabel("test accuracy (%)")
+        axes[1].set_ylabel("test accuracy (%, ± SE)")
         save(fig, "latency_accuracy_per_format.png")
     return out
 

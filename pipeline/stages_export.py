@@ -1,7 +1,10 @@
 """Export-side stages: ``onnx`` → ``simplify`` → ``int8`` → ``engine`` → ``validate`` → ``report`` → ``bundle``.
 
 Parity at each stage is measured against the previous stage's artifact on the evaluation split
-(FP32: max |Δlogit| and top-1 agreement; INT8/FP16: agreement); accuracy against the baseline.
+(FP32: max |Δlogit| and top-1 agreement; INT8/FP16: agreement); accuracy against the baseline. Those are the
+cheap intermediate gates (``checks.eval_images``'s seeded sample); ``validate`` then evaluates every final
+format on the whole test split (``checks.final_eval_images``) — the accuracies the report states, each with
+its image count and standard error.
 """
 
 from __future__ import annotations
@@ -16,13 +19,14 @@ import numpy as np
 
 from ccpcsa.artifacts import atomic_path, atomic_write_json
 from ccpcsa.checkpoint import load_checkpoint
-from ccpcsa.data import normalize_batch
+from ccpcsa.data import ArrayDataset, normalize_batch
 from ccpcsa.models import count_complexity
 
-from .checks import accuracy_drop, at_most, parity, speedup
+from .accuracy import accuracy_record
+from .checks import accuracy_drop, at_least, at_most, parity, speedup
 from .report import format_table, load_manifest, write_report
 from .runner import StageContext, StageOutcome
-from .stages_train import data_splits, eval_split, input_size
+from .stages_train import data_splits, eval_split, evaluation_sample, input_size
 
 
 def eval_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
@@ -75,11 +79,35 @@ def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, A
             "accuracy_a": c.accuracy_a_pct, "accuracy_b": c.accuracy_b_pct}
 
 
-def _accuracy(ctx: StageContext, runner: Any) -> float:
+def final_split(ctx: StageContext) -> ArrayDataset:
+    """The test images every final format is evaluated on in ``validate``: the whole test split by default
+    (``checks.final_eval_images`` null), else that many of :func:`evaluation_sample`'s fixed seeded sample."""
+    return evaluation_sample(data_splits(ctx).test, ctx.cfg.checks.final_eval_images)
+
+
+def final_accuracy(ctx: StageContext, runner: Any, chunk: int = 1000) -> dict[str, Any]:
+    """Top-1 accuracy of ``runner`` on :func:`final_split` → ``{"accuracy", "accuracy_n", "accuracy_se"}``
+    (percent, image count, standard error in pp). Images are normalized ``chunk`` at a time, so a large test
+    split is never held as float32 all at once."""
     from export.compare import run_batched
 
-    x, y = eval_arrays(ctx)
-    return float(100.0 * (run_batched(runner, x, 250).argmax(1) == y).mean())
+    data, split = data_splits(ctx), final_split(ctx)
+    correct = 0
+    for i in range(0, len(split), chunk):
+        x = normalize_batch(split.images[i : i + chunk], data.mean, data.std).numpy()
+        correct += int((run_batched(runner, x, 250).argmax(1) == split.labels[i : i + chunk]).sum())
+    return accuracy_record(100.0 * correct / len(split), len(split))
+
+
+def final_accuracy_checks(rows: dict[str, Any], max_drop: float) -> list[Any]:
+    """The final accuracy gates: every measured format's drop against the baseline measured on the same images
+    in the same stage (``<format>_accuracy_drop_pp`` ≤ ``max_drop``). The intermediate stages gate on the cheap
+    sample (``checks.eval_images``); this re-checks the numbers the report states."""
+    base = (rows.get("pytorch_baseline") or {}).get("accuracy")
+    if base is None:
+        return []
+    return [replace(accuracy_drop(base, r["accuracy"], max_drop), name=f"{name}_accuracy_drop_pp")
+            for name, r in rows.items() if name != "pytorch_baseline" and r.get("status") == "ok" and r.get("accuracy") is not None]
 
 
 def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str) -> tuple[dict[str, Any], list[Any]]:
@@ -93,8 +121,8 @@ def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str
                     min_agree_fp32=c.min_agreement_fp32,
                     min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp)
     checks.append(accuracy_drop(float(base["accuracy"]), cmp["accuracy_b"], c.max_accuracy_drop))
-    metrics = {"accuracy": cmp["accuracy_b"], "max_abs_diff": cmp["max_abs_diff"], "mean_abs_diff": cmp["mean_abs_diff"],
-               "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name}
+    metrics = {**accuracy_record(cmp["accuracy_b"], len(eval_arrays(ctx)[1])), "max_abs_diff": cmp["max_abs_diff"],
+               "mean_abs_diff": cmp["mean_abs_diff"], "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name}
     return metrics, checks
 
 
@@ -206,13 +234,16 @@ def _latency(ctx: StageContext, runner: Any) -> dict[str, Any]:
 
 
 def stage_validate(ctx: StageContext) -> StageOutcome:
-    """Every format on the evaluation split: accuracy, parity, size, latency; gates: speedup, latency budget."""
+    """Every format — PyTorch baseline and pruned, ONNX, simplified, both INT8, built engines — on the whole test
+    split (:func:`final_split`): accuracy with its image count and standard error, parity, size, latency; gates:
+    speedup, latency budget, each format's accuracy drop vs the baseline on those same images."""
     from export.onnx_export import export_onnx
 
     cfg = ctx.cfg
     base_ck = load_checkpoint(ctx.path("baseline.pt"))
     base_onnx = ctx.path("baseline.onnx")
     export_onnx(base_ck.model, base_onnx, _metadata(ctx), opset=cfg.export.opset)
+    outputs = [base_onnx]
     manifest = ctx.manifest.data["stages"]
     rows: dict[str, Any] = {}
     files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
@@ -227,11 +258,11 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
         if not path.exists():
             continue
         runner = _runner(ctx, path)
-        acc = _accuracy(ctx, runner)
+        acc = final_accuracy(ctx, runner)
         c = base_c if name == "pytorch_baseline" else pruned_c
         lat = _latency(ctx, runner)
         row = {"file": path.name, "precision": "int8" if name.startswith("int8") else "fp32", "size_bytes": path.stat().st_size,
-               "params": c.params, "flops": c.macs, "accuracy": acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
+               "params": c.params, "flops": c.macs, **acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
                "threads": cfg.export.threads, "status": "ok"}
         st = manifest.get(parity_of.get(name, ""), {}).get("metrics") or {}
         if st:
@@ -250,28 +281,65 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
             lat = _latency(ctx, runner)
             par = m.get("parity") or {}
             row.update({"size_bytes": path.stat().st_size, "params": pruned_c.params, "flops": pruned_c.macs,
-                        "accuracy": _accuracy(ctx, runner), "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
+                        **final_accuracy(ctx, runner), "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
                         "max_abs_diff": par.get("max_abs_diff"), "top1_agreement": par.get("top1_agreement"),
                         "parity": f"top-1 {par.get('top1_agreement', 0):.2f}% vs {par.get('parity_vs')}" if par else ""})
         rows[f"tensorrt_{prec}"] = row
-    # the pruned model must be really faster: ORT CPU, same harness, pruned vs unpruned FP32 ONNX
-    base_lat = _latency(ctx, _runner(ctx, base_onnx))["latency_ms"]
-    pruned_lat = rows.get("onnx_simplified", rows["onnx"])["latency_ms"]
-    flops_ratio = base_c.macs / rows["pytorch_pruned"]["flops"]
-    sp = {}
-    checks = []
-    for b in base_lat:
-        s = base_lat[b]["p50"] / pruned_lat[b]["p50"]
-        sp[b] = {"unpruned_ms": base_lat[b]["p50"], "pruned_ms": pruned_lat[b]["p50"], "speedup": s, "flops_ratio": flops_ratio,
-                 "efficiency": s / flops_ratio}
-        if cfg.checks.require_speedup:
-            checks.append(speedup(base_lat[b]["p50"], pruned_lat[b]["p50"]))
+    if ctx.device.type == "cuda":  # GPU latency rows (PyTorch eager / CUDA graph, onnxruntime CUDA): only on a CUDA run
+        from .gpu_latency import cuda_rows
+
+        rows.update(cuda_rows(ctx.path("pruned.pt"), _fp32_onnx(ctx), ctx.device, input_size(ctx), eval_arrays(ctx)[0],
+                              lambda r: _latency(ctx, r), lambda r: final_accuracy(ctx, r), pruned_c.params, pruned_c.macs))
+    # the pruned model must be really faster: ORT CPU, pruned vs unpruned, FP32 and INT8 (U8S8), timed interleaved
+    sp, sp_int8, checks = speedups(ctx, base_c.macs / pruned_c.macs, base_onnx, outputs)
     if cfg.checks.latency_budget_ms is not None:
         b = str(cfg.checks.latency_budget_batch)
         best = min(r["latency_ms"][b]["p50"] for r in rows.values() if r.get("status") == "ok" and b in (r.get("latency_ms") or {}))
         checks.append(at_most(f"latency_p50_ms_b{b}", best, cfg.checks.latency_budget_ms))
-    out = atomic_write_json(ctx.path("validation.json"), {"formats": rows, "speedup": sp})
-    return StageOutcome(outputs=[out, base_onnx], metrics={"formats": rows, "speedup": sp}, checks=checks)
+    checks += final_accuracy_checks(rows, cfg.checks.max_accuracy_drop)
+    evaluation = {"final_images": len(final_split(ctx)), "test_images": len(data_splits(ctx).test), "gate_images": len(eval_split(ctx))}
+    out = atomic_write_json(ctx.path("validation.json"), {"formats": rows, "speedup": sp, "speedup_int8": sp_int8,
+                                                          "evaluation": evaluation})
+    return StageOutcome(outputs=[out, *outputs], checks=checks,
+                        metrics={"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "evaluation": evaluation})
+
+
+def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
+             outputs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
+    """Pruned vs unpruned latency on onnxruntime CPU, interleaved (:func:`export.latency.measure_interleaved`), per
+    ``export.latency_batches``: FP32 (simplified ONNX vs the unpruned ONNX) and, with ``export.int8_cpu``, INT8 U8S8
+    (``model.int8.cpu.onnx`` vs the unpruned model quantized the same way, ``baseline.int8.cpu.onnx``, added to
+    ``outputs``). Each ``{batch: {unpruned_ms, pruned_ms, speedup, flops_ratio, efficiency}}`` with efficiency =
+    speedup / MACs ratio (1.0: the latency fell exactly as the MACs did). Gates: FP32 and INT8 speedup > 1
+    (``checks.require_speedup``) and FP32 efficiency ≥ ``checks.min_speedup_efficiency`` (null: off)."""
+    from export.latency import measure_interleaved
+    from export.quantize import quantize_int8
+    from export.runtime import OrtRunner
+
+    cfg, e = ctx.cfg, ctx.cfg.export
+    pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
+    int8 = ctx.path("model.int8.cpu.onnx")
+    if e.int8_cpu and int8.exists():
+        base_int8 = ctx.path("baseline.int8.cpu.onnx")
+        quantize_int8(base_onnx, base_int8, calibration_array(ctx, e.calibration_images), num_calibration=e.calibration_images,
+                      activations="uint8")
+        outputs.append(base_int8)
+        pairs["int8"] = (base_int8, int8)
+    result: dict[str, dict[str, Any]] = {}
+    checks = []
+    for kind, (ref, new) in pairs.items():
+        t = measure_interleaved({"unpruned": OrtRunner(ref, threads=e.threads), "pruned": OrtRunner(new, threads=e.threads)},
+                                batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=max(e.latency_iters, 10), rounds=5)
+        result[kind] = {}
+        for b in e.latency_batches:
+            u, q = t["unpruned"][b].p50_ms, t["pruned"][b].p50_ms
+            result[kind][str(b)] = {"unpruned_ms": u, "pruned_ms": q, "speedup": u / q, "flops_ratio": macs_ratio,
+                                    "efficiency": u / q / macs_ratio}
+            if cfg.checks.require_speedup:
+                checks.append(replace(speedup(u, q), name=f"pruned_speedup_{kind}_b{b}"))
+            if kind == "fp32" and cfg.checks.min_speedup_efficiency is not None:
+                checks.append(at_least(f"speedup_efficiency_fp32_b{b}", u / q / macs_ratio, cfg.checks.min_speedup_efficiency))
+    return result["fp32"], result.get("int8", {}), checks
 
 
 def stage_report(ctx: StageContext) -> StageOutcome:

@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from ccpcsa.artifacts import sha256_file
 from ccpcsa.attention import attach_bam
 from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.criteria import get_criterion
@@ -15,8 +16,11 @@ from ccpcsa.models import build_model, count_complexity, native_input_size
 from ccpcsa.prune import channels_per_layer
 from ccpcsa.train import evaluate, fit, seed_everything
 
-from .checks import accuracy_drop, flops_target
+from .accuracy import accuracy_record
+from .checks import accuracy_drop, at_least, flops_target
 from .runner import StageContext, StageOutcome
+
+WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
 
 
 def data_splits(ctx: StageContext) -> DataSplits:
@@ -54,16 +58,31 @@ def input_size(ctx: StageContext) -> int:
 
 
 def model_metrics(ctx: StageContext, model: Any) -> dict[str, Any]:
-    """Test accuracy (percent), val accuracy, params and MACs of a torch model."""
+    """Test accuracy (percent, on :func:`eval_split`, with its image count ``accuracy_n`` and standard error
+    ``accuracy_se`` in pp), val accuracy, params and MACs of a torch model."""
     data = data_splits(ctx)
     c = count_complexity(model, input_size(ctx))
-    test_acc, _ = evaluate(model, eval_split(ctx), data.mean, data.std, device=ctx.device)
+    split = eval_split(ctx)
+    test_acc, _ = evaluate(model, split, data.mean, data.std, device=ctx.device)
     val_acc, _ = evaluate(model, data.val, data.mean, data.std, device=ctx.device)
-    return {"accuracy": test_acc, "val_accuracy": val_acc, "params": c.params, "flops": c.macs}
+    return {**accuracy_record(test_acc, len(split)), "val_accuracy": val_acc, "params": c.params, "flops": c.macs}
+
+
+def baseline_inputs(cfg: Any) -> dict[str, str]:
+    """``{baseline.checkpoint: its SHA-256, or "missing"}`` (``{}`` when unset): part of the baseline stage's key,
+    so new weights saved over the same file re-run the chain."""
+    path = cfg.baseline.checkpoint
+    if not path:
+        return {}
+    p = Path(path).expanduser()
+    return {str(path): sha256_file(p) if p.is_file() else "missing"}
 
 
 def stage_baseline(ctx: StageContext) -> StageOutcome:
-    """Train the model (or load ``baseline.checkpoint``) → ``baseline.pt``."""
+    """Train the model, or load ``baseline.checkpoint`` (project checkpoint, state_dict or safetensors; trained
+    instead when it is absent and ``baseline.train_if_missing``) → ``baseline.pt`` in the project's format. The
+    metrics record ``weights``: ``{"source": "trained" | "checkpoint" | "state_dict" | "safetensors", "sha256",
+    "path"}`` (the SHA-256 of the given file's bytes)."""
     cfg, data = ctx.cfg, data_splits(ctx)
     out = ctx.path("baseline.pt")
     seed_everything(cfg.run.seed)
@@ -74,18 +93,27 @@ def stage_baseline(ctx: StageContext) -> StageOutcome:
     for old in ctx.run_dir.glob("baseline.train*.pt"):
         if old != train_ck and old.resolve() != given:
             old.unlink(missing_ok=True)
-    if cfg.baseline.checkpoint:
-        ck = load_checkpoint(cfg.baseline.checkpoint, expect_classes=len(data.classes))
+    weights: dict[str, Any] = {"source": "trained"}
+    if cfg.baseline.checkpoint and not Path(cfg.baseline.checkpoint).expanduser().exists() and cfg.baseline.train_if_missing:
+        ctx.say(f"note: baseline.checkpoint {cfg.baseline.checkpoint} not found; training a baseline instead "
+                "(baseline.train_if_missing)")
+    elif cfg.baseline.checkpoint:
+        # Bare weights (state_dict, safetensors) get their architecture from model.*; the project's checkpoint
+        # carries its own. Either way the weights are used exactly as given: no training here.
+        bare = ModelSpec(cfg.model.name, cfg.model.num_classes, input_size(ctx), dict(cfg.model.kwargs))
+        ck = load_checkpoint(Path(cfg.baseline.checkpoint).expanduser(), expect_classes=len(data.classes), spec=bare)
         model, spec = ck.model, ck.spec
-        ctx.say(f"loaded baseline checkpoint {cfg.baseline.checkpoint}")
-    else:
+        weights = {"source": ck.source, "sha256": ck.sha256, "path": str(cfg.baseline.checkpoint)}
+        ctx.say(f"loaded baseline weights {cfg.baseline.checkpoint} ({WEIGHT_FORMS[ck.source]}, SHA-256 {ck.sha256}); "
+                "used as given, no training")
+    if weights["source"] == "trained":
         spec = ModelSpec(cfg.model.name, cfg.model.num_classes, input_size(ctx), dict(cfg.model.kwargs))
         model = build_model(cfg.model.name, cfg.model.num_classes, **cfg.model.kwargs)
         if train_ck.exists():
             ctx.say(f"resuming the interrupted training from {train_ck.name}")
         fit(model, data, replace(cfg.train, seed=cfg.run.seed), device=ctx.device, checkpoint=train_ck,
             spec=spec, resume=True, progress=ctx.progress, desc="baseline")
-    metrics = model_metrics(ctx, model)
+    metrics = {**model_metrics(ctx, model), "weights": weights}
     save_checkpoint(out, model, spec, data.classes, data.mean, data.std, meta={"stage": "baseline", **metrics})
     train_ck.unlink(missing_ok=True)
     return StageOutcome(outputs=[out], metrics=metrics)
@@ -96,14 +124,15 @@ def stage_attention(ctx: StageContext) -> StageOutcome:
     cfg, data = ctx.cfg, data_splits(ctx)
     if not cfg.attention.enabled:
         return StageOutcome("skipped", "attention.enabled is false; pruning starts from baseline.pt")
-    ck = load_checkpoint(ctx.path("baseline.pt"))
+    ck = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device)  # BAM is attached and retrained on the run's device
     model = ck.model
     opts = {"reduction": cfg.attention.reduction, "dilation": cfg.attention.dilation}
     where = attach_bam(model, input_size(ctx), **opts)
     ctx.say(f"BAM attached after: {', '.join(where)}")
     spec = replace(ck.spec, attention=opts)
     if cfg.attention.epochs > 0:
-        tc = replace(cfg.train, epochs=cfg.attention.epochs, lr=cfg.attention.lr, schedule="cosine", warmup_epochs=0.0, seed=cfg.run.seed)
+        tc = replace(cfg.train, epochs=cfg.attention.epochs, lr=cfg.attention.lr, schedule="cosine", warmup_epochs=0.0, seed=cfg.run.seed,
+                     max_steps_per_epoch=cfg.attention.max_steps_per_epoch or cfg.train.max_steps_per_epoch)
         fit(model, data, tc, device=ctx.device, progress=ctx.progress, desc="attention")
     metrics = {**model_metrics(ctx, model), "bam_after": where}
     out = ctx.path("attention.pt")
@@ -115,22 +144,47 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     """Algorithm 1 with ``prune.method`` → ``pruned.pt`` + ``history.json``; gates: FLOPs target, accuracy drop."""
     cfg, data = ctx.cfg, data_splits(ctx)
     src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
-    ck = load_checkpoint(src)
+    ck = load_checkpoint(src, device=ctx.device)
     base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
-    criterion = get_criterion(cfg.prune.method)
+    criterion = get_criterion(cfg.prune.method, **cfg.prune.criterion_options)
     before = channels_per_layer(ck.model)
-    result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=cfg.run.seed), cfg.train, input_size=input_size(ctx),
+    probe = latency_probe(ctx)
+    seed = cfg.prune.seed if cfg.prune.seed is not None else cfg.run.seed
+    result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=seed), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
-                         history_path=ctx.path("history.json"), progress=ctx.progress)
+                         history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe)
     spec = ck.spec if not (cfg.prune.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
     out = ctx.path("pruned.pt")
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
     baseline = base_meta
     checks = [accuracy_drop(float(baseline["accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
-    if cfg.checks.require_flops_target:
+    if probe is not None:  # a latency target: gate the measured speedup instead of the FLOPs reduction
+        lat = result.latency
+        checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
+    elif cfg.checks.require_flops_target:
         checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
     metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
     metrics["prune_config"] = asdict(cfg.prune)
     metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
-    return StageOutcome(outputs=[out, ctx.path("history.json")], metrics=metrics, checks=checks)
+    outputs = [out, ctx.path("history.json")] + ([probe.table.cache] if probe is not None and probe.table.cache else [])
+    return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
+
+
+def latency_probe(ctx: StageContext) -> Any:
+    """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` (None without a
+    latency target). Its per-layer table is cached in the run directory (``latency_table.b<batch>.t<threads>.json``)."""
+    p = ctx.cfg.prune
+    if p.target_speedup is None and p.target_latency_ms is None:
+        return None
+    if p.target_runtime != "onnxruntime-cpu":
+        from ccpcsa.errors import UserError
+
+        raise UserError(f"prune.target_speedup / target_latency_ms are measured on the target runtime, and only "
+                        f"onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is {p.target_runtime}); "
+                        "set prune.target_runtime=onnxruntime-cpu or use prune.target_flops_reduction")
+    from ccpcsa.alignment import resolve_alignment
+    from export.layer_latency import OrtLatencyProbe
+
+    align, _ = resolve_alignment(p.round_to, p.target_runtime)
+    return OrtLatencyProbe(p.latency_batch, ctx.cfg.export.threads or 1, align, ctx.run_dir, input_size(ctx), progress=ctx.say)

@@ -3,26 +3,32 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from ..errors import unknown
+from ..errors import UserError, unknown
 from .base import Criterion, ScoreContext, combine_members, feature_members, normalize_layer
-from .correlation import CorrelationAttentionCriterion
+from .correlation import CcpcsaOptions, CorrelationAttentionCriterion, attention, ccpcsa, corr
 from .magnitude import RandomCriterion, TaylorCriterion, TorchPruningCriterion, bn, l1
 
-CRITERIA: dict[str, Callable[[], Criterion]] = {
-    "ccpcsa": lambda: CorrelationAttentionCriterion(True, True, "ccpcsa"),
-    "corr": lambda: CorrelationAttentionCriterion(True, False, "corr"),
-    "attention": lambda: CorrelationAttentionCriterion(False, True, "attention"),
+CRITERIA: dict[str, Callable[..., Criterion]] = {
+    "ccpcsa": ccpcsa,
+    "corr": corr,
+    "attention": attention,
     "l1": l1,
     "bn": bn,
     "taylor": TaylorCriterion,
     "random": RandomCriterion,
 }
+#: Criteria whose factory takes options (``prune.criterion_options``).
+WITH_OPTIONS = {"ccpcsa", "corr", "attention"}
 
 
-def register(name: str, factory: Callable[[], Criterion]) -> None:
-    """Add a criterion under ``name`` (plug-ins: ``register("mine", MyCriterion)``)."""
+def register(name: str, factory: Callable[..., Criterion], options: bool = False) -> None:
+    """Add a criterion under ``name`` (plug-ins: ``register("mine", MyCriterion)``); ``options``: its factory takes
+    keyword options."""
     CRITERIA[name] = factory
+    if options:
+        WITH_OPTIONS.add(name)
 
 
 def list_criteria() -> list[str]:
@@ -30,15 +36,19 @@ def list_criteria() -> list[str]:
     return sorted(CRITERIA)
 
 
-def get_criterion(name: str) -> Criterion:
-    """Instantiate the criterion registered as ``name``; UserError listing the known names otherwise."""
+def get_criterion(name: str, **options: Any) -> Criterion:
+    """Instantiate the criterion registered as ``name`` with ``options``; UserError listing the known names (or
+    naming the criterion that takes no options) otherwise."""
     if name not in CRITERIA:
         raise unknown("criterion", name, CRITERIA)
-    return CRITERIA[name]()
+    if options and name not in WITH_OPTIONS:
+        raise UserError(f"criterion '{name}' takes no prune.criterion_options (got {', '.join(sorted(options))}); "
+                        f"criteria with options: {', '.join(sorted(WITH_OPTIONS))}")
+    return CRITERIA[name](**options)
 
 
 from . import qsfm  # noqa: E402  (registers qsfm, qsfm-ssim, qsfm-psnr; needs register() above)
 
-__all__ = ["CRITERIA", "Criterion", "CorrelationAttentionCriterion", "RandomCriterion", "ScoreContext", "TaylorCriterion",
+__all__ = ["CRITERIA", "CcpcsaOptions", "Criterion", "CorrelationAttentionCriterion", "WITH_OPTIONS", "RandomCriterion", "ScoreContext", "TaylorCriterion",
            "TorchPruningCriterion", "combine_members", "feature_members", "get_criterion", "list_criteria",
            "normalize_layer", "qsfm", "register"]

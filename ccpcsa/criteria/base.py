@@ -39,6 +39,7 @@ class Criterion:
 
     name = "base"
     collects_training_stats = False
+    features = "bn"  # where the statistics are taken (see :func:`feature_members`)
 
     def score(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
         raise NotImplementedError
@@ -51,29 +52,38 @@ def normalize_layer(scores: np.ndarray) -> np.ndarray:
     return s / m if m > 0 else s
 
 
-def feature_members(group: GroupInfo, model: nn.Module) -> list[str]:
-    """Members whose output *is* the group's feature map: its BatchNorms if any, else its convs/linears."""
+FEATURES = ("bn", "conv", "relu")
+
+
+def feature_members(group: GroupInfo, model: nn.Module, where: str = "bn") -> list[str]:
+    """Members whose output *is* the group's feature map: ``where="bn"`` / ``"relu"`` its BatchNorms if any (the
+    collector applies the ReLU for ``relu``), ``"conv"`` its convs/linears (before BN); convs/linears when it has no
+    BatchNorm."""
     mods = dict(model.named_modules())
     bns = [n for n in group.members if isinstance(mods.get(n), nn.BatchNorm2d)]
-    if bns:
+    if bns and where != "conv":
         return bns
     return [n for n in group.members if isinstance(mods.get(n), (nn.Conv2d, nn.Linear))]
 
 
-def combine_members(group: GroupInfo, member_scores: dict[str, np.ndarray]) -> np.ndarray | None:
-    """Group score per root channel = mean over members of their layer-normalized scores.
+def combine_members(group: GroupInfo, member_scores: dict[str, np.ndarray], reduce: str = "mean") -> np.ndarray | None:
+    """Group score per root channel from its members' layer-normalized scores: their mean (``reduce="mean"``) or
+    maximum (``"max"``: a coupled channel is as important as its most important member).
 
     ``member_scores[name]`` is indexed in that member's own channel space; the group's
     ``member_channel_index`` maps root channels to member channels. None when no member is scored.
     """
     total = np.zeros(group.size)
+    best = np.full(group.size, -np.inf)
     count = np.zeros(group.size)
     for name, s in member_scores.items():
         index = np.asarray(group.member_channel_index[name])
         ok = index >= 0
         norm = normalize_layer(s)
         total[ok] += norm[index[ok]]
+        best[ok] = np.maximum(best[ok], norm[index[ok]])
         count[ok] += 1
     if not count.any():
         return None
-    return np.where(count > 0, total / np.maximum(count, 1), np.inf)
+    value = best if reduce == "max" else total / np.maximum(count, 1)
+    return np.where(count > 0, value, np.inf)

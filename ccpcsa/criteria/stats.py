@@ -16,7 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import placement
 from ..attention import BAM
+from ..prune import ChannelPruner
+
+
+def _accumulate(total: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
+    """``total + new`` on ``total``'s device (the first batch decides where a running sum lives)."""
+    return new if total is None else total + new.to(total.device)
 
 
 @dataclass
@@ -32,8 +39,8 @@ class Moments:
         s1 = x.sum(1).double()
         s2 = (x @ x.T).double()
         self.n += x.shape[1]
-        self.s1 = s1 if self.s1 is None else self.s1 + s1
-        self.s2 = s2 if self.s2 is None else self.s2 + s2
+        self.s1 = _accumulate(self.s1, s1)
+        self.s2 = _accumulate(self.s2, s2)
 
     def correlation(self) -> np.ndarray:
         """C×C Pearson correlation; a constant channel gets |corr| = 1 with everything (it carries no information)."""
@@ -57,33 +64,63 @@ class Moments:
             return np.ones(k)
         return (c.sum(1) - np.diag(c)) / (k - 1)
 
+    def nearest_twin(self) -> np.ndarray:
+        """ρ_c = max over j ≠ c of |corr(F_c, F_j)|: how well the channel's closest twin explains it; 1 for one channel."""
+        c = np.abs(self.correlation())
+        if c.shape[0] < 2:
+            return np.ones(c.shape[0])
+        np.fill_diagonal(c, -np.inf)
+        return c.max(1)
+
+    def partial_redundancy(self, ridge: float = 1e-3) -> np.ndarray:
+        """ρ_c = R²_c, the share of channel c's variance that a linear combination of all the other channels explains:
+        ``1 − 1 / (P⁻¹)_cc`` with ``P`` the Pearson correlation matrix (ridge-regularized by ``ridge``·I). 1 − ρ_c is
+        the channel's *unique* share, what its removal loses even after the others compensate linearly (the multiple
+        correlation generalizes the pairwise |ρ| to the whole layer); 1 for a single channel."""
+        c = self.correlation()
+        k = c.shape[0]
+        if k < 2:
+            return np.ones(k)
+        inv = np.linalg.inv(c + ridge * np.eye(k))
+        return np.clip(1.0 - 1.0 / np.maximum(np.diag(inv), 1.0), 0.0, 1.0)
+
+    def rms(self) -> np.ndarray:
+        """Root mean square activation per channel, ``√(Σx²/n)`` (the magnitude of the feature map)."""
+        assert self.s2 is not None and self.n > 0
+        return (self.s2.diagonal() / self.n).clamp_min(0).sqrt().cpu().numpy()
+
 
 @dataclass
 class ChannelStats:
-    """Moments per feature module and mean channel attention per BAM."""
+    """Moments per feature module and mean attention per BAM channel: σ(Mc) (channel attention) and the mean over
+    positions of σ(Mc + Ms) (BAM's full gate, channel + spatial)."""
 
     moments: dict[str, Moments] = field(default_factory=dict)
     attention_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     attention_count: dict[str, int] = field(default_factory=dict)
+    full_attention_sum: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def attention(self, bam_name: str) -> np.ndarray | None:
-        """Mean σ(Mc) per channel of BAM ``bam_name`` over the images seen, or None."""
-        if bam_name not in self.attention_sum:
+    def attention(self, bam_name: str, full: bool = False) -> np.ndarray | None:
+        """Mean σ(Mc) (``full``: mean σ(Mc + Ms)) per channel of BAM ``bam_name`` over the images seen, or None."""
+        sums = self.full_attention_sum if full else self.attention_sum
+        if bam_name not in sums:
             return None
-        return (self.attention_sum[bam_name] / max(1, self.attention_count[bam_name])).cpu().numpy()
+        return (sums[bam_name] / max(1, self.attention_count[bam_name])).cpu().numpy()
 
 
 class ChannelStatsCollector:
     """Context manager that attaches the hooks: ``with ChannelStatsCollector(model, names) as c: train…; c.stats``."""
 
-    def __init__(self, model: nn.Module, feature_modules: list[str], training_only: bool = True) -> None:
+    def __init__(self, model: nn.Module, feature_modules: list[str], training_only: bool = True, relu: bool = False) -> None:
         self.model = model
         self.feature_modules = feature_modules
         self.training_only = training_only
+        self.relu = relu  # record max(x, 0) of each feature map (statistics after BN + ReLU)
         self.stats = ChannelStats()
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     def __enter__(self) -> ChannelStatsCollector:
+        placement.place(self.model)  # one device and dtype for the whole model before any hook fires
         mods = dict(self.model.named_modules())
         for name in self.feature_modules:
             mom = self.stats.moments.setdefault(name, Moments())
@@ -97,7 +134,8 @@ class ChannelStatsCollector:
     def _moment_hook(self, mom: Moments):  # type: ignore[no-untyped-def]
         def hook(mod: nn.Module, inp: object, out: torch.Tensor) -> None:
             if (mod.training or not self.training_only) and out.dim() in (2, 4):
-                mom.add(out if out.dim() == 4 else out[:, :, None, None])
+                x = out.clamp_min(0) if self.relu else out
+                mom.add(x if x.dim() == 4 else x[:, :, None, None])
         return hook
 
     def _attention_hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -105,8 +143,11 @@ class ChannelStatsCollector:
             a = mod.last_channel_attention
             if a is not None and (mod.training or not self.training_only):
                 s = a.double().sum(0)
-                self.stats.attention_sum[name] = self.stats.attention_sum.get(name, 0) + s
+                self.stats.attention_sum[name] = _accumulate(self.stats.attention_sum.get(name), s)
                 self.stats.attention_count[name] = self.stats.attention_count.get(name, 0) + a.shape[0]
+                if mod.last_attention is not None:
+                    full = mod.last_attention.double().sum(0)
+                    self.stats.full_attention_sum[name] = _accumulate(self.stats.full_attention_sum.get(name), full)
         return hook
 
     def __exit__(self, *exc: object) -> None:
@@ -117,3 +158,14 @@ class ChannelStatsCollector:
             if isinstance(m, BAM):
                 m.record = False
                 m.last_channel_attention = None
+                m.last_attention = None
+
+
+def stats_collector(model: nn.Module, pruner: ChannelPruner, features: str = "bn",
+                    training_only: bool = True) -> ChannelStatsCollector:
+    """The collector for every group's feature maps (:func:`~ccpcsa.criteria.base.feature_members` at ``features``:
+    ``bn`` after BN, ``conv`` before BN, ``relu`` after BN + ReLU)."""
+    from .base import feature_members
+
+    feats = sorted({n for g in pruner.groups for n in feature_members(g, model, features)})
+    return ChannelStatsCollector(model, feats, training_only, relu=features == "relu")

@@ -1,0 +1,207 @@
+"""What a criteria-benchmark session runs: presets, the runs they expand to, and the pipeline overrides of each run.
+
+Every run is Algorithm 1 of the pipeline (``prune`` stage) with the same schedule for every criterion: ``iterations``
+pruning steps, each after one statistics/training epoch and followed by ``finetune_epochs`` of fine-tuning, then
+``final_finetune_epochs`` after BAM is removed; every epoch ``steps_per_epoch`` steps of 128 images; knowledge
+distillation from the unpruned model in every fine-tune unless the run says otherwise; the guard off (τ = 1000 pp)
+so every criterion reaches the target — except the guard runs (τ = ``guard_tolerance``), which prune in steps of
+``guard_step`` until the guard rejects a step. Only the score differs — and, for the external anchor
+(``torch-pruning``), the pruner: Torch-Pruning's own ``MetaPruner`` with its magnitude importance, global ranking.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+ALL_CRITERIA = ("ccpcsa", "corr", "attention", "qsfm", "l1", "bn", "taylor", "random")
+ANCHOR = "torch-pruning"  # the external reference, run as a 'criterion' of its own in the tables
+BATCHES = (1, 32)
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pipeline run: criterion (or :data:`ANCHOR`), MACs target, alignment, seed, distillation, guard, allocation,
+    and — for speed runs — a measured-speedup target instead of the MACs target."""
+
+    criterion: str
+    target: float
+    round_to: int | str
+    seed: int = 0
+    distill: bool = True
+    guard: bool = False
+    allocation: str = "global"
+    target_speedup: float | None = None
+
+    @property
+    def key(self) -> str:
+        """Folder name and result key, e.g. ``ccpcsa-t50-r8-s1``, ``l1-x2.0-rauto-acost``."""
+        goal = f"x{self.target_speedup:g}" if self.target_speedup else f"t{round(100 * self.target)}"
+        key = f"{self.criterion}-{goal}-r{self.round_to}-s{self.seed}"
+        key += "" if self.distill else "-nokd"
+        key += "-guard" if self.guard else ""
+        key += "" if self.allocation == "global" else f"-a{self.allocation}"
+        return key
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that defines one benchmark session (see the module docstring for the schedule)."""
+
+    name: str
+    config: str
+    model: str
+    criteria: tuple[str, ...] = ALL_CRITERIA
+    targets: tuple[float, ...] = (0.5,)
+    seeds: tuple[int, ...] = (0, 1)
+    side_criteria: tuple[str, ...] = ("ccpcsa", "l1", "taylor", "qsfm")
+    side_targets: tuple[float, ...] = (0.3, 0.7)
+    anchor: bool = True
+    round_to: int | str = 8
+    allocation: str = "global"
+    iterations: int = 3
+    steps_per_epoch: int | None = 60
+    finetune_epochs: int = 1
+    final_finetune_epochs: int = 2
+    prune_lr: float = 0.02
+    distill: bool = True
+    distill_weight: float = 0.7
+    distill_temperature: float = 4.0
+    distill_compare: tuple[str, ...] = ()  # criteria also run at targets[0], seed 0, with distillation flipped
+    guard_criteria: tuple[str, ...] = ()
+    guard_target: float = 0.8
+    guard_step: float = 0.1
+    guard_tolerance: float = 0.5
+    speed_runs: tuple[RunSpec, ...] = ()
+    until: str | None = "prune"  # "prune": accuracy only; None: the whole chain (export, INT8, validate)
+    measure_speed: bool = False  # reference in every format, interleaved re-measurement, profile (full-chain presets)
+    score_images: int = 256
+    attention_epochs: int = 1
+    attention_steps: int | None = 200
+    attention_lr: float = 0.02
+    eval_images: int | None = None  # None: all test images
+    latency_iters: int = 100
+    latency_warmup: int = 10
+    calibration_images: int = 512
+    threads: int = 2
+    jobs: int = 1  # pipeline runs at a time (GPU preset: several processes share the one GPU)
+    device: str = "auto"
+    data: str = "imagefolder:../shared/data/cifar10-jpg.tar.gz"
+    baseline_checkpoint: str | None = "../shared/models/resnet20_cifar10.pt"
+    baseline_epochs: int = 8
+    baseline_steps: int | None = None
+    baseline_lr: float = 0.2
+    baseline_schedule: str = "onecycle"
+    profile_iters: dict[str, int] = field(default_factory=lambda: {"1": 300, "32": 40})
+    # environment of the training stages only: OpenMP threads that spin-wait slow training several-fold when the cores
+    # are shared; the export/validate stages that time latency run with the defaults.
+    train_env: dict[str, str] = field(default_factory=lambda: {"OMP_WAIT_POLICY": "PASSIVE"})
+    budget_minutes: float = 150.0
+
+    def runs(self) -> list[RunSpec]:
+        """Main grid (criteria × targets × seeds, anchor included), side targets (seed 0), distillation flips, guard runs,
+        speed runs — in that order, without duplicates."""
+        main = (*self.criteria, ANCHOR) if self.anchor else self.criteria
+        side = (*self.side_criteria, ANCHOR) if self.anchor and self.side_criteria else self.side_criteria
+        out = [self._spec(c, t, s) for t in self.targets for s in self.seeds for c in main]
+        out += [self._spec(c, t, self.seeds[0]) for t in self.side_targets for c in side]
+        out += [self._spec(c, self.targets[0], self.seeds[0], distill=not self.distill) for c in self.distill_compare]
+        out += [self._spec(c, self.guard_target, self.seeds[0], guard=True) for c in self.guard_criteria]
+        out += list(self.speed_runs)
+        seen: set[str] = set()
+        return [r for r in out if not (r.key in seen or seen.add(r.key))]  # type: ignore[func-returns-value]
+
+    def _spec(self, criterion: str, target: float, seed: int, distill: bool | None = None, guard: bool = False) -> RunSpec:
+        return RunSpec(criterion, target, self.round_to, seed, self.distill if distill is None else distill, guard, self.allocation)
+
+
+def _fmt_value(v: Any) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ",".join(_fmt_value(x) for x in v) + "]"
+    return str(v)
+
+
+def _known(kv: dict[str, Any]) -> list[str]:
+    from pipeline.config import valid_keys
+
+    keys = set(valid_keys())  # keys another version of the pipeline lacks are left out
+    return [f"{k}={_fmt_value(v)}" for k, v in kv.items() if k in keys]
+
+
+def common_overrides(p: Preset, checkpoint: str) -> list[str]:
+    """``--set`` overrides shared by the shared run and every pruning run (so baseline/attention stay up to date)."""
+    return _known({
+        "run.name": f"bench-criteria-{p.name}", "run.device": p.device, "model.name": p.model, "data.spec": p.data,
+        "data.fallback": None, "baseline.checkpoint": checkpoint, "baseline.train_if_missing": False,
+        "train.max_steps_per_epoch": p.steps_per_epoch,
+        "attention.enabled": True, "attention.epochs": p.attention_epochs, "attention.lr": p.attention_lr,
+        "attention.max_steps_per_epoch": p.attention_steps,
+        "prune.groups_per_iteration": None, "prune.target_params_reduction": None,
+        "prune.finetune_epochs": p.finetune_epochs, "prune.final_finetune_epochs": p.final_finetune_epochs,
+        "prune.lr": p.prune_lr, "prune.calibration_images": p.score_images, "prune.remove_attention": True,
+        "prune.distill_weight": p.distill_weight, "prune.distill_temperature": p.distill_temperature,
+        # measure, don't gate: every run is finished (and exported) whatever its accuracy or speed
+        "checks.max_accuracy_drop": 100.0, "checks.min_agreement_lowp": 0.0, "checks.min_agreement_int8": 0.0,
+        "checks.require_speedup": False, "checks.min_speedup_efficiency": None,
+        "checks.require_flops_target": False, "checks.latency_budget_ms": None, "checks.eval_images": p.eval_images,
+        "checks.final_eval_images": p.eval_images,
+        "export.threads": p.threads, "export.latency_batches": list(BATCHES), "export.latency_iters": p.latency_iters,
+        "export.latency_warmup": p.latency_warmup, "export.calibration_images": p.calibration_images, "export.engine": False,
+        "export.int8": True, "export.simplify": True,
+    })
+
+
+def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
+    """The per-run ``--set`` overrides: criterion (or the anchor's pruner), target and schedule, guard, alignment,
+    allocation, seed, distillation, and for speed runs the measured-speedup target."""
+    anchor = spec.criterion == ANCHOR
+    if spec.guard:
+        target, step, iters, tol = p.guard_target, p.guard_step, math.ceil(p.guard_target / p.guard_step) + 1, p.guard_tolerance
+    else:
+        target, step, iters, tol = spec.target, spec.target / p.iterations, p.iterations, 1000.0
+    kv: dict[str, Any] = {
+        "prune.method": "l1" if anchor else spec.criterion, "prune.pruner": ANCHOR if anchor else "ccpcsa",
+        "prune.target_flops_reduction": target, "prune.step_flops_reduction": min(0.99, step),
+        "prune.max_iterations": iters, "prune.tolerance": tol, "prune.round_to": spec.round_to,
+        "prune.allocation": spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
+        "prune.target_speedup": spec.target_speedup,
+    }
+    if spec.target_speedup:  # a latency target: as many steps as it takes, MACs target out of the way
+        kv.update({"prune.target_flops_reduction": 0.0, "prune.max_iterations": p.iterations + 3})
+    return _known(kv)
+
+
+def _r20(**kw: Any) -> Preset:
+    return Preset(**{"config": "configs/default.yaml", "model": "resnet20", **kw})
+
+
+PRESETS: dict[str, Preset] = {
+    # issue #13, CPU: resnet20 from the shared checkpoint; 8 criteria + the anchor at −50 % MACs, 2 seeds; ccpcsa/l1/
+    # taylor/qsfm + anchor at −30/−70 %; all 10,000 test images; ≤ 2.5 h on 2 cores (see bench/README.md for the times).
+    "cpu": _r20(name="cpu"),
+    # the distillation on/off comparison and Algorithm 1 with the 0.5 pp guard (how far each criterion gets).
+    "cpu-guard": _r20(name="cpu-guard", criteria=(), targets=(0.5,), seeds=(0,), side_criteria=(), anchor=False,
+                      distill_compare=("ccpcsa", "l1"), guard_criteria=ALL_CRITERIA, budget_minutes=150.0),
+    # ≤ 15 min on 2 cores: a smoke test of the whole benchmark, not a ranking.
+    "quick": _r20(name="quick", criteria=("ccpcsa", "l1"), seeds=(0,), side_criteria=(), steps_per_epoch=15, iterations=2,
+                  final_finetune_epochs=1, attention_steps=30, eval_images=2000, score_images=128, budget_minutes=15.0),
+    # issue #13, GPU (one H200, ≤ 10 min): resnet56 from the shared checkpoint, all criteria + anchor at −50 %, full
+    # epochs, the runs as parallel processes on the one GPU.
+    "gpu": Preset(name="gpu", config="configs/resnet56_cifar10.yaml", model="resnet56", seeds=(0,), side_criteria=(),
+                  steps_per_epoch=None, iterations=3, final_finetune_epochs=3, prune_lr=0.02, attention_epochs=1, attention_steps=None,
+                  baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=9, device="cuda", budget_minutes=10.0),
+    # issue #15: runtime-aligned widths and latency targets on resnet20 / resnet56 (whole chain, interleaved timing).
+    "speed-r20": _r20(name="speed-r20", criteria=(), seeds=(0,), side_criteria=(), anchor=False, until=None, measure_speed=True,
+                      speed_runs=(RunSpec("l1", 0.5, 8), RunSpec("l1", 0.5, "auto"), RunSpec("l1", 0.5, "auto", allocation="cost"),
+                                  RunSpec("l1", 0.0, "auto", allocation="cost", target_speedup=2.0))),
+    "speed-r56": Preset(name="speed-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=(), seeds=(0,),
+                        side_criteria=(), anchor=False, until=None, measure_speed=True, steps_per_epoch=40,
+                        baseline_checkpoint="../shared/models/resnet56_cifar10.pt",
+                        speed_runs=(RunSpec("l1", 0.5, 8), RunSpec("l1", 0.5, "auto"), RunSpec("l1", 0.5, "auto", allocation="cost"),
+                                    RunSpec("l1", 0.0, "auto", allocation="cost", target_speedup=2.0))),
+}

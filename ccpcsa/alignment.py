@@ -1,0 +1,69 @@
+"""Channel alignment: the width multiple a target runtime runs without padding (``prune.round_to: auto``).
+
+A pruned layer is only as fast as the width its kernels really execute. Runtimes round channel counts up
+to a block, so a width between two multiples of the block costs as much as the next multiple:
+
+- **onnxruntime CPU** (x86-64): its NCHWc convolutions keep channels in blocks of one SIMD register of
+  floats (MLAS ``MlasNchwcGetBlockSize``): 16 with AVX-512, 8 with AVX/AVX2; a width that is not a multiple
+  pads to it and adds ``ReorderOutput`` nodes (measured in ``bench/README.md``). On other CPUs (Arm NEON,
+  128-bit) we use 4.
+- **TensorRT FP16 / INT8**: Tensor Core convolution kernels want input and output channels that are
+  multiples of 8 for FP16 and of 16 for INT8 (NVIDIA Deep Learning Performance Guide, "Convolutional Layers
+  User's Guide", section "Channels In And Out": Tensor Core requirements by data type; TF32 wants 4).
+
+``round_to`` may also be a number, which overrides all of this.
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import UserError
+
+RUNTIMES = ("onnxruntime-cpu", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
+TENSORRT_ALIGNMENT = {"tensorrt-fp16": 8, "tensorrt-int8": 16, "tensorrt-tf32": 4}
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine from ``/proc/cpuinfo`` (empty where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
+def cpu_float_lanes(flags: frozenset[str] | None = None, machine: str | None = None) -> tuple[int, str]:
+    """``(floats per SIMD register, why)`` of this CPU: 16 with AVX-512F, 8 with AVX/AVX2, 4 otherwise."""
+    f = cpu_flags() if flags is None else flags
+    arch = machine or platform.machine()
+    if "avx512f" in f:
+        return 16, "AVX-512 (16 floats per register; onnxruntime's NCHWc block is 16)"
+    if "avx2" in f or "avx" in f:
+        return 8, "AVX/AVX2 (8 floats per register; onnxruntime's NCHWc block is 8)"
+    return 4, f"no AVX on this {arch} CPU (128-bit SIMD, 4 floats per register)"
+
+
+def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu") -> tuple[int, str]:
+    """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``."""
+    if runtime not in RUNTIMES:
+        from .errors import unknown
+
+        raise unknown("prune.target_runtime", runtime, RUNTIMES)
+    if isinstance(round_to, str):
+        if round_to != "auto":
+            raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
+        if runtime in TENSORRT_ALIGNMENT:
+            a = TENSORRT_ALIGNMENT[runtime]
+            return a, f"{runtime}: Tensor Core channel multiple {a} (NVIDIA DL Performance Guide, convolutional layers)"
+        lanes, why = cpu_float_lanes()
+        return lanes, f"onnxruntime-cpu on {why}"
+    if isinstance(round_to, bool) or round_to < 1:
+        raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
+    return int(round_to), "set by prune.round_to"

@@ -1,0 +1,95 @@
+"""Allocation: in which order the blocks of all groups go — which decides how wide each layer ends up.
+
+Every order here takes, for every group, its blocks in the group's own order (lowest scores first,
+:meth:`ccpcsa.prune.ChannelPruner.group_blocks`), so every prefix of an order is a valid, aligned plan, and
+the pruner removes the shortest prefix that reaches the target. The orders differ in how they interleave
+the groups:
+
+- ``global``: all blocks sorted by their mean (layer-normalized) score — the plain global sort of CCPCSA
+  (Zhao et al., Electronics 2023, 12(7):1683, Algorithm 1: "sort all channels globally");
+- ``cost``: a greedy knapsack on importance per cost — next is the block whose removal loses the least
+  importance mass (Σ of its channels' scores) per unit of cost saved (MACs for a FLOPs target, milliseconds of
+  the runtime's latency table for a latency target), as HALP's latency-saliency knapsack does (Shen et al.,
+  NeurIPS 2022): layers whose channels are expensive and little used go first; a block that saves nothing
+  goes last;
+- ``uniform``: every group loses the same fraction of its original width, in turn (the group with the
+  smallest removed fraction goes next; ties by score) — the per-layer-ratio baseline.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cost import CostModel
+from .errors import unknown
+from .prune import Block, ChannelPruner
+
+ALLOCATIONS = ("global", "cost", "uniform")
+
+
+def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocation: str = "global",
+                 cost: CostModel | None = None) -> list[Block]:
+    """All removable blocks of the scored groups in the order the ``allocation`` removes them (module docstring).
+    ``cost`` is required by ``cost`` (MACs or latency) and ignored by the others."""
+    if allocation not in ALLOCATIONS:
+        raise unknown("prune.allocation", allocation, ALLOCATIONS)
+    queues = {g.key: pruner.group_blocks(g.key, scores[g.key]) for g in pruner.groups if g.key in scores}
+    queues = {k: q for k, q in queues.items() if q}
+    if allocation == "global":
+        return sorted((b for q in queues.values() for b in q), key=lambda b: b.score)
+    if allocation == "uniform":
+        return _uniform(pruner, queues)
+    if cost is None:
+        raise ValueError("allocation 'cost' needs a cost model")
+    return _greedy(queues, cost, scores)
+
+
+def _uniform(pruner: ChannelPruner, queues: dict[str, list[Block]]) -> list[Block]:
+    removed = {k: 0 for k in queues}
+    pos = {k: 0 for k in queues}
+    out: list[Block] = []
+    while True:
+        live = [k for k in queues if pos[k] < len(queues[k])]
+        if not live:
+            return out
+        k = min(live, key=lambda k: (removed[k] / pruner.original_sizes.get(k, pruner.group(k).size), queues[k][pos[k]].score))
+        b = queues[k][pos[k]]
+        out.append(b)
+        removed[k] += len(b.channels)
+        pos[k] += 1
+
+
+def _greedy(queues: dict[str, list[Block]], cost: CostModel, scores: dict[str, np.ndarray]) -> list[Block]:
+    """Greedy importance-per-cost order. A block's importance mass is the sum of its channels' scores; its price is
+    the cost it saves at the widths reached so far (only the groups sharing a layer with the last move are
+    re-priced)."""
+    widths = dict(cost.sizes)
+    pos = {k: 0 for k in queues}
+    touching_groups: dict[str, set[str]] = {}
+    for layer in cost.layers:
+        keys = {layer.out_key, *(k for k, _ in layer.in_parts)} - {None}
+        for k in keys:
+            touching_groups.setdefault(str(k), set()).update(str(x) for x in keys)
+    ratio: dict[str, float] = {}
+
+    def price(k: str) -> float:
+        b = queues[k][pos[k]]
+        saved = -cost.delta(widths, k, widths[k] - len(b.channels))
+        mass = float(np.sum(scores[k][b.channels]))
+        return mass / saved if saved > 1e-12 else np.inf
+
+    for k in queues:
+        ratio[k] = price(k)
+    out: list[Block] = []
+    while ratio:
+        k = min(ratio, key=lambda k: (ratio[k], queues[k][pos[k]].score))
+        b = queues[k][pos[k]]
+        out.append(b)
+        widths[k] -= len(b.channels)
+        pos[k] += 1
+        if pos[k] >= len(queues[k]):
+            del ratio[k]
+        for j in touching_groups.get(k, set()) | {k}:
+            if j in ratio:
+                ratio[j] = price(j)
+    return out

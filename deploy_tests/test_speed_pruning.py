@@ -1,0 +1,183 @@
+"""Runtime-aligned widths, cost models, allocations and latency-targeted pruning (issue #15)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from ccpcsa.alignment import cpu_float_lanes, resolve_alignment
+from ccpcsa.allocation import order_blocks
+from ccpcsa.cost import LatencyCost, MacsCost, layer_shapes
+from ccpcsa.errors import UserError
+from ccpcsa.models import build_model, count_complexity
+from ccpcsa.prune import ChannelPruner, channels_per_layer, macs_after, plan_from_blocks, prune_to_target
+
+
+def test_alignment_follows_the_cpu_and_the_runtime():
+    assert cpu_float_lanes(frozenset({"sse2", "avx", "avx2", "avx512f"}))[0] == 16
+    assert cpu_float_lanes(frozenset({"sse2", "avx", "avx2"}))[0] == 8
+    assert cpu_float_lanes(frozenset({"fp", "asimd"}), "aarch64")[0] == 4
+    assert resolve_alignment("auto", "tensorrt-fp16")[0] == 8
+    assert resolve_alignment("auto", "tensorrt-int8")[0] == 16
+    assert resolve_alignment(12, "tensorrt-int8") == (12, "set by prune.round_to")
+    assert resolve_alignment("auto")[0] in (4, 8, 16)
+    with pytest.raises(UserError, match="prune.round_to must be 'auto' or an integer"):
+        resolve_alignment("fast")
+    with pytest.raises(UserError, match="prune.round_to must be 'auto' or an integer"):
+        resolve_alignment(0)
+    with pytest.raises(UserError, match="unknown prune.target_runtime 'tpu'"):
+        resolve_alignment("auto", "tpu")
+
+
+def test_config_takes_auto_or_a_number(tmp_path):
+    from pipeline.config import load_config
+
+    assert load_config(None, ["prune.round_to=auto"]).prune.round_to == "auto"
+    assert load_config(None, ["prune.round_to=16"]).prune.round_to == 16
+    assert load_config(None, []).prune.round_to == "auto"
+    with pytest.raises(UserError, match="round_to"):
+        load_config(None, ["prune.round_to=sixteen"])
+    with pytest.raises(UserError, match="prune.allocation"):
+        load_config(None, ["prune.allocation=greedy"])
+    with pytest.raises(UserError, match="not both"):
+        load_config(None, ["prune.target_speedup=2", "prune.target_latency_ms=1"])
+    with pytest.raises(UserError, match="target_speedup must be a number > 1"):
+        load_config(None, ["prune.target_speedup=0.5"])
+
+
+def test_aligned_widths_keep_narrow_layers_whole():
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    pruner = ChannelPruner(model, 32, round_to=16, min_channels=8)
+    rng = np.random.default_rng(0)
+    scores = {g.key: rng.random(g.size) for g in pruner.groups}
+    assert all(not pruner.group_blocks(k, scores[k]) for k in ("conv1", "layer1.0.conv1"))  # 16 wide: one block, kept
+    prune_to_target(pruner, scores, target_macs=0.6 * count_complexity(model).macs)
+    widths = channels_per_layer(model)
+    assert all(w % 16 == 0 for w in widths.values()), widths
+    assert widths["conv1"] == 16 and widths["layer1.0.conv1"] == 16
+
+
+@pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_cifar", "vgg16_bn", "deploy_tests.byo_zoo:mixed_net"])
+def test_macs_cost_model_matches_the_counter(name):
+    torch.manual_seed(0)
+    model = build_model(name, 10)
+    pruner = ChannelPruner(model, 32, round_to=8)
+    cost = MacsCost(pruner)
+    real = count_complexity(model).macs
+    assert cost() == pytest.approx(real, rel=0.06)  # the counter adds BN/ReLU/add/gate work
+    rng = np.random.default_rng(1)
+    order = order_blocks(pruner, {g.key: rng.random(g.size) for g in pruner.groups}, "global")
+    n = len(order) // 3
+    est = cost.prefix_costs(order)
+    saved_est, saved_real = est[0] - est[n], real - macs_after(pruner, plan_from_blocks(order[:n]))
+    assert saved_est == pytest.approx(saved_real, rel=0.08)
+
+
+class _TwoBranch(nn.Module):
+    """Two parallel convs of equal width; ``wide`` runs at 4× the resolution, so its channels cost 16× the MACs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = nn.Conv2d(3, 16, 3, padding=1)
+        self.small = nn.Conv2d(3, 16, 3, stride=4, padding=1)
+        self.fc = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.wide(x)).mean((2, 3))
+        b = torch.relu(self.small(x)).mean((2, 3))
+        return self.fc(torch.cat([a, b], 1))
+
+
+def test_cost_allocation_prunes_expensive_channels_first_and_uniform_alternates():
+    model = _TwoBranch()
+    pruner = ChannelPruner(model, 32, round_to=4, min_channels=4)
+    scores = {"wide": np.ones(16), "small": np.ones(16) * 0.9}  # 'small' is slightly less important ...
+    glob = order_blocks(pruner, scores, "global")
+    assert glob[0].key == "small"  # ... so the plain global sort takes it first
+    cost = order_blocks(pruner, scores, "cost", MacsCost(pruner))
+    assert [b.key for b in cost[:3]] == ["wide"] * 3  # ... but per MAC saved, 'wide' is 16× cheaper to lose
+    uni = order_blocks(pruner, scores, "uniform")
+    assert [b.key for b in uni[:4]] == ["small", "wide", "small", "wide"]
+
+
+def test_latency_cost_calibrates_to_the_measurement():
+    model = build_model("resnet20", 10)
+    pruner = ChannelPruner(model, 32, round_to=16)
+    cost = LatencyCost(pruner, lambda layer, ci, co: layer.macs(ci, co) * 1e-7)
+    cost.calibrate(5.0)
+    assert cost() == pytest.approx(5.0)
+    assert cost({**pruner.widths(), "layer3.0.conv1": 32}) < 5.0
+    assert {s.kind for s in layer_shapes(pruner)} == {"conv", "linear"}
+
+
+def test_layer_latency_table_measures_interpolates_and_caches(tmp_path):
+    from export.layer_latency import OrtLayerTable, conv_model, ort_session, width_grid
+
+    assert width_grid(64, 16) == [16, 32, 48, 64]
+    assert width_grid(256, 8)[-1] == 256 and len(width_grid(256, 8)) <= 10
+    layer = next(s for s in layer_shapes(ChannelPruner(build_model("resnet20", 10), 32)) if s.name == "layer3.1.conv1")
+    out = ort_session(conv_model(layer, 32, 48, 2), 1).run(None, {"x": np.zeros((2, 32, 8, 8), np.float32)})[0]
+    assert out.shape == (2, 48, 8, 8)
+    table = OrtLayerTable(batch=1, threads=1, alignment=16, cache=tmp_path / "t.json", rounds=2)
+    table.prepare([layer])
+    assert table.measured == 16  # 4 input widths × 4 output widths
+    full, half = table(layer, 64, 64), table(layer, 32, 32)
+    assert full > 0 and half > 0
+    mid = table(layer, 64, 40)  # between the 32- and 48-wide points
+    lo, hi = table(layer, 64, 32), table(layer, 64, 48)
+    assert min(lo, hi) <= mid <= max(lo, hi)
+    again = OrtLayerTable(batch=1, threads=1, alignment=16, cache=tmp_path / "t.json")
+    again.prepare([layer])
+    assert again.measured == 0 and again(layer, 64, 64) == full  # read back from the run directory's cache
+
+
+class _MacsProbe:
+    """A latency probe whose 'latency' is the deployed model's MACs (deterministic, for the loop's logic)."""
+
+    def __init__(self) -> None:
+        self.ref = 0.0
+
+    def set_reference(self, model: nn.Module) -> float:
+        self.ref = count_complexity(model).macs / 1e6
+        return self.ref
+
+    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
+        return self.ref, (self.ref if model is None else count_complexity(model).macs / 1e6)
+
+    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
+        cost = LatencyCost(pruner, lambda layer, ci, co: layer.macs(ci, co) / 1e6)
+        cost.calibrate(measured_ms)
+        return cost
+
+
+def test_latency_target_stops_on_the_measured_speedup(synthetic_data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
+    cfg = PruneConfig(method="l1", target_speedup=1.5, step_flops_reduction=0.2, max_iterations=6, tolerance=100.0,
+                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
+    tc = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2)
+    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, tc, input_size=synthetic_data.input_size,
+                      progress=False, latency=_MacsProbe())
+    speedups = [h["speedup"] for h in res.history]
+    assert res.stop_reason == "target reached", res.stop_reason
+    assert speedups[-1] >= 1.5 and all(s < 1.5 for s in speedups[:-1])
+    assert speedups == sorted(speedups)
+    assert res.latency["final_speedup"] >= 1.5 and res.summary()["alignment"] == 8
+
+
+def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.train import TrainConfig
+
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes)
+    with pytest.raises(UserError, match="need a latency measurement"):
+        run_pruning(model, synthetic_data, get_criterion("l1"), PruneConfig(target_speedup=2.0), TrainConfig(max_steps_per_epoch=1),
+                    input_size=synthetic_data.input_size, progress=False)

@@ -1,0 +1,297 @@
+"""Latency of layers and models on the target runtime, for latency-targeted pruning (``prune.target_speedup``).
+
+HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022, §3.2) prunes against a
+latency *table*: the measured latency of each layer as a function of its input and output widths. Here:
+
+- :class:`OrtLayerTable` measures one convolution (+ ReLU, which onnxruntime fuses) of a layer's exact shape
+  (kernel, stride, dilation, padding, groups, input resolution, batch) on onnxruntime's CPU provider with the
+  deployment's thread count, on a grid of widths (the alignment's multiples, at most ~9 per axis, plus the
+  full width), interleaving the grid's points over several rounds and keeping each point's median; other
+  widths are interpolated bilinearly. Points are cached in a JSON file keyed by runtime, machine, threads and
+  batch, so a run directory measures each point once.
+- :class:`OrtLatencyProbe` measures a whole PyTorch model end to end the way ``validate`` does (ONNX export,
+  onnxruntime CPU, median of interleaved rounds) and builds the :class:`ccpcsa.cost.LatencyCost` for a pruner:
+  the table's layer latencies plus a constant calibrated so that the current model's estimate equals its
+  measured latency (the runtime's per-run overhead, reorders, pooling, the classifier).
+
+The pruning loop stops on the probe's *measured* latency, never on the table's estimate.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from ccpcsa.artifacts import atomic_write_json
+from ccpcsa.cost import LatencyCost, LayerShape
+from ccpcsa.prune import ChannelPruner
+
+MAX_GRID = 9
+
+
+def machine_id(threads: int) -> dict[str, Any]:
+    """What a latency measurement depends on besides the model: CPU model, core count, onnxruntime version, threads."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"runtime": "onnxruntime-cpu", "onnxruntime": ort.__version__, "cpu": cpu, "cores": os.cpu_count(),
+            "threads": threads}
+
+
+def ort_session(model: bytes | str | Path, threads: int) -> ort.InferenceSession:
+    """A CPU session configured like the deployment's (:class:`export.runtime.OrtRunner`): ``threads`` intra-op
+    threads, sequential execution, full graph optimization."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def time_interleaved(sessions: Sequence[ort.InferenceSession], inputs: Sequence[np.ndarray], *, rounds: int = 5,
+                     min_seconds: float = 0.02, warmup: int = 3) -> list[float]:
+    """Median milliseconds per run of each session on its input, measured in ``rounds`` interleaved rounds (every
+    session once per round, each for at least ``min_seconds``), so drifting machine load hits all alike."""
+    feeds = [{s.get_inputs()[0].name: x} for s, x in zip(sessions, inputs, strict=True)]
+    iters = []
+    for s, f in zip(sessions, feeds, strict=True):
+        for _ in range(warmup):
+            s.run(None, f)
+        t0 = time.perf_counter()
+        s.run(None, f)
+        one = max(time.perf_counter() - t0, 1e-6)
+        iters.append(max(1, int(min_seconds / one)))
+    samples: list[list[float]] = [[] for _ in sessions]
+    for _ in range(rounds):
+        for i, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
+            t0 = time.perf_counter()
+            for _ in range(iters[i]):
+                s.run(None, f)
+            samples[i].append((time.perf_counter() - t0) * 1000 / iters[i])
+    return [float(np.median(v)) for v in samples]
+
+
+def conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
+    """A one-node ONNX model of ``layer`` at these widths: Conv (bias as the layer has it) → Relu, random weights."""
+    groups = c_in if layer.depthwise else layer.groups
+    if layer.depthwise:
+        c_out = c_in
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((c_out, c_in // groups, *layer.kernel)).astype(np.float32) * 0.1
+    inits = [numpy_helper.from_array(w, "w")]
+    ins = ["x", "w"]
+    if layer.bias:
+        inits.append(numpy_helper.from_array(np.zeros(c_out, np.float32), "b"))
+        ins.append("b")
+    conv = helper.make_node("Conv", ins, ["y"], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                            dilations=list(layer.dilation), pads=[*layer.padding, *layer.padding], group=groups)
+    relu = helper.make_node("Relu", ["y"], ["z"])
+    h, w_ = layer.in_hw
+    graph = helper.make_graph([conv, relu], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c_in, h, w_])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def empty_model() -> bytes:
+    """A one-Identity ONNX model on a (1, 1) input: the runtime's per-call overhead, subtracted from each layer."""
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "empty",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def width_grid(full: int, alignment: int) -> list[int]:
+    """Widths at which a layer axis of ``full`` channels is measured: multiples of the alignment (thinned to at most
+    :data:`MAX_GRID`) plus ``full``."""
+    step = alignment
+    while full // step > MAX_GRID:
+        step += alignment
+    grid = sorted({*range(step, full + 1, step), full})
+    return grid or [full]
+
+
+def _interp(xs: Sequence[int], x: float) -> tuple[int, int, float]:
+    """Bracketing indices of ``x`` in sorted ``xs`` and the weight of the upper one (clamped at the ends)."""
+    if x <= xs[0]:
+        return 0, 0, 0.0
+    if x >= xs[-1]:
+        return len(xs) - 1, len(xs) - 1, 0.0
+    j = int(np.searchsorted(xs, x))
+    lo, hi = xs[j - 1], xs[j]
+    return j - 1, j, (x - lo) / (hi - lo)
+
+
+class OrtLayerTable:
+    """Per-layer latency table on onnxruntime CPU (see the module docstring). ``cache`` is a JSON file (optional)."""
+
+    def __init__(self, batch: int, threads: int, alignment: int, cache: str | Path | None = None, rounds: int = 5,
+                 progress: Callable[[str], None] | None = None) -> None:
+        self.batch, self.threads, self.alignment, self.rounds = batch, threads, alignment, rounds
+        self.machine = machine_id(threads)
+        self.cache = Path(cache) if cache else None
+        self.points: dict[str, float] = {}
+        self.measured = 0
+        self.progress = progress
+        if self.cache and self.cache.is_file():
+            try:
+                data = json.loads(self.cache.read_text())
+                if data.get("machine") == self.machine:
+                    self.points = {k: float(v) for k, v in data.get("points", {}).items()}
+            except (OSError, ValueError):
+                self.points = {}
+
+    def _key(self, layer: LayerShape, c_in: int, c_out: int) -> str:
+        sig = json.dumps([list(layer.signature), self.batch], default=list)
+        return f"{hashlib.sha256(sig.encode()).hexdigest()[:16]}:{c_in}:{c_out}"
+
+    def _grid(self, layer: LayerShape) -> tuple[list[int], list[int]]:
+        outs = width_grid(layer.c_out, self.alignment)
+        ins = outs if layer.depthwise else width_grid(layer.c_in, self.alignment)
+        if layer.groups > 1 and not layer.depthwise:
+            ins = [c for c in ins if c % layer.groups == 0] or [layer.c_in]
+            outs = [c for c in outs if c % layer.groups == 0] or [layer.c_out]
+        if layer.in_parts == ():  # fed by the image or an unprunable producer: one input width
+            ins = [layer.c_in]
+        if layer.out_key is None:
+            outs = [layer.c_out]
+        return ins, outs
+
+    def prepare(self, layers: Iterable[LayerShape]) -> None:
+        """Measure every grid point of ``layers`` not in the cache (interleaved per layer shape) and save the cache."""
+        todo: dict[str, tuple[LayerShape, int, int]] = {}
+        for layer in layers:
+            if layer.kind != "conv":
+                continue
+            ins, outs = self._grid(layer)
+            for ci in ins:
+                for co in ([ci] if layer.depthwise else outs):
+                    k = self._key(layer, ci, co)
+                    if k not in self.points:
+                        todo[k] = (layer, ci, co)
+        if not todo:
+            return
+        if self.progress:
+            self.progress(f"latency table: measuring {len(todo)} layer shapes on onnxruntime CPU "
+                          f"(batch {self.batch}, {self.threads} threads)")
+        items = list(todo.items())
+        chunk = 16
+        empty = ort_session(empty_model(), self.threads)
+        for i in range(0, len(items), chunk):
+            part = items[i:i + chunk]
+            sessions = [ort_session(conv_model(lay, ci, co, self.batch), self.threads) for _, (lay, ci, co) in part]
+            xs = [np.random.default_rng(1).standard_normal((self.batch, ci, *lay.in_hw), dtype=np.float32)
+                  for _, (lay, ci, co) in part]
+            *times, call = time_interleaved([*sessions, empty], [*xs, np.zeros((1, 1), np.float32)], rounds=self.rounds)
+            for (k, _), ms in zip(part, times, strict=True):
+                self.points[k] = max(ms - call, 0.0)  # the layer's own time: the per-call overhead is the model's constant
+        self.measured += len(todo)
+        if self.cache:
+            atomic_write_json(self.cache, {"machine": self.machine, "batch": self.batch, "points": self.points})
+
+    def __call__(self, layer: LayerShape, c_in: int, c_out: int) -> float:
+        """Milliseconds of ``layer`` at ``(c_in, c_out)``: the measured point, else bilinear interpolation on its grid
+        (linears and unmeasured layers cost 0: they are part of the calibrated constant)."""
+        if layer.kind != "conv":
+            return 0.0
+        ins, outs = self._grid(layer)
+        if layer.depthwise:
+            i0, i1, t = _interp(ins, c_in)
+            a = self.points.get(self._key(layer, ins[i0], ins[i0]))
+            b = self.points.get(self._key(layer, ins[i1], ins[i1]))
+            return 0.0 if a is None or b is None else (1 - t) * a + t * b
+        i0, i1, ti = _interp(ins, c_in)
+        o0, o1, to = _interp(outs, c_out)
+        vals = []
+        for ii in (i0, i1):
+            row = []
+            for oo in (o0, o1):
+                v = self.points.get(self._key(layer, ins[ii], outs[oo]))
+                if v is None:
+                    return 0.0
+                row.append(v)
+            vals.append((1 - to) * row[0] + to * row[1])
+        return (1 - ti) * vals[0] + ti * vals[1]
+
+
+class OrtLatencyProbe:
+    """End-to-end latency of a PyTorch model on onnxruntime CPU at ``batch`` (the deployed graph: BAM detached),
+    plus the calibrated :class:`LatencyCost` of a pruner. Temporary ONNX files live in ``work_dir``."""
+
+    def __init__(self, batch: int, threads: int, alignment: int, work_dir: str | Path, input_size: int,
+                 rounds: int = 7, progress: Callable[[str], None] | None = None) -> None:
+        self.batch, self.threads, self.input_size, self.rounds = batch, threads, input_size, rounds
+        self.work_dir = Path(work_dir)
+        self.table = OrtLayerTable(batch, threads, alignment, self.work_dir / f"latency_table.b{batch}.t{threads}.json",
+                                   progress=progress)
+        self._reference: ort.InferenceSession | None = None
+
+    def _session(self, model: nn.Module) -> ort.InferenceSession:
+        from ccpcsa.attention import detach_bam
+        from ccpcsa.placement import cpu_copy
+
+        from .metadata import DeployMetadata
+        from .onnx_export import export_onnx
+
+        m = copy.deepcopy(cpu_copy(model)).eval()
+        detach_bam(m)
+        meta = DeployMetadata(class_names=[str(i) for i in range(_num_outputs(m, self.input_size))], mean=(0.0, 0.0, 0.0),
+                              std=(1.0, 1.0, 1.0), input_size=self.input_size)
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".latency-probe-", suffix=".onnx.tmp", dir=self.work_dir)
+        os.close(fd)
+        try:
+            export_onnx(m, tmp, meta)
+            return ort_session(onnx.load(tmp).SerializeToString(), self.threads)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+
+    def set_reference(self, model: nn.Module) -> float:
+        """Keep ``model`` (the unpruned one) as the reference every later measurement is interleaved with; its ms."""
+        self._reference = self._session(model)
+        return self.measure_pair(None)[0]
+
+    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
+        """``(reference ms, model ms)`` measured interleaved (``model`` None: the reference twice)."""
+        assert self._reference is not None, "call set_reference first"
+        s = self._reference if model is None else self._session(model)
+        x = np.random.default_rng(0).standard_normal((self.batch, 3, self.input_size, self.input_size), dtype=np.float32)
+        ref, got = time_interleaved([self._reference, s], [x, x], rounds=self.rounds, min_seconds=0.05)
+        return ref, got
+
+    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
+        """The pruner's :class:`LatencyCost` from this table, calibrated to ``measured_ms`` for the current widths."""
+        cost = LatencyCost(pruner, self.table)
+        self.table.prepare(cost.layers)
+        cost.calibrate(measured_ms)
+        return cost
+
+
+def _num_outputs(model: nn.Module, input_size: int) -> int:
+    with torch.no_grad():
+        return int(model(torch.zeros(1, 3, input_size, input_size)).shape[1])
