@@ -1,24 +1,22 @@
-"""Criteria side by side at equal FLOPs, and the realized deployment speedup (issue #8).
+"""Criteria side by side at equal MACs and equal budget (issue #13), and pruning for speed (issue #15).
 
-    python -m bench.criteria [--preset cpu|quick|gpu] [--quick] [--criteria ccpcsa l1 ...] [--targets 0.3 0.5 0.7]
-                             [--steps N] [--finetune-epochs N] [--eval-images N] [--baseline CKPT] [--root DIR] [--dry-run]
+    python -m bench.criteria [--preset cpu|cpu-guard|quick|gpu|speed-r20|speed-r56] [--quick] [--criteria ccpcsa l1 ...]
+                             [--targets 0.5] [--seeds 0 1] [--jobs N] [--steps N] [--finetune-epochs N] [--eval-images N]
+                             [--baseline CKPT] [--root DIR] [--dry-run]
     python -m bench.criteria --summary bench/results/<date>-<host>.json     # re-render the Markdown summary + plots
     python -m bench --only criteria [--quick]                                # the same through the bench driver
 
 It reuses the pipeline (``python -m pipeline run``), never re-implements it:
 
-1. one shared run (``<root>/_shared-<hash of the settings that shape it>``) up to ``attention``: the baseline (``baseline.checkpoint``, or one
-   trained here with ``python -m ccpcsa train`` when the preset's checkpoint is absent) and one BAM model;
-2. per (criterion, FLOPs target) a copy of the shared run (baseline and attention are then up to date)
-   and the rest of the chain with ``prune.method``/``prune.target_flops_reduction`` set, identical
-   fine-tune settings for every criterion, the accuracy guard and every accuracy/speedup/FLOPs gate off
-   (so every criterion reaches the same FLOPs and is exported), BAM removed before the final fine-tune;
-   plus CCPCSA at ``compare_target`` with each extra ``round_to`` value;
-3. the metrics each run's ``validate`` stage already measured (accuracy, params, MACs, p50/p95 latency of
-   PyTorch eager / ORT FP32 / INT8, pruned-vs-unpruned ORT speedup and FLOPs ratio) are read from its
-   ``manifest.json``; the unpruned model is additionally measured here in every format (INT8 included), the
-   pruned-vs-unpruned ORT FP32 latency is re-measured interleaved (robust to drifting load on shared cores), and
-   onnxruntime's profiler gives per-node times of the unpruned and CCPCSA-pruned graphs.
+1. one shared run (``<root>/_shared-<hash of the settings that shape it>``) up to ``attention``: the baseline
+   (``baseline.checkpoint``: the shared trained checkpoint, or one trained here with ``python -m ccpcsa train`` when the
+   preset's is absent) and one BAM model;
+2. per run of the preset (:mod:`bench.criteria_presets`: criterion or the Torch-Pruning anchor, MACs or speedup
+   target, alignment, allocation, seed, distillation, guard) a copy of the shared run and the rest of the chain — up to
+   ``prune`` for the accuracy presets, through ``validate`` for the speed presets — ``p.jobs`` runs at a time;
+3. each run's metrics come from its ``manifest.json`` (the prune stage's full-test accuracy and MACs, ``validate``'s
+   formats and interleaved pruned-vs-unpruned speedups); speed presets also measure the unpruned model in every format
+   and profile every run with onnxruntime's profiler.
 
 Results are merged into ``bench/results/<date>-<host>[-quick].json`` (key ``criteria``) atomically after
 every run, so an interrupted preset continues where it stopped: a run whose ``report.json`` exists and
@@ -180,7 +178,7 @@ def collect_shared(shared: Path) -> dict[str, Any]:
     """Baseline and BAM model metrics recorded by the shared run's stages."""
     m = _manifest(shared) or {}
     st = m.get("stages", {})
-    keep = ("accuracy", "val_accuracy", "params", "flops", "bam_after")
+    keep = ("accuracy", "accuracy_n", "accuracy_se", "val_accuracy", "params", "flops", "bam_after")
     return {name: {k: v for k, v in ((st.get(name) or {}).get("metrics") or {}).items() if k in keep} | {
         "seconds": (st.get(name) or {}).get("seconds"), "status": (st.get(name) or {}).get("status")} for name in ("baseline", "attention")}
 

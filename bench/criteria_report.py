@@ -24,13 +24,13 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from bench.criteria import REFERENCE_CRITERION as REFERENCE
+from bench.criteria_presets import ANCHOR  # noqa: F401  (the anchor's name in the tables)
 from ccpcsa.artifacts import atomic_write_text
 
 TIE_PP = 0.3  # CCPCSA counts as the most accurate when within this of the best criterion
 TARGET_DROP_PP = {"cpu": 1.0, "gpu": 0.5}  # CCPCSA's drop vs the baseline at −50 % MACs, per preset
 TARGET_EFFICIENCY = 0.9
-REFERENCE = "ccpcsa"
-ANCHOR = "torch-pruning"
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NchwcConv", "ConvInteger")
 
 
@@ -202,18 +202,18 @@ def _speed_section(c: dict[str, Any]) -> list[str]:
     md.append(f"Speedup: unpruned / pruned p50 latency on onnxruntime CPU, {c['preset']['threads']} threads, measured interleaved "
               "by each run's `validate` stage; efficiency = speedup / MACs ratio (target ≥ "
               f"{TARGET_EFFICIENCY}). INT8 = U8S8 (`model.int8.cpu.onnx`) vs the unpruned model quantized the same way.")
-    lat = [r for r in runs if r.get("latency_target")]
+    lat = [r for r in runs if r.get("target_speedup")]
     if lat:
         md += ["", "Latency-target runs (`prune.target_speedup`):", ""]
         md += _table(["run", "target", "measured at the end of pruning (interleaved)", "validate FP32 speedup at that batch"],
                      [[f"`{r['key']}`", f"{r['latency_target']['target_speedup']:.2f}× @ b{r['latency_target']['batch']}",
                        f"{_f(r['latency_target'].get('final_speedup'))}×",
                        f"{_f(((r.get('speedup') or {}).get(str(r['latency_target']['batch'])) or {}).get('speedup'))}×"] for r in lat])
-    old = {r["criterion"]: r for r in runs if str(r["round_to"]) == "8" and r["allocation"] == "global" and not r.get("latency_target")}
+    old = {r["criterion"]: r for r in runs if str(r["round_to"]) == "8" and r["allocation"] == "global" and not r.get("target_speedup")}
     cmp = []
     for r in runs:
         ref = old.get(r["criterion"])
-        if ref is not None and r is not ref and not r.get("latency_target"):
+        if ref is not None and r is not ref and not r.get("target_speedup"):
             cmp.append(f"- `{r['key']}` vs `{ref['key']}` (old alignment): accuracy {r['accuracy'] - ref['accuracy']:+.2f} pp "
                        f"({'within' if r['accuracy'] >= ref['accuracy'] - 0.3 else 'outside'} the 0.3 pp target).")
     return md + ([""] + cmp if cmp else []) + [""]
@@ -222,8 +222,8 @@ def _speed_section(c: dict[str, Any]) -> list[str]:
 def _profile_pick(c: dict[str, Any]) -> str | None:
     prof = c.get("profile") or {}
     keys = [k for k in prof if k != "unpruned"]
-    want = f"{REFERENCE}-t{round(100 * c['preset']['compare_target'])}-r{c['preset']['round_to']}"
-    return want if want in keys else (keys[0] if keys else None)
+    auto = [k for k in keys if "-rauto-" in k and "-x" not in k]  # the runtime-aligned −50 % run, else the first
+    return auto[0] if auto else (keys[0] if keys else None)
 
 
 def _conv_us(p: dict[str, Any]) -> float:
@@ -336,6 +336,18 @@ def _profile_section(c: dict[str, Any], base: dict[str, Any]) -> list[str]:
 # ------------------------------------------------------------------------------------------------ plots
 
 
+def _save(fig: Any, path: Path) -> Path:
+    """Write a matplotlib figure to ``path`` atomically as PNG and close it."""
+    import matplotlib.pyplot as plt
+
+    from ccpcsa.artifacts import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    plt.close(fig)
+    return path
+
+
 def _plots(c: dict[str, Any], plot_dir: Path) -> list[Path]:
     """accuracy vs MACs removed (a point per run, a line per criterion through the seed means); for speed sessions,
     measured speedup vs MACs ratio with the y = x limit."""
@@ -343,8 +355,6 @@ def _plots(c: dict[str, Any], plot_dir: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ccpcsa.artifacts import atomic_path
 
     plot_dir.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -360,11 +370,7 @@ def _plots(c: dict[str, Any], plot_dir: Path) -> list[Path]:
         ax.set_ylabel("test top-1 %")
         ax.legend(fontsize=7, ncol=2)
         ax.grid(alpha=0.3)
-        path = plot_dir / "accuracy_vs_macs.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, plot_dir / "accuracy_vs_macs.png"))
     sp = [r for r in _ok(c["runs"]) if r.get("speedup")]
     if sp:
         fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -377,11 +383,7 @@ def _plots(c: dict[str, Any], plot_dir: Path) -> list[Path]:
         ax.set_ylabel("measured speedup (onnxruntime CPU)")
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        path = plot_dir / "speedup_vs_macs_ratio.png"
-        with atomic_path(path) as tmp:
-            fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
-        plt.close(fig)
-        paths.append(path)
+        paths.append(_save(fig, plot_dir / "speedup_vs_macs_ratio.png"))
     return paths
 
 
@@ -434,7 +436,7 @@ def write_summary(data: dict[str, Any], json_path: Path) -> list[Path]:
             md += [f"![accuracy vs MACs]({plot_dir.name}/accuracy_vs_macs.png)", ""]
         md += _distill_section(c) + _guard_section(c)
     bad = [r for r in runs if r.get("status") != "ok"]
-    short = [r for r in ok if not r.get("guard") and not r.get("latency_target") and r["flops_reduction"] < r["target"] - 0.005]
+    short = [r for r in ok if not r.get("guard") and not r.get("target_speedup") and r["flops_reduction"] < r["target"] - 0.005]
     notes = [f"- `{r['key']}`: {r.get('status')} at {r.get('failed_stage', '?')}: {r.get('reason', '')}" for r in bad]
     notes += [f"- `{r['key']}` reached only −{100 * r['flops_reduction']:.1f}% MACs (target −{100 * r['target']:.0f}%; "
               f"stop: {r.get('stop_reason')})" for r in short]

@@ -262,8 +262,15 @@ def _fold(pruner: ChannelPruner, mod: nn.Conv2d | nn.Linear, pairs: Sequence[tup
         w[:, ci] = 0  # removed by the surgery anyway; zeroed so the model already computes the pruned function
     rec.pairs += len(pairs)
     rec.mean_r2 = float(np.mean(r2s)) if r2s else float("nan")
-    if not any_beta:
-        return
+    if any_beta:
+        _add_bias(pruner, mod, delta, rec)
+
+
+@torch.no_grad()
+def _add_bias(pruner: ChannelPruner, mod: nn.Conv2d | nn.Linear, delta: torch.Tensor, rec: ConsumerCompensation) -> None:
+    """Add ``delta`` (per output channel) to the consumer's output: its bias, else the following BN's running mean,
+    else a new bias parameter (recorded in ``rec``)."""
+    w = mod.weight
     if isinstance(mod, nn.Conv2d) and max(mod.kernel_size) > 1 and any(p > 0 for p in _padding(mod)):
         rec.border_approximate = True
     if mod.bias is not None:
@@ -283,6 +290,87 @@ def _padding(mod: nn.Conv2d) -> tuple[int, ...]:
     if isinstance(mod.padding, str):
         return (1,) if mod.padding == "same" else (0,)
     return tuple(int(p) for p in mod.padding)
+
+
+@torch.no_grad()
+def _fold_least_squares(pruner: ChannelPruner, mod: nn.Conv2d | nn.Linear, removed: Sequence[int], m: InputMoments,
+                        rec: ConsumerCompensation, ridge: float = 1e-3) -> None:
+    """Fold the removed input channels S of ``mod`` into the kept ones K by the least-squares linear prediction of
+    x_S from x_K on calibration/training data, from the running moments (see :func:`compensate_least_squares`)."""
+    w = mod.weight
+    c_in = w.shape[1]
+    S = sorted(set(int(i) for i in removed))
+    K = [c for c in range(c_in) if c not in set(S)]
+    if not S or not K:
+        return
+    mu, cov = m.mean().cpu(), m.covariance().cpu()
+    s_idx, k_idx = torch.tensor(S), torch.tensor(K)
+    ckk = cov[k_idx][:, k_idx]
+    reg = ridge * float(ckk.diagonal().mean().clamp_min(1e-12))
+    ckk = ckk + reg * torch.eye(len(K), dtype=ckk.dtype)
+    csk = cov[s_idx][:, k_idx]
+    A = torch.linalg.solve(ckk, csk.T).T  # |S| × |K|: x_S ≈ A x_K + β
+    beta = mu[s_idx] - A @ mu[k_idx]
+    var_s = cov[s_idx, s_idx].clamp_min(1e-30)
+    resid = (var_s - (A * csk).sum(1)).clamp_min(0)
+    ws = w[:, s_idx].double().cpu()  # (out, |S|, …)
+    wk_add = torch.einsum("os...,sk->ok...", ws, A)
+    w[:, k_idx] += wk_add.to(w.device, w.dtype)
+    delta = torch.einsum("os...,s->o", ws, beta) if ws.dim() > 2 else ws @ beta
+    w[:, s_idx] = 0  # removed by the surgery anyway; zeroed so the model already computes the pruned function
+    rec.pairs += len(S)
+    rec.mean_r2 = float((1 - resid / var_s).clamp(0, 1).mean())
+    if bool((beta != 0).any()):
+        _add_bias(pruner, mod, delta.to(w.device), rec)
+
+
+def _skip_reason(info: GroupConsumers, moments: dict[str, InputMoments]) -> str:
+    """Why a group's removals cannot be folded (empty when they can): a blocking consumer, none at all, no statistics."""
+    missing = [c.module for c in info.consumers if c.module not in moments or moments[c.module].n == 0]
+    return ("; ".join(f"{n}: {w}" for n, w in info.blockers)
+            or ("no cross-channel consumer" if not info.consumers else "")
+            or (f"no input statistics for {', '.join(missing)}" if missing else ""))
+
+
+def compensate_least_squares(pruner: ChannelPruner, plan: dict[str, list[int]], moments: dict[str, InputMoments],
+                             consumers: dict[str, GroupConsumers] | None = None) -> CompensationReport:
+    """Fold every planned removal of a group into the channels it keeps, at every cross-channel consumer: with S the
+    removed and K the kept input channels of the consumer and (μ, Σ) the moments of its input,
+
+        x_S ≈ A x_K + β,   A = Σ_SK Σ_KK⁻¹ (ridge-regularized),   β = μ_S − A μ_K
+        W[:, K] += W[:, S] · A     b += Σ_{kh,kw} W[:, S] · β     W[:, S] = 0
+
+    — the least-squares reconstruction of the consumer's input from the channels that stay (the linear-regression
+    view of channel correlation: what the kept channels can say about the removed ones, they now say; He, Zhang, Sun,
+    "Channel Pruning for Accelerating Very Deep Neural Networks", ICCV 2017, fit the same least squares on sampled
+    outputs). The pairwise QSFM fold (:func:`compensate`) is its one-twin special case. Same skips, bias placement and
+    border caveat as :func:`compensate`; call it *before* the surgery."""
+    consumers = consumers if consumers is not None else find_consumers(pruner)
+    mods = dict(pruner.model.named_modules())
+    report = CompensationReport()
+    removed_at: dict[str, set[int]] = {}  # consumer → its input channels the whole plan removes (several groups: concat)
+    groups_at: dict[str, list[GroupCompensation]] = {}
+    for key, removed in plan.items():
+        if not removed:
+            continue
+        info = consumers.get(key, GroupConsumers(key))
+        rec = GroupCompensation(key, "skipped", removed=len(removed), channelwise=list(info.channelwise))
+        report.groups[key] = rec
+        rec.reason = _skip_reason(info, moments)
+        if rec.reason:
+            continue
+        rec.status = "compensated"
+        for c in info.consumers:
+            removed_at.setdefault(c.module, set()).update(int(c.index[r]) for r in removed if c.index[r] >= 0)
+            groups_at.setdefault(c.module, []).append(rec)
+    for name, local in removed_at.items():  # one fold per consumer, so the kept set K excludes every removed channel
+        crec = ConsumerCompensation(name)
+        mod = mods[name]
+        assert isinstance(mod, (nn.Conv2d, nn.Linear))
+        _fold_least_squares(pruner, mod, sorted(local), moments[name], crec)
+        for rec in groups_at[name]:
+            rec.consumers.append(crec)
+    return report
 
 
 def compensate(pruner: ChannelPruner, plan: dict[str, list[int]], pairs: dict[str, list[tuple[int, int]]],
@@ -306,18 +394,10 @@ def compensate(pruner: ChannelPruner, plan: dict[str, list[int]], pairs: dict[st
         report.groups[key] = rec
         chosen = set(int(r) for r in removed)
         ordered = [(r, t) for r, t in pairs.get(key, []) if r in chosen]
-        if len(ordered) != len(chosen):
-            rec.reason = "criterion gave no twin for some removed channels" if ordered else "criterion gave no twins"
-            continue
-        if info.blockers:
-            rec.reason = "; ".join(f"{n}: {why}" for n, why in info.blockers)
-            continue
-        if not info.consumers:
-            rec.reason = "no cross-channel consumer"
-            continue
-        missing = [c.module for c in info.consumers if c.module not in moments or moments[c.module].n == 0]
-        if missing:
-            rec.reason = f"no input statistics for {', '.join(missing)}"
+        twins = "" if len(ordered) == len(chosen) else (
+            "criterion gave no twin for some removed channels" if ordered else "criterion gave no twins")
+        rec.reason = twins or _skip_reason(info, moments)
+        if rec.reason:
             continue
         for c in info.consumers:
             local = [(int(c.index[r]), int(c.index[t])) for r, t in ordered if c.index[r] >= 0 and c.index[t] >= 0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import BAM
 from .placement import example_input
 from .prune import Block, ChannelPruner
 
@@ -57,12 +58,16 @@ class LayerShape:
         c_in = self.c_in - sum(n * (1 - widths.get(k, sizes[k]) / sizes[k]) for k, n in self.in_parts if sizes.get(k))
         return max(1, round(c_in)), c_out
 
-    def macs(self, c_in: int, c_out: int) -> float:
-        """Multiply-accumulates of one forward pass on one image at these channels."""
+    def weights(self, c_in: int, c_out: int) -> float:
+        """Weights (without bias) at these channels: ``k_h k_w · (c_in / groups) · c_out`` (depthwise: ``k_h k_w · c``)."""
         if self.kind == "linear":
             return float(c_in * c_out)
-        per_out = self.kernel[0] * self.kernel[1] * (1 if self.depthwise else c_in / self.groups)
-        return float(per_out * c_out * self.out_hw[0] * self.out_hw[1])
+        return float(self.kernel[0] * self.kernel[1] * (1 if self.depthwise else c_in / self.groups) * c_out)
+
+    def macs(self, c_in: int, c_out: int) -> float:
+        """Multiply-accumulates of one forward pass on one image at these channels: every weight once per output
+        position."""
+        return self.weights(c_in, c_out) * (1 if self.kind == "linear" else self.out_hw[0] * self.out_hw[1])
 
     @property
     def signature(self) -> tuple[object, ...]:
@@ -72,10 +77,18 @@ class LayerShape:
                 "dw" if self.depthwise else self.groups, self.bias)
 
 
-def _pair(v: int | tuple[int, ...] | str) -> tuple[int, int]:
-    if isinstance(v, str):
-        return (0, 0)
+def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
     return (int(v), int(v)) if isinstance(v, int) else (int(v[0]), int(v[-1]))
+
+
+def _padding(m: nn.Conv2d) -> tuple[int, int]:
+    """Explicit padding of ``m``; ``"same"`` → ``dilation · (kernel − 1) // 2`` per side, ``"valid"`` → 0."""
+    if isinstance(m.padding, str):
+        if m.padding == "valid":
+            return (0, 0)
+        k, d = _pair(m.kernel_size), _pair(m.dilation)
+        return (d[0] * (k[0] - 1) // 2, d[1] * (k[1] - 1) // 2)
+    return _pair(m.padding)
 
 
 def layer_shapes(pruner: ChannelPruner) -> list[LayerShape]:
@@ -111,7 +124,7 @@ def layer_shapes(pruner: ChannelPruner) -> list[LayerShape]:
                 out_key.setdefault(name, key)
             else:
                 in_parts.setdefault(name, {})[key] = len(set(int(i) for i in item.idxs))
-    bam_parts = {n for n, m in model.named_modules() if type(m).__name__ == "BAM"}
+    bam_parts = {n for n, m in model.named_modules() if isinstance(m, BAM)}
     shapes = []
     for name, m in model.named_modules():
         if any(name.startswith(b + ".") for b in bam_parts):
@@ -121,7 +134,7 @@ def layer_shapes(pruner: ChannelPruner) -> list[LayerShape]:
             (ih, iw), (oh, ow) = hw.get(name, ((1, 1), (1, 1)))
             shapes.append(LayerShape(name, "conv", m.in_channels, m.out_channels, out_key.get(name),
                                      tuple(sorted(in_parts.get(name, {}).items())), m.groups, depthwise,
-                                     _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation), _pair(m.padding),
+                                     _pair(m.kernel_size), _pair(m.stride), _pair(m.dilation), _padding(m),
                                      (ih, iw), (oh, ow), m.bias is not None))
         elif isinstance(m, nn.Linear):
             shapes.append(LayerShape(name, "linear", m.in_features, m.out_features, out_key.get(name),
@@ -188,6 +201,16 @@ class MacsCost(CostModel):
 
     def layer_cost(self, layer: LayerShape, c_in: int, c_out: int) -> float:
         return layer.macs(c_in, c_out)
+
+
+class ParamsCost(CostModel):
+    """Weights of the convolutions and linears: ``k_h k_w · (c_in / groups) · c_out`` (+ ``c_out`` bias), ``c_in · c_out``."""
+
+    name = "params"
+    unit = "parameters"
+
+    def layer_cost(self, layer: LayerShape, c_in: int, c_out: int) -> float:
+        return layer.weights(c_in, c_out) + (c_out if layer.bias else 0)
 
 
 class LatencyCost(CostModel):

@@ -56,8 +56,17 @@ PRUNERS = ("ccpcsa", "torch-pruning")
 
 @dataclass
 class PruneConfig:
-    """Loop settings. ``groups_per_iteration`` (m) prunes a fixed number of blocks per iteration;
-    otherwise each iteration removes ``step_flops_reduction`` of the original MACs."""
+    """Loop settings (``prune.*``). ``groups_per_iteration`` (m) prunes a fixed number of blocks per iteration;
+    otherwise each iteration removes ``step_flops_reduction`` of the original MACs (of the unpruned latency for a
+    latency target).
+
+    ``method`` + ``criterion_options``: the criterion; ``round_to`` (``auto`` or a number) + ``target_runtime``: the
+    width alignment (:mod:`ccpcsa.alignment`); ``allocation``: the block order (:mod:`ccpcsa.allocation`); ``scope``:
+    ``internal`` leaves residual streams whole; ``target_speedup`` / ``target_latency_ms`` at ``latency_batch``: a
+    measured-latency target instead of ``target_flops_reduction``; ``pruner``: ``torch-pruning`` runs the library's
+    ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
+    compensation before each surgery; ``distill`` (``distill_weight`` α, ``distill_temperature`` T): knowledge
+    distillation from the unpruned model in every fine-tune; ``seed``: None = the pipeline's ``run.seed``."""
 
     method: str = "ccpcsa"
     target_flops_reduction: float = 0.4
@@ -74,6 +83,7 @@ class PruneConfig:
     latency_batch: int = 1
     pruner: str = "ccpcsa"
     scope: str = "all"
+    compensate: bool = True
     min_channels: int = 8
     max_layer_ratio: float = 0.9
     finetune_epochs: int = 1
@@ -117,9 +127,16 @@ class PruneConfig:
         if self.pruner not in PRUNERS:
             raise unknown("prune.pruner", self.pruner, PRUNERS)
         if self.pruner == "torch-pruning" and (self.target_speedup is not None or self.target_latency_ms is not None
-                                                or self.groups_per_iteration is not None):
-            raise UserError("prune.pruner=torch-pruning (the reference MetaPruner) takes a FLOPs target only; "
-                            "unset prune.target_speedup / target_latency_ms / groups_per_iteration")
+                                                or self.groups_per_iteration is not None or self.allocation != "global"
+                                                or self.scope != "all"):
+            raise UserError("prune.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a FLOPs "
+                            "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration and keep "
+                            "prune.allocation=global, prune.scope=all")
+        if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation == "latency") \
+                and self.target_runtime != "onnxruntime-cpu":
+            raise UserError(f"prune.target_speedup / target_latency_ms / allocation=latency are measured on the target "
+                            f"runtime, and only onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is "
+                            f"{self.target_runtime}); set prune.target_runtime=onnxruntime-cpu or use prune.target_flops_reduction")
         if self.latency_batch < 1:
             raise UserError(f"prune.latency_batch must be ≥ 1, got {self.latency_batch}")
         if not 0 <= self.max_layer_ratio < 1:
@@ -159,6 +176,8 @@ class PruneResult:
     latency: dict[str, Any] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
+        """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
+        seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used)."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
@@ -182,11 +201,17 @@ class LatencyProbe(Protocol):
     the unpruned model as the reference, the reference's and a model's latency measured interleaved (ms per batch,
     the deployed graph), and the latency cost model of a pruner calibrated to a measured latency."""
 
-    def set_reference(self, model: nn.Module) -> float: ...
+    def set_reference(self, model: nn.Module) -> float:
+        """Keep ``model`` (the unpruned one) as the reference; return its latency in ms."""
+        ...
 
-    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]: ...
+    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
+        """``(reference ms, model ms)`` measured interleaved (``None``: the reference against itself)."""
+        ...
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> CostModel: ...
+    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> CostModel:
+        """The latency cost model of ``pruner``'s model, calibrated so its current cost is ``measured_ms``."""
+        ...
 
 
 def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig, *,
@@ -225,16 +250,20 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
     target_speedup = cfg.target_speedup
     speedup_now = 1.0
-    if lat_mode:
-        if latency is None:
-            raise UserError(f"prune.target_speedup / prune.target_latency_ms need a latency measurement on "
-                            f"{cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction")
+    if (lat_mode or cfg.allocation == "latency") and latency is None:
+        raise UserError(f"prune.target_speedup / prune.target_latency_ms / prune.allocation=latency need a latency "
+                        f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
+                        "with another allocation")
+    if latency is not None:
         base_ms = latency.set_reference(model)
+    if lat_mode:
+        assert latency is not None
         if target_speedup is None:
             target_speedup = base_ms / float(cfg.target_latency_ms)  # type: ignore[arg-type]
             if target_speedup <= 1:
                 raise UserError(f"prune.target_latency_ms {cfg.target_latency_ms} ms is not below the unpruned model's "
                                 f"{base_ms:.3f} ms at batch {cfg.latency_batch}; nothing to prune")
+    if latency is not None:
         result.latency = {"batch": cfg.latency_batch, "unpruned_ms": base_ms, "target_speedup": target_speedup}
     accepted = copy.deepcopy(model)
     current = base
@@ -257,7 +286,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         stats = None
         if criterion.collects_training_stats:
             pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
-            with stats_collector(model, pruner, criterion.features) as col:
+            with stats_collector(model, pruner, criterion.features, consumers=criterion.wants_consumer_moments) as col:
                 fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd)
             stats = col.stats
         else:
@@ -269,6 +298,11 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                            seed=seed + it)
         model.eval()
         scores = criterion.score(ctx) if cfg.pruner == "ccpcsa" else {}
+        compensation = None
+        comp_reports: list[Any] = []
+        if cfg.compensate and hasattr(criterion, "compensate"):  # the criterion's own weight compensation, before surgery
+            def compensation(plan: dict[str, list[int]], _p: ChannelPruner = pruner, _out: list[Any] = comp_reports) -> None:
+                _out.append(criterion.compensate(_p, plan))  # type: ignore[attr-defined]
         est: dict[str, float] = {}
         if lat_mode:
             assert latency is not None and target_speedup is not None
@@ -279,10 +313,11 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
             prefix = lat_cost.prefix_costs(order)
             k = fewest_prefix(len(order), prefix.__getitem__, goal_ms, prefix)
+            k = max(k, 1) if order else 0  # already past this step's goal (an earlier step overshot): take a step anyway
             if cfg.groups_per_iteration is not None:
                 k = min(cfg.groups_per_iteration, len(order))
             est = {"estimated_ms": prefix[k], "goal_ms": goal_ms}
-            plan, new = prune_to_target(pruner, scores, blocks=k, ranked=order)
+            plan, new = prune_to_target(pruner, scores, blocks=k, ranked=order, before_apply=compensation)
         elif cfg.pruner == "torch-pruning":  # the external reference: the library's MetaPruner picks and cuts
             goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
             before = channels_per_layer(model)
@@ -291,13 +326,18 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             after = channels_per_layer(model)
             plan = {k: list(range(before[k] - after.get(k, 0))) for k in before if before[k] != after.get(k, 0)}
         else:
-            order = order_blocks(pruner, scores, cfg.allocation, MacsCost(pruner) if cfg.allocation == "cost" else None)
+            if cfg.allocation == "latency":  # priced in milliseconds of the target runtime, stopped at the MACs target
+                assert latency is not None
+                cost: CostModel | None = latency.cost_model(pruner, latency.measure_pair(model)[1])
+            else:
+                cost = MacsCost(pruner) if cfg.allocation == "cost" else None
+            order = order_blocks(pruner, scores, cfg.allocation, cost)
             if cfg.groups_per_iteration is not None:
-                plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order)
+                plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order, before_apply=compensation)
             else:
                 goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
                 plan, new = prune_to_target(pruner, scores, target_macs=min(goal, current.macs - 1), ranked=order,
-                                            exclude_attention=cfg.remove_attention)
+                                            exclude_attention=cfg.remove_attention, before_apply=compensation)
         new = deployed_complexity(model, input_size, cfg.remove_attention)
         removed = sum(len(v) for v in plan.values())
         if removed == 0:
@@ -312,7 +352,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         fr, pr = new.reduction_vs(base)
         row = {"iteration": it, "macs": new.macs, "params": new.params, "flops_reduction": fr, "params_reduction": pr,
                "val_accuracy": acc, "drop_pp": drop, "accepted": ok, "channels_removed": removed,
-               "channels": channels_per_layer(model), "seconds": time.perf_counter() - ti}
+               "channels": channels_per_layer(model), "seconds": time.perf_counter() - ti,
+               "compensated_groups": len(comp_reports[0].compensated) if comp_reports else 0}
         if lat_mode:
             assert latency is not None
             ref_ms, cur_ms = latency.measure_pair(model)
@@ -346,7 +387,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     result.model = model
     result.final = count_complexity(model, input_size)
     result.final_val_accuracy = evaluate(model, data.val, data.mean, data.std, device=device)[0]
-    if lat_mode and latency is not None:
+    if latency is not None:
         ref_ms, cur_ms = latency.measure_pair(model)
         result.latency.update(final_unpruned_ms=ref_ms, final_ms=cur_ms, final_speedup=ref_ms / cur_ms)
     result.stop_reason = stop

@@ -134,7 +134,8 @@ def prune_oneshot(model: nn.Module, data: DataSplits, criterion_name: str | Crit
 
     stats = None
     if criterion.collects_training_stats:
-        with stats_collector(model, pruner, criterion.features, training_only=False) as col, torch.no_grad():
+        with stats_collector(model, pruner, criterion.features, training_only=False,
+                             consumers=criterion.wants_consumer_moments) as col, torch.no_grad():
             for x, _ in batches():
                 model(placement.inputs_for(model, x))
         stats = col.stats
@@ -188,10 +189,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calibration-images", type=int, default=256)
     ap.add_argument("--test-images", type=int, default=None, help="random subset of the test split (default: all)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--allocation", choices=ALLOCATIONS, default="global", help="block order (ccpcsa.allocation)")
+    ap.add_argument("--allocation", choices=[a for a in ALLOCATIONS if a != "latency"], default="global",
+                    help="block order (ccpcsa.allocation; 'latency' needs the pipeline's latency probe)")
     ap.add_argument("--scope", choices=("all", "internal"), default="all",
                     help="internal: leave residual streams whole, prune block-internal channels only")
     ap.add_argument("--round-to", type=int, default=8)
+    ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                    help="criterion option (prune.criterion_options), e.g. compensation=lstsq for qsfm; repeatable")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
     return run_cli(lambda: _main(a))
@@ -213,7 +217,15 @@ def _main(a: argparse.Namespace) -> int:
         raise UserError(f"--seed must be ≥ 0, got {a.seed}")
     if a.round_to < 1:
         raise UserError(f"--round-to must be ≥ 1, got {a.round_to}")
-    get_criterion(a.criterion)  # unknown criterion → UserError before anything is loaded
+    options = {}
+    for item in a.option:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option '{item}' must look like KEY=VALUE (e.g. compensation=lstsq)")
+        import yaml
+
+        options[key.strip()] = yaml.safe_load(raw)
+    criterion = get_criterion(a.criterion, **options)  # unknown criterion or option → UserError before anything is loaded
     from .train import check_device
 
     check_device(a.device, "--device")
@@ -225,12 +237,12 @@ def _main(a: argparse.Namespace) -> int:
                         f"{len(data.classes)}; use a checkpoint trained on this dataset")
     if a.test_images is not None:
         data = replace(data, test=data.test.sample(a.test_images, seed=a.seed))
-    r = prune_oneshot(ck.model, data, a.criterion, a.target, input_size=ck.spec.input_size, compensate=not a.no_compensate,
+    r = prune_oneshot(ck.model, data, criterion, a.target, input_size=ck.spec.input_size, compensate=not a.no_compensate,
                       calibration_images=a.calibration_images, recalibrate_bn=a.recalibrate_bn, seed=a.seed,
                       allocation=a.allocation, scope=a.scope, round_to=a.round_to)
     s = r.summary()
     comp = s.pop("compensation")
-    s.update(checkpoint=a.checkpoint, test_images=len(data.test), recalibrate_bn=a.recalibrate_bn, allocation=a.allocation,
+    s.update(checkpoint=a.checkpoint, test_images=len(data.test), recalibrate_bn=a.recalibrate_bn, allocation=a.allocation, options=options,
              scope=a.scope, round_to=a.round_to,
              drop_test_pp=r.test_before - r.test_pruned,
              compensated_groups=comp["compensated"] if comp else 0, skipped_groups=comp["skipped"] if comp else 0)

@@ -28,6 +28,8 @@ from bench.criteria_report import write_summary
 from bench.ort_profile import conv_macs, profile_onnx
 from ccpcsa.checkpoint import ModelSpec, build_from_spec, save_checkpoint
 
+ROOT = Path(__file__).resolve().parents[1]
+
 
 def _two_convs(width: int) -> nn.Module:
     """16 → ``width`` → 16 channels, 3×3, on an 8×8 map: nominal conv MACs = 2 · 16 · width · 9 · 64."""
@@ -167,3 +169,51 @@ def test_a_run_grown_from_the_shared_run_is_kept_and_another_is_replaced(tmp_pat
     manifest(shared, "b1", "a2")  # the shared BAM model changed: the run's inputs are stale, start again from a copy
     assert prepare_run_dir(shared, run) is False and not (run / "pruned.pt").exists()
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, name: str) -> None:
+    from pipeline.config import load_config
+
+    p = PRESETS[name]
+    ckpt = save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec(p.model, 10)), ModelSpec(p.model, 10))
+    base = common_overrides(p, str(ckpt))
+    runs = p.runs()
+    assert runs and len({r.key for r in runs}) == len(runs)
+    for spec in runs:
+        cfg = load_config(ROOT / p.config, base + run_overrides(p, spec)) if p.device != "cuda" else None
+        if cfg is None:  # a CUDA preset cannot validate run.device here; check the rest with the CPU
+            cfg = load_config(ROOT / p.config, [o for o in base if not o.startswith("run.device=")] + run_overrides(p, spec))
+        assert cfg.prune.method == ("l1" if spec.criterion == ANCHOR else spec.criterion)
+        assert cfg.prune.pruner == (ANCHOR if spec.criterion == ANCHOR else "ccpcsa") and cfg.prune.distill == spec.distill
+        if spec.target_speedup:
+            assert cfg.prune.target_speedup == spec.target_speedup and 0 < cfg.prune.step_flops_reduction < 1
+            goal = 1 / (1 - cfg.prune.step_flops_reduction * p.iterations)
+            assert goal == pytest.approx(spec.target_speedup)  # the steps reach the target in `iterations` steps
+        elif spec.guard:
+            assert cfg.prune.tolerance == p.guard_tolerance
+        else:
+            assert cfg.prune.target_flops_reduction == spec.target and cfg.prune.tolerance == 1000.0
+
+
+def test_speed_summary_renders_from_the_results(tmp_path: Path) -> None:
+    p = {**asdict(PRESETS["speed-r20"]), "name": "speed-r20"}
+
+    def sp(s1: float, s32: float, ratio: float) -> dict:
+        return {b: {"unpruned_ms": 1.0, "pruned_ms": 1 / s, "speedup": s, "flops_ratio": ratio, "efficiency": s / ratio}
+                for b, s in (("1", s1), ("32", s32))}
+
+    runs = []
+    for spec, acc, macs_ratio, s1, s32 in ((RunSpec("ccpcsa", 0.5, 8), 84.0, 2.0, 1.2, 1.4), (RunSpec("ccpcsa", 0.5, "auto"), 83.8, 2.0, 1.5, 1.8),
+                                      (RunSpec("ccpcsa", 0.0, "auto", allocation="latency", target_speedup=2.0), 82.0, 2.4, 2.1, 2.2)):
+        runs.append({"key": spec.key, **asdict(spec), "status": "ok", "accuracy": acc, "flops_reduction": 1 - 1 / macs_ratio,
+                     "params_reduction": 0.4, "flops_ratio": macs_ratio, "accuracy_drop_pp": 87.0 - acc, "alignment": 8 if spec.round_to == 8 else 16,
+                     "speedup": sp(s1, s32, macs_ratio), "speedup_int8": sp(s1 * 1.1, s32 * 1.1, macs_ratio),
+                     "latency_target": {"batch": 1, "target_speedup": spec.target_speedup, "final_speedup": 2.05}})
+    data = {"date": "2026-11-30", "command": "test", "machine": {"cpus": 2},
+            "results": {"criteria": {"preset": p, "baseline": {"accuracy": 87.0, "flops": 41e6, "params": 272474}, "runs": runs,
+                                     "complete": True}}}
+    md = write_summary(data, tmp_path / "s.json")[0].read_text()
+    assert "| `ccpcsa-t50-rauto-s0` | 16 | global | 50.0% | 2.00× | 83.80 | 1.50× / 0.75 | 1.80× / 0.90 |" in md
+    assert "accuracy -0.20 pp (within the 0.3 pp target)" in md
+    assert "2.00× @ b1 | 2.05×" in md  # the latency-target run: target vs measured

@@ -48,3 +48,32 @@ def test_pruning_loop_distills_from_the_unpruned_model(synthetic_data):
         results[distill] = [p.detach().clone() for p in res.model.parameters()]
     # same seed, same plan: only the objective differs, so the fine-tuned weights differ
     assert any(not torch.equal(a, b) for a, b in zip(results[False], results[True], strict=True))
+
+
+def test_the_teacher_is_the_unpruned_model(synthetic_data, monkeypatch):
+    import ccpcsa.loop as loop
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.prune import channels_per_layer
+    from ccpcsa.train import TrainConfig
+
+    seen = []
+    real_fit = loop.fit
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("distill"))
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", spy)
+    torch.manual_seed(0)
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=16)
+    before = channels_per_layer(model)
+    cfg = PruneConfig(method="l1", target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=1, tolerance=100.0,
+                      round_to=4, min_channels=4, finetune_epochs=1, final_finetune_epochs=1, distill=True, distill_weight=0.5,
+                      distill_temperature=2.0)
+    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
+                      input_size=synthetic_data.input_size, progress=False)
+    assert len(seen) == 3 and all(d is not None for d in seen)  # the training epoch, the fine-tune, the final fine-tune
+    assert all(d.alpha == 0.5 and d.temperature == 2.0 for d in seen)
+    assert channels_per_layer(seen[-1].teacher) == before != channels_per_layer(res.model)
+    assert not any(p.requires_grad for p in seen[-1].teacher.parameters())

@@ -181,3 +181,85 @@ def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
     with pytest.raises(UserError, match="need a latency measurement"):
         run_pruning(model, synthetic_data, get_criterion("l1"), PruneConfig(target_speedup=2.0), TrainConfig(max_steps_per_epoch=1),
                     input_size=synthetic_data.input_size, progress=False)
+
+
+def test_latency_allocation_with_a_macs_target_uses_the_probe(synthetic_data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
+    cfg = PruneConfig(method="l1", target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=2, tolerance=100.0,
+                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="latency")
+    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
+                      input_size=synthetic_data.input_size, progress=False, latency=_MacsProbe())
+    assert res.stop_reason == "target reached" and res.summary()["flops_reduction"] >= 0.3 - 5e-4
+    assert res.latency["target_speedup"] is None and res.latency["final_speedup"] > 1.0
+    with pytest.raises(UserError, match="allocation=latency need a latency measurement"):
+        run_pruning(build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes), synthetic_data, get_criterion("l1"),
+                    PruneConfig(allocation="latency"), TrainConfig(max_steps_per_epoch=1), input_size=synthetic_data.input_size,
+                    progress=False)
+
+
+class _StepProbe(_MacsProbe):
+    """Latency ∝ MACs, halved once the model is below 85 % of its MACs (a runtime switching to a faster kernel): the
+    first step overshoots what the (MACs-linear) table promised, past the next steps' goals."""
+
+    def set_reference(self, model: nn.Module) -> float:
+        self.base = count_complexity(model).macs
+        return super().set_reference(model)
+
+    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
+        ref, ms = super().measure_pair(model)
+        return ref, (ms / 2 if model is not None and count_complexity(model).macs < 0.85 * self.base else ms)
+
+
+def test_an_overshooting_step_does_not_stop_the_latency_loop_early(synthetic_data):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
+    cfg = PruneConfig(method="l1", target_speedup=3.0, step_flops_reduction=0.15, max_iterations=8, tolerance=100.0,
+                      round_to=4, min_channels=4, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
+    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
+                      input_size=synthetic_data.input_size, progress=False, latency=_StepProbe())
+    speedups = [h["speedup"] for h in res.history]
+    assert speedups[0] > 1 / (1 - 0.15 * 2)  # the first step already passed the second step's goal ...
+    assert res.stop_reason == "target reached" and speedups[-1] >= 3.0  # ... and the loop still went on to the target
+
+
+def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
+    from ccpcsa.prune import fewest_prefix
+
+    values = [100 - 7 * k for k in range(12)]  # 100, 93, …, 23
+    calls: list[int] = []
+
+    def value(k: int) -> float:
+        calls.append(k)
+        return values[k]
+
+    assert fewest_prefix(11, value, 50.0, values) == 8  # 100 − 56 = 44 ≤ 50 < 51
+    assert len(set(calls)) <= 5  # the estimate lands next to the answer
+    assert fewest_prefix(11, lambda k: values[k], 10.0) == 11  # never reached: all of them
+    assert fewest_prefix(11, lambda k: values[k], 200.0) == 0
+
+
+def test_fit_to_target_sets_a_coarse_overshooting_block_aside():
+    from ccpcsa.allocation import order_blocks
+    from ccpcsa.prune import deployed_complexity, fit_to_target, macs_after, plan_from_blocks
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    pruner = ChannelPruner(model, 32, round_to=8)
+    scores = {g.key: np.ones(g.size) for g in pruner.groups}
+    scores["conv1"] = np.zeros(16)  # the stage-1 residual stream's block (half of it, ~20 % of the MACs) goes first
+    order = order_blocks(pruner, scores, "global")
+    assert order[0].key == "conv1"
+    base = deployed_complexity(model, 32).macs
+    chosen = fit_to_target(pruner, order, 0.95 * base)  # a 5 % target: that block alone would overshoot by ~15 %
+    macs = macs_after(pruner, plan_from_blocks(chosen))
+    assert macs <= 0.95 * base and macs > 0.85 * base
+    assert all(b.key != "conv1" for b in chosen)

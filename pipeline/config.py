@@ -182,7 +182,7 @@ class PipelineConfig:
             (self.model.input_size is None or self.model.input_size >= 8, "model.input_size must be ≥ 8 or null"),
             (self.export.workspace_mb >= 1, f"export.workspace_mb must be ≥ 1, got {self.export.workspace_mb}"),
             (self.export.latency_warmup >= 0, f"export.latency_warmup must be ≥ 0, got {self.export.latency_warmup}"),
-            (self.export.threads >= 0, f"export.threads must be ≥ 0, got {self.export.threads}"),
+            (self.export.threads >= 1, f"export.threads (onnxruntime CPU threads) must be ≥ 1, got {self.export.threads}"),
             (self.checks.max_abs_diff >= 0, f"checks.max_abs_diff must be ≥ 0, got {self.checks.max_abs_diff}"),
             (self.checks.latency_budget_ms is None or self.checks.latency_budget_ms > 0,
              "checks.latency_budget_ms must be > 0 or null"),

@@ -159,7 +159,7 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
     baseline = base_meta
     checks = [accuracy_drop(float(baseline["accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
-    if probe is not None:  # a latency target: gate the measured speedup instead of the FLOPs reduction
+    if probe is not None and result.latency.get("target_speedup"):  # a latency target: gate the measured speedup
         lat = result.latency
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     elif cfg.checks.require_flops_target:
@@ -172,19 +172,13 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
 
 
 def latency_probe(ctx: StageContext) -> Any:
-    """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` (None without a
-    latency target). Its per-layer table is cached in the run directory (``latency_table.b<batch>.t<threads>.json``)."""
+    """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` /
+    ``prune.allocation=latency`` (None without). Its per-layer table is cached in the run directory (``latency_table.b<batch>.t<threads>.json``)."""
     p = ctx.cfg.prune
-    if p.target_speedup is None and p.target_latency_ms is None:
+    if p.target_speedup is None and p.target_latency_ms is None and p.allocation != "latency":
         return None
-    if p.target_runtime != "onnxruntime-cpu":
-        from ccpcsa.errors import UserError
-
-        raise UserError(f"prune.target_speedup / target_latency_ms are measured on the target runtime, and only "
-                        f"onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is {p.target_runtime}); "
-                        "set prune.target_runtime=onnxruntime-cpu or use prune.target_flops_reduction")
     from ccpcsa.alignment import resolve_alignment
     from export.layer_latency import OrtLatencyProbe
 
     align, _ = resolve_alignment(p.round_to, p.target_runtime)
-    return OrtLatencyProbe(p.latency_batch, ctx.cfg.export.threads or 1, align, ctx.run_dir, input_size(ctx), progress=ctx.say)
+    return OrtLatencyProbe(p.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say)

@@ -40,8 +40,11 @@ class Criterion:
     name = "base"
     collects_training_stats = False
     features = "bn"  # where the statistics are taken (see :func:`feature_members`)
+    wants_consumer_moments = False  # the statistics epoch also records the consumers' input moments (compensation)
 
     def score(self, ctx: ScoreContext) -> dict[str, np.ndarray]:
+        """``{group key: per-channel scores}`` for the groups of ``ctx.pruner`` (one entry per channel of the group's
+        root module; low = pruned first; a group left out is not pruned). Must not change the model's weights."""
         raise NotImplementedError
 
 

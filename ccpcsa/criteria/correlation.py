@@ -50,10 +50,11 @@ class CcpcsaOptions:
     combine: str = "product"  # product | rank
     features: str = "bn"  # bn | conv | relu
     group: str = "mean"  # mean | max
+    compensate: bool = False  # fold removed channels into the kept ones by least squares (ccpcsa.compensation)
 
     CHOICES = {"correlation": ("mean", "max", "partial", "none"), "attention": ("channel", "full", "gain", "none"),
                "magnitude": ("none", "energy", "l1", "bn"), "combine": ("product", "rank"), "features": FEATURES,
-               "group": ("mean", "max")}
+               "group": ("mean", "max"), "compensate": (False, True)}
 
     def validate(self) -> None:
         """UserError naming the option and its choices for a bad value."""
@@ -74,8 +75,9 @@ class CcpcsaOptions:
         return out
 
 
-#: What ``ccpcsa`` means (set from the ablation in bench/results; see the README's "The channel score").
-CCPCSA_DEFAULT = CcpcsaOptions()
+#: What ``ccpcsa`` means — the winner of the ablation (bench/README.md, "CCPCSA ablation"; README "The channel score"):
+#: filter magnitude × decorrelation × BAM gain, with least-squares compensation of the removed channels.
+CCPCSA_DEFAULT = CcpcsaOptions(correlation="mean", attention="gain", magnitude="l1", compensate=True)
 
 
 def _rank01(x: np.ndarray) -> np.ndarray:
@@ -100,6 +102,8 @@ class CorrelationAttentionCriterion(Criterion):
         self.options = options
         self.name = name
         self.features = options.features
+        self.wants_consumer_moments = options.compensate
+        self._stats: Any = None
 
     def _attention(self, ctx: ScoreContext, g: Any, modules: dict[str, nn.Module]) -> np.ndarray:
         """Per root channel: the attention of the BAM the group feeds (1 where none)."""
@@ -132,6 +136,7 @@ class CorrelationAttentionCriterion(Criterion):
         if ctx.stats is None:
             raise ValueError(f"criterion '{self.name}' needs channel statistics from a training epoch")
         o = self.options
+        self._stats = ctx.stats
         modules = dict(ctx.model.named_modules())
         group_mag = self._magnitude_groups(ctx)
         out: dict[str, np.ndarray] = {}
@@ -162,6 +167,16 @@ class CorrelationAttentionCriterion(Criterion):
             if combined is not None:
                 out[g.key] = combined
         return out
+
+    def compensate(self, pruner: Any, plan: dict[str, list[int]]) -> Any:
+        """Least-squares weight compensation of ``plan`` from the consumer-input moments of the last scored statistics
+        (:func:`ccpcsa.compensation.compensate_least_squares`); a skipped report when the option is off."""
+        from ..compensation import compensate_least_squares, skipped_report
+
+        if not self.options.compensate or self._stats is None or not self._stats.consumer_moments:
+            return skipped_report(plan, "prune.criterion_options.compensate is off" if not self.options.compensate
+                                  else "no consumer-input statistics were collected")
+        return compensate_least_squares(pruner, plan, self._stats.consumer_moments)
 
     def _combine(self, terms: list[np.ndarray], size: int) -> np.ndarray:
         if not terms:

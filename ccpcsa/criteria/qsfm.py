@@ -53,6 +53,7 @@ can fold each removed channel into its twin (:meth:`QSFMCriterion.compensate`).
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +61,14 @@ import torch
 from torch import nn
 
 from .. import placement
-from ..compensation import CompensationReport, GroupConsumers, InputMoments, compensate, find_consumers
+from ..compensation import (
+    CompensationReport,
+    GroupConsumers,
+    InputMoments,
+    compensate,
+    compensate_least_squares,
+    find_consumers,
+)
 from ..prune import ChannelPruner
 from . import register
 from .base import Criterion, ScoreContext, feature_members
@@ -407,9 +415,14 @@ class QSFMCriterion(Criterion):
     collects_training_stats = False
 
     def __init__(self, metric: str = "ssim", name: str | None = None, window: int = 11, sigma: float = 1.5,
-                 max_psnr_db: float = MAX_PSNR_DB, chunk_elements: int = 1 << 22) -> None:
+                 max_psnr_db: float = MAX_PSNR_DB, chunk_elements: int = 1 << 22, compensation: str = "twin") -> None:
         if metric not in ("ssim", "psnr"):
             raise ValueError(f"QSFM metric must be 'ssim' or 'psnr', got {metric!r}")
+        if compensation not in COMPENSATIONS:
+            from ..errors import UserError
+
+            raise UserError(f"prune.criterion_options.compensation must be one of {', '.join(COMPENSATIONS)}, got {compensation!r}")
+        self.compensation = compensation
         self.metric = metric
         self.name = name or f"qsfm-{metric}"
         self.window, self.sigma, self.max_db, self.chunk = window, sigma, max_psnr_db, chunk_elements
@@ -494,11 +507,33 @@ class QSFMCriterion(Criterion):
         return {k: list(zip(g.elimination.order, g.elimination.twins, strict=True)) for k, g in self.groups.items()}
 
     def compensate(self, pruner: ChannelPruner, plan: dict[str, list[int]]) -> CompensationReport:
-        """Fold the planned removals into their twins (:func:`ccpcsa.compensation.compensate`); call before
-        the surgery, on the pruner that was scored."""
+        """Fold the planned removals into their twins (:func:`ccpcsa.compensation.compensate`, the paper's), or with
+        ``compensation="lstsq"`` into all kept channels by least squares
+        (:func:`ccpcsa.compensation.compensate_least_squares`); call before the surgery, on the pruner that was scored."""
+        if self.compensation == "lstsq":
+            return compensate_least_squares(pruner, plan, self.moments, self.consumers)
         return compensate(pruner, plan, self.removal_pairs(), self.moments, self.consumers)
 
 
-register("qsfm", lambda: QSFMCriterion("ssim", "qsfm"))
-register("qsfm-ssim", lambda: QSFMCriterion("ssim", "qsfm-ssim"))
-register("qsfm-psnr", lambda: QSFMCriterion("psnr", "qsfm-psnr"))
+#: ``twin``: fold each removed channel into its twin (QSFM); ``lstsq``: into all kept channels by least squares.
+COMPENSATIONS = ("twin", "lstsq")
+
+#: the keys ``prune.criterion_options`` may set for QSFM
+QSFM_OPTIONS = ("compensation", "window", "sigma", "max_psnr_db")
+
+
+def qsfm_factory(metric: str, name: str) -> Callable[..., QSFMCriterion]:
+    """A registry factory for QSFM with ``metric`` that accepts :data:`QSFM_OPTIONS` (UserError for any other key)."""
+    def make(**options: object) -> QSFMCriterion:
+        bad = sorted(set(options) - set(QSFM_OPTIONS))
+        if bad:
+            from ..errors import UserError
+
+            raise UserError(f"unknown prune.criterion_options key(s) {', '.join(bad)} for {name}; known: {', '.join(QSFM_OPTIONS)}")
+        return QSFMCriterion(metric, name, **options)  # type: ignore[arg-type]
+    return make
+
+
+register("qsfm", qsfm_factory("ssim", "qsfm"), options=True)
+register("qsfm-ssim", qsfm_factory("ssim", "qsfm-ssim"), options=True)
+register("qsfm-psnr", qsfm_factory("psnr", "qsfm-psnr"), options=True)

@@ -11,6 +11,7 @@ Hooks record only while the module is in training mode (the epoch's training pas
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -99,6 +100,7 @@ class ChannelStats:
     attention_sum: dict[str, torch.Tensor] = field(default_factory=dict)
     attention_count: dict[str, int] = field(default_factory=dict)
     full_attention_sum: dict[str, torch.Tensor] = field(default_factory=dict)
+    consumer_moments: dict[str, Any] = field(default_factory=dict)  # consumer module → InputMoments of its input
 
     def attention(self, bam_name: str, full: bool = False) -> np.ndarray | None:
         """Mean σ(Mc) (``full``: mean σ(Mc + Ms)) per channel of BAM ``bam_name`` over the images seen, or None."""
@@ -111,9 +113,11 @@ class ChannelStats:
 class ChannelStatsCollector:
     """Context manager that attaches the hooks: ``with ChannelStatsCollector(model, names) as c: train…; c.stats``."""
 
-    def __init__(self, model: nn.Module, feature_modules: list[str], training_only: bool = True, relu: bool = False) -> None:
+    def __init__(self, model: nn.Module, feature_modules: list[str], training_only: bool = True, relu: bool = False,
+                 consumer_modules: list[str] | None = None) -> None:
         self.model = model
         self.feature_modules = feature_modules
+        self.consumer_modules = list(consumer_modules or [])  # also the moments of these modules' inputs
         self.training_only = training_only
         self.relu = relu  # record max(x, 0) of each feature map (statistics after BN + ReLU)
         self.stats = ChannelStats()
@@ -125,6 +129,11 @@ class ChannelStatsCollector:
         for name in self.feature_modules:
             mom = self.stats.moments.setdefault(name, Moments())
             self._handles.append(mods[name].register_forward_hook(self._moment_hook(mom)))
+        for name in self.consumer_modules:
+            from ..compensation import InputMoments
+
+            im = self.stats.consumer_moments.setdefault(name, InputMoments())
+            self._handles.append(mods[name].register_forward_pre_hook(self._input_hook(im)))
         for name, m in mods.items():
             if isinstance(m, BAM):
                 m.record = True
@@ -136,6 +145,12 @@ class ChannelStatsCollector:
             if (mod.training or not self.training_only) and out.dim() in (2, 4):
                 x = out.clamp_min(0) if self.relu else out
                 mom.add(x if x.dim() == 4 else x[:, :, None, None])
+        return hook
+
+    def _input_hook(self, im: Any):  # type: ignore[no-untyped-def]
+        def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
+            if (mod.training or not self.training_only) and inp and inp[0].dim() in (2, 4):
+                im.add(inp[0])
         return hook
 
     def _attention_hook(self, name: str):  # type: ignore[no-untyped-def]
@@ -161,11 +176,14 @@ class ChannelStatsCollector:
                 m.last_attention = None
 
 
-def stats_collector(model: nn.Module, pruner: ChannelPruner, features: str = "bn",
-                    training_only: bool = True) -> ChannelStatsCollector:
+def stats_collector(model: nn.Module, pruner: ChannelPruner, features: str = "bn", training_only: bool = True,
+                    consumers: bool = False) -> ChannelStatsCollector:
     """The collector for every group's feature maps (:func:`~ccpcsa.criteria.base.feature_members` at ``features``:
-    ``bn`` after BN, ``conv`` before BN, ``relu`` after BN + ReLU)."""
+    ``bn`` after BN, ``conv`` before BN, ``relu`` after BN + ReLU); with ``consumers`` also the input moments of every
+    group's cross-channel consumers (for least-squares weight compensation)."""
+    from ..compensation import find_consumers
     from .base import feature_members
 
     feats = sorted({n for g in pruner.groups for n in feature_members(g, model, features)})
-    return ChannelStatsCollector(model, feats, training_only, relu=features == "relu")
+    cons = sorted({c.module for info in find_consumers(pruner).values() for c in info.consumers}) if consumers else []
+    return ChannelStatsCollector(model, feats, training_only, relu=features == "relu", consumer_modules=cons)
