@@ -450,6 +450,9 @@ def preset_from_args(a: argparse.Namespace) -> Preset:
     for attr in ("criteria", "targets", "seeds"):
         if getattr(a, attr, None):
             changes[attr] = tuple(getattr(a, attr))
+    for attr in ("guard_criteria", "distill_compare"):  # an empty list drops those runs
+        if getattr(a, attr, None) is not None:
+            changes[attr] = tuple(getattr(a, attr))
     for attr in ("steps_per_epoch", "final_finetune_epochs", "iterations", "eval_images", "latency_iters", "jobs"):
         if getattr(a, attr, None) is not None:
             changes[attr] = getattr(a, attr)
@@ -460,6 +463,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The criteria benchmark's options (shared with ``python -m bench``)."""
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu", help="budget preset (default cpu; --quick = quick)")
     ap.add_argument("--criteria", nargs="+", default=None, help=f"subset of {' '.join(ALL_CRITERIA)}")
+    ap.add_argument("--guard-criteria", nargs="*", default=None,
+                    help="criteria of the guard runs (Algorithm 1 with the 0.5 pp guard; default: the preset's, cpu-guard = all)")
+    ap.add_argument("--distill-compare", nargs="*", default=None,
+                    help="criteria also run with distillation flipped (default: the preset's, cpu-guard = ccpcsa l1)")
     ap.add_argument("--targets", nargs="+", type=float, default=None, help="FLOPs reduction targets (fractions)")
     ap.add_argument("--steps", dest="steps_per_epoch", type=int, default=None, help="training steps per (fine-tune) epoch")
     ap.add_argument("--finetune-epochs", dest="final_finetune_epochs", type=int, default=None, help="final fine-tune epochs")

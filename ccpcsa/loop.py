@@ -244,7 +244,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                          allocation=cfg.allocation)
     pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, scope=cfg.scope)
     original_sizes = pruner.original_sizes
-    if pruner.fixed and progress:
+    if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
         tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
     result.left_whole = dict(pruner.fixed)
     lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None

@@ -19,8 +19,10 @@ from bench.criteria import (
     ANCHOR,
     PRESETS,
     RunSpec,
+    add_arguments,
     common_overrides,
     expected_config_hash,
+    preset_from_args,
     run_is_complete,
     run_overrides,
 )
@@ -194,6 +196,20 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
             assert cfg.prune.tolerance == p.guard_tolerance
         else:
             assert cfg.prune.target_flops_reduction == spec.target and cfg.prune.tolerance == 1000.0
+
+
+def test_guard_and_distillation_runs_can_be_narrowed_from_the_command_line() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap)
+    ap.add_argument("--quick", action="store_true")
+    full = PRESETS["cpu-guard"].runs()
+    p = preset_from_args(ap.parse_args(["--preset", "cpu-guard", "--guard-criteria", "ccpcsa", "l1", "--distill-compare"]))
+    runs = p.runs()
+    assert len(full) == 2 + len(PRESETS["cpu-guard"].guard_criteria) and len(runs) == 2
+    assert all(r.guard for r in runs) and {r.criterion for r in runs} == {"ccpcsa", "l1"}
+    assert preset_from_args(ap.parse_args(["--preset", "cpu-guard"])).runs() == full  # no flag: the preset as defined
 
 
 def test_speed_summary_renders_from_the_results(tmp_path: Path) -> None:
