@@ -39,7 +39,7 @@ conv), whose input it produces. They are listed in the report as ``channelwise``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -332,6 +332,19 @@ def _skip_reason(info: GroupConsumers, moments: dict[str, InputMoments]) -> str:
             or (f"no input statistics for {', '.join(missing)}" if missing else ""))
 
 
+def _group_records(plan: dict[str, list[int]], consumers: dict[str, GroupConsumers], report: CompensationReport,
+                   ) -> Iterator[tuple[str, list[int], GroupConsumers, GroupCompensation]]:
+    """Per group with removals in ``plan``: its consumers and a new ``skipped`` record, already registered in ``report``
+    (the caller sets the reason or marks it compensated)."""
+    for key, removed in plan.items():
+        if not removed:
+            continue
+        info = consumers.get(key, GroupConsumers(key))
+        rec = GroupCompensation(key, "skipped", removed=len(removed), channelwise=list(info.channelwise))
+        report.groups[key] = rec
+        yield key, removed, info, rec
+
+
 def compensate_least_squares(pruner: ChannelPruner, plan: dict[str, list[int]], moments: dict[str, InputMoments],
                              consumers: dict[str, GroupConsumers] | None = None) -> CompensationReport:
     """Fold every planned removal of a group into the channels it keeps, at every cross-channel consumer: with S the
@@ -350,12 +363,7 @@ def compensate_least_squares(pruner: ChannelPruner, plan: dict[str, list[int]], 
     report = CompensationReport()
     removed_at: dict[str, set[int]] = {}  # consumer → its input channels the whole plan removes (several groups: concat)
     groups_at: dict[str, list[GroupCompensation]] = {}
-    for key, removed in plan.items():
-        if not removed:
-            continue
-        info = consumers.get(key, GroupConsumers(key))
-        rec = GroupCompensation(key, "skipped", removed=len(removed), channelwise=list(info.channelwise))
-        report.groups[key] = rec
+    for _, removed, info, rec in _group_records(plan, consumers, report):
         rec.reason = _skip_reason(info, moments)
         if rec.reason:
             continue
@@ -386,12 +394,7 @@ def compensate(pruner: ChannelPruner, plan: dict[str, list[int]], pairs: dict[st
     consumers = consumers if consumers is not None else find_consumers(pruner)
     mods = dict(pruner.model.named_modules())
     report = CompensationReport()
-    for key, removed in plan.items():
-        if not removed:
-            continue
-        info = consumers.get(key, GroupConsumers(key))
-        rec = GroupCompensation(key, "skipped", removed=len(removed), channelwise=list(info.channelwise))
-        report.groups[key] = rec
+    for key, removed, info, rec in _group_records(plan, consumers, report):
         chosen = set(int(r) for r in removed)
         ordered = [(r, t) for r, t in pairs.get(key, []) if r in chosen]
         twins = "" if len(ordered) == len(chosen) else (
