@@ -193,14 +193,16 @@ def _speed_section(c: dict[str, Any]) -> list[str]:
         for kind in ("speedup", "speedup_int8"):
             for b in ("1", "32"):
                 d = (r.get(kind) or {}).get(b) or {}
-                cells.append(f"{d['speedup']:.2f}× / {d['efficiency']:.2f}" if d else "—")
+                se = f" ± {d['speedup_se']:.2f}" if d.get("speedup_se") is not None else ""
+                cells.append(f"{d['speedup']:.2f}×{se} / {d['efficiency']:.2f}" if d else "—")
         rows.append(cells)
     if not rows:
         return ["(no finished speed run)", ""]
     md = _table(["run", "alignment", "allocation", "MACs removed", "MACs ratio", "test acc %", "FP32 b1 speedup / eff.",
                  "FP32 b32", "INT8 b1", "INT8 b32"], rows) + [""]
-    md.append(f"Speedup: unpruned / pruned p50 latency on onnxruntime CPU, {c['preset']['threads']} threads, measured interleaved "
-              "by each run's `validate` stage; efficiency = speedup / MACs ratio (target ≥ "
+    md.append(f"Speedup: unpruned / pruned latency on onnxruntime CPU, {c['preset']['threads']} threads, measured interleaved "
+              "by each run's `validate` stage (median of the per-round ratios ± SE where recorded; older runs: ratio of pooled "
+              "p50s); efficiency = speedup / MACs ratio (target ≥ "
               f"{TARGET_EFFICIENCY}). INT8 = U8S8 (`model.int8.cpu.onnx`) vs the unpruned model quantized the same way.")
     lat = [r for r in runs if r.get("target_speedup")]
     if lat:

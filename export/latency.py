@@ -11,8 +11,9 @@ percentiles), mean, min and max in milliseconds, and ``images_per_s = batch_size
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -127,37 +128,107 @@ def measure_latency(
     return LatencyReport(runner=runner.info.to_dict(), threads=runner.info.threads, results=results)
 
 
-def measure_interleaved(runners: dict[str, Runner], *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 5,
-                        warmup: int = 5, iters: int = 30, max_seconds: float | None = 10.0,
-                        seed: int = 0) -> dict[str, dict[int, LatencyStats]]:
-    """Time several runners *interleaved*: per batch size, ``rounds`` rounds in which every runner runs
-    ``max(1, iters // rounds)`` timed calls in turn, so drifting load on shared cores hits all of them alike; each
-    runner's samples of all rounds are pooled into one :class:`LatencyStats` (``max_seconds`` bounds each runner's
-    share of a round). The way to compare a pruned model with its unpruned reference on a busy machine."""
-    if rounds < 1 or iters < 1:
-        raise UserError(f"latency: need rounds >= 1 and iters >= 1 (got {rounds}, {iters})")
-    rng = np.random.default_rng(seed)
-    out: dict[str, dict[int, LatencyStats]] = {k: {} for k in runners}
-    per_round = max(1, iters // rounds)
-    for bs in batch_sizes:
-        batches = {}
-        for k, r in runners.items():
-            c, h, w = r.info.input_chw
-            batches[k] = rng.standard_normal((bs, c, h, w), dtype=np.float32)
+def interleaved_rounds(calls: Sequence[Callable[[], object]], *, rounds: int, per_round: Sequence[int],
+                       warmup: int = 2) -> list[list[list[float]]]:
+    """The one interleaved timer (pipeline speed gates, latency tables, probes): ``rounds`` rounds, in each every
+    ``calls[i]`` runs ``warmup`` untimed then ``per_round[i]`` timed times in turn — forward order in even rounds,
+    reverse in odd ones, so neither side always runs first after the other. Returns ``samples[i][r]``: the
+    milliseconds of each timed call of ``calls[i]`` in round ``r``. Drifting machine load hits every call alike
+    within a round; compare them per round (:func:`paired_speedup`)."""
+    if rounds < 1 or any(n < 1 for n in per_round) or len(per_round) != len(calls):
+        raise UserError(f"latency: need rounds >= 1 and one per-round count >= 1 per call (got {rounds}, {list(per_round)})")
+    samples: list[list[list[float]]] = [[] for _ in calls]
+    for r in range(rounds):
+        order = range(len(calls)) if r % 2 == 0 else range(len(calls) - 1, -1, -1)
+        for i in order:
             for _ in range(warmup):
-                r.run(batches[k])
-            r.synchronize()
-        samples: dict[str, list[float]] = {k: [] for k in runners}
-        for _ in range(rounds):
-            for k, r in runners.items():
-                deadline = time.perf_counter() + max_seconds / rounds if max_seconds is not None else None
-                for _ in range(per_round):
-                    t0 = time.perf_counter_ns()
-                    r.run(batches[k])
-                    r.synchronize()
-                    samples[k].append((time.perf_counter_ns() - t0) / 1e6)
-                    if deadline is not None and time.perf_counter() > deadline:
-                        break
-        for k in runners:
-            out[k][bs] = latency_stats(samples[k], bs, warmup)
+                calls[i]()
+            got = []
+            for _ in range(per_round[i]):
+                t0 = time.perf_counter_ns()
+                calls[i]()
+                got.append((time.perf_counter_ns() - t0) / 1e6)
+            samples[i].append(got)
+    return samples
+
+
+def calls_for_seconds(call: Callable[[], object], seconds: float, warmup: int = 3) -> int:
+    """How many calls of ``call`` fill about ``seconds`` (at least 1), after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        call()
+    t0 = time.perf_counter()
+    call()
+    return max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
+
+
+@dataclass(frozen=True)
+class PairedSpeedup:
+    """Reference vs new latency at one batch size from interleaved rounds: per round r the ratio
+    ``s_r = median(ref calls in r) / median(new calls in r)``; ``speedup = median_r s_r`` with standard error
+    ``se = 1.2533 · sd(s_r) / √R`` (the asymptotic SE of a median, normal approximation); ``ref_ms`` / ``new_ms`` are
+    the medians over rounds of the per-round medians (absolute times, for the report)."""
+
+    batch_size: int
+    rounds: int
+    calls_per_round: int
+    ref_ms: float
+    new_ms: float
+    speedup: float
+    se: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return asdict(self)
+
+
+def paired_ratio(ref_rounds: Sequence[Sequence[float]], new_rounds: Sequence[Sequence[float]]) -> tuple[float, float]:
+    """``(median_r s_r, SE)`` of the per-round ratios ``s_r = median(ref_r) / median(new_r)`` (see :class:`PairedSpeedup`);
+    SE 0 with a single round."""
+    s = np.array([np.median(a) / np.median(b) for a, b in zip(ref_rounds, new_rounds, strict=True)], dtype=np.float64)
+    se = 1.2533 * float(s.std(ddof=1)) / np.sqrt(len(s)) if len(s) > 1 else 0.0
+    return float(np.median(s)), se
+
+
+def paired_speedup(ref: Runner, new: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 15,
+                   round_seconds: float = 0.03, warmup: int = 5, seed: int = 0) -> dict[int, PairedSpeedup]:
+    """How much faster ``new`` runs than ``ref`` at each batch size: :func:`interleaved_rounds` with about
+    ``round_seconds`` of ``ref`` calls per round (at least 3 calls, the same count for both), summarized by
+    :class:`PairedSpeedup`. Both runners get the same fixed random batch. On onnxruntime CPU create both runners with
+    ``spinning=False``: a session's idle pool threads otherwise spin on the cores the other session is timed on."""
+    if rounds < 2:
+        raise UserError(f"latency: a paired speedup needs rounds >= 2, got {rounds}")
+    rng = np.random.default_rng(seed)
+    c, h, w = ref.info.input_chw
+    out = {}
+    for bs in batch_sizes:
+        x = rng.standard_normal((bs, c, h, w), dtype=np.float32)
+        calls = [_timed_call(ref, x), _timed_call(new, x)]
+        for _ in range(warmup):
+            calls[1]()
+        n = max(3, calls_for_seconds(calls[0], round_seconds, warmup))
+        ref_s, new_s = interleaved_rounds(calls, rounds=rounds, per_round=[n, n])
+        speed, se = paired_ratio(ref_s, new_s)
+        out[bs] = PairedSpeedup(batch_size=bs, rounds=rounds, calls_per_round=n,
+                                ref_ms=float(np.median([np.median(v) for v in ref_s])),
+                                new_ms=float(np.median([np.median(v) for v in new_s])), speedup=speed, se=se)
     return out
+
+
+def _timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], None]:
+    def call() -> None:
+        runner.run(batch)
+        runner.synchronize()
+    return call
+
+
+def ort_speedups(ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
+                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """The ONNX model ``new`` vs ``ref`` on onnxruntime CPU (``threads`` intra-op threads, spinning off in both
+    sessions), by :func:`paired_speedup`: ``{batch: {unpruned_ms, pruned_ms, speedup, speedup_se, rounds, flops_ratio,
+    efficiency}}`` with efficiency = speedup / ``macs_ratio`` (1.0: the latency fell exactly as the MACs did)."""
+    from .runtime import OrtRunner
+
+    t = paired_speedup(OrtRunner(ref, threads=threads, spinning=False), OrtRunner(new, threads=threads, spinning=False),
+                       batch_sizes=batch_sizes, warmup=warmup, rounds=rounds)
+    return {str(b): {"unpruned_ms": m.ref_ms, "pruned_ms": m.new_ms, "speedup": m.speedup, "speedup_se": m.se,
+                     "rounds": m.rounds, "flops_ratio": macs_ratio, "efficiency": m.speedup / macs_ratio} for b, m in t.items()}

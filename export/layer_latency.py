@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -41,11 +40,15 @@ from ccpcsa.artifacts import atomic_write_json
 from ccpcsa.cost import LatencyCost, LayerShape
 from ccpcsa.prune import ChannelPruner
 
+from .latency import calls_for_seconds, interleaved_rounds, paired_ratio
+from .runtime import ort_session_options
+
 MAX_GRID = 9
 
 
 def machine_id(threads: int) -> dict[str, Any]:
-    """What a latency measurement depends on besides the model: CPU model, core count, onnxruntime version, threads."""
+    """What a latency measurement depends on besides the model: CPU model, core count, onnxruntime version, threads,
+    and the timing protocol (interleaved rounds, thread spinning off: tables from an older protocol are re-measured)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -55,42 +58,29 @@ def machine_id(threads: int) -> dict[str, Any]:
     except OSError:
         pass
     return {"runtime": "onnxruntime-cpu", "onnxruntime": ort.__version__, "cpu": cpu, "cores": os.cpu_count(),
-            "threads": threads}
+            "threads": threads, "protocol": "interleaved-rounds/no-spinning"}
 
 
 def ort_session(model: bytes | str | Path, threads: int) -> ort.InferenceSession:
-    """A CPU session configured like the deployment's (:class:`export.runtime.OrtRunner`): ``threads`` intra-op
-    threads, sequential execution, full graph optimization."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
+    """A CPU session configured like the deployment's (:func:`export.runtime.ort_session_options`) but with thread
+    spinning off: every measurement here interleaves sessions on the same cores (see :func:`export.latency.paired_speedup`)."""
     src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(src, sess_options=ort_session_options(threads, spinning=False), providers=["CPUExecutionProvider"])
+
+
+def _session_call(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], object]:
+    feed = {session.get_inputs()[0].name: x}
+    return lambda: session.run(None, feed)
 
 
 def time_interleaved(sessions: Sequence[ort.InferenceSession], inputs: Sequence[np.ndarray], *, rounds: int = 5,
-                     min_seconds: float = 0.02, warmup: int = 3) -> list[float]:
-    """Median milliseconds per run of each session on its input, measured in ``rounds`` interleaved rounds (every
-    session once per round, each for at least ``min_seconds``), so drifting machine load hits all alike."""
-    feeds = [{s.get_inputs()[0].name: x} for s, x in zip(sessions, inputs, strict=True)]
-    iters = []
-    for s, f in zip(sessions, feeds, strict=True):
-        for _ in range(warmup):
-            s.run(None, f)
-        t0 = time.perf_counter()
-        s.run(None, f)
-        one = max(time.perf_counter() - t0, 1e-6)
-        iters.append(max(1, int(min_seconds / one)))
-    samples: list[list[float]] = [[] for _ in sessions]
-    for _ in range(rounds):
-        for i, (s, f) in enumerate(zip(sessions, feeds, strict=True)):
-            t0 = time.perf_counter()
-            for _ in range(iters[i]):
-                s.run(None, f)
-            samples[i].append((time.perf_counter() - t0) * 1000 / iters[i])
-    return [float(np.median(v)) for v in samples]
+                     min_seconds: float = 0.02, warmup: int = 3) -> list[list[float]]:
+    """Per session, the mean milliseconds per run in each of ``rounds`` interleaved rounds
+    (:func:`export.latency.interleaved_rounds`; every session runs for about ``min_seconds`` per round)."""
+    calls = [_session_call(s, x) for s, x in zip(sessions, inputs, strict=True)]
+    per_round = [calls_for_seconds(c, min_seconds, warmup) for c in calls]
+    samples = interleaved_rounds(calls, rounds=rounds, per_round=per_round, warmup=0)
+    return [[float(np.mean(r)) for r in per] for per in samples]
 
 
 def conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
@@ -207,8 +197,9 @@ class OrtLayerTable:
             sessions = [ort_session(conv_model(lay, ci, co, self.batch), self.threads) for _, (lay, ci, co) in part]
             xs = [np.random.default_rng(1).standard_normal((self.batch, ci, *lay.in_hw), dtype=np.float32)
                   for _, (lay, ci, co) in part]
-            *times, call = time_interleaved([*sessions, empty], [*xs, np.zeros((1, 1), np.float32)], rounds=self.rounds)
-            for (k, _), ms in zip(part, times, strict=True):
+            *rounds, call_rounds = time_interleaved([*sessions, empty], [*xs, np.zeros((1, 1), np.float32)], rounds=self.rounds)
+            call = float(np.median(call_rounds))
+            for (k, _), ms in zip(part, (float(np.median(r)) for r in rounds), strict=True):
                 self.points[k] = max(ms - call, 0.0)  # the layer's own time: the per-call overhead is the model's constant
         self.measured += len(todo)
         if self.cache:
@@ -244,7 +235,7 @@ class OrtLatencyProbe:
     plus the calibrated :class:`LatencyCost` of a pruner. Temporary ONNX files live in ``work_dir``."""
 
     def __init__(self, batch: int, threads: int, alignment: int, work_dir: str | Path, input_size: int,
-                 rounds: int = 7, progress: Callable[[str], None] | None = None) -> None:
+                 rounds: int = 11, progress: Callable[[str], None] | None = None) -> None:
         self.batch, self.threads, self.input_size, self.rounds = batch, threads, input_size, rounds
         self.work_dir = Path(work_dir)
         self.table = OrtLayerTable(batch, threads, alignment, self.work_dir / f"latency_table.b{batch}.t{threads}.json",
@@ -277,12 +268,15 @@ class OrtLatencyProbe:
         return self.measure_pair(None)[0]
 
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
-        """``(reference ms, model ms)`` measured interleaved (``model`` None: the reference twice)."""
+        """``(reference ms, model ms)`` from interleaved rounds (``model`` None: the reference twice): the reference's
+        median over rounds, and the model's as that divided by the median per-round speedup
+        (:func:`export.latency.paired_ratio`), so ``ref / model`` is the paired speedup."""
         assert self._reference is not None, "call set_reference first"
         s = self._reference if model is None else self._session(model)
         x = np.random.default_rng(0).standard_normal((self.batch, 3, self.input_size, self.input_size), dtype=np.float32)
-        ref, got = time_interleaved([self._reference, s], [x, x], rounds=self.rounds, min_seconds=0.05)
-        return ref, got
+        ref_r, got_r = time_interleaved([self._reference, s], [x, x], rounds=self.rounds, min_seconds=0.05)
+        ref = float(np.median(ref_r))
+        return ref, ref / paired_ratio([[v] for v in ref_r], [[v] for v in got_r])[0]
 
     def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
         """The pruner's :class:`LatencyCost` from this table, calibrated to ``measured_ms`` for the current widths."""

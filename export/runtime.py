@@ -263,6 +263,20 @@ def _ort_providers(device: str) -> list[str]:
     return [p for p in wanted if p in available]
 
 
+def ort_session_options(threads: int, *, spinning: bool = True) -> ort.SessionOptions:
+    """The CPU session options every onnxruntime session of the project uses: ``threads`` intra-op threads,
+    one inter-op thread (sequential execution), warnings off, full graph optimization; ``spinning=False`` sets
+    ``session.intra_op.allow_spinning = 0`` (idle pool threads sleep instead of busy-waiting)."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.log_severity_level = 3
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return opts
+
+
 class OrtRunner(Runner):
     """Runs an ONNX model with onnxruntime (FP32 or INT8 QDQ).
 
@@ -270,7 +284,9 @@ class OrtRunner(Runner):
     recorded; inter-op parallelism is 1 (sequential execution). ``device`` picks providers:
     ``"cpu"``, ``"cuda"``, ``"tensorrt"`` (TensorRT EP, then CUDA, then CPU) or ``"auto"`` (CUDA
     when onnxruntime has it, else CPU). The model file is validated first: a missing, truncated or
-    non-ONNX file is a :class:`UserError`.
+    non-ONNX file is a :class:`UserError`. ``spinning=False`` stops idle intra-op threads from busy-waiting
+    (``session.intra_op.allow_spinning = 0``): needed when two sessions are timed in turn on the same cores
+    (:func:`export.latency.paired_speedup`), where one session's spinning pool otherwise slows the other.
     """
 
     def __init__(
@@ -280,6 +296,7 @@ class OrtRunner(Runner):
         threads: int | None = None,
         device: str = "cpu",
         graph_optimization: bool = True,
+        spinning: bool = True,
     ) -> None:
         if device not in ORT_DEVICES:
             raise UserError(f"OrtRunner: unknown device '{device}'; known: {', '.join(ORT_DEVICES)}")
@@ -291,11 +308,7 @@ class OrtRunner(Runner):
         self.input_name, batch, chw = input_signature(model, what=f"'{self.path}'")
         props = get_props(model)
         precision = props.get("precision") or ("int8-qdq" if is_qdq(model) else "fp32")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
+        opts = ort_session_options(threads, spinning=spinning)
         if not graph_optimization:
             opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
@@ -315,7 +328,7 @@ class OrtRunner(Runner):
             input_chw=chw,
             name=f"OrtRunner({self.path.name})",
             max_batch=batch if isinstance(batch, int) and batch > 0 else None,
-            extra={"providers": providers, "path": str(self.path)},
+            extra={"providers": providers, "path": str(self.path), "spinning": spinning},
         )
 
     def _run(self, batch: np.ndarray) -> np.ndarray:

@@ -92,6 +92,7 @@ class ExportConfig:
     latency_batches: list[int] = field(default_factory=lambda: [1, 32])
     latency_iters: int = 30
     latency_warmup: int = 5
+    speedup_rounds: int = 21  # interleaved rounds of the pruned-vs-unpruned speedup (export.latency.paired_speedup)
     threads: int = 2
 
 
@@ -168,6 +169,7 @@ class PipelineConfig:
              "export batches must satisfy 1 ≤ min_batch ≤ opt_batch ≤ max_batch"),
             (all(b >= 1 for b in self.export.latency_batches), "export.latency_batches must all be ≥ 1"),
             (self.export.latency_iters >= 1, "export.latency_iters must be ≥ 1"),
+            (self.export.speedup_rounds >= 2, f"export.speedup_rounds must be ≥ 2, got {self.export.speedup_rounds}"),
             (set(self.export.engine_precisions) <= {"fp32", "fp16", "int8"}, "export.engine_precisions: use fp32, fp16, int8"),
             (self.checks.max_accuracy_drop >= 0, "checks.max_accuracy_drop must be ≥ 0"),
             (all(0 <= v <= 100 for v in (self.checks.min_agreement_fp32, self.checks.min_agreement_lowp, self.checks.min_agreement_int8)),

@@ -69,6 +69,10 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency")}}
 
 
+def _se(s: dict[str, Any]) -> str:
+    return f" ± {s['speedup_se']:.2f}" if s.get("speedup_se") is not None else ""
+
+
 def speedup_section(report: dict[str, Any]) -> list[str]:
     """Markdown: pruned vs unpruned on onnxruntime CPU (FP32 and INT8 U8S8, interleaved timing) — speedup, MACs ratio
     and efficiency (speedup / MACs ratio) per batch — and how the widths were chosen."""
@@ -77,10 +81,14 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     md = ["## Pruned vs unpruned (onnxruntime CPU, interleaved timing)", "",
-          "| precision | batch | unpruned ms | pruned ms | speedup | MACs ratio | efficiency (speedup / MACs ratio) |",
+          "| precision | batch | unpruned ms | pruned ms | speedup ± SE | MACs ratio | efficiency (speedup / MACs ratio) |",
           "|---|---|---|---|---|---|---|"]
-    md += [f"| {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}× | {s['flops_ratio']:.2f}× | "
+    md += [f"| {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}×{_se(s)} | {s['flops_ratio']:.2f}× | "
            f"{s['efficiency']:.2f} |" for kind, b, s in rows]
+    rounds = {s.get("rounds") for _, _, s in rows} - {None}
+    if rounds:
+        md += ["", f"Speedup: median over {'/'.join(map(str, sorted(rounds)))} interleaved rounds of the per-round ratio "
+               "unpruned / pruned (thread spinning off in both sessions), ± its standard error."]
     p = report.get("pruning") or {}
     if p.get("alignment"):
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "

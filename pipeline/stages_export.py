@@ -306,15 +306,16 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
 
 def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
              outputs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """Pruned vs unpruned latency on onnxruntime CPU, interleaved (:func:`export.latency.measure_interleaved`), per
-    ``export.latency_batches``: FP32 (simplified ONNX vs the unpruned ONNX) and, with ``export.int8_cpu``, INT8 U8S8
-    (``model.int8.cpu.onnx`` vs the unpruned model quantized the same way, ``baseline.int8.cpu.onnx``, added to
-    ``outputs``). Each ``{batch: {unpruned_ms, pruned_ms, speedup, flops_ratio, efficiency}}`` with efficiency =
-    speedup / MACs ratio (1.0: the latency fell exactly as the MACs did). Gates: FP32 and INT8 speedup > 1
-    (``checks.require_speedup``) and FP32 efficiency ≥ ``checks.min_speedup_efficiency`` (null: off)."""
-    from export.latency import measure_interleaved
+    """Pruned vs unpruned latency on onnxruntime CPU, per ``export.latency_batches``: FP32 (simplified ONNX vs the
+    unpruned ONNX) and, with ``export.int8_cpu``, INT8 U8S8 (``model.int8.cpu.onnx`` vs the unpruned model quantized
+    the same way, ``baseline.int8.cpu.onnx``, added to ``outputs``). Timed by :func:`export.latency.ort_speedups`
+    (``export.speedup_rounds`` interleaved rounds, thread spinning off in both sessions): speedup = median over rounds
+    of the per-round ratio unpruned / pruned, with its standard error. Each ``{batch: {unpruned_ms, pruned_ms, speedup,
+    speedup_se, rounds, flops_ratio, efficiency}}`` with efficiency = speedup / MACs ratio (1.0: the latency fell
+    exactly as the MACs did). Gates: FP32 and INT8 speedup > 1 (``checks.require_speedup``) and FP32 efficiency ≥
+    ``checks.min_speedup_efficiency`` (null: off), both on the point estimate."""
+    from export.latency import ort_speedups
     from export.quantize import quantize_int8
-    from export.runtime import OrtRunner
 
     cfg, e = ctx.cfg, ctx.cfg.export
     pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
@@ -328,17 +329,13 @@ def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
     result: dict[str, dict[str, Any]] = {}
     checks = []
     for kind, (ref, new) in pairs.items():
-        t = measure_interleaved({"unpruned": OrtRunner(ref, threads=e.threads), "pruned": OrtRunner(new, threads=e.threads)},
-                                batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=max(e.latency_iters, 10), rounds=5)
-        result[kind] = {}
-        for b in e.latency_batches:
-            u, q = t["unpruned"][b].p50_ms, t["pruned"][b].p50_ms
-            result[kind][str(b)] = {"unpruned_ms": u, "pruned_ms": q, "speedup": u / q, "flops_ratio": macs_ratio,
-                                    "efficiency": u / q / macs_ratio}
+        result[kind] = ort_speedups(ref, new, macs_ratio, threads=e.threads, batch_sizes=e.latency_batches,
+                                    warmup=e.latency_warmup, rounds=e.speedup_rounds)
+        for b, m in result[kind].items():
             if cfg.checks.require_speedup:
-                checks.append(replace(speedup(u, q), name=f"pruned_speedup_{kind}_b{b}"))
+                checks.append(replace(speedup(m["unpruned_ms"], m["unpruned_ms"] / m["speedup"]), name=f"pruned_speedup_{kind}_b{b}"))
             if kind == "fp32" and cfg.checks.min_speedup_efficiency is not None:
-                checks.append(at_least(f"speedup_efficiency_fp32_b{b}", u / q / macs_ratio, cfg.checks.min_speedup_efficiency))
+                checks.append(at_least(f"speedup_efficiency_fp32_b{b}", m["efficiency"], cfg.checks.min_speedup_efficiency))
     return result["fp32"], result.get("int8", {}), checks
 
 
