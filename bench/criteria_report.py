@@ -34,6 +34,11 @@ TARGET_EFFICIENCY = 0.9
 CONV_OPS = ("Conv", "FusedConv", "QLinearConv", "NchwcConv", "ConvInteger")
 
 
+def _x(v: Any) -> str:
+    """A ratio as ``1.23×``, or ``—`` when unknown."""
+    return "—" if v is None else f"{v:.2f}×"
+
+
 def _f(v: Any, spec: str = ".2f", none: str = "—") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return none
@@ -204,20 +209,40 @@ def _speed_section(c: dict[str, Any]) -> list[str]:
               "by each run's `validate` stage (median of the per-round ratios ± SE where recorded; older runs: ratio of pooled "
               "p50s); efficiency = speedup / MACs ratio (target ≥ "
               f"{TARGET_EFFICIENCY}). INT8 = U8S8 (`model.int8.cpu.onnx`) vs the unpruned model quantized the same way.")
-    lat = [r for r in runs if r.get("target_speedup")]
+    busy = {r["key"]: max(d["other_load"] for k in ("speedup", "speedup_int8") for d in (r.get(k) or {}).values()
+                          if d.get("other_load") is not None)
+            for r in runs if any(d.get("other_load") is not None for k in ("speedup", "speedup_int8") for d in (r.get(k) or {}).values())}
+    if busy:
+        md.append(f"Other processes' share of the CPU while each run was timed: max {100 * max(busy.values()):.0f} %"
+                  + "".join(f"; `{k}` {100 * v:.0f} %" for k, v in busy.items() if v > 0.1)
+                  + (f" ({len(busy)} of {len(runs)} runs recorded it; the others were timed before it was)." if len(busy) < len(runs) else "."))
+    lat = [r for r in c["runs"] if r.get("target_speedup") and r.get("latency_target")]
     if lat:
-        md += ["", "Latency-target runs (`prune.target_speedup`):", ""]
-        md += _table(["run", "target", "measured at the end of pruning (interleaved)", "validate FP32 speedup at that batch"],
+        md += ["", "Latency-target runs (`prune.target_speedup`; a failed run stopped short of its target):", ""]
+        md += _table(["run", "target", "table's estimate with every layer at its floor", "measured at the end of pruning (interleaved)",
+                      "MACs ratio", "validate FP32 speedup at that batch"],
                      [[f"`{r['key']}`", f"{r['latency_target']['target_speedup']:.2f}× @ b{r['latency_target']['batch']}",
-                       f"{_f(r['latency_target'].get('final_speedup'))}×",
-                       f"{_f(((r.get('speedup') or {}).get(str(r['latency_target']['batch'])) or {}).get('speedup'))}×"] for r in lat])
-    old = {r["criterion"]: r for r in runs if str(r["round_to"]) == "8" and r["allocation"] == "global" and not r.get("target_speedup")}
+                       _x(r['latency_target'].get('floor_speedup_estimate')), _x(r['latency_target'].get('final_speedup')),
+                       _x(r.get('flops_ratio')),
+                       _x(((r.get('speedup') or {}).get(str(r['latency_target']['batch'])) or {}).get('speedup'))
+                       if r.get("status") == "ok" else f"— ({r.get('status')}: {r.get('reason', '')})"] for r in lat])
+    old = {(r["criterion"], r["target"]): r for r in runs
+           if str(r["round_to"]) == "8" and r["allocation"] == "global" and not r.get("target_speedup")}
     cmp = []
     for r in runs:
-        ref = old.get(r["criterion"])
-        if ref is not None and r is not ref and not r.get("target_speedup"):
-            cmp.append(f"- `{r['key']}` vs `{ref['key']}` (old alignment): accuracy {r['accuracy'] - ref['accuracy']:+.2f} pp "
-                       f"({'within' if r['accuracy'] >= ref['accuracy'] - 0.3 else 'outside'} the 0.3 pp target).")
+        if r.get("target_speedup"):
+            continue
+        ref = old.get((r["criterion"], r["target"]))
+        if ref is not None and r is not ref:
+            cmp.append(f"- `{r['key']}` vs `{ref['key']}` (old alignment, same MACs target): accuracy "
+                       f"{r['accuracy'] - ref['accuracy']:+.2f} pp ({'within' if r['accuracy'] >= ref['accuracy'] - 0.3 else 'outside'} "
+                       "the 0.3 pp target).")
+        for (crit, target), o in old.items():
+            if ref is None and crit == r["criterion"] and target != r["target"] and str(r["round_to"]) != "8":
+                sp = lambda x, b: ((x.get("speedup") or {}).get(b) or {}).get("speedup")  # noqa: E731
+                cmp.append(f"- `{r['key']}` vs `{o['key']}` (old alignment at −{round(100 * target)} % MACs; same runtime, "
+                           f"compare at equal measured speed): accuracy {r['accuracy'] - o['accuracy']:+.2f} pp, FP32 speedup "
+                           f"b1 {_x(sp(r, '1'))} vs {_x(sp(o, '1'))}, b32 {_x(sp(r, '32'))} vs {_x(sp(o, '32'))}.")
     return md + ([""] + cmp if cmp else []) + [""]
 
 

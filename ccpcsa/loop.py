@@ -312,6 +312,14 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             goal_speedup = min(float(target_speedup), 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
             goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
             prefix = lat_cost.prefix_costs(order)
+            if "floor_speedup_estimate" not in result.latency:  # what the table says the floors allow, said once
+                floor = ref_ms / max(prefix[-1], 1e-9)
+                result.latency["floor_speedup_estimate"] = floor
+                if floor < float(target_speedup):
+                    tqdm.write(f"warning: prune.target_speedup {float(target_speedup):.2f}x at batch {cfg.latency_batch} is likely "
+                               f"out of reach: with every layer at its floor (alignment {align}, prune.min_channels, "
+                               f"prune.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
+                               "prune.round_to or the floors")
             k = fewest_prefix(len(order), prefix.__getitem__, goal_ms, prefix)
             k = max(k, 1) if order else 0  # already past this step's goal (an earlier step overshot): take a step anyway
             if cfg.groups_per_iteration is not None:

@@ -215,21 +215,36 @@ def test_guard_and_distillation_runs_can_be_narrowed_from_the_command_line() -> 
 def test_speed_summary_renders_from_the_results(tmp_path: Path) -> None:
     p = {**asdict(PRESETS["speed-r20"]), "name": "speed-r20"}
 
-    def sp(s1: float, s32: float, ratio: float) -> dict:
-        return {b: {"unpruned_ms": 1.0, "pruned_ms": 1 / s, "speedup": s, "flops_ratio": ratio, "efficiency": s / ratio}
-                for b, s in (("1", s1), ("32", s32))}
+    def sp(s1: float, s32: float, ratio: float, se: float | None = None, load: float | None = None) -> dict:
+        return {b: {"unpruned_ms": 1.0, "pruned_ms": 1 / s, "speedup": s, "flops_ratio": ratio, "efficiency": s / ratio,
+                    **({"speedup_se": se, "other_load": load} if se is not None else {})} for b, s in (("1", s1), ("32", s32))}
 
     runs = []
-    for spec, acc, macs_ratio, s1, s32 in ((RunSpec("ccpcsa", 0.5, 8), 84.0, 2.0, 1.2, 1.4), (RunSpec("ccpcsa", 0.5, "auto"), 83.8, 2.0, 1.5, 1.8),
-                                      (RunSpec("ccpcsa", 0.0, "auto", allocation="latency", target_speedup=2.0), 82.0, 2.4, 2.1, 2.2)):
+    for spec, acc, macs_ratio, s1, s32, se, load in (
+            (RunSpec("ccpcsa", 0.5, 8), 84.0, 2.0, 1.2, 1.4, None, None),  # timed before the paired timer: no SE
+            (RunSpec("ccpcsa", 0.5, "auto"), 83.8, 2.0, 1.5, 1.8, 0.03, 0.0),
+            (RunSpec("ccpcsa", 0.3, "auto"), 84.5, 1.4, 1.25, 1.3, 0.02, 0.35),  # timed while another job ran
+            (RunSpec("ccpcsa", 0.0, "auto", allocation="latency", target_speedup=2.0), 82.0, 2.4, 2.1, 2.2, 0.05, 0.0)):
         runs.append({"key": spec.key, **asdict(spec), "status": "ok", "accuracy": acc, "flops_reduction": 1 - 1 / macs_ratio,
                      "params_reduction": 0.4, "flops_ratio": macs_ratio, "accuracy_drop_pp": 87.0 - acc, "alignment": 8 if spec.round_to == 8 else 16,
-                     "speedup": sp(s1, s32, macs_ratio), "speedup_int8": sp(s1 * 1.1, s32 * 1.1, macs_ratio),
-                     "latency_target": {"batch": 1, "target_speedup": spec.target_speedup, "final_speedup": 2.05}})
+                     "speedup": sp(s1, s32, macs_ratio, se, load), "speedup_int8": sp(s1 * 1.1, s32 * 1.1, macs_ratio, se, load),
+                     "latency_target": {"batch": 1, "target_speedup": spec.target_speedup, "final_speedup": 2.05,
+                                        "floor_speedup_estimate": 2.3}})
+    failed = RunSpec("ccpcsa", 0.0, "auto", allocation="latency", target_speedup=3.0)
+    runs.append({"key": failed.key, **asdict(failed), "status": "failed", "reason": "measured_speedup_b1: 2.1 >= 3.0 → FAIL",
+                 "accuracy": 80.0, "flops_ratio": 2.5, "latency_target": {"batch": 1, "target_speedup": 3.0, "final_speedup": 2.1,
+                                                                           "floor_speedup_estimate": 2.2}})
     data = {"date": "2026-11-30", "command": "test", "machine": {"cpus": 2},
             "results": {"criteria": {"preset": p, "baseline": {"accuracy": 87.0, "flops": 41e6, "params": 272474}, "runs": runs,
-                                     "complete": True}}}
+                                     "complete": False}}}
     md = write_summary(data, tmp_path / "s.json")[0].read_text()
-    assert "| `ccpcsa-t50-rauto-s0` | 16 | global | 50.0% | 2.00× | 83.80 | 1.50× / 0.75 | 1.80× / 0.90 |" in md
-    assert "accuracy -0.20 pp (within the 0.3 pp target)" in md
-    assert "2.00× @ b1 | 2.05×" in md  # the latency-target run: target vs measured
+    assert "| `ccpcsa-t50-rauto-s0` | 16 | global | 50.0% | 2.00× | 83.80 | 1.50× ± 0.03 / 0.75 | 1.80× ± 0.03 / 0.90 |" in md
+    assert "| `ccpcsa-t50-r8-s0` | 8 | global | 50.0% | 2.00× | 84.00 | 1.20× / 0.60 | 1.40× / 0.70 |" in md
+    assert "`ccpcsa-t50-rauto-s0` vs `ccpcsa-t50-r8-s0` (old alignment, same MACs target): accuracy -0.20 pp (within the 0.3 pp target)" in md
+    # a run at another MACs target is compared at equal measured speed, never against the 0.3 pp target
+    assert ("`ccpcsa-t30-rauto-s0` vs `ccpcsa-t50-r8-s0` (old alignment at −50 % MACs; same runtime, compare at equal measured "
+            "speed): accuracy +0.50 pp, FP32 speedup b1 1.25× vs 1.20×, b32 1.30× vs 1.40×.") in md
+    assert md.count("0.3 pp target") == 1
+    assert "max 35 %; `ccpcsa-t30-rauto-s0` 35 % (3 of 4 runs recorded it" in md
+    assert "| `ccpcsa-x2-rauto-s0-alatency` | 2.00× @ b1 | 2.30× | 2.05× | 2.40× | 2.10× |" in md  # target, floor, measured
+    assert "| `ccpcsa-x3-rauto-s0-alatency` | 3.00× @ b1 | 2.20× | 2.10× | 2.50× | — (failed: measured_speedup_b1: 2.1 >= 3.0 → FAIL) |" in md

@@ -140,3 +140,38 @@ def test_report_shows_the_speedup_with_its_standard_error_and_the_rounds() -> No
     assert "median over 21 interleaved rounds" in md
     old = {k: v for k, v in s.items() if k not in ("speedup_se", "rounds")}  # a report written before the paired timer
     assert "| FP32 | 1 | 1.000 | 0.500 | 1.96× | 2.00× | 0.98 |" in "\n".join(speedup_section({"speedup": {"1": old}}))
+
+
+def test_other_load_counts_the_machine_minus_this_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    # (machine busy seconds, this process's CPU seconds) before and after 2 s of wall time on 2 cores: the machine was
+    # busy 3.0 s, 1.8 s of it this process → other processes used 1.2 / (2 × 2) = 30 % of the capacity
+    readings = iter([(100.0, 10.0), (103.0, 11.8)])
+    clock = iter([0.0, 2.0])
+    monkeypatch.setattr(lat, "_cpu_jiffies", lambda: next(readings))
+    monkeypatch.setattr(lat, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(lat.os, "cpu_count", lambda: 2)
+    with lat.OtherLoad() as load:
+        pass
+    assert load.share == pytest.approx(0.30)
+    readings, clock = iter([(0.0, 0.0), (1.0, 5.0)]), iter([0.0, 1.0])  # process time above machine time (clock skew): 0
+    with lat.OtherLoad() as load:
+        pass
+    assert load.share == 0.0
+    monkeypatch.setattr(lat, "_cpu_jiffies", lambda: None)  # no /proc/stat: unknown, not 0
+    clock = iter([0.0, 1.0])
+    with lat.OtherLoad() as load:
+        pass
+    assert load.share is None
+
+
+def test_other_load_reads_this_machine() -> None:
+    import sys
+
+    got = lat._cpu_jiffies()
+    if not sys.platform.startswith("linux"):
+        assert got is None
+        return
+    assert got is not None and got[0] > 0 and got[1] > 0
+    with lat.OtherLoad() as load:
+        sum(range(200_000))
+    assert load.share is not None and 0.0 <= load.share <= 1.0

@@ -172,6 +172,30 @@ def test_latency_target_stops_on_the_measured_speedup(synthetic_data):
     assert res.latency["final_speedup"] >= 1.5 and res.summary()["alignment"] == 8
 
 
+def test_an_unreachable_latency_target_is_said_at_the_first_step(synthetic_data, capsys):
+    from ccpcsa.criteria import get_criterion
+    from ccpcsa.loop import PruneConfig, run_pruning
+    from ccpcsa.train import TrainConfig
+
+    torch.manual_seed(0)
+    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
+    floors = PruneConfig(method="l1", target_speedup=50.0, step_flops_reduction=0.5, max_iterations=1, tolerance=100.0,
+                         round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
+    res = run_pruning(model, synthetic_data, get_criterion("l1"), floors, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
+                      input_size=synthetic_data.input_size, progress=False, latency=_MacsProbe())
+    est = res.latency["floor_speedup_estimate"]
+    # latency ∝ MACs here: the estimate is near the MACs ratio of the model with every block removed (each layer at its
+    # floor), a little under it — the calibrated constant keeps the width-dependent non-conv work (BN, ReLU) at full width
+    fresh = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
+    pruner = ChannelPruner(fresh, synthetic_data.input_size, 8, 8)
+    everything = order_blocks(pruner, {g.key: np.ones(g.size) for g in pruner.groups}, "global")
+    floor_macs = macs_after(pruner, plan_from_blocks(everything))
+    true_ratio = count_complexity(fresh).macs / floor_macs
+    assert 0.8 * true_ratio < est <= true_ratio and est < 50
+    out = capsys.readouterr().out
+    assert "target_speedup 50.00x at batch 1 is likely out of reach" in out and f"the latency table estimates {est:.2f}x" in out
+
+
 def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
     from ccpcsa.criteria import get_criterion
     from ccpcsa.loop import PruneConfig, run_pruning

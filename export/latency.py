@@ -10,6 +10,7 @@ percentiles), mean, min and max in milliseconds, and ``images_per_s = batch_size
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -161,12 +162,47 @@ def calls_for_seconds(call: Callable[[], object], seconds: float, warmup: int = 
     return max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
 
 
+def _cpu_jiffies() -> tuple[float, float] | None:
+    """(busy seconds of the whole machine, seconds of this process) from /proc/stat and os.times(); None off Linux."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [float(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    t = os.times()
+    return (sum(fields[:8]) - idle) / hz, t.user + t.system
+
+
+class OtherLoad:
+    """Context manager: the share of the machine's CPU capacity used by *other* processes while it was open,
+    ``(Δ busy CPU seconds of the machine − Δ CPU seconds of this process) / (Δ wall seconds × cores)`` from
+    ``/proc/stat`` (``share`` is None where that file does not exist). 0 on a quiet machine; 0.5 on 2 cores means
+    one core was busy with something else — timings taken then compare models on a shared machine."""
+
+    def __init__(self) -> None:
+        self.share: float | None = None
+
+    def __enter__(self) -> OtherLoad:
+        self._t0, self._c0 = time.perf_counter(), _cpu_jiffies()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        c1, wall = _cpu_jiffies(), time.perf_counter() - self._t0
+        if self._c0 is None or c1 is None or wall <= 0:
+            return
+        other = (c1[0] - self._c0[0]) - (c1[1] - self._c0[1])
+        self.share = min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1))))
+
+
 @dataclass(frozen=True)
 class PairedSpeedup:
     """Reference vs new latency at one batch size from interleaved rounds: per round r the ratio
     ``s_r = median(ref calls in r) / median(new calls in r)``; ``speedup = median_r s_r`` with standard error
     ``se = 1.2533 · sd(s_r) / √R`` (the asymptotic SE of a median, normal approximation); ``ref_ms`` / ``new_ms`` are
-    the medians over rounds of the per-round medians (absolute times, for the report)."""
+    the medians over rounds of the per-round medians (absolute times, for the report); ``other_load`` the share of the
+    machine's CPU used by other processes meanwhile (:class:`OtherLoad`; None where unknown)."""
 
     batch_size: int
     rounds: int
@@ -175,6 +211,7 @@ class PairedSpeedup:
     new_ms: float
     speedup: float
     se: float
+    other_load: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -206,11 +243,13 @@ def paired_speedup(ref: Runner, new: Runner, *, batch_sizes: Sequence[int] = DEF
         for _ in range(warmup):
             calls[1]()
         n = max(3, calls_for_seconds(calls[0], round_seconds, warmup))
-        ref_s, new_s = interleaved_rounds(calls, rounds=rounds, per_round=[n, n])
+        with OtherLoad() as load:
+            ref_s, new_s = interleaved_rounds(calls, rounds=rounds, per_round=[n, n])
         speed, se = paired_ratio(ref_s, new_s)
         out[bs] = PairedSpeedup(batch_size=bs, rounds=rounds, calls_per_round=n,
                                 ref_ms=float(np.median([np.median(v) for v in ref_s])),
-                                new_ms=float(np.median([np.median(v) for v in new_s])), speedup=speed, se=se)
+                                new_ms=float(np.median([np.median(v) for v in new_s])), speedup=speed, se=se,
+                                other_load=load.share)
     return out
 
 
@@ -224,11 +263,12 @@ def _timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], None]:
 def ort_speedups(ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
                  batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
     """The ONNX model ``new`` vs ``ref`` on onnxruntime CPU (``threads`` intra-op threads, spinning off in both
-    sessions), by :func:`paired_speedup`: ``{batch: {unpruned_ms, pruned_ms, speedup, speedup_se, rounds, flops_ratio,
-    efficiency}}`` with efficiency = speedup / ``macs_ratio`` (1.0: the latency fell exactly as the MACs did)."""
+    sessions), by :func:`paired_speedup`: ``{batch: {unpruned_ms, pruned_ms, speedup, speedup_se, rounds, other_load,
+    flops_ratio, efficiency}}`` with efficiency = speedup / ``macs_ratio`` (1.0: the latency fell exactly as the MACs did)."""
     from .runtime import OrtRunner
 
     t = paired_speedup(OrtRunner(ref, threads=threads, spinning=False), OrtRunner(new, threads=threads, spinning=False),
                        batch_sizes=batch_sizes, warmup=warmup, rounds=rounds)
     return {str(b): {"unpruned_ms": m.ref_ms, "pruned_ms": m.new_ms, "speedup": m.speedup, "speedup_se": m.se,
-                     "rounds": m.rounds, "flops_ratio": macs_ratio, "efficiency": m.speedup / macs_ratio} for b, m in t.items()}
+                     "rounds": m.rounds, "other_load": m.other_load, "flops_ratio": macs_ratio,
+                     "efficiency": m.speedup / macs_ratio} for b, m in t.items()}

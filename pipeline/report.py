@@ -89,6 +89,10 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
     if rounds:
         md += ["", f"Speedup: median over {'/'.join(map(str, sorted(rounds)))} interleaved rounds of the per-round ratio "
                "unpruned / pruned (thread spinning off in both sessions), ± its standard error."]
+    busy = [s["other_load"] for _, _, s in rows if s.get("other_load") is not None]
+    if busy:
+        md[-1] += (f" Other processes used at most {100 * max(busy):.0f} % of the machine's CPU while it was timed"
+                   + (" — **these speedups were measured on a busy machine**." if max(busy) > 0.1 else "."))
     p = report.get("pruning") or {}
     if p.get("alignment"):
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "

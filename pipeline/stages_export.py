@@ -304,6 +304,9 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
                         metrics={"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "evaluation": evaluation})
 
 
+OTHER_LOAD_WARN = 0.1  # share of the machine's CPU used by other processes above which timed speedups are flagged
+
+
 def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
              outputs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
     """Pruned vs unpruned latency on onnxruntime CPU, per ``export.latency_batches``: FP32 (simplified ONNX vs the
@@ -336,6 +339,10 @@ def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
                 checks.append(replace(speedup(m["unpruned_ms"], m["unpruned_ms"] / m["speedup"]), name=f"pruned_speedup_{kind}_b{b}"))
             if kind == "fp32" and cfg.checks.min_speedup_efficiency is not None:
                 checks.append(at_least(f"speedup_efficiency_fp32_b{b}", m["efficiency"], cfg.checks.min_speedup_efficiency))
+    busy = max((m["other_load"] for r in result.values() for m in r.values() if m.get("other_load") is not None), default=0.0)
+    if busy > OTHER_LOAD_WARN:
+        print(f"warning: other processes used {100 * busy:.0f}% of this machine's CPU while the speedups were timed; "
+              f"they may be off — rerun with `--from validate` on a quiet machine", flush=True)
     return result["fp32"], result.get("int8", {}), checks
 
 
