@@ -153,18 +153,23 @@ class _MacsProbe:
         return cost
 
 
-def test_latency_target_stops_on_the_measured_speedup(synthetic_data):
+def _tiny_latency_run(data, probe, **prune):
+    """l1 pruning of a 32-wide tiny_net (seed 0) with a fake probe: no fine-tuning, no guard, blocks of 8 unless said."""
     from ccpcsa.criteria import get_criterion
     from ccpcsa.loop import PruneConfig, run_pruning
     from ccpcsa.train import TrainConfig
 
     torch.manual_seed(0)
-    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
-    cfg = PruneConfig(method="l1", target_speedup=1.5, step_flops_reduction=0.2, max_iterations=6, tolerance=100.0,
-                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
-    tc = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2)
-    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, tc, input_size=synthetic_data.input_size,
-                      progress=False, latency=_MacsProbe())
+    model = build_model("deploy_tests.byo_model:tiny_net", data.num_classes, width=32)
+    cfg = PruneConfig(**{"method": "l1", "tolerance": 100.0, "round_to": 8, "min_channels": 8, "finetune_epochs": 0,
+                         "final_finetune_epochs": 0, **prune})
+    return run_pruning(model, data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
+                       input_size=data.input_size, progress=False, latency=probe)
+
+
+def test_latency_target_stops_on_the_measured_speedup(synthetic_data):
+    res = _tiny_latency_run(synthetic_data, _MacsProbe(), target_speedup=1.5, step_flops_reduction=0.2, max_iterations=6,
+                            allocation="cost")
     speedups = [h["speedup"] for h in res.history]
     assert res.stop_reason == "target reached", res.stop_reason
     assert speedups[-1] >= 1.5 and all(s < 1.5 for s in speedups[:-1])
@@ -173,16 +178,8 @@ def test_latency_target_stops_on_the_measured_speedup(synthetic_data):
 
 
 def test_an_unreachable_latency_target_is_said_at_the_first_step(synthetic_data, capsys):
-    from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
-
-    torch.manual_seed(0)
-    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
-    floors = PruneConfig(method="l1", target_speedup=50.0, step_flops_reduction=0.5, max_iterations=1, tolerance=100.0,
-                         round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
-    res = run_pruning(model, synthetic_data, get_criterion("l1"), floors, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
-                      input_size=synthetic_data.input_size, progress=False, latency=_MacsProbe())
+    res = _tiny_latency_run(synthetic_data, _MacsProbe(), target_speedup=50.0, step_flops_reduction=0.5, max_iterations=1,
+                            allocation="cost")
     est = res.latency["floor_speedup_estimate"]
     # latency ∝ MACs here: the estimate is near the MACs ratio of the model with every block removed (each layer at its
     # floor), a little under it — the calibrated constant keeps the width-dependent non-conv work (BN, ReLU) at full width
@@ -212,12 +209,8 @@ def test_latency_allocation_with_a_macs_target_uses_the_probe(synthetic_data):
     from ccpcsa.loop import PruneConfig, run_pruning
     from ccpcsa.train import TrainConfig
 
-    torch.manual_seed(0)
-    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
-    cfg = PruneConfig(method="l1", target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=2, tolerance=100.0,
-                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=0, allocation="latency")
-    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
-                      input_size=synthetic_data.input_size, progress=False, latency=_MacsProbe())
+    res = _tiny_latency_run(synthetic_data, _MacsProbe(), target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=2,
+                            allocation="latency")
     assert res.stop_reason == "target reached" and res.summary()["flops_reduction"] >= 0.3 - 5e-4
     assert res.latency["target_speedup"] is None and res.latency["final_speedup"] > 1.0
     with pytest.raises(UserError, match="allocation=latency need a latency measurement"):
@@ -240,16 +233,8 @@ class _StepProbe(_MacsProbe):
 
 
 def test_an_overshooting_step_does_not_stop_the_latency_loop_early(synthetic_data):
-    from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
-
-    torch.manual_seed(0)
-    model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=32)
-    cfg = PruneConfig(method="l1", target_speedup=3.0, step_flops_reduction=0.15, max_iterations=8, tolerance=100.0,
-                      round_to=4, min_channels=4, finetune_epochs=0, final_finetune_epochs=0, allocation="cost")
-    res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
-                      input_size=synthetic_data.input_size, progress=False, latency=_StepProbe())
+    res = _tiny_latency_run(synthetic_data, _StepProbe(), target_speedup=3.0, step_flops_reduction=0.15, max_iterations=8,
+                            round_to=4, min_channels=4, allocation="cost")
     speedups = [h["speedup"] for h in res.history]
     assert speedups[0] > 1 / (1 - 0.15 * 2)  # the first step already passed the second step's goal ...
     assert res.stop_reason == "target reached" and speedups[-1] >= 3.0  # ... and the loop still went on to the target
