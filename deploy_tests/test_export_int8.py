@@ -17,7 +17,13 @@ from ccpcsa.models import build_model
 from export.compare import compare_runners
 from export.metadata import DeployMetadata, read_metadata
 from export.onnx_export import export_onnx
-from export.quantize import NumpyCalibrationReader, quantize_int8
+from export.quantize import (
+    NumpyCalibrationReader,
+    int8_saturates,
+    quantize_int8,
+    resolve_reduce_range,
+    tensorrt_flavour,
+)
 from export.runtime import OrtRunner
 from export.simplify import simplify_onnx
 
@@ -200,11 +206,51 @@ def test_int8_agrees_with_fp32_on_trained_model(tmp_path: Path) -> None:
     md = DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, run_id="int8-trained", config_hash="1" * 64)
     raw = export_onnx(model, tmp_path / "cnn.onnx", md).path
     sim = simplify_onnx(raw, tmp_path / "cnn.sim.onnx").path
-    q = quantize_int8(sim, tmp_path / "cnn.int8.onnx", norm(data.train.images[cal]).numpy()).path
+    calib_x = norm(data.train.images[cal]).numpy()
+    q = quantize_int8(sim, tmp_path / "cnn.int8.onnx", calib_x).path
+    reduce, why = resolve_reduce_range("auto")
+    q_cpu = quantize_int8(sim, tmp_path / "cnn.int8.cpu.onnx", calib_x, activations="uint8", reduce_range=reduce).path
+    assert tensorrt_flavour(q) and not tensorrt_flavour(q_cpu) and not tensorrt_flavour(sim)
 
-    fp32, int8 = OrtRunner(sim, threads=2), OrtRunner(q, threads=2)
-    cmp = compare_runners(fp32, int8, x_test, y_test)
-    print(f"\ntrain {train_s:.1f}s; {json.dumps(cmp.to_dict())}")
+    fp32 = OrtRunner(sim, threads=2)
+    # the TensorRT flavour as TensorRT computes it (Q/DQ in float); the CPU flavour through onnxruntime's fused integer
+    # kernels, with 7-bit weights on a CPU whose kernels saturate (this machine: reduce_range=auto says which)
+    cmp = compare_runners(fp32, OrtRunner(q, threads=2, graph_optimization=False), x_test, y_test)
+    cmp_cpu = compare_runners(fp32, OrtRunner(q_cpu, threads=2), x_test, y_test)
+    print(f"\ntrain {train_s:.1f}s; reduce_range={reduce} ({why}); {json.dumps(cmp.to_dict())}; {json.dumps(cmp_cpu.to_dict())}")
     assert cmp.n == 1000
     assert cmp.accuracy_a_pct is not None and cmp.accuracy_a_pct >= 40.0, cmp
     assert cmp.top1_agreement_pct >= 97.0, cmp
+    assert cmp_cpu.top1_agreement_pct >= 97.0, cmp_cpu
+
+
+def test_int8_saturation_rule_by_cpu_flags() -> None:
+    """7-bit weights exactly where onnxruntime's INT8 kernels add u8·s8 pairs into int16: x86 without VNNI/AMX."""
+    assert int8_saturates(frozenset({"avx2", "fma"}), "x86_64")[0]
+    assert int8_saturates(frozenset({"avx512f", "avx512bw"}), "x86_64")[0]
+    assert not int8_saturates(frozenset({"avx512f", "avx512_vnni"}), "x86_64")[0]
+    assert not int8_saturates(frozenset({"avx2", "avx_vnni"}), "x86_64")[0]
+    assert not int8_saturates(frozenset(), "aarch64")[0]
+    assert resolve_reduce_range(True) == (True, "set by export.int8_reduce_range")
+    assert resolve_reduce_range("auto")[0] == int8_saturates()[0]
+    with pytest.raises(UserError, match="int8_reduce_range"):
+        resolve_reduce_range("sometimes")
+
+
+def test_reduce_range_halves_the_weight_range(fp32_model: Path, tmp_path: Path) -> None:
+    """reduce_range stores conv weights in [-64, 64] (7 bits) with twice the scale; without it they use [-127, 127]."""
+    def weights(path: Path) -> tuple[int, int]:
+        m = onnx.load(str(path))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in m.graph.initializer}
+        ws = [inits[n.input[0]] for n in m.graph.node if n.op_type == "DequantizeLinear" and inits.get(n.input[0]) is not None
+              and inits[n.input[0]].dtype == np.int8 and inits[n.input[0]].ndim == 4]
+        return min(int(w.min()) for w in ws), max(int(w.max()) for w in ws)
+
+    full = quantize_int8(fp32_model, tmp_path / "full.onnx", calib(16), activations="uint8")
+    seven = quantize_int8(fp32_model, tmp_path / "seven.onnx", calib(16), activations="uint8", reduce_range=True)
+    assert seven.reduce_range and not full.reduce_range
+    assert json.loads(read_metadata(seven.path)["quantization"])["reduce_range"] is True
+    lo, hi = weights(seven.path)
+    assert -64 <= lo and hi <= 64 and (lo == -64 or hi == 64)
+    lo, hi = weights(full.path)
+    assert min(lo, -hi) <= -120

@@ -82,6 +82,8 @@ class ExportConfig:
     simplify: bool = True
     int8: bool = True
     int8_cpu: bool = True
+    # 7-bit weights in the onnxruntime-CPU flavour: auto = on x86 CPUs without VNNI (export.quantize.int8_saturates)
+    int8_reduce_range: bool | str = "auto"
     calibration_images: int = 512
     engine: bool = True
     engine_precisions: list[str] = field(default_factory=lambda: ["fp16", "int8"])
@@ -165,6 +167,8 @@ class PipelineConfig:
              f"attention.max_steps_per_epoch must be ≥ 1 or null, got {self.attention.max_steps_per_epoch}"),
             (13 <= self.export.opset <= 20, f"export.opset must be in 13..20 (per-channel QDQ needs ≥ 13), got {self.export.opset}"),
             (self.export.calibration_images >= 1, f"export.calibration_images must be ≥ 1, got {self.export.calibration_images}"),
+            (self.export.int8_reduce_range in ("auto", True, False),
+             f"export.int8_reduce_range must be auto, true or false, got {self.export.int8_reduce_range!r}"),
             (1 <= self.export.min_batch <= self.export.opt_batch <= self.export.max_batch,
              "export batches must satisfy 1 ≤ min_batch ≤ opt_batch ≤ max_batch"),
             (all(b >= 1 for b in self.export.latency_batches), "export.latency_batches must all be ≥ 1"),

@@ -29,7 +29,7 @@ STAGES: list[Stage] = [
     Stage("onnx", stage_onnx, ("export.opset", *_PARITY), "export ONNX, parity vs PyTorch → model.onnx"),
     Stage("simplify", stage_simplify, ("export.simplify", *_PARITY), "onnxsim → model.sim.onnx"),
     Stage("int8", stage_int8, ("export.int8", "export.calibration_images", *_PARITY), "INT8 QDQ for TensorRT (S8S8) → model.int8.onnx"),
-    Stage("int8_cpu", stage_int8_cpu, ("export.int8_cpu", "export.calibration_images", *_PARITY),
+    Stage("int8_cpu", stage_int8_cpu, ("export.int8_cpu", "export.int8_reduce_range", "export.calibration_images", *_PARITY),
           "INT8 QDQ for onnxruntime CPU (U8S8) → model.int8.cpu.onnx"),
     Stage("engine", stage_engine, ("export", *_PARITY), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
     Stage("validate", stage_validate, ("export", "checks"), "accuracy, parity, latency of every format; speedup gate"),

@@ -66,7 +66,10 @@ def _runner(ctx: StageContext, what: str | Path) -> Any:
         return TrtRunner(p)
     if p.suffix == ".pt":
         return TorchRunner(load_checkpoint(p).model, input_size=input_size(ctx), device=str(ctx.device), threads=ctx.cfg.export.threads)
-    return OrtRunner(p, threads=ctx.cfg.export.threads)
+    from export.quantize import tensorrt_flavour
+
+    # the TensorRT INT8 flavour runs as TensorRT computes it (Q/DQ in float), not through the CPU's integer kernels
+    return OrtRunner(p, threads=ctx.cfg.export.threads, graph_optimization=not tensorrt_flavour(p))
 
 
 def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, Any]:
@@ -158,14 +161,32 @@ def _fp32_onnx(ctx: StageContext) -> Path:
     return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
 
 
+def quantize_cpu_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
+    """The onnxruntime-CPU INT8 flavour (U8S8) of ``src`` at ``out``, with 7-bit weights where
+    ``export.int8_reduce_range`` says so (``auto``: x86 CPUs without VNNI) — one recipe for the pruned model and the
+    unpruned reference it is timed against."""
+    from export.quantize import quantize_int8, resolve_reduce_range
+
+    n = ctx.cfg.export.calibration_images
+    reduce, _ = resolve_reduce_range(ctx.cfg.export.int8_reduce_range)
+    return quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations="uint8", reduce_range=reduce)
+
+
 def _quantize(ctx: StageContext, out: Path, activations: str) -> StageOutcome:
-    from export.quantize import quantize_int8
+    from export.quantize import quantize_int8, resolve_reduce_range
 
     n = ctx.cfg.export.calibration_images
     src = _fp32_onnx(ctx)
-    res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations=activations)
+    extra: dict[str, Any] = {}
+    if activations == "uint8":
+        res = quantize_cpu_flavour(ctx, src, out)
+        extra["reduce_range_reason"] = resolve_reduce_range(ctx.cfg.export.int8_reduce_range)[1]
+    else:
+        res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations=activations)
+        extra["evaluated_as"] = "QDQ as float operations (what TensorRT computes), not the CPU's integer kernels"
     return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration,
-                                                   "activations": res.activations, "op_counts": res.op_counts})
+                                                   "activations": res.activations, "reduce_range": res.reduce_range,
+                                                   "op_counts": res.op_counts, **extra})
 
 
 def stage_int8(ctx: StageContext) -> StageOutcome:
@@ -318,15 +339,13 @@ def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
     exactly as the MACs did). Gates: FP32 and INT8 speedup > 1 (``checks.require_speedup``) and FP32 efficiency ≥
     ``checks.min_speedup_efficiency`` (null: off), both on the point estimate."""
     from export.latency import ort_speedups
-    from export.quantize import quantize_int8
 
     cfg, e = ctx.cfg, ctx.cfg.export
     pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
     int8 = ctx.path("model.int8.cpu.onnx")
     if e.int8_cpu and int8.exists():
         base_int8 = ctx.path("baseline.int8.cpu.onnx")
-        quantize_int8(base_onnx, base_int8, calibration_array(ctx, e.calibration_images), num_calibration=e.calibration_images,
-                      activations="uint8")
+        quantize_cpu_flavour(ctx, base_onnx, base_int8)
         outputs.append(base_int8)
         pairs["int8"] = (base_int8, int8)
     result: dict[str, dict[str, Any]] = {}
