@@ -80,9 +80,9 @@ ROWS: list[tuple[str, str, dict[str, Any], str]] = [
 
 def bam_model(model_name: str, data: Any, epochs: int, steps: int | None, lr: float, device: str, cache: Path) -> Any:
     """The shared checkpoint with BAM attached and retrained (cached in ``cache``)."""
-    from ccpcsa.attention import attach_bam
-    from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
-    from ccpcsa.train import TrainConfig, fit
+    from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+    from ccpcsa.models.attention import attach_bam
+    from ccpcsa.training.engine import TrainConfig, fit
 
     if cache.is_file():
         return load_checkpoint(cache).model
@@ -103,8 +103,8 @@ def collect_stats(model: Any, data: Any, features: str, images: int, device: str
     import torch
 
     from ccpcsa.criteria.stats import stats_collector
-    from ccpcsa.loop import calibration_batches
-    from ccpcsa.prune import ChannelPruner
+    from ccpcsa.pruning.loop import calibration_batches
+    from ccpcsa.surgery.prune import ChannelPruner
 
     pruner = ChannelPruner(model, 32, round_to=1, min_channels=1)
     model.eval()
@@ -117,15 +117,16 @@ def collect_stats(model: Any, data: Any, features: str, images: int, device: str
 def run_row(model: Any, data: Any, stats: dict[str, Any], row: tuple[str, str, dict[str, Any], str], target: float,
             a: argparse.Namespace, test: Any) -> dict[str, Any]:
     """Prune a copy of ``model`` as ``row`` says to ``target`` MACs reduction and measure it (module docstring)."""
-    from ccpcsa.allocation import order_blocks
-    from ccpcsa.attention import detach_bam
-    from ccpcsa.cost import MacsCost
     from ccpcsa.criteria import ScoreContext, get_criterion
-    from ccpcsa.loop import calibration_batches
     from ccpcsa.models import count_complexity
-    from ccpcsa.oneshot import recalibrate_batchnorm
-    from ccpcsa.prune import ChannelPruner, channels_per_layer, prune_to_target
-    from ccpcsa.train import TrainConfig, evaluate, fit
+    from ccpcsa.models.attention import detach_bam
+    from ccpcsa.pruning.allocation import order_blocks
+    from ccpcsa.pruning.loop import calibration_batches
+    from ccpcsa.pruning.oneshot import recalibrate_batchnorm
+    from ccpcsa.surgery.cost import MacsCost
+    from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
+    from ccpcsa.surgery.target import prune_to_target
+    from ccpcsa.training.engine import TrainConfig, evaluate, fit
 
     name, crit, options, allocation = row
     t0 = time.perf_counter()
@@ -156,7 +157,7 @@ def run_row(model: Any, data: Any, stats: dict[str, Any], row: tuple[str, str, d
            "accuracy_oneshot_bnrecal": acc, "channels": channels_per_layer(m),
            "compensated_groups": len(comp[0].compensated) if comp else 0}
     if a.finetune_steps:
-        from ccpcsa.train_speed import Distillation
+        from ccpcsa.training.speed import Distillation
 
         kd = Distillation(copy.deepcopy(model).eval(), 0.7, 4.0) if a.distill else None  # the unpruned (BAM) model teaches
         fit(m, data, TrainConfig(epochs=1, lr=0.02, schedule="cosine", warmup_epochs=0.0, max_steps_per_epoch=a.finetune_steps,
@@ -177,7 +178,7 @@ def se_pp(acc: float, n: int) -> float:
 def write_summary(json_path: Path) -> Path:
     """``<stem>.md`` beside the results: per model, a row per ablation row with its options, allocation, MACs removed and
     accuracy one-shot (+ BN re-estimation) and after the fine-tune, per target — computed from the JSON only."""
-    from ccpcsa.artifacts import atomic_write_text
+    from ccpcsa.io.artifacts import atomic_write_text
 
     data = json.loads(json_path.read_text())
     ab = data["results"]["ablation"]
@@ -219,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench.common import RESULTS_DIR, merge_results, results_stem
     from ccpcsa.data import load_data
-    from ccpcsa.train import evaluate
+    from ccpcsa.training.engine import evaluate
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="resnet20")

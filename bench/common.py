@@ -110,7 +110,7 @@ def merge_results(path: Path, updates: dict[str, Any], *, quick: bool, command: 
     Top-level ``date``, ``host``, ``quick``, ``command`` and ``machine`` are refreshed; other benchmarks'
     results already in the file are kept, so ``python -m bench --only X`` never erases ``Y``.
     """
-    from ccpcsa.artifacts import atomic_write_text
+    from ccpcsa.io.artifacts import atomic_write_text
 
     data: dict[str, Any] = {}
     if path.is_file():

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ALL_CRITERIA = ("ccpcsa", "corr", "attention", "qsfm", "l1", "bn", "taylor", "random")
+REFERENCE_CRITERION = "ccpcsa"  # the product's criterion, compared against the others
 ANCHOR = "torch-pruning"  # the external reference, run as a 'criterion' of its own in the tables
 BATCHES = (1, 32)
 

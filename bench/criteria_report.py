@@ -24,9 +24,9 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from bench.criteria import REFERENCE_CRITERION as REFERENCE
 from bench.criteria_presets import ANCHOR  # noqa: F401  (the anchor's name in the tables)
-from ccpcsa.artifacts import atomic_write_text
+from bench.criteria_presets import REFERENCE_CRITERION as REFERENCE
+from ccpcsa.io.artifacts import atomic_write_text
 
 TIE_PP = 0.3  # CCPCSA counts as the most accurate when within this of the best criterion
 TARGET_DROP_PP = {"cpu": 1.0, "gpu": 0.5}  # CCPCSA's drop vs the baseline at −50 % MACs, per preset
@@ -367,7 +367,7 @@ def _save(fig: Any, path: Path) -> Path:
     """Write a matplotlib figure to ``path`` atomically as PNG and close it."""
     import matplotlib.pyplot as plt
 
-    from ccpcsa.artifacts import atomic_path
+    from ccpcsa.io.artifacts import atomic_path
 
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")

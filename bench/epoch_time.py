@@ -1,4 +1,4 @@
-"""Benchmark: training throughput (images/s) and epoch time of the real trainer (``ccpcsa.train.fit``).
+"""Benchmark: training throughput (images/s) and epoch time of the real trainer (``ccpcsa.training.engine.fit``).
 
     python bench/epoch_time.py [--models resnet20 resnet56] [--steps 20] [--batch-size 128] [--device auto]
                                [--channels-last] [--no-amp] [--compile auto|on|off] [--full-epoch] [--out FILE]
@@ -25,7 +25,7 @@ import torch
 
 from ccpcsa.data import ArrayDataset, DataSplits, load_data
 from ccpcsa.models import build_model
-from ccpcsa.train import TrainConfig, fit
+from ccpcsa.training.engine import TrainConfig, fit
 
 
 def time_fit(name: str, data: DataSplits, *, steps: int | None, batch_size: int, device: str = "cpu",
@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--out", default=None, help="also write the rows as one JSON list to this file")
     a = p.parse_args(argv)
-    from ccpcsa.distributed import resolve_device
+    from ccpcsa.training.distributed import resolve_device
 
     device = str(resolve_device(a.device))
     data = load_data(a.data, progress=False)

@@ -36,7 +36,7 @@ def main() -> None:
     from ccpcsa.criteria import ScoreContext
     from ccpcsa.criteria.qsfm import QSFMCriterion
     from ccpcsa.models import build_model
-    from ccpcsa.prune import ChannelPruner
+    from ccpcsa.surgery.prune import ChannelPruner
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -16,14 +16,14 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from . import distributed as ddp
-from .artifacts import ensure_writable_dir
-from .checkpoint import ModelSpec, save_checkpoint
 from .data import load_data, parse_spec
 from .errors import CliParser, UserError, run_cli, unknown
+from .io.artifacts import ensure_writable_dir
+from .io.checkpoint import ModelSpec, save_checkpoint
 from .models import build_model, count_complexity, list_models, native_input_size
 from .models.registry import ZOO, _resolve_custom, is_custom
-from .train import TrainConfig, check_device, evaluate, fit
+from .training import distributed as ddp
+from .training.engine import TrainConfig, check_device, evaluate, fit
 
 
 def _check_model(name: str) -> None:

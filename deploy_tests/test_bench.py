@@ -28,7 +28,7 @@ from bench.criteria import (
 )
 from bench.criteria_report import write_summary
 from bench.ort_profile import conv_macs, profile_onnx
-from ccpcsa.checkpoint import ModelSpec, build_from_spec, save_checkpoint
+from ccpcsa.io.checkpoint import ModelSpec, build_from_spec, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 

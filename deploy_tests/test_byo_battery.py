@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.prune import ChannelPruner, channels_per_layer, prune_to_target
+from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
+from ccpcsa.surgery.target import prune_to_target
 from deploy_tests.byo_zoo import BATTERY
 
 

@@ -22,10 +22,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from ccpcsa.checkpoint import ModelSpec, load_checkpoint
 from ccpcsa.data import load_data
+from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint
 from ccpcsa.models import build_model
-from ccpcsa.train import TrainConfig, fit
+from ccpcsa.training.engine import TrainConfig, fit
 from deploy_tests import tv_like
 from pipeline.__main__ import main as pipeline_main
 

@@ -11,7 +11,7 @@ from ccpcsa.criteria import CcpcsaOptions, ScoreContext, get_criterion
 from ccpcsa.criteria.stats import Moments
 from ccpcsa.errors import UserError
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.prune import ChannelPruner, channels_per_layer, metapruner_to_target
+from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer, metapruner_to_target
 
 
 def _moments(x: torch.Tensor) -> Moments:
@@ -49,8 +49,8 @@ def test_options_are_validated_with_one_line():
 
 
 def test_every_option_scores_every_group():
-    from ccpcsa.attention import attach_bam
     from ccpcsa.criteria.stats import stats_collector
+    from ccpcsa.models.attention import attach_bam
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10)
@@ -73,14 +73,14 @@ def test_every_option_scores_every_group():
 
 
 def test_params_allocation_thins_the_wide_late_layers_first():
-    from ccpcsa.allocation import order_blocks
+    from ccpcsa.pruning.allocation import order_blocks
 
     model = build_model("resnet20", 10)
     pruner = ChannelPruner(model, 32, round_to=8)
     scores = {g.key: np.ones(g.size) for g in pruner.groups}
     first = order_blocks(pruner, scores, "params")[:4]
     assert all(b.key.startswith("layer3") for b in first), [b.key for b in first]  # 64-wide: most weights per channel
-    cheap = order_blocks(pruner, scores, "cost", __import__("ccpcsa.cost", fromlist=["MacsCost"]).MacsCost(pruner))[:1]
+    cheap = order_blocks(pruner, scores, "cost", __import__("ccpcsa.surgery.cost", fromlist=["MacsCost"]).MacsCost(pruner))[:1]
     assert not cheap[0].key.startswith("layer3")  # per MAC, the 32×32 stage-1 channels are the expensive ones
 
 
@@ -117,8 +117,8 @@ class _LinearTwin(torch.nn.Module):
 
 
 def test_least_squares_compensation_makes_an_explained_channel_free():
-    from ccpcsa.compensation import InputMoments, compensate_least_squares
-    from ccpcsa.prune import prune_to_target
+    from ccpcsa.surgery.compensation import InputMoments, compensate_least_squares
+    from ccpcsa.surgery.target import prune_to_target
 
     torch.manual_seed(0)
     model = _LinearTwin().eval()
@@ -145,8 +145,8 @@ def test_least_squares_compensation_makes_an_explained_channel_free():
 
 
 def test_each_option_changes_the_ranking():
-    from ccpcsa.attention import attach_bam
     from ccpcsa.criteria.stats import stats_collector
+    from ccpcsa.models.attention import attach_bam
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10)
@@ -185,7 +185,7 @@ class _ConvConsumer(torch.nn.Module):
 
 
 def test_least_squares_compensation_at_a_conv_consumer_fed_by_two_groups():
-    from ccpcsa.compensation import InputMoments, compensate_least_squares
+    from ccpcsa.surgery.compensation import InputMoments, compensate_least_squares
 
     torch.manual_seed(0)
     model = _ConvConsumer().eval()

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ccpcsa.models import build_model
-from ccpcsa.train_speed import Distillation, batch_loss
+from ccpcsa.training.speed import Distillation, batch_loss
 
 
 def test_distillation_loss_is_the_hinton_objective():
@@ -34,8 +34,8 @@ def test_distillation_loss_is_the_hinton_objective():
 
 def test_pruning_loop_distills_from_the_unpruned_model(synthetic_data):
     from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.loop import PruneConfig, run_pruning
+    from ccpcsa.training.engine import TrainConfig
 
     tc = TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=3, lr=0.05)
     results = {}
@@ -51,11 +51,11 @@ def test_pruning_loop_distills_from_the_unpruned_model(synthetic_data):
 
 
 def test_the_teacher_is_the_unpruned_model(synthetic_data, monkeypatch):
-    import ccpcsa.loop as loop
+    import ccpcsa.pruning.loop as loop
     from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.prune import channels_per_layer
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.loop import PruneConfig, run_pruning
+    from ccpcsa.surgery.prune import channels_per_layer
+    from ccpcsa.training.engine import TrainConfig
 
     seen = []
     real_fit = loop.fit

@@ -194,7 +194,7 @@ def _mypy() -> list[str]:
 
 @pytest.mark.slow
 def test_mypy_tensorrt_module_against_real_stubs(tmp_path: Path) -> None:
-    """`make typecheck`'s real check: patched tensorrt-stubs resolve and export/tensorrt.py type-checks."""
+    """`make typecheck`'s real check: patched tensorrt-stubs resolve and export/tensorrt/ type-checks."""
     _mypy()
     from export.typecheck import run
 

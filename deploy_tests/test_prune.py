@@ -7,13 +7,14 @@ import pytest
 import torch
 from torch import nn
 
-from ccpcsa.attention import BAM, attach_bam, bam_modules
-from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.criteria import ScoreContext, get_criterion
 from ccpcsa.criteria.stats import ChannelStatsCollector
 from ccpcsa.errors import UserError
+from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.prune import ChannelPruner, channels_per_layer, prune_to_target
+from ccpcsa.models.attention import BAM, attach_bam, bam_modules
+from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
+from ccpcsa.surgery.target import prune_to_target
 
 CASES = [
     ("resnet56", {}, True),

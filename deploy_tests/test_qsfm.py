@@ -10,19 +10,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccpcsa.criteria import ScoreContext, get_criterion, list_criteria
-from ccpcsa.criteria.qsfm import (
-    QSFMCriterion,
-    elimination_scores,
+from ccpcsa.criteria.qsfm import QSFMCriterion, elimination_scores, greedy_pair_elimination, redundancy
+from ccpcsa.criteria.similarity import (
     global_psnr,
     global_ssim,
-    greedy_pair_elimination,
     pairwise_similarity,
-    redundancy,
     scale_to_range,
     ssim_sums,
 )
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.prune import ChannelPruner, prune_to_target
+from ccpcsa.surgery.prune import ChannelPruner
+from ccpcsa.surgery.target import prune_to_target
 
 
 def _naive_ssim(a: torch.Tensor, b: torch.Tensor, win: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -165,8 +163,8 @@ def test_scaled_copy_is_removed_losslessly():
 
 
 def test_compensation_skipped_where_a_bam_gate_consumes_the_channels():
-    from ccpcsa.attention import BAM, attach_bam
-    from ccpcsa.compensation import compensate, find_consumers
+    from ccpcsa.models.attention import BAM, attach_bam
+    from ccpcsa.surgery.compensation import compensate, find_consumers
 
     model = build_model("resnet20", 10)
     attach_bam(model, 32)
@@ -182,7 +180,7 @@ def test_compensation_skipped_where_a_bam_gate_consumes_the_channels():
 
 
 def test_l1_oneshot_reports_compensation_skipped(tiny_data):
-    from ccpcsa.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot import prune_oneshot
 
     torch.manual_seed(0)
     r = prune_oneshot(_TwoConv(True, 3), tiny_data, "l1", 0.3, input_size=16, calibration_images=16, round_to=2,
@@ -193,8 +191,8 @@ def test_l1_oneshot_reports_compensation_skipped(tiny_data):
 
 
 def test_qsfm_oneshot_with_finetune_mode(tiny_data):
-    from ccpcsa.oneshot import prune_oneshot
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.training.engine import TrainConfig
 
     torch.manual_seed(0)
     cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, schedule="constant", max_steps_per_epoch=2, amp=False, augment=False)
@@ -218,7 +216,7 @@ def tiny_data():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy (dynamo=False) exporter is what the pipeline uses
 def test_mobilenet_v2_oneshot_qsfm_exports_to_onnx(tiny_data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from ccpcsa.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot import prune_oneshot
 
     torch.manual_seed(0)
     model = build_model("mobilenet_v2_cifar", 10)

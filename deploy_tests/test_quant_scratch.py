@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import export.quantize
-from ccpcsa.checkpoint import ModelSpec, save_checkpoint
+from ccpcsa.io.checkpoint import ModelSpec, save_checkpoint
 from deploy_tests.byo_model import tiny_net
 from export.metadata import DeployMetadata
 from export.onnx_export import export_onnx

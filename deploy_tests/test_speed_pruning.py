@@ -7,12 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from ccpcsa.alignment import cpu_float_lanes, resolve_alignment
-from ccpcsa.allocation import order_blocks
-from ccpcsa.cost import LatencyCost, MacsCost, layer_shapes
 from ccpcsa.errors import UserError
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.prune import ChannelPruner, channels_per_layer, macs_after, plan_from_blocks, prune_to_target
+from ccpcsa.pruning.allocation import order_blocks
+from ccpcsa.surgery.alignment import cpu_float_lanes, resolve_alignment
+from ccpcsa.surgery.cost import LatencyCost, MacsCost, layer_shapes
+from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer, macs_after, plan_from_blocks
+from ccpcsa.surgery.target import prune_to_target
 
 
 def test_alignment_follows_the_cpu_and_the_runtime():
@@ -156,8 +157,8 @@ class _MacsProbe:
 def _tiny_latency_run(data, probe, **prune):
     """l1 pruning of a 32-wide tiny_net (seed 0) with a fake probe: no fine-tuning, no guard, blocks of 8 unless said."""
     from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.loop import PruneConfig, run_pruning
+    from ccpcsa.training.engine import TrainConfig
 
     torch.manual_seed(0)
     model = build_model("deploy_tests.byo_model:tiny_net", data.num_classes, width=32)
@@ -195,8 +196,8 @@ def test_an_unreachable_latency_target_is_said_at_the_first_step(synthetic_data,
 
 def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
     from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.loop import PruneConfig, run_pruning
+    from ccpcsa.training.engine import TrainConfig
 
     model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes)
     with pytest.raises(UserError, match="need a latency measurement"):
@@ -206,8 +207,8 @@ def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
 
 def test_latency_allocation_with_a_macs_target_uses_the_probe(synthetic_data):
     from ccpcsa.criteria import get_criterion
-    from ccpcsa.loop import PruneConfig, run_pruning
-    from ccpcsa.train import TrainConfig
+    from ccpcsa.pruning.loop import PruneConfig, run_pruning
+    from ccpcsa.training.engine import TrainConfig
 
     res = _tiny_latency_run(synthetic_data, _MacsProbe(), target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=2,
                             allocation="latency")
@@ -241,7 +242,7 @@ def test_an_overshooting_step_does_not_stop_the_latency_loop_early(synthetic_dat
 
 
 def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
-    from ccpcsa.prune import fewest_prefix
+    from ccpcsa.surgery.target import fewest_prefix
 
     values = [100 - 7 * k for k in range(12)]  # 100, 93, …, 23
     calls: list[int] = []
@@ -257,8 +258,9 @@ def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
 
 
 def test_fit_to_target_sets_a_coarse_overshooting_block_aside():
-    from ccpcsa.allocation import order_blocks
-    from ccpcsa.prune import deployed_complexity, fit_to_target, macs_after, plan_from_blocks
+    from ccpcsa.pruning.allocation import order_blocks
+    from ccpcsa.surgery.prune import deployed_complexity, macs_after, plan_from_blocks
+    from ccpcsa.surgery.target import fit_to_target
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10)

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from ccpcsa.checkpoint import ModelSpec, load_checkpoint
 from ccpcsa.criteria import get_criterion
-from ccpcsa.loop import PruneConfig, run_pruning
+from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint
 from ccpcsa.models import build_model, count_complexity
-from ccpcsa.train import TrainConfig, evaluate, fit, lr_factor
+from ccpcsa.pruning.loop import PruneConfig, run_pruning
+from ccpcsa.training.engine import TrainConfig, evaluate, fit, lr_factor
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = "deploy_tests.byo_model:tiny_net"
@@ -111,7 +111,7 @@ def test_guard_restores_last_accepted_model(trained, synthetic_data):
 def test_removing_bam_is_followed_by_a_finetune_even_when_no_iteration_is_accepted(trained, synthetic_data):
     """remove_attention detaches BAM after the loop; the network then needs the final fine-tune even if the guard
     rejected the first iteration (it did not run in that case before: a 29 pp drop in a default deploy)."""
-    from ccpcsa.attention import attach_bam, bam_modules
+    from ccpcsa.models.attention import attach_bam, bam_modules
 
     train_cfg = TrainConfig(batch_size=64, max_steps_per_epoch=2)
     cfg = PruneConfig(method="l1", target_flops_reduction=0.6, step_flops_reduction=0.6, tolerance=0.5, finetune_epochs=0,

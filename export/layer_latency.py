@@ -10,7 +10,7 @@ latency *table*: the measured latency of each layer as a function of its input a
   widths are interpolated bilinearly. Points are cached in a JSON file keyed by runtime, machine, threads and
   batch, so a run directory measures each point once.
 - :class:`OrtLatencyProbe` measures a whole PyTorch model end to end the way ``validate`` does (ONNX export,
-  onnxruntime CPU, median of interleaved rounds) and builds the :class:`ccpcsa.cost.LatencyCost` for a pruner:
+  onnxruntime CPU, median of interleaved rounds) and builds the :class:`ccpcsa.surgery.cost.LatencyCost` for a pruner:
   the table's layer latencies plus a constant calibrated so that the current model's estimate equals its
   measured latency (the runtime's per-run overhead, reorders, pooling, the classifier).
 
@@ -36,9 +36,9 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 from torch import nn
 
-from ccpcsa.artifacts import atomic_write_json
-from ccpcsa.cost import LatencyCost, LayerShape
-from ccpcsa.prune import ChannelPruner
+from ccpcsa.io.artifacts import atomic_write_json
+from ccpcsa.surgery.cost import LatencyCost, LayerShape
+from ccpcsa.surgery.prune import ChannelPruner
 
 from .latency import calls_for_seconds, interleaved_rounds, paired_ratio
 from .runtime import ort_session_options
@@ -243,7 +243,7 @@ class OrtLatencyProbe:
         self._reference: ort.InferenceSession | None = None
 
     def _session(self, model: nn.Module) -> ort.InferenceSession:
-        from ccpcsa.attention import detach_bam
+        from ccpcsa.models.attention import detach_bam
         from ccpcsa.placement import cpu_copy
 
         from .metadata import DeployMetadata

@@ -45,8 +45,8 @@ import torch
 from torch import nn
 
 from ccpcsa import placement
-from ccpcsa.artifacts import atomic_path, sha256_file
 from ccpcsa.errors import UserError
+from ccpcsa.io.artifacts import atomic_path, sha256_file
 
 from .metadata import INPUT_NAME, OUTPUT_NAME, DeployMetadata, set_props
 from .onnx_io import ArtifactRecord, PathLike, check_onnx, first_line, input_signature, node_count, op_counts

@@ -17,8 +17,8 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from ccpcsa.artifacts import atomic_path
 from ccpcsa.errors import UserError
+from ccpcsa.io.artifacts import atomic_path
 
 PathLike = str | os.PathLike[str]
 

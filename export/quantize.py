@@ -61,9 +61,9 @@ from onnxruntime.quantization import (
     quantize_static,
 )
 
-from ccpcsa.alignment import cpu_flags
-from ccpcsa.artifacts import atomic_path, sha256_file
 from ccpcsa.errors import UserError, write_error
+from ccpcsa.io.artifacts import atomic_path, sha256_file
+from ccpcsa.surgery.alignment import cpu_flags
 
 from .metadata import carry_metadata, get_props
 from .onnx_io import (

@@ -1,7 +1,7 @@
 """Runners: one interface to run a classifier from PyTorch, onnxruntime or TensorRT.
 
 Every runner has ``run(batch) -> logits``, ``synchronize()`` and an ``info`` record (format,
-precision, device, threads). :class:`TrtRunner` lives in :mod:`export.tensorrt` (it imports
+precision, device, threads). :class:`TrtRunner` lives in :mod:`export.tensorrt.runner` (it imports
 TensorRT lazily) and follows the same interface.
 
 Input contract (all runners, :func:`validate_batch`): a ``numpy.ndarray`` of shape

@@ -11,8 +11,8 @@ from pathlib import Path
 import onnx
 import onnxsim
 
-from ccpcsa.artifacts import sha256_file
 from ccpcsa.errors import UserError
+from ccpcsa.io.artifacts import sha256_file
 
 from .metadata import carry_metadata
 from .onnx_io import (

@@ -1,10 +1,10 @@
-"""Type-check ``export/tensorrt.py`` against the TensorRT 10.13 stubs for real (``python -m export.typecheck``).
+"""Type-check the TensorRT code (``export/tensorrt/``) against the TensorRT 10.13 stubs for real (``python -m export.typecheck``).
 
 The ``tensorrt-stubs`` 10.13 wheel has no ``py.typed`` marker — so a plain ``mypy`` treats
 ``tensorrt`` as untyped and every ``trt.*`` name as ``Any`` — and a few syntax errors (parameters
 named ``in``; a non-default parameter after defaults). This copies the stubs into ``.cache/trt-stubs``,
 patches those lines, proves the types resolve (``reveal_type(trt.Builder)``), then runs mypy on the
-module with them. Exit code 0 only when the stubs were used and no error was found.
+package with them. Exit code 0 only when the stubs were used and no error was found.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sysconfig
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TARGET = "export/tensorrt.py"
+TARGET = "export/tensorrt"  # the package: engine, build, runner
 
 
 def prepare_stubs(dest: Path) -> Path:

@@ -18,8 +18,8 @@ from typing import Any
 import yaml
 
 from ccpcsa.errors import UserError, closest
-from ccpcsa.loop import PruneConfig
-from ccpcsa.train import TrainConfig
+from ccpcsa.pruning.loop import PruneConfig
+from ccpcsa.training.engine import TrainConfig
 
 
 @dataclass
@@ -199,7 +199,7 @@ class PipelineConfig:
         for ok, msg in checks:
             if not ok:
                 raise UserError(msg)
-        from ccpcsa.train import check_device
+        from ccpcsa.training.engine import check_device
 
         check_device(self.run.device, "run.device")
         self._validate_model()
@@ -252,9 +252,9 @@ class PipelineConfig:
         path = self.baseline.checkpoint
         if not path:
             return
-        from ccpcsa.checkpoint import ModelSpec, match_state_dict
+        from ccpcsa.io.checkpoint import ModelSpec, match_state_dict
+        from ccpcsa.io.weights import read_weights
         from ccpcsa.models import build_model
-        from ccpcsa.weights import read_weights
 
         p = Path(path).expanduser()
         if not p.exists() and self.baseline.train_if_missing:

@@ -38,7 +38,7 @@ def cuda_rows(pruned_pt: Path, fp32_onnx: Path, device: Any, input_size: int, x:
     images (the first :data:`PARITY_IMAGES` give the parity). Each row has ``status`` ok / failed / skipped."""
     import onnxruntime as ort
 
-    from ccpcsa.checkpoint import load_checkpoint
+    from ccpcsa.io.checkpoint import load_checkpoint
     from export.compare import compare_logits
     from export.runtime import OrtRunner, TorchCudaGraphRunner, TorchRunner
 

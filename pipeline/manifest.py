@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ccpcsa.artifacts import atomic_write_json, sha256_file
 from ccpcsa.errors import UserError
+from ccpcsa.io.artifacts import atomic_write_json, sha256_file
 
 try:
     import fcntl
@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - not POSIX
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 STALE_EMPTY_S = 5.0  # O_EXCL fallback: an empty/half-written lock file older than this is stale
-TEMP_GLOBS = (".*.tmp",)  # ccpcsa.artifacts.atomic_path's temporary files: ".<name>.<random>.tmp"
+TEMP_GLOBS = (".*.tmp",)  # ccpcsa.io.artifacts.atomic_path's temporary files: ".<name>.<random>.tmp"
 # scratch folders: export.quantize's ".<name>.<random>.quant.tmp" (with onnxruntime's own temporary folders inside)
 TEMP_DIR_GLOBS = (".*.tmp",)
 TEMP_DIRS = (".", "plots")  # folders of a run directory the stages write into

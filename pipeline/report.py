@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ccpcsa.artifacts import atomic_path, atomic_write_json, atomic_write_text
+from ccpcsa.io.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 from .accuracy import format_accuracy
 

@@ -28,9 +28,9 @@ from typing import Any
 
 import torch
 
-from ccpcsa.distributed import resolve_device
 from ccpcsa.errors import UserError, unknown
-from ccpcsa.train import seed_everything
+from ccpcsa.training.distributed import resolve_device
+from ccpcsa.training.engine import seed_everything
 
 from .checks import Check
 from .config import PipelineConfig

@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from ccpcsa.artifacts import atomic_path, atomic_write_json
-from ccpcsa.checkpoint import load_checkpoint
 from ccpcsa.data import ArrayDataset, normalize_batch
+from ccpcsa.io.artifacts import atomic_path, atomic_write_json
+from ccpcsa.io.checkpoint import load_checkpoint
 from ccpcsa.models import count_complexity
 
 from .accuracy import accuracy_record

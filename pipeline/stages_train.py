@@ -6,15 +6,15 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
-from ccpcsa.artifacts import sha256_file
-from ccpcsa.attention import attach_bam
-from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.criteria import get_criterion
 from ccpcsa.data import ArrayDataset, DataSplits, load_data
-from ccpcsa.loop import run_pruning
+from ccpcsa.io.artifacts import sha256_file
+from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity, native_input_size
-from ccpcsa.prune import channels_per_layer
-from ccpcsa.train import evaluate, fit, seed_everything
+from ccpcsa.models.attention import attach_bam
+from ccpcsa.pruning.loop import run_pruning
+from ccpcsa.surgery.prune import channels_per_layer
+from ccpcsa.training.engine import evaluate, fit, seed_everything
 
 from .accuracy import accuracy_record
 from .checks import accuracy_drop, at_least, flops_target
@@ -177,7 +177,7 @@ def latency_probe(ctx: StageContext) -> Any:
     p = ctx.cfg.prune
     if p.target_speedup is None and p.target_latency_ms is None and p.allocation != "latency":
         return None
-    from ccpcsa.alignment import resolve_alignment
+    from ccpcsa.surgery.alignment import resolve_alignment
     from export.layer_latency import OrtLatencyProbe
 
     align, _ = resolve_alignment(p.round_to, p.target_runtime)

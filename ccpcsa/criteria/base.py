@@ -1,4 +1,4 @@
-"""The criterion interface: a criterion only *scores* channels; :mod:`ccpcsa.prune` does the surgery.
+"""The criterion interface: a criterion only *scores* channels; :mod:`ccpcsa.surgery.prune` does the surgery.
 
 ``score(ctx) -> {group key: per-channel scores}`` where the array of group ``g`` has one entry per
 channel of the group's root module (``ctx.pruner.group(g).size``). Low scores are pruned first.
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..prune import ChannelPruner, GroupInfo
+from ..surgery.prune import ChannelPruner, GroupInfo
 
 Batches = Callable[[], Iterable[tuple[torch.Tensor, torch.Tensor]]]
 

@@ -35,8 +35,8 @@ import numpy as np
 import torch_pruning as tp
 from torch import nn
 
-from ..attention import BAM
 from ..errors import UserError
+from ..models.attention import BAM
 from .base import FEATURES, Criterion, ScoreContext, combine_members, feature_members, normalize_layer
 
 
@@ -50,7 +50,7 @@ class CcpcsaOptions:
     combine: str = "product"  # product | rank
     features: str = "bn"  # bn | conv | relu
     group: str = "mean"  # mean | max
-    compensate: bool = False  # fold removed channels into the kept ones by least squares (ccpcsa.compensation)
+    compensate: bool = False  # fold removed channels into the kept ones by least squares (ccpcsa.surgery.compensation)
 
     CHOICES = {"correlation": ("mean", "max", "partial", "none"), "attention": ("channel", "full", "gain", "none"),
                "magnitude": ("none", "energy", "l1", "bn"), "combine": ("product", "rank"), "features": FEATURES,
@@ -170,8 +170,8 @@ class CorrelationAttentionCriterion(Criterion):
 
     def compensate(self, pruner: Any, plan: dict[str, list[int]]) -> Any:
         """Least-squares weight compensation of ``plan`` from the consumer-input moments of the last scored statistics
-        (:func:`ccpcsa.compensation.compensate_least_squares`); a skipped report when the option is off."""
-        from ..compensation import compensate_least_squares, skipped_report
+        (:func:`ccpcsa.surgery.compensation.compensate_least_squares`); a skipped report when the option is off."""
+        from ..surgery.compensation import compensate_least_squares, skipped_report
 
         if not self.options.compensate or self._stats is None or not self._stats.consumer_moments:
             return skipped_report(plan, "prune.criterion_options.compensate is off" if not self.options.compensate

@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from .. import placement
-from ..attention import BAM
-from ..prune import ChannelPruner
+from ..models.attention import BAM
+from ..surgery.prune import ChannelPruner
 
 
 def _accumulate(total: torch.Tensor | None, new: torch.Tensor) -> torch.Tensor:
@@ -130,7 +130,7 @@ class ChannelStatsCollector:
             mom = self.stats.moments.setdefault(name, Moments())
             self._handles.append(mods[name].register_forward_hook(self._moment_hook(mom)))
         for name in self.consumer_modules:
-            from ..compensation import InputMoments
+            from ..surgery.compensation import InputMoments
 
             im = self.stats.consumer_moments.setdefault(name, InputMoments())
             self._handles.append(mods[name].register_forward_pre_hook(self._input_hook(im)))
@@ -181,7 +181,7 @@ def stats_collector(model: nn.Module, pruner: ChannelPruner, features: str = "bn
     """The collector for every group's feature maps (:func:`~ccpcsa.criteria.base.feature_members` at ``features``:
     ``bn`` after BN, ``conv`` before BN, ``relu`` after BN + ReLU); with ``consumers`` also the input moments of every
     group's cross-channel consumers (for least-squares weight compensation)."""
-    from ..compensation import find_consumers
+    from ..surgery.compensation import find_consumers
     from .base import feature_members
 
     feats = sorted({n for g in pruner.groups for n in feature_members(g, model, features)})

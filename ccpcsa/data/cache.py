@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..artifacts import atomic_path, atomic_write_json
+from ..io.artifacts import atomic_path, atomic_write_json
 from .raw import RawData
 
 CACHE_VERSION = 1

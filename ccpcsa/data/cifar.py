@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ..artifacts import atomic_path
 from ..errors import UserError
+from ..io.artifacts import atomic_path
 from .raw import RawData
 
 DEFAULT_DIR = Path("~/.cache/ccpcsa/cifar")

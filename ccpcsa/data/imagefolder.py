@@ -31,8 +31,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from ..artifacts import sha256_file
 from ..errors import UserError
+from ..io.artifacts import sha256_file
 from .raw import RawData
 
 EXPECTED = "a directory or .tar.gz with train/<class>/ and test/<class>/"

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .placement import example_input, module_device, module_dtype
+from ..placement import example_input, module_device, module_dtype
 
 
 class ChannelGate(nn.Module):

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import UserError, write_error
+from ..errors import UserError, write_error
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from .placement import resolve_device
+from ..placement import resolve_device
 
 __all__ = ["DistInfo", "all_reduce_sum", "cleanup", "init", "resolve_device", "sync_buffers"]
 

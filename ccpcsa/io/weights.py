@@ -11,7 +11,7 @@ Three forms are recognised by their content (not their file name):
 Torch files are read with ``torch.load(weights_only=True)``. Every problem with the file itself (missing,
 empty, truncated, code inside, non-tensor entries) is a one-line :class:`~ccpcsa.errors.UserError`
 naming the file and the fix. Matching the tensors to an architecture is
-:func:`ccpcsa.checkpoint.load_checkpoint`'s job.
+:func:`ccpcsa.io.checkpoint.load_checkpoint`'s job.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
+from ..errors import UserError
 from .artifacts import sha256_file
-from .errors import UserError
 
 FORMAT = "ccpcsa-checkpoint/1"
 SOURCES = ("checkpoint", "state_dict", "safetensors")

@@ -1,4 +1,4 @@
-"""What makes :func:`ccpcsa.train.fit` fast on a GPU without changing what it computes.
+"""What makes :func:`ccpcsa.training.engine.fit` fast on a GPU without changing what it computes.
 
 - **No host sync per step.** :class:`StepMonitor` accumulates loss and correct predictions on the device
   and checks the loss for NaN/Inf once every ``interval`` steps (every step on the CPU, where a check

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .attention import BAM
+from ..models.attention import BAM
 from .prune import ChannelPruner
 
 

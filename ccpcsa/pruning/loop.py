@@ -26,28 +26,27 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import placement
-from .alignment import resolve_alignment
-from .allocation import ALLOCATIONS, order_blocks
-from .artifacts import atomic_write_json
-from .attention import detach_bam
-from .cost import CostModel, MacsCost
-from .criteria import Criterion, ScoreContext
-from .criteria.stats import stats_collector
-from .data import ArrayDataset, BatchLoader, DataSplits
-from .errors import UserError, unknown
-from .models.complexity import Complexity, count_complexity
-from .prune import (
+from .. import placement
+from ..criteria import Criterion, ScoreContext
+from ..criteria.stats import stats_collector
+from ..data import ArrayDataset, BatchLoader, DataSplits
+from ..errors import UserError, unknown
+from ..io.artifacts import atomic_write_json
+from ..models.attention import detach_bam
+from ..models.complexity import Complexity, count_complexity
+from ..surgery.alignment import resolve_alignment
+from ..surgery.cost import CostModel, MacsCost
+from ..surgery.prune import (
     SCOPES,
     ChannelPruner,
     channels_per_layer,
     deployed_complexity,
-    fewest_prefix,
     metapruner_to_target,
-    prune_to_target,
 )
-from .train import TrainConfig, evaluate, fit
-from .train_speed import Distillation
+from ..surgery.target import fewest_prefix, prune_to_target
+from ..training.engine import TrainConfig, evaluate, fit
+from ..training.speed import Distillation
+from .allocation import ALLOCATIONS, order_blocks
 
 #: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
 #: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
@@ -61,7 +60,7 @@ class PruneConfig:
     latency target).
 
     ``method`` + ``criterion_options``: the criterion; ``round_to`` (``auto`` or a number) + ``target_runtime``: the
-    width alignment (:mod:`ccpcsa.alignment`); ``allocation``: the block order (:mod:`ccpcsa.allocation`); ``scope``:
+    width alignment (:mod:`ccpcsa.surgery.alignment`); ``allocation``: the block order (:mod:`ccpcsa.pruning.allocation`); ``scope``:
     ``internal`` leaves residual streams whole; ``target_speedup`` / ``target_latency_ms`` at ``latency_batch``: a
     measured-latency target instead of ``target_flops_reduction``; ``pruner``: ``torch-pruning`` runs the library's
     ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
@@ -225,7 +224,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     The history (JSON list, one row per iteration) is written atomically after every iteration.
 
     Kept widths are multiples of the alignment (``cfg.round_to``, ``auto``: :func:`resolve_alignment` for
-    ``cfg.target_runtime``); blocks go in the order of ``cfg.allocation`` (:mod:`ccpcsa.allocation`). With
+    ``cfg.target_runtime``); blocks go in the order of ``cfg.allocation`` (:mod:`ccpcsa.pruning.allocation`). With
     ``cfg.target_speedup`` / ``cfg.target_latency_ms`` the target is latency on the runtime ``latency`` measures:
     each iteration removes blocks until the latency table's estimate reaches that iteration's step, and the loop
     stops when the *measured* speedup over the unpruned model (interleaved timing) reaches the target.

@@ -1,7 +1,7 @@
 """Allocation: in which order the blocks of all groups go — which decides how wide each layer ends up.
 
 Every order here takes, for every group, its blocks in the group's own order (lowest scores first,
-:meth:`ccpcsa.prune.ChannelPruner.group_blocks`), so every prefix of an order is a valid, aligned plan, and
+:meth:`ccpcsa.surgery.prune.ChannelPruner.group_blocks`), so every prefix of an order is a valid, aligned plan, and
 the pruner removes the shortest prefix that reaches the target. The orders differ in how they interleave
 the groups:
 
@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cost import CostModel
-from .errors import unknown
-from .prune import Block, ChannelPruner
+from ..errors import unknown
+from ..surgery.cost import CostModel
+from ..surgery.prune import Block, ChannelPruner
 
 ALLOCATIONS = ("global", "cost", "latency", "params", "uniform")
 
@@ -45,7 +45,7 @@ def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocatio
     if allocation == "uniform":
         return _uniform(pruner, queues)
     if allocation == "params":
-        from .cost import ParamsCost
+        from ..surgery.cost import ParamsCost
 
         return _greedy(queues, ParamsCost(pruner), scores)
     if cost is None:

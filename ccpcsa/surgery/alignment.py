@@ -20,7 +20,7 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import UserError
+from ..errors import UserError
 
 RUNTIMES = ("onnxruntime-cpu", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
 TENSORRT_ALIGNMENT = {"tensorrt-fp16": 8, "tensorrt-int8": 16, "tensorrt-tf32": 4}
@@ -53,7 +53,7 @@ def cpu_float_lanes(flags: frozenset[str] | None = None, machine: str | None = N
 def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu") -> tuple[int, str]:
     """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``."""
     if runtime not in RUNTIMES:
-        from .errors import unknown
+        from ..errors import unknown
 
         raise unknown("prune.target_runtime", runtime, RUNTIMES)
     if isinstance(round_to, str):

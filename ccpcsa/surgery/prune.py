@@ -4,7 +4,7 @@ A *group* is a set of coupled channels found by the dependency graph (Fang et al
 CVPR 2023): removing channel k of the group's root conv also removes the matching channel of every
 BN, BAM, residual partner, depthwise conv, concat/split slice and consumer input in the group, so
 tensors really shrink and stay consistent. A *block* is the unit this pruner removes from one group:
-``round_to`` channels (the runtime's alignment, see :mod:`ccpcsa.alignment`), so every pruned layer keeps
+``round_to`` channels (the runtime's alignment, see :mod:`ccpcsa.surgery.alignment`), so every pruned layer keeps
 a width that is a multiple of the alignment; a layer narrower than one block keeps its width.
 
 Grouped convolutions (``1 < groups < channels``) must lose the same channels from every one of their
@@ -15,7 +15,7 @@ split into ``P`` equal parts (``torch.chunk``) is treated the same way with ``P`
 that covers only some slices of a grouped conv (e.g. one branch of a concat feeding it) cannot be
 pruned consistently on its own: it is left whole and :attr:`ChannelPruner.fixed` says why.
 
-Which blocks go is the allocation's business (:mod:`ccpcsa.allocation`); criteria score channels
+Which blocks go is the allocation's business (:mod:`ccpcsa.pruning.allocation`); criteria score channels
 (:mod:`ccpcsa.criteria`). :meth:`ChannelPruner.ranked_blocks` is the plain global order: blocks of every
 group, sorted by their mean score.
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -33,10 +33,10 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from .attention import BAM
-from .errors import UserError
-from .models.complexity import Complexity, count_complexity
-from .placement import example_input
+from ..errors import UserError
+from ..models.attention import BAM
+from ..models.complexity import Complexity, count_complexity
+from ..placement import example_input
 
 
 class BAMPruner(tp.pruner.function.BasePruningFunc):
@@ -305,7 +305,7 @@ def plan_from_blocks(blocks: Sequence[Block | tuple[float, str, list[int]]]) -> 
 def deployed_complexity(model: nn.Module, input_size: int, exclude_attention: bool = False) -> Complexity:
     """MACs and parameters of ``model``; with ``exclude_attention`` of the model as deployed without its BAM modules
     (counted on a detached copy, the model itself is untouched)."""
-    from .attention import detach_bam
+    from ..models.attention import detach_bam
 
     if exclude_attention and any(isinstance(m, BAM) for m in model.modules()):
         model = copy.deepcopy(model)
@@ -321,102 +321,6 @@ def macs_after(pruner: ChannelPruner, plan: dict[str, list[int]], exclude_attent
                       pruner.original_sizes, [])
     p.apply(plan)
     return deployed_complexity(trial, pruner.input_size, exclude_attention).macs
-
-
-def fewest_prefix(n_max: int, value: Callable[[int], float], target: float, estimate: Sequence[float] | None = None) -> int:
-    """Smallest ``k`` in ``0..n_max`` with ``value(k) ≤ target`` (``n_max`` if none), for a ``value`` that does not
-    increase with ``k``: bisection, where the first 4 probes invert ``estimate`` (a cheap non-increasing guess of
-    ``value``, rescaled on the last probe) and check the neighbour — few calls of an expensive ``value``."""
-    cache: dict[int, float] = {}
-
-    def f(n: int) -> float:
-        if n not in cache:
-            cache[n] = float(value(n))
-        return cache[n]
-
-    if n_max == 0 or f(0) <= target:
-        return 0
-    lo, hi = 0, n_max  # f(lo) > target; the answer lies in (lo, hi]
-    base = f(0)
-    saved = None if estimate is None else base - np.asarray(estimate, dtype=np.float64)  # non-decreasing
-    c, rounds = 1.0, 0
-    while hi - lo > 1:
-        if saved is not None and rounds < 4:
-            g = int(np.searchsorted(saved, (base - target) / c, side="left"))
-            g = min(hi - 1, max(lo + 1, g))
-        else:
-            g = (lo + hi) // 2
-        rounds += 1
-        fg = f(g)
-        if saved is not None and saved[g] > 0 and base > fg:
-            c = (base - fg) / saved[g]
-        if fg <= target:
-            hi = g
-            if g - 1 > lo and f(g - 1) > target:
-                lo = g - 1
-        else:
-            lo = g
-            if g + 1 < hi and f(g + 1) <= target:
-                hi = g + 1
-    return hi
-
-
-def prune_to_target(pruner: ChannelPruner, scores: dict[str, np.ndarray], *, blocks: int | None = None,
-                    target_macs: float | None = None, ranked: Sequence[Block] | None = None,
-                    before_apply: Callable[[dict[str, list[int]]], None] | None = None,
-                    exclude_attention: bool = False) -> tuple[dict[str, list[int]], Complexity]:
-    """Prune ``pruner.model`` in place: the first ``blocks`` blocks of ``ranked`` (default: the global order
-    :meth:`ChannelPruner.ranked_blocks`), or the blocks that bring MACs down to ``target_macs`` (counted without BAM
-    when ``exclude_attention``) — :func:`fit_to_target`. ``before_apply(plan)`` runs on the chosen plan just before the
-    surgery (e.g. weight compensation while channel indices are still valid). Returns the applied plan and the new
-    complexity (of the model as it is, BAM included)."""
-    if blocks is None and target_macs is None:
-        raise ValueError("give blocks or target_macs")
-    order = list(ranked) if ranked is not None else pruner.ranked_blocks(scores)
-    if blocks is not None:
-        chosen = order[:min(blocks, len(order))]
-    else:
-        chosen = fit_to_target(pruner, order, float(target_macs), exclude_attention)  # type: ignore[arg-type]
-    plan = plan_from_blocks(chosen)
-    if before_apply is not None:
-        before_apply(plan)
-    pruner.apply(plan)
-    return plan, count_complexity(pruner.model, pruner.input_size)
-
-
-def fit_to_target(pruner: ChannelPruner, order: list[Block], target_macs: float, exclude_attention: bool = False,
-                  attempts: int = 4, slack: float = 0.01) -> list[Block]:
-    """The blocks to remove for ``target_macs``: the fewest first blocks of ``order`` that reach it (real trial surgeries
-    guided by the first-order MACs estimate of :mod:`ccpcsa.cost`, :func:`fewest_prefix`). When that prefix overshoots
-    by more than ``slack`` of the MACs (its last block was a coarse one — half a narrow residual stream, say), the last
-    block and its group's later blocks are set aside and the prefix is searched again, up to ``attempts`` times; the
-    plan that reaches the target with the least overshoot wins. So criteria compared at one MACs target reach it alike,
-    not one coarse block apart; every plan is still a prefix of every group's own block order."""
-    from .cost import MacsCost
-
-    cost = MacsCost(pruner)
-    base = deployed_complexity(pruner.model, pruner.input_size, exclude_attention).macs
-    seen: dict[tuple[int, ...], float] = {}
-
-    def real(blocks: list[Block]) -> float:
-        key = tuple(id(b) for b in blocks)
-        if key not in seen:
-            seen[key] = base if not blocks else macs_after(pruner, plan_from_blocks(blocks), exclude_attention)
-        return seen[key]
-
-    cur, best, best_macs = list(order), [], -np.inf
-    for _ in range(max(1, attempts)):
-        est = cost.prefix_costs(cur)
-        est = [base - (est[0] - e) for e in est]
-        k = fewest_prefix(len(cur), lambda n, c=cur: real(c[:n]), target_macs, est)
-        macs = real(cur[:k])
-        if macs <= target_macs and macs > best_macs:
-            best, best_macs = cur[:k], macs
-        if k == 0 or macs > target_macs or target_macs - macs <= slack * base:
-            break
-        last = cur[k - 1]
-        cur = cur[:k - 1] + [b for b in cur[k:] if b.key != last.key]
-    return best if best_macs > -np.inf else cur[:k]
 
 
 def metapruner_to_target(model: nn.Module, input_size: int, target_macs: float, *, round_to: int = 1,

@@ -13,7 +13,7 @@ the state dict (:func:`resize_to_state_dict`). This works because structured pru
 tensor sizes, never the module graph.
 
 :func:`load_checkpoint` also takes weights as users have them — a bare ``state_dict`` (``.pt``/``.pth``,
-also wrapped or ``module.``-prefixed) or a ``.safetensors`` file (see :mod:`ccpcsa.weights`) — when it is
+also wrapped or ``module.``-prefixed) or a ``.safetensors`` file (see :mod:`ccpcsa.io.weights`) — when it is
 given the architecture as a :class:`ModelSpec`; those are loaded strictly (same keys, same shapes).
 """
 
@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import UserError
+from ..models import build_model
 from .artifacts import atomic_path
-from .errors import UserError
-from .models import build_model
 from .weights import FORMAT, first_line, load_torch_file, non_finite, read_weights
 
 
@@ -66,7 +66,7 @@ def build_from_spec(spec: ModelSpec) -> nn.Module:
     """Build the (unpruned) architecture of ``spec``, with BAM attached when ``spec.attention`` is set."""
     model = build_model(spec.name, spec.num_classes, **spec.kwargs)
     if spec.attention is not None:
-        from .attention import attach_bam
+        from ..models.attention import attach_bam
 
         attach_bam(model, input_size=spec.input_size, **spec.attention)
     return model
@@ -214,7 +214,7 @@ def load_checkpoint(
         raise UserError(
             f"checkpoint {path} is bare weights ({w.source}) without an architecture; load it with "
             "load_checkpoint(path, spec=ModelSpec(name, num_classes, ...)) (in the pipeline: set model.name, "
-            "model.kwargs and model.num_classes), or save it with ccpcsa.checkpoint.save_checkpoint")
+            "model.kwargs and model.num_classes), or save it with ccpcsa.io.checkpoint.save_checkpoint")
     else:
         raw = {}
     if expect_model is not None and not _same_model(expect_model, spec.name):
@@ -251,7 +251,7 @@ def load_checkpoint(
             f"checkpoint {path} does not match architecture '{spec.name}' "
             f"(attention={'BAM' if spec.attention else 'none'}): {_mismatch(model, state)}"
         ) from exc
-    from .placement import place
+    from ..placement import place
 
     place(model, device).eval()
     return Checkpoint(model, spec, list(raw.get("classes", [])), list(raw.get("mean", [])), list(raw.get("std", [])),

@@ -8,7 +8,7 @@ optional label smoothing; channels_last; AMP (bfloat16/float16 autocast) on CUDA
 Placement goes through :mod:`ccpcsa.placement`: a model handed over on another device or dtype is moved
 to the run's device (float32) by ``fit``, ``evaluate`` and ``predict_logits``. On CUDA the data set is held
 on the device, augmented there, the loss is checked without a host sync per step and long fits are
-compiled (``train.compile``; see :mod:`ccpcsa.train_speed`); the CPU path computes exactly what it did.
+compiled (``train.compile``; see :mod:`ccpcsa.training.speed`); the CPU path computes exactly what it did.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from .. import placement
+from ..data import ArrayDataset, BatchLoader, DataSplits
+from ..errors import UserError
+from ..io.checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
 from . import distributed as ddp
-from . import placement
-from .checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
-from .data import ArrayDataset, BatchLoader, DataSplits
-from .errors import UserError
-from .train_speed import (
+from .speed import (
     COMPILE_CHOICES,
     Distillation,
     StepMonitor,
@@ -48,7 +48,7 @@ SCHEDULES = ("cosine", "onecycle", "constant")
 @dataclass
 class TrainConfig:
     """Hyper-parameters of one fit. ``max_steps_per_epoch`` (None = full epoch) bounds smoke runs.
-    ``compile``: ``auto`` (compile long single-process CUDA fits), ``on`` or ``off`` (see :mod:`ccpcsa.train_speed`)."""
+    ``compile``: ``auto`` (compile long single-process CUDA fits), ``on`` or ``off`` (see :mod:`ccpcsa.training.speed`)."""
 
     epochs: int = 30
     batch_size: int = 128
@@ -243,7 +243,7 @@ def fit(
     Under torchrun the model is wrapped in DDP and each rank trains on its own shard.
     ``device``: where to train (the model is moved there, float32); None = where the model already is.
     ``FitResult.speed`` records how the fit ran (compiled or not and why, resident data, check interval).
-    ``distill``: knowledge distillation from a frozen teacher (:func:`ccpcsa.train_speed.batch_loss`); the teacher is
+    ``distill``: knowledge distillation from a frozen teacher (:func:`ccpcsa.training.speed.batch_loss`); the teacher is
     placed on the training device in eval mode.
     """
     cfg.validate()
