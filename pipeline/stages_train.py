@@ -150,9 +150,10 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     before = channels_per_layer(ck.model)
     probe = latency_probe(ctx)
     seed = cfg.prune.seed if cfg.prune.seed is not None else cfg.run.seed
+    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if cfg.prune.distill_teacher == "baseline" else None
     result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=seed), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
-                         history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe)
+                         history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe, teacher=teacher)
     spec = ck.spec if not (cfg.prune.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
     out = ctx.path("pruned.pt")
@@ -175,7 +176,9 @@ def latency_probe(ctx: StageContext) -> Any:
     """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` /
     ``prune.allocation=latency`` (None without). Its per-layer table is cached in the run directory (``latency_table.b<batch>.t<threads>.json``)."""
     p = ctx.cfg.prune
-    if p.target_speedup is None and p.target_latency_ms is None and p.allocation != "latency":
+    from ccpcsa.pruning.allocation import NEEDS_LATENCY
+
+    if p.target_speedup is None and p.target_latency_ms is None and p.allocation not in NEEDS_LATENCY:
         return None
     from ccpcsa.surgery.alignment import resolve_alignment
     from export.layer_latency import OrtLatencyProbe

@@ -17,6 +17,11 @@ the groups:
 - ``params``: the same greedy knapsack priced in parameters instead: the least importance mass per weight removed
   goes first — layers with many weights per channel (the wide late layers) are thinned most, as QSFM's allocation
   on ResNet-56 does (58 % of the parameters for 48 % of the FLOPs, Wang et al., arXiv 2105.06052);
+- ``sensitivity``: the same greedy knapsack with *measured* importance — a block's importance is the loss increase when
+  it goes (:mod:`ccpcsa.sensitivity`: its channels silenced on a fixed set of train images) — priced in the target
+  runtime's milliseconds: the blocks that cost least accuracy per millisecond saved go first, so a layer the model
+  needs keeps its width however many MACs it has, and a layer the runtime spends time on but the model does not need
+  loses whole blocks; ``sensitivity-macs``: the same priced in MACs (any runtime, no latency table);
 - ``uniform``: every group loses the same fraction of its original width, in turn (the group with the
   smallest removed fraction goes next; ties by score) — the per-layer-ratio baseline.
 """
@@ -29,17 +34,28 @@ from ..errors import unknown
 from ..surgery.cost import CostModel
 from ..surgery.prune import Block, ChannelPruner
 
-ALLOCATIONS = ("global", "cost", "latency", "params", "uniform")
+ALLOCATIONS = ("global", "cost", "latency", "params", "uniform", "sensitivity", "sensitivity-macs")
+#: allocations whose importance is the measured per-block loss increase (:func:`ccpcsa.sensitivity.block_sensitivity`)
+MEASURED = ("sensitivity", "sensitivity-macs")
+#: allocations priced in the target runtime's milliseconds (they need its latency table)
+NEEDS_LATENCY = ("latency", "sensitivity")
+
+
+def removable_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray]) -> dict[str, list[Block]]:
+    """Group key → its removable blocks in the group's own order (groups without a score or a block left out)."""
+    queues = {g.key: pruner.group_blocks(g.key, scores[g.key]) for g in pruner.groups if g.key in scores}
+    return {k: q for k, q in queues.items() if q}
 
 
 def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocation: str = "global",
-                 cost: CostModel | None = None) -> list[Block]:
+                 cost: CostModel | None = None, sensitivity: dict[str, list[float]] | None = None) -> list[Block]:
     """All removable blocks of the scored groups in the order the ``allocation`` removes them (module docstring).
-    ``cost`` is required by ``cost`` (MACs or latency) and ignored by the others."""
+    ``cost`` is required by ``cost``, ``latency`` and the measured allocations (MACs or latency) and ignored by the
+    others; ``sensitivity`` (group key → each block's measured loss increase, :func:`removable_blocks` order) is
+    required by :data:`MEASURED`."""
     if allocation not in ALLOCATIONS:
         raise unknown("prune.allocation", allocation, ALLOCATIONS)
-    queues = {g.key: pruner.group_blocks(g.key, scores[g.key]) for g in pruner.groups if g.key in scores}
-    queues = {k: q for k, q in queues.items() if q}
+    queues = removable_blocks(pruner, scores)
     if allocation == "global":
         return pruner.ranked_blocks(scores)
     if allocation == "uniform":
@@ -50,6 +66,10 @@ def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocatio
         return _greedy(queues, ParamsCost(pruner), scores)
     if cost is None:
         raise ValueError(f"allocation '{allocation}' needs a cost model")
+    if allocation in MEASURED:
+        if sensitivity is None:
+            raise ValueError(f"allocation '{allocation}' needs the measured block sensitivity")
+        return _greedy(queues, cost, scores, sensitivity)
     return _greedy(queues, cost, scores)
 
 
@@ -68,10 +88,11 @@ def _uniform(pruner: ChannelPruner, queues: dict[str, list[Block]]) -> list[Bloc
         pos[k] += 1
 
 
-def _greedy(queues: dict[str, list[Block]], cost: CostModel, scores: dict[str, np.ndarray]) -> list[Block]:
-    """Greedy importance-per-cost order. A block's importance mass is the sum of its channels' scores; its price is
-    the cost it saves at the widths reached so far (only the groups sharing a layer with the last move are
-    re-priced)."""
+def _greedy(queues: dict[str, list[Block]], cost: CostModel, scores: dict[str, np.ndarray],
+            sensitivity: dict[str, list[float]] | None = None) -> list[Block]:
+    """Greedy importance-per-cost order. A block's importance mass is the sum of its channels' scores (with
+    ``sensitivity``: its measured loss increase, floored at 0); its price is the cost it saves at the widths reached
+    so far (only the groups sharing a layer with the last move are re-priced)."""
     widths = dict(cost.sizes)
     pos = {k: 0 for k in queues}
     touching_groups: dict[str, set[str]] = {}
@@ -84,7 +105,7 @@ def _greedy(queues: dict[str, list[Block]], cost: CostModel, scores: dict[str, n
     def price(k: str) -> float:
         b = queues[k][pos[k]]
         saved = -cost.delta(widths, k, widths[k] - len(b.channels))
-        mass = float(np.sum(scores[k][b.channels]))
+        mass = max(0.0, sensitivity[k][pos[k]]) if sensitivity is not None else float(np.sum(scores[k][b.channels]))
         return mass / saved if saved > 1e-12 else np.inf
 
     for k in queues:

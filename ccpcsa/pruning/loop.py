@@ -44,13 +44,21 @@ from ..surgery.prune import (
     metapruner_to_target,
 )
 from ..surgery.target import fewest_prefix, prune_to_target
-from ..training.engine import TrainConfig, evaluate, fit
+from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
-from .allocation import ALLOCATIONS, order_blocks
+from .allocation import ALLOCATIONS, MEASURED, NEEDS_LATENCY, order_blocks, removable_blocks
+from .sensitivity import block_sensitivity
 
 #: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
 #: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
 PRUNERS = ("ccpcsa", "torch-pruning")
+#: ``restart``: every fit of the loop (statistics epoch, fine-tune, final fine-tune) decays its own cosine from
+#: ``prune.lr`` to 0; ``continuous``: ``prune.lr`` is held through the pruning iterations and one cosine decays it
+#: over the final fine-tune.
+LR_SCHEDULES = ("restart", "continuous")
+#: the distillation teacher: ``start`` — the model the loop starts from (BAM attached and retrained, when the
+#: attention stage ran); ``baseline`` — the user's unpruned model as given, without BAM (the pipeline passes it).
+TEACHERS = ("start", "baseline")
 
 
 @dataclass
@@ -94,6 +102,10 @@ class PruneConfig:
     distill: bool = False
     distill_weight: float = 0.7
     distill_temperature: float = 4.0
+    lr_schedule: str = "restart"
+    distill_teacher: str = "start"
+    recalibrate_bn: int = 0
+    sensitivity_images: int = 512
     seed: int | None = None  # None: 0 (the pipeline passes run.seed)
 
     def validate(self) -> None:
@@ -131,7 +143,7 @@ class PruneConfig:
             raise UserError("prune.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a FLOPs "
                             "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration and keep "
                             "prune.allocation=global, prune.scope=all")
-        if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation == "latency") \
+        if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation in NEEDS_LATENCY) \
                 and self.target_runtime != "onnxruntime-cpu":
             raise UserError(f"prune.target_speedup / target_latency_ms / allocation=latency are measured on the target "
                             f"runtime, and only onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is "
@@ -151,6 +163,14 @@ class PruneConfig:
             raise UserError(f"prune.distill_temperature must be a number > 0, got {self.distill_temperature}")
         if self.seed is not None and self.seed < 0:
             raise UserError(f"prune.seed must be ≥ 0 or null (run.seed), got {self.seed}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise unknown("prune.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if self.distill_teacher not in TEACHERS:
+            raise unknown("prune.distill_teacher", self.distill_teacher, TEACHERS)
+        if self.recalibrate_bn < 0:
+            raise UserError(f"prune.recalibrate_bn must be ≥ 0 (train images; 0 = off), got {self.recalibrate_bn}")
+        if self.sensitivity_images < 1:
+            raise UserError(f"prune.sensitivity_images must be ≥ 1, got {self.sensitivity_images}")
         if self.calibration_images < 1:
             raise UserError(f"prune.calibration_images must be ≥ 1, got {self.calibration_images}")
 
@@ -216,7 +236,7 @@ class LatencyProbe(Protocol):
 def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig, *,
                 input_size: int = 32, device: torch.device | str | None = None, reference_accuracy: float | None = None,
                 history_path: str | Path | None = None, progress: bool = True,
-                latency: LatencyProbe | None = None) -> PruneResult:
+                latency: LatencyProbe | None = None, teacher: nn.Module | None = None) -> PruneResult:
     """Run Algorithm 1 on ``model`` (modified in place) and return the last accepted model.
 
     ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule
@@ -228,12 +248,21 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     ``cfg.target_speedup`` / ``cfg.target_latency_ms`` the target is latency on the runtime ``latency`` measures:
     each iteration removes blocks until the latency table's estimate reaches that iteration's step, and the loop
     stops when the *measured* speedup over the unpruned model (interleaved timing) reaches the target.
+
+    All fits of the loop are one pass over the data (:class:`ccpcsa.train.TrainStream`: no fit repeats another's
+    images); ``cfg.lr_schedule`` says how the learning rate runs across them; ``cfg.recalibrate_bn`` re-estimates the
+    BatchNorm statistics on that many train images after every surgery. ``teacher``: the model distilled from with
+    ``cfg.distill`` (default: a copy of ``model`` as given).
     """
     cfg.validate()
     t0 = time.perf_counter()
     device = placement.module_device(placement.place(model, device))  # None: where the model already is
     seed = cfg.seed or 0
     ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=seed)
+    final_ft = ft
+    if cfg.lr_schedule == "continuous":
+        ft = replace(ft, schedule="constant")
+    stream = TrainStream()
     ref = reference_accuracy if reference_accuracy is not None else evaluate(model, data.val, data.mean, data.std, device=device)[0]
     base = deployed_complexity(model, input_size, cfg.remove_attention)  # MACs targets refer to the deployed graph
     align, align_why = resolve_alignment(cfg.round_to, cfg.target_runtime)
@@ -249,7 +278,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
     target_speedup = cfg.target_speedup
     speedup_now = 1.0
-    if (lat_mode or cfg.allocation == "latency") and latency is None:
+    if (lat_mode or cfg.allocation in NEEDS_LATENCY) and latency is None:
         raise UserError(f"prune.target_speedup / prune.target_latency_ms / prune.allocation=latency need a latency "
                         f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
                         "with another allocation")
@@ -267,7 +296,15 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     accepted = copy.deepcopy(model)
     current = base
     # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
-    kd = Distillation(copy.deepcopy(model).eval(), cfg.distill_weight, cfg.distill_temperature) if cfg.distill else None
+    kd = Distillation((teacher if teacher is not None else copy.deepcopy(model)).eval(), cfg.distill_weight,
+                      cfg.distill_temperature) if cfg.distill else None
+
+    def sensitivity(p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
+        """The measured per-block loss increase for the allocations that price it (None for the others)."""
+        if cfg.allocation not in MEASURED:
+            return None
+        return block_sensitivity(p, removable_blocks(p, scores),
+                                 calibration_batches(data, cfg.sensitivity_images, train_cfg.eval_batch_size, device, seed + 7))
 
     def reached(c: Complexity) -> bool:
         if lat_mode:
@@ -286,10 +323,12 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         if criterion.collects_training_stats:
             pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
             with stats_collector(model, pruner, criterion.features, consumers=criterion.wants_consumer_moments) as col:
-                fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd)
+                fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd,
+                    stream=stream)
             stats = col.stats
         else:
-            fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd)
+            fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd,
+                stream=stream)
         # 2) score all groups, order the blocks (allocation), prune the first ones
         pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
         ctx = ScoreContext(model, pruner, stats,
@@ -307,7 +346,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             assert latency is not None and target_speedup is not None
             ref_ms, cur_ms = latency.measure_pair(model)
             lat_cost = latency.cost_model(pruner, cur_ms)
-            order = order_blocks(pruner, scores, cfg.allocation, lat_cost)
+            order = order_blocks(pruner, scores, cfg.allocation, lat_cost, sensitivity(pruner, scores))
             goal_speedup = min(float(target_speedup), 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
             goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
             prefix = lat_cost.prefix_costs(order)
@@ -333,12 +372,12 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             after = channels_per_layer(model)
             plan = {k: list(range(before[k] - after.get(k, 0))) for k in before if before[k] != after.get(k, 0)}
         else:
-            if cfg.allocation == "latency":  # priced in milliseconds of the target runtime, stopped at the MACs target
+            if cfg.allocation in NEEDS_LATENCY:  # priced in milliseconds of the target runtime, stopped at the MACs target
                 assert latency is not None
                 cost: CostModel | None = latency.cost_model(pruner, latency.measure_pair(model)[1])
             else:
-                cost = MacsCost(pruner) if cfg.allocation == "cost" else None
-            order = order_blocks(pruner, scores, cfg.allocation, cost)
+                cost = MacsCost(pruner) if cfg.allocation in ("cost", "sensitivity-macs") else None
+            order = order_blocks(pruner, scores, cfg.allocation, cost, sensitivity(pruner, scores))
             if cfg.groups_per_iteration is not None:
                 plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order, before_apply=compensation)
             else:
@@ -350,9 +389,13 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         if removed == 0:
             stop = "nothing left to prune (per-layer floors or alignment reached)"
             break
+        if cfg.recalibrate_bn > 0:  # the surgery changed every BN's input statistics: re-estimate them before training on
+            recalibrate_batchnorm(model, lambda _it=it: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size,
+                                                                             device, seed + 1000 + _it))
         # 3) fine-tune, measure, guard
         if cfg.finetune_epochs > 0:
-            fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress, desc=f"prune it{it} finetune", distill=kd)
+            fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress, desc=f"prune it{it} finetune", distill=kd,
+                stream=stream)
         acc = evaluate(model, data.val, data.mean, data.std, device=device)[0]
         drop = ref - acc
         ok = drop < cfg.tolerance
@@ -390,7 +433,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     detached = detach_bam(model) if cfg.remove_attention else 0
     # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
     if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0):
-        fit(model, data, replace(ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress, desc="prune final finetune", distill=kd)
+        fit(model, data, replace(final_ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress,
+            desc="prune final finetune", distill=kd, stream=stream)
     result.model = model
     result.final = count_complexity(model, input_size)
     result.final_val_accuracy = evaluate(model, data.val, data.mean, data.std, device=device)[0]

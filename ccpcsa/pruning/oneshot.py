@@ -35,7 +35,7 @@ from ..surgery.compensation import CompensationReport, skipped_report
 from ..surgery.cost import MacsCost
 from ..surgery.prune import ChannelPruner, channels_per_layer
 from ..surgery.target import prune_to_target
-from ..training.engine import TrainConfig, evaluate, fit
+from ..training.engine import TrainConfig, evaluate, fit, recalibrate_batchnorm
 from .allocation import ALLOCATIONS, order_blocks
 from .loop import calibration_batches
 
@@ -78,25 +78,6 @@ class OneShotResult:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: nn.Module, batches: Any) -> None:
-    """Re-estimate every BatchNorm's running mean/variance on ``batches()`` (train-mode forward, no gradients,
-    no labels): ``μ = mean of batch means``, ``σ² = mean of batch variances`` (``momentum=None``: cumulative
-    average). Weights are untouched. Leaves the model in eval mode."""
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [(m, m.momentum) for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None
-    model.train()
-    try:
-        for x, _ in batches():
-            model(placement.inputs_for(model, x))
-    finally:
-        for m, mom in saved:
-            m.momentum = mom
-        model.eval()
-
-
 def _accuracy(model: nn.Module, data: DataSplits, split: str, device: torch.device) -> float:
     ds = getattr(data, split)
     return evaluate(model, ds, data.mean, data.std, device=device)[0] if len(ds) else float("nan")

@@ -22,9 +22,10 @@ group, sorted by their mean score.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -270,6 +271,32 @@ class ChannelPruner:
         blocks = [b for g in self.groups if g.key in scores for b in self.group_blocks(g.key, scores[g.key])]
         blocks.sort(key=lambda b: b.score)
         return blocks
+
+    @contextlib.contextmanager
+    def silenced(self, plan: dict[str, list[int]]) -> Iterator[None]:
+        """Inside the block, the channels of ``plan`` (group key → root-module channel indices) carry exactly 0: every
+        member conv/linear/BN of their groups has those output rows (weight and bias; BN's γ and β) set to 0 — what the
+        removal of those channels computes, before any compensation or BN re-estimation. Restored on exit."""
+        mods = dict(self.model.named_modules())
+        saved: list[tuple[torch.Tensor, torch.Tensor]] = []
+        try:
+            with torch.no_grad():
+                for key, idxs in plan.items():
+                    g = self.group(key)
+                    for name in g.members:
+                        m = mods[name]
+                        if not isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
+                            continue  # BAM and the like: their input channels are already 0
+                        rows = [g.member_channel_index[name][i] for i in idxs if g.member_channel_index[name][i] >= 0]
+                        for t in (m.weight, m.bias):
+                            if t is not None and rows:
+                                saved.append((t, t.detach().clone()))
+                                t[rows] = 0
+            yield
+        finally:
+            with torch.no_grad():
+                for t, old in reversed(saved):
+                    t.copy_(old)
 
     def widths(self) -> dict[str, int]:
         """Current width of every group."""

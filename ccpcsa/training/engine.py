@@ -13,11 +13,12 @@ compiled (``train.compile``; see :mod:`ccpcsa.training.speed`); the CPU path com
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -149,6 +150,31 @@ def lr_factor(step: int, total: int, cfg: TrainConfig, steps_per_epoch: int) -> 
     return 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
+@dataclass
+class TrainStream:
+    """Several fits run as one pass over the data (the pruning loop's statistics epochs, fine-tunes and final
+    fine-tune). ``step`` counts the batches the stream's fits have consumed: the next fit continues the data where the
+    last one stopped — batch ``step`` of the stream is batch ``step mod B`` of data epoch ``⌊step / B⌋`` (``B``
+    batches per epoch, each data epoch its own seeded permutation and augmentation draws) — so fits of partial epochs
+    never repeat the same images, order and augmentations."""
+
+    step: int = 0
+
+
+def stream_batches(loader: BatchLoader, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless batches of ``loader`` from its global batch index ``start`` on (:class:`TrainStream`): data epoch
+    ``⌊start / len(loader)⌋`` from batch ``start mod len(loader)``, then the following epochs. Skipped batches of the
+    first epoch are drawn and dropped, so the augmentation draws are those of an uninterrupted run."""
+    n = len(loader)
+    epoch, skip = divmod(start, n)
+    while True:
+        loader.set_epoch(epoch)
+        for i, batch in enumerate(loader):
+            if i >= skip:
+                yield batch
+        epoch, skip = epoch + 1, 0
+
+
 def _autocast(device: torch.device, enabled: bool) -> Any:
     if enabled and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -165,6 +191,26 @@ def eval_batch_size(batch_size: int, device: torch.device, image_hw: int) -> int
     if device.type != "cuda":
         return batch_size
     return max(batch_size, GPU_EVAL_PIXELS // max(1, image_hw))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, batches: Any) -> None:
+    """Re-estimate every BatchNorm's running mean/variance on ``batches()`` (train-mode forward, no gradients,
+    no labels): ``μ = mean of batch means``, ``σ² = mean of batch variances`` (``momentum=None``: cumulative
+    average). Weights are untouched. Leaves the model in eval mode."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    try:
+        for x, _ in batches():
+            model(placement.inputs_for(model, x))
+    finally:
+        for m, mom in saved:
+            m.momentum = mom
+        model.eval()
 
 
 def _run_device(model: nn.Module, device: torch.device | str | None) -> torch.device:
@@ -235,6 +281,7 @@ def fit(
     dist_info: ddp.DistInfo | None = None,
     on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
     distill: Distillation | None = None,
+    stream: TrainStream | None = None,
 ) -> FitResult:
     """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs; evaluate on ``data.val`` each epoch.
 
@@ -244,7 +291,8 @@ def fit(
     ``device``: where to train (the model is moved there, float32); None = where the model already is.
     ``FitResult.speed`` records how the fit ran (compiled or not and why, resident data, check interval).
     ``distill``: knowledge distillation from a frozen teacher (:func:`ccpcsa.training.speed.batch_loss`); the teacher is
-    placed on the training device in eval mode.
+    placed on the training device in eval mode. ``stream``: this fit is part of a longer run (:class:`TrainStream`):
+    its data continue where the stream's last fit stopped, and ``stream.step`` advances by the steps taken.
     """
     cfg.validate()
     device = _run_device(model, device)
@@ -298,14 +346,16 @@ def fit(
                     "fused_optimizer": bool(opt.param_groups[0].get("fused"))}
     t0 = time.perf_counter()
     step = start_epoch * steps_per_epoch
+    batches = stream_batches(loader, stream.step) if stream is not None else None
     for epoch in range(start_epoch, cfg.epochs):
         net.train()
-        loader.set_epoch(epoch)
+        if batches is None:
+            loader.set_epoch(epoch)
         te = time.perf_counter()
         monitor = StepMonitor(device, interval, epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
                    leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(loader):
+        for i, (x, y) in enumerate(itertools.islice(batches, steps_per_epoch) if batches is not None else loader):
             if i >= steps_per_epoch:
                 break
             for g in opt.param_groups:
@@ -316,6 +366,8 @@ def fit(
             opt.step()
             monitor.accumulate(loss, logits, y)
             step += 1
+            if stream is not None:
+                stream.step += 1
             bar.update(1)
             if not bar.disable and (i + 1) % max(interval, POSTFIX_EVERY) == 0:
                 _postfix(bar, monitor.progress(), info.world_size, te)
