@@ -76,13 +76,15 @@ def _tail(path: Path, n: int = 15) -> str:
 
 
 def run_pipeline(p: Preset, run_dir: Path, overrides: list[str], *, until: str | None = None, dry_run: bool = False,
-                 env: dict[str, str] | None = None) -> int:
-    """``python -m pipeline run`` in ``run_dir`` with ``overrides`` (and ``env`` added to the environment); output
-    appended to ``run_dir/pipeline.log``. Returns the exit code (0 ok, 1 a stage failed); exit 2 (a user error)
-    raises :class:`PipelineError`."""
+                 env: dict[str, str] | None = None, from_stage: str | None = None) -> int:
+    """``python -m pipeline run`` in ``run_dir`` with ``overrides`` (and ``env`` added to the environment; ``--from
+    from_stage`` when given); output appended to ``run_dir/pipeline.log``. Returns the exit code (0 ok, 1 a stage
+    failed); exit 2 (a user error) raises :class:`PipelineError`."""
     cmd = [sys.executable, "-m", "pipeline", "run", "--config", p.config, "--run-dir", str(run_dir), "--no-progress"]
     if until:
         cmd += ["--until", until]
+    if from_stage:
+        cmd += ["--from", from_stage]
     for o in overrides:
         cmd += ["--set", o]
     if dry_run:

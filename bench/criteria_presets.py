@@ -69,6 +69,9 @@ class Preset:
     distill: bool = True
     distill_weight: float = 0.7
     distill_temperature: float = 4.0
+    lr_schedule: str = "restart"  # prune.lr_schedule
+    recalibrate_bn: int = 0  # prune.recalibrate_bn (train images; 0 = off)
+    distill_teacher: str = "start"  # prune.distill_teacher
     distill_compare: tuple[str, ...] = ()  # criteria also run at targets[0], seed 0, with distillation flipped
     guard_criteria: tuple[str, ...] = ()
     guard_target: float = 0.8
@@ -147,6 +150,7 @@ def common_overrides(p: Preset, checkpoint: str) -> list[str]:
         "prune.finetune_epochs": p.finetune_epochs, "prune.final_finetune_epochs": p.final_finetune_epochs,
         "prune.lr": p.prune_lr, "prune.calibration_images": p.score_images, "prune.remove_attention": True,
         "prune.distill_weight": p.distill_weight, "prune.distill_temperature": p.distill_temperature,
+        "prune.lr_schedule": p.lr_schedule, "prune.recalibrate_bn": p.recalibrate_bn, "prune.distill_teacher": p.distill_teacher,
         # measure, don't gate: every run is finished (and exported) whatever its accuracy or speed
         "checks.max_accuracy_drop": 100.0, "checks.min_agreement_lowp": 0.0, "checks.min_agreement_int8": 0.0,
         "checks.require_speedup": False, "checks.min_speedup_efficiency": None,
@@ -170,7 +174,7 @@ def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
         "prune.method": "l1" if anchor else spec.criterion, "prune.pruner": ANCHOR if anchor else "ccpcsa",
         "prune.target_flops_reduction": target, "prune.step_flops_reduction": min(0.99, step),
         "prune.max_iterations": iters, "prune.tolerance": tol, "prune.round_to": spec.round_to,
-        "prune.allocation": spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
+        "prune.allocation": "global" if anchor else spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
         "prune.target_speedup": spec.target_speedup,
     }
     if spec.target_speedup:  # a latency target: `iterations` steps of equal latency cut reach it, up to 3 more if short

@@ -119,6 +119,14 @@ class ChecksConfig:
 
 
 @dataclass
+class ReportConfig:
+    """``frontier``: a frontier results file (``python -m bench.frontier``) of the same model; the report then draws
+    this run's measured point over that accuracy-vs-speedup frontier (``plots/frontier.png``). Null: no frontier."""
+
+    frontier: str | None = None
+
+
+@dataclass
 class PipelineConfig:
     """The whole configuration; sections mirror the YAML keys."""
 
@@ -131,6 +139,7 @@ class PipelineConfig:
     prune: PruneConfig = field(default_factory=PruneConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -173,9 +173,46 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     for s in report["stages"]:
         checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])
         md.append(f"| {s['name']} | {s['status']} | {s['reason'] or ''} | {_fmt(s.get('seconds'), '.1f')} | {checks} |")
+    md += frontier_section(run_dir, manifest, report, plots)
     md += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     paths.append(atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n"))
     return paths + plots
+
+
+def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
+    """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
+    (``plots/frontier.png``, appended to ``plots``) and where it sits — its accuracy against each method's frontier read at
+    its own FP32 speedup. A missing or other-model frontier file is said in one line; nothing when unset."""
+    from .frontier import by_method, interpolate, load_frontier, plot_frontier, run_point
+
+    cfg = manifest.get("config") or {}
+    path = (cfg.get("report") or {}).get("frontier")
+    if not path:
+        return []
+    try:
+        result, points = load_frontier(Path(path).expanduser())
+    except (OSError, ValueError) as exc:
+        return ["## Frontier", "", f"`report.frontier` {path} could not be read ({type(exc).__name__}: {exc}); no frontier.", ""]
+    model, theirs = (cfg.get("model") or {}).get("name"), (result.get("preset") or {}).get("model")
+    if model != theirs:
+        return ["## Frontier", "", f"`report.frontier` {path} is a frontier of {theirs}, this run prunes {model}; not drawn.", ""]
+    method = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("method", "this run")
+    me = run_point(report, f"{method} (this run)")
+    base = float((result.get("baseline") or {}).get("accuracy") or (report.get("baseline") or {}).get("accuracy") or 0.0)
+    plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
+                               title=f"{model}: this run on the frontier of {Path(path).name}"))
+    lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
+             f"({len(points)} points, {(result.get('machine') or {}).get('cpu_model', '?')}): `plots/frontier.png`.", ""]
+    if me is None:
+        return lines + ["This run has no measured speedup yet (validate did not run).", ""]
+    for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
+        reads = []
+        for _m, ps in sorted(by_method(points, b).items()):
+            got = interpolate(ps, s, b)
+            reads.append(f"{ps[0].label} {got[0]:.2f} ± {got[1]:.2f} %" if got else f"{ps[0].label} outside its range")
+        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
+                     f"there: {'; '.join(reads)}")
+    return lines + [""]
 
 
 def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any]) -> list[Path]:

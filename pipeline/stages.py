@@ -13,7 +13,7 @@ from .stages_export import (
     stage_simplify,
     stage_validate,
 )
-from .stages_train import baseline_inputs, stage_attention, stage_baseline, stage_prune
+from .stages_train import baseline_inputs, frontier_inputs, stage_attention, stage_baseline, stage_prune
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier.
 # ``checks.eval_images`` picks the test sample every stage's accuracy is measured on, so it keys them all.
@@ -33,6 +33,6 @@ STAGES: list[Stage] = [
           "INT8 QDQ for onnxruntime CPU (U8S8) → model.int8.cpu.onnx"),
     Stage("engine", stage_engine, ("export", *_PARITY), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
     Stage("validate", stage_validate, ("export", "checks"), "accuracy, parity, latency of every format; speedup gate"),
-    Stage("report", stage_report, (), "report.json, report.md, plots/"),
+    Stage("report", stage_report, ("report",), "report.json, report.md, plots/", external=frontier_inputs),
     Stage("bundle", stage_bundle, (), "bundle.tar.gz for the edge device"),
 ]

@@ -78,6 +78,15 @@ def baseline_inputs(cfg: Any) -> dict[str, str]:
     return {str(path): sha256_file(p) if p.is_file() else "missing"}
 
 
+def frontier_inputs(cfg: Any) -> dict[str, str]:
+    """``{report.frontier: its SHA-256, or "missing"}`` (``{}`` when unset): a new frontier file re-runs the report."""
+    path = cfg.report.frontier
+    if not path:
+        return {}
+    p = Path(path).expanduser()
+    return {str(path): sha256_file(p) if p.is_file() else "missing"}
+
+
 def stage_baseline(ctx: StageContext) -> StageOutcome:
     """Train the model, or load ``baseline.checkpoint`` (project checkpoint, state_dict or safetensors; trained
     instead when it is absent and ``baseline.train_if_missing``) → ``baseline.pt`` in the project's format. The

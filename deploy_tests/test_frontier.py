@@ -1,0 +1,94 @@
+"""The accuracy-vs-measured-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
+and a run's report drawing its own point over a frontier of the same model."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bench.frontier import summary_lines, target_lines, write_summary
+from pipeline.__main__ import main
+from pipeline.frontier import FrontierPoint, by_method, compare_at_speed, interpolate, load_frontier, points_from_runs
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def _row(criterion: str, target: float, acc: float, s1: float, s32: float, se: float = 0.3) -> dict:
+    return {"key": f"{criterion}-t{round(100 * target)}", "criterion": criterion, "target": target, "status": "ok",
+            "flops_ratio": 1 / (1 - target), "accuracy": acc, "accuracy_n": 10000, "accuracy_se": se,
+            "speedup": {"1": {"speedup": s1, "speedup_se": 0.02}, "32": {"speedup": s32, "speedup_se": 0.03}},
+            "speedup_int8": {"1": {"speedup": s1 - 0.1, "speedup_se": 0.02}}, "int8_cpu_accuracy": acc - 0.1,
+            "wall_seconds": 600.0}
+
+
+def _results(model: str = "resnet20") -> dict:
+    runs = [_row("ccpcsa", 0.2, 87.0, 1.2, 1.25), _row("ccpcsa", 0.4, 86.2, 1.5, 1.6), _row("ccpcsa", 0.6, 84.0, 2.0, 2.1),
+            _row("l1", 0.2, 86.9, 1.2, 1.2), _row("l1", 0.4, 85.0, 1.55, 1.6), _row("l1", 0.6, 83.9, 2.1, 2.2),
+            {"key": "l1-t70", "criterion": "l1", "target": 0.7, "status": "failed"}]
+    return {"date": "2026-12-03", "machine": {"cpu_model": "test CPU", "cpu_count": 2},
+            "results": {"criteria": {"preset": {"name": "frontier-test", "model": model},
+                                     "baseline": {"accuracy": 87.48, "accuracy_n": 10000}, "runs": runs}}}
+
+
+def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(_results()))
+    result, points = load_frontier(path)
+    assert len(points) == 6 and result["machine"]["cpu_model"] == "test CPU"  # the failed run is no point
+    curves = by_method(points, "1")
+    assert [p.target for p in curves["l1"]] == [0.2, 0.4, 0.6]
+    acc, se = interpolate(curves["l1"], 1.375, "1")  # halfway between 1.2× (86.9) and 1.55× (85.0)
+    assert acc == pytest.approx(85.95) and se == pytest.approx(0.3)
+    assert interpolate(curves["l1"], 1.1, "1") is None and interpolate(curves["l1"], 2.2, "1") is None
+    rows = compare_at_speed(curves["ccpcsa"], curves["l1"], "1")
+    # 1.2×: 87.0 vs 86.9 → tie (band √2·0.3 = 0.42); 1.5×: 86.2 vs 85.27 → above; 2.0×: 84.0 vs 84.14 → tie
+    assert [r["verdict"] for r in rows] == ["tie", "above", "tie"]
+    assert rows[1]["other_accuracy"] == pytest.approx(86.9 + (1.5 - 1.2) / 0.35 * (85.0 - 86.9))
+    low = [FrontierPoint("ccpcsa", 0.4, 1.67, 84.0, 0.3, {"1": (1.5, 0.0)})]
+    assert compare_at_speed(low, curves["l1"], "1")[0]["verdict"] == "below"
+
+
+def test_targets_say_met_or_by_how_much_missed():
+    points = points_from_runs(_results()["results"]["criteria"]["runs"])
+    lines = target_lines(points, 87.48, "resnet20")
+    assert "≥ 1.3× (b1 and b32) within 1.0 pp: **missed by 0.28 pp**" in lines[0]  # best ≥1.3×: 86.2 (−1.28)
+    assert "≥ 1.6× (b1 and b32) within 2.0 pp: **missed by 1.48 pp**" in lines[1]  # best ≥1.6× at both: 84.0 (−3.48)
+    lines = target_lines(points, 86.5, "resnet20")
+    assert "**met**" in lines[0] and "ccpcsa-t40" in lines[0]
+
+
+def test_summary_and_plot_are_written(tmp_path):
+    path = tmp_path / "2026-12-03-vm-frontier-test.json"
+    path.write_text(json.dumps(_results()))
+    md, png = write_summary(path)
+    text = md.read_text()
+    assert png.stat().st_size > 10_000 and png.read_bytes()[:4] == b"\x89PNG"
+    assert "| ccpcsa | −40 % | 1.67× | 86.20 ± 0.30 | -1.28 | 1.50 ± 0.02 | 1.60 ± 0.03 | 1.40 ± 0.02 | — | 86.10 | 10.0 |" in text
+    assert "batch 1, vs l1: **on or above**" in text
+    result, points = load_frontier(path)
+    assert summary_lines(result, points, path, png)[0].startswith("# Frontier `frontier-test`: resnet20")
+
+
+@pytest.mark.slow
+def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
+    """report.frontier: the smoke run's measured point over a frontier of the same model; another model's is refused."""
+    frontier = tmp_path / "frontier.json"
+    frontier.write_text(json.dumps(_results("deploy_tests.byo_model:tiny_net")))
+    run = tmp_path / "run"
+    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", f"report.frontier={frontier}"]) == 0
+    md = (run / "report.md").read_text()
+    assert "## Frontier" in md and (run / "plots" / "frontier.png").is_file()
+    assert "- batch 1: this run" in md and "l1" in md
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(_results("resnet56")))
+    shutil.rmtree(run / "plots")
+    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", f"report.frontier={other}"]) == 0
+    md = (run / "report.md").read_text()
+    assert "is a frontier of resnet56, this run prunes deploy_tests.byo_model:tiny_net; not drawn" in md
+    assert not (run / "plots" / "frontier.png").exists()
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["prune"]["status"] == "ok"  # only the report re-ran for the new frontier file

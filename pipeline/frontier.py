@@ -1,0 +1,164 @@
+"""Accuracy against *measured* speedup: the frontier of a pruning sweep and where one run sits on it.
+
+A frontier file is the results JSON of ``python -m bench.frontier`` (the criteria benchmark's format): per pruning run
+its method (criterion, or the Torch-Pruning anchor), MACs target and ratio, the pruned model's top-1 on the test
+images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups measured by the paired timer
+(:func:`export.latency.paired_speedup`: median of per-round ratios ± SE) for FP32 and INT8 (U8S8) at each batch size.
+A method's frontier is its points ordered by speedup; :func:`interpolate` reads it at any speed between two points.
+The pipeline's report draws the run's own point over the frontier of the same model (``report.frontier``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ccpcsa.io.artifacts import atomic_path
+
+ANCHOR = "torch-pruning"
+LABELS = {ANCHOR: "Torch-Pruning (MetaPruner, L2)"}
+
+
+@dataclass(frozen=True)
+class FrontierPoint:
+    """One pruned model: ``method``, MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned),
+    test ``accuracy`` ± ``accuracy_se`` (pp), FP32 and INT8 speedups per batch as ``(speedup, se)``."""
+
+    method: str
+    target: float
+    macs_ratio: float
+    accuracy: float
+    accuracy_se: float
+    speedup: dict[str, tuple[float, float]] = field(default_factory=dict)
+    speedup_int8: dict[str, tuple[float, float]] = field(default_factory=dict)
+    int8_accuracy: float | None = None
+    minutes: float | None = None
+    key: str = ""
+
+    @property
+    def label(self) -> str:
+        """The method as a legend shows it."""
+        return LABELS.get(self.method, self.method)
+
+
+def _pairs(sp: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    return {str(b): (float(m["speedup"]), float(m.get("speedup_se") or 0.0)) for b, m in (sp or {}).items()
+            if m.get("speedup") is not None}
+
+
+def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
+    """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup."""
+    out = []
+    for r in runs:
+        if r.get("status") != "ok" or r.get("accuracy") is None or not r.get("speedup"):
+            continue
+        secs = r.get("wall_seconds")
+        out.append(FrontierPoint(r["criterion"], float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
+                                 float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
+                                 _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
+                                 secs / 60 if secs else None, r.get("key", "")))
+    return out
+
+
+def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
+    """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
+    machine under ``"machine"``), ``points`` its measured points. OSError / ValueError for an unreadable file."""
+    data = json.loads(Path(path).read_text())
+    result = (data.get("results") or {}).get("criteria") or {}
+    if not result:
+        raise ValueError(f"{path} holds no frontier results (no results.criteria)")
+    result = {**result, "machine": data.get("machine") or {}}
+    return result, points_from_runs(result.get("runs") or [])
+
+
+def by_method(points: Iterable[FrontierPoint], batch: str) -> dict[str, list[FrontierPoint]]:
+    """Method → its points with a speedup at ``batch``, ordered by that speedup."""
+    out: dict[str, list[FrontierPoint]] = {}
+    for p in points:
+        if batch in p.speedup:
+            out.setdefault(p.method, []).append(p)
+    return {m: sorted(ps, key=lambda p: p.speedup[batch][0]) for m, ps in out.items()}
+
+
+def interpolate(points: Sequence[FrontierPoint], speed: float, batch: str) -> tuple[float, float] | None:
+    """The accuracy (and its SE) of the frontier ``points`` (one method, ordered by speedup at ``batch``) at ``speed``:
+    linear between the two points around it, ``None`` outside their range. SE interpolated the same way."""
+    xs = [p.speedup[batch][0] for p in points]
+    if not xs or speed < xs[0] - 1e-9 or speed > xs[-1] + 1e-9:
+        return None
+    for a, b in zip(points, points[1:], strict=False):
+        xa, xb = a.speedup[batch][0], b.speedup[batch][0]
+        if xa - 1e-9 <= speed <= xb + 1e-9:
+            t = 0.0 if xb - xa < 1e-12 else (speed - xa) / (xb - xa)
+            return a.accuracy + t * (b.accuracy - a.accuracy), a.accuracy_se + t * (b.accuracy_se - a.accuracy_se)
+    return points[-1].accuracy, points[-1].accuracy_se  # one point, at exactly its speed
+
+
+def compare_at_speed(ref: Sequence[FrontierPoint], other: Sequence[FrontierPoint], batch: str) -> list[dict[str, Any]]:
+    """For every point of ``ref`` (one method) whose speed ``other``'s frontier spans: ``other``'s interpolated accuracy
+    there and the verdict — ``above`` (ref more accurate by more than one combined SE ``√(se_r² + se_o²)``), ``tie``
+    (within it) or ``below``."""
+    rows = []
+    for p in ref:
+        s = p.speedup[batch][0]
+        got = interpolate(other, s, batch)
+        if got is None:
+            continue
+        acc, se = got
+        band = math.hypot(p.accuracy_se, se)
+        d = p.accuracy - acc
+        rows.append({"key": p.key, "speedup": s, "accuracy": p.accuracy, "other_accuracy": acc, "difference_pp": d,
+                     "se_pp": band, "verdict": "above" if d > band else ("tie" if d >= -band else "below")})
+    return rows
+
+
+def run_point(report: dict[str, Any], method: str) -> FrontierPoint | None:
+    """A pipeline report's pruned model as a frontier point (its validate speedups and pruned PyTorch accuracy), or
+    None when the run has not been validated."""
+    formats = {f["name"]: f for f in report.get("formats") or []}
+    pruned, base = formats.get("pytorch_pruned") or {}, report.get("baseline") or {}
+    sp = _pairs(report.get("speedup"))
+    if pruned.get("accuracy") is None or not sp:
+        return None
+    ratio = (base.get("flops") or 0) / pruned["flops"] if pruned.get("flops") else 1.0
+    return FrontierPoint(method, 1 - 1 / ratio if ratio else 0.0, ratio, float(pruned["accuracy"]),
+                         float(pruned.get("accuracy_se") or 0.0), sp, _pairs(report.get("speedup_int8")),
+                         (formats.get("int8_cpu") or {}).get("accuracy"), None, str(report.get("run") or "this run"))
+
+
+def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, path: str | Path, *,
+                  batches: Sequence[str] = ("1", "32"), run: FrontierPoint | None = None, title: str = "") -> Path:
+    """Test accuracy (± SE) against measured FP32 speedup (± SE), one panel per batch size, a line per method, the
+    unpruned model at (1×, its accuracy), the −1 pp band, and ``run`` (a star) when given. Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(batches), figsize=(6 * len(batches), 4.5), squeeze=False)
+    for ax, b in zip(axes[0], batches, strict=True):
+        for _method, ps in sorted(by_method(points, b).items()):
+            ax.errorbar([p.speedup[b][0] for p in ps], [p.accuracy for p in ps], xerr=[p.speedup[b][1] for p in ps],
+                        yerr=[p.accuracy_se for p in ps], marker="o", capsize=3, label=ps[0].label)
+        ax.plot([1.0], [baseline_accuracy], marker="s", color="black", linestyle="none", label="unpruned")
+        ax.axhline(baseline_accuracy - 1.0, color="grey", linestyle=":", linewidth=1, label="−1 pp")
+        if run is not None and b in run.speedup:
+            ax.errorbar([run.speedup[b][0]], [run.accuracy], xerr=[run.speedup[b][1]], yerr=[run.accuracy_se], marker="*",
+                        markersize=14, color="red", linestyle="none", label=f"{run.key}")
+        ax.set_xlabel(f"measured speedup vs unpruned, onnxruntime CPU FP32, batch {b}")
+        ax.set_ylabel("test top-1 accuracy (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return out
