@@ -336,6 +336,8 @@ def fit(
                                         has_forward_hooks(model))
     if distill is not None:
         placement.place(distill.teacher, device).eval()
+        if cfg.channels_last:  # the batches are channels_last: a teacher in the same layout skips a conversion per conv
+            distill.teacher.to(memory_format=torch.channels_last)
         for p in distill.teacher.parameters():
             p.requires_grad_(False)
     runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, cfg.amp),
