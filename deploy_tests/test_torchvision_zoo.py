@@ -113,7 +113,7 @@ EXACT = {
 @pytest.mark.parametrize("name", list(EXACT))
 def test_surgery_is_exact_and_unprunable_parts_are_named(name: str) -> None:
     """SE + depthwise, channel shuffle, fire concats + conv classifier, SE + grouped convs, inception concats, LayerNorm
-    over channels. (DenseNet's 58 concats and the rest of the zoo: ``bench.torchvision_zoo``'s "surgery" column.)"""
+    over channels. (DenseNet-121's 62 concats and the rest of the zoo: ``bench.torchvision_zoo``'s "surgery" column.)"""
     spec, kwargs, whole = EXACT[name]
     r = surgery_check(spec, kwargs, 32)
     if whole:
