@@ -53,10 +53,15 @@ def save_user_weights(model_name: str, kwargs: dict[str, Any], data_spec: str, p
     torch.manual_seed(seed)
     model = build_model(model_name, 10, **kwargs)
     t0 = time.perf_counter()
-    if train_steps > 0:
-        data = load_data(data_spec, seed=seed, progress=False)
-        fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.01, schedule="cosine", max_steps_per_epoch=train_steps),
-            progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the pipeline runs (configs/torchvision_zoo.yaml run.threads)
+    try:
+        if train_steps > 0:
+            data = load_data(data_spec, seed=seed, progress=False)
+            fit(model, data, TrainConfig(epochs=1, batch_size=32, lr=0.01, schedule="cosine", max_steps_per_epoch=train_steps),
+                progress=False)
+    finally:
+        torch.set_num_threads(threads)
     model.eval()
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
@@ -216,7 +221,7 @@ def run_architecture(name: str, model_name: str, kwargs: dict[str, Any], root: P
     args = pipeline_args(run_dir, model_name, kwargs, weights, "--set", f"data.spec={spec}", *extra)
     try:
         proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,
-                              env=repo_env(), timeout=timeout)
+                              env=repo_env({"OMP_NUM_THREADS": "1"}), timeout=timeout)
     except subprocess.TimeoutExpired:
         row.update(status=f"timeout after {timeout} s", seconds=round(time.perf_counter() - t0, 1))
         return row
