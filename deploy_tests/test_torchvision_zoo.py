@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 import torch
+from torch import nn
 
 from bench.torchvision_zoo import CONFIG, pipeline_args, save_user_weights, surgery_check
 from ccpcsa.depgraph import reshape_keeps_channels
@@ -198,3 +199,19 @@ def test_untraceable_forward_is_one_error_line_naming_the_module(tmp_path: Path,
     assert "Traceback" not in captured.err
     stages = _manifest(tmp_path / "run")
     assert stages["baseline"]["status"] == "ok" and stages["prune"]["status"] == "failed"
+
+
+def test_checkpoint_rebuilds_a_bias_added_by_compensation(tmp_path: Path) -> None:
+    """Weight compensation adds a bias to a consumer with neither bias nor BN after it (DenseNet's pre-activation
+    convs): the pruned checkpoint must rebuild that bias, or every stage after prune fails to load it."""
+    from ccpcsa.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
+
+    spec = f"{TV}:resnet18"
+    torch.manual_seed(0)
+    model = build_model(spec, 10, weights=None).eval()
+    assert model.layer2[0].conv1.bias is None  # torchvision builds it without: compensation's bias comes on top
+    model.layer2[0].conv1.bias = nn.Parameter(torch.randn(128))
+    save_checkpoint(tmp_path / "p.pt", model, ModelSpec(spec, 10, 32, {"weights": None}))
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(load_checkpoint(tmp_path / "p.pt").model(x), model(x))
