@@ -175,7 +175,10 @@ def row_from_run(run_dir: Path, proc: subprocess.CompletedProcess[str] | None, i
     if prune:
         row.update(macs_before=prune["base"]["macs"], macs_after=prune["final"]["macs"], params_before=prune["base"]["params"],
                    params_after=prune["final"]["params"], macs_removed=prune["flops_reduction"])
-        row.update(group_summary(run_dir, input_size, prune.get("left_whole")))
+        try:
+            row.update(group_summary(run_dir, input_size, prune.get("left_whole")))
+        except Exception as exc:  # e.g. a pruned.pt that does not load: the row says so instead of ending the benchmark
+            row["groups_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     for stage, key in (("onnx", "onnx"), ("simplify", "onnx_simplified")):
         m = (stages.get(stage) or {}).get("metrics") or {}
         if "max_abs_diff" in m:
