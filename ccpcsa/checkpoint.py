@@ -20,6 +20,7 @@ given the architecture as a :class:`ModelSpec`; those are loaded strictly (same 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -249,6 +250,9 @@ def load_checkpoint(
             resize_to_state_dict(model, state)
         except (IndexError, ValueError, RuntimeError) as exc:
             raise UserError(f"checkpoint {path} does not match architecture '{spec.name}': {_mismatch(model, state)}") from exc
+    if getattr(state, "_metadata", None) is None:  # module versions, as the model's own state_dict carries them: some
+        state = OrderedDict(state)  # modules read theirs while loading (torchvision's MNASNet refuses None)
+        state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
