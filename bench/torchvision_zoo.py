@@ -254,7 +254,7 @@ def markdown(rows: list[dict[str, Any]], header: str) -> str:
         onnx = (f"{r['onnx_max_abs_diff']:.1e} ({r['onnx_rel_diff']:.1e})" if "onnx_max_abs_diff" in r else "—")
         int8 = " / ".join(f"{r[k]:.0f} %" if k in r else "—" for k in ("int8_agreement", "int8_cpu_agreement"))
         removed = f"{100 * r['macs_removed']:.1f} %" if "macs_removed" in r else "—"
-        groups = f"{r['pruned']} / {r['groups']}" if "groups" in r else "—"
+        groups = f"{r['pruned']} / {r['groups']}" if "pruned" in r else "—"
         surgery = f"{r['surgery_max_abs_diff']:.0e}" if "surgery_max_abs_diff" in r else r.get("surgery_error", "—")
         lines.append(f"| {r['arch']} | {_fmt_m(r.get('macs_before'))} → {_fmt_m(r.get('macs_after'))} | {removed} | "
                      f"{_fmt_m(r.get('params_before'))} → {_fmt_m(r.get('params_after'))} | {groups} | {left} | {surgery} | "
@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-timm", action="store_true", help="torchvision's 15 only")
     ap.add_argument("--size", type=int, default=64, help="synthetic image side (default 64)")
     ap.add_argument("--train-steps", type=int, default=8, help="training steps before the weights are saved (default 8)")
+    ap.add_argument("--table", action="store_true", help="only rewrite the markdown table from the results file")
     ap.add_argument("--retrain", action="store_true", help="train and save new weights even where earlier ones exist")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per architecture (default 1800)")
     ap.add_argument("--root", default=str(ROOT / "bench" / "work" / "torchvision-zoo"), help="run directories")
@@ -292,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m bench.torchvision_zoo " + " ".join(argv if argv is not None else sys.argv[1:])
     previous = json.loads(out_json.read_text()).get("results", {}).get("torchvision_zoo", []) if out_json.is_file() else []
     rows = {r["arch"]: r for r in previous}
-    for name, model_name, kwargs in archs:
+    for name, model_name, kwargs in archs if not a.table else []:
         print(f"── {name}", flush=True)
         row = run_architecture(name, model_name, kwargs, root, size=a.size, train_steps=a.train_steps, timeout=a.timeout,
                                retrain=a.retrain)
@@ -302,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         ordered = [rows[n] for n, _, _ in architectures(True) if n in rows]
         merge_results(out_json, {"torchvision_zoo": ordered}, quick=False, command=command)
     from ccpcsa.artifacts import atomic_write_text
+
+    ordered = [rows[n] for n, _, _ in architectures(True) if n in rows]
 
     header = (f"`{command.strip()}` — {time.strftime('%Y-%m-%d')}, synthetic {a.size}×{a.size} images, "
               f"{a.train_steps} training steps before the state_dict is saved, `configs/torchvision_zoo.yaml`")
