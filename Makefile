@@ -25,7 +25,8 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m pip install -q --upgrade pip
 	# torch pinned first: an unpinned torch pulls several GB of CUDA packages.
 	$(PYTHON) -m pip install -q torch==$(TORCH_VERSION)
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	# torchvision (+ timm) for users' architectures: 0.28.* is torch 2.13's pair (pyproject.toml, README).
+	$(PYTHON) -m pip install -q -e '.[dev,torchvision,timm]'
 	$(PYTHON) -m pip install -q --no-deps $(TRT_STUBS)
 	touch $@
 

@@ -6,6 +6,8 @@
 - ``criteria``: every pruning criterion at equal FLOPs + realized ORT speedup, INT8, round_to
   (``bench/criteria.py``; CPU preset ≤ 2 h, ``--quick`` ≤ 15 min on 2 cores; also writes
   ``<date>-<host>[-quick]-criteria.md`` and its plots)
+- ``torchvision_zoo``: torchvision's 15 classification architectures and 5 timm families through ``pipeline run``
+  (``bench/torchvision_zoo.py``; also writes ``<date>-<host>-torchvision-zoo.{json,md}``; ``--quick``: 3 of them)
 
 ``--quick`` shortens every measurement (the criteria benchmark's quick preset; its results go to
 ``…-quick.json`` so they never overwrite a full session). Each benchmark's results are merged into the
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ("epoch_time", "qsfm_scoring", "export_latency", "criteria")
+BENCHMARKS = ("epoch_time", "qsfm_scoring", "export_latency", "criteria", "torchvision_zoo")
 
 
 def _json_lines(cmd: list[str]) -> list[dict[str, Any]]:
@@ -65,6 +67,9 @@ def main() -> int:
         "qsfm_scoring": lambda: _json_lines([py, "bench/qsfm_scoring.py", "--images", "64" if a.quick else "256"]),
         "export_latency": lambda: [row for m in ("resnet20", "resnet56")
                                    for row in _json_lines([py, "bench/export_latency.py", "--model", m, "--iters", iters])],
+        "torchvision_zoo": lambda: _json_lines([py, "-m", "bench.torchvision_zoo"] + (
+            ["--only", "mobilenet_v3_small", "shufflenet_v2_x1_0", "squeezenet1_1", "--stem", results_stem(True) + "-torchvision-zoo"]
+            if a.quick else [])),
     }
     for name in a.only:
         if name in simple:

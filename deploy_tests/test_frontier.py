@@ -11,7 +11,14 @@ import pytest
 
 from bench.frontier import summary_lines, target_lines, write_summary
 from pipeline.__main__ import main
-from pipeline.frontier import FrontierPoint, by_method, compare_at_speed, interpolate, load_frontier, points_from_runs
+from pipeline.frontier import (
+    FrontierPoint,
+    by_method,
+    compare_at_speed,
+    interpolate,
+    load_frontier,
+    points_from_runs,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")

@@ -25,6 +25,10 @@ SMALL = "deploy_tests.byo_model:tiny_net"
 
 @pytest.fixture(scope="module")
 def trained(synthetic_data):
+    # A fixed init: without it the init came from whatever RNG state the xdist worker was in (torch 2.13 seeds a fresh
+    # process at random; after another test's torch.manual_seed(0) it reached 89.9 %, a flaky failure of the 90 % bar).
+    # 67280421310721 is torch's classic default seed.
+    torch.manual_seed(67280421310721)
     model = build_model(SMALL, 10, width=16)
     cfg = TrainConfig(epochs=5, batch_size=64, lr=0.05, schedule="onecycle", seed=0)
     result = fit(model, synthetic_data, cfg, progress=False)

@@ -4,6 +4,7 @@ For logits ``A, B`` of shape ``(N, K)`` and labels ``y``:
 
 * ``max_abs_diff = max_ij |A_ij - B_ij|``, ``mean_abs_diff = mean_ij |A_ij - B_ij|``;
 * ``top1_agreement_pct = 100 · mean_i [argmax A_i == argmax B_i]``;
+* ``logit_scale = max_ij |A_ij|`` (the reference's scale: ``max_abs_diff / logit_scale`` is the relative difference);
 * ``accuracy_{a,b}_pct = 100 · mean_i [argmax X_i == y_i]`` (``None`` without labels).
 """
 
@@ -31,6 +32,7 @@ class Comparison:
     top1_agreement_pct: float
     accuracy_a_pct: float | None
     accuracy_b_pct: float | None
+    logit_scale: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -63,6 +65,7 @@ def compare_logits(
         top1_agreement_pct=float(100.0 * np.mean(pred_a == pred_b)),
         accuracy_a_pct=acc_a,
         accuracy_b_pct=acc_b,
+        logit_scale=float(np.abs(a).max()),
     )
 
 

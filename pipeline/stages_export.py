@@ -79,7 +79,7 @@ def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, A
     x, y = eval_arrays(ctx)
     c = compare_runners(_runner(ctx, ref), _runner(ctx, new), x, y, batch_size=250)
     return {"max_abs_diff": c.max_abs_diff, "mean_abs_diff": c.mean_abs_diff, "top1_agreement": c.top1_agreement_pct,
-            "accuracy_a": c.accuracy_a_pct, "accuracy_b": c.accuracy_b_pct}
+            "accuracy_a": c.accuracy_a_pct, "accuracy_b": c.accuracy_b_pct, "logit_scale": c.logit_scale}
 
 
 def final_split(ctx: StageContext) -> ArrayDataset:
@@ -125,7 +125,8 @@ def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str
                     min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp)
     checks.append(accuracy_drop(float(base["accuracy"]), cmp["accuracy_b"], c.max_accuracy_drop))
     metrics = {**accuracy_record(cmp["accuracy_b"], len(eval_arrays(ctx)[1])), "max_abs_diff": cmp["max_abs_diff"],
-               "mean_abs_diff": cmp["mean_abs_diff"], "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name}
+               "mean_abs_diff": cmp["mean_abs_diff"], "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name,
+               "logit_scale": cmp["logit_scale"]}
     return metrics, checks
 
 

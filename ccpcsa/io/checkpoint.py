@@ -20,6 +20,7 @@ given the architecture as a :class:`ModelSpec`; those are loaded strictly (same 
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -137,11 +138,16 @@ def resize_to_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> No
     """Resize Conv2d / BatchNorm2d / Linear modules in place to match the tensor shapes in ``state``.
 
     Depthwise convs (groups == in == out in the unpruned model) stay depthwise. Modules whose shapes
-    already match are untouched. Values are not loaded here (call ``load_state_dict`` afterwards).
+    already match are untouched. A conv or linear built without a bias gets one where ``state`` has it (weight
+    compensation adds a bias to a consumer with neither bias nor BN after it, e.g. DenseNet's pre-activation convs).
+    Values are not loaded here (call ``load_state_dict`` afterwards).
     """
     for name, m in model.named_modules():
         prefix = f"{name}." if name else ""
         w = state.get(prefix + "weight")
+        b = state.get(prefix + "bias")
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is None and b is not None:
+            m.bias = nn.Parameter(torch.empty_like(b))
         if isinstance(m, nn.Conv2d) and w is not None and tuple(w.shape) != tuple(m.weight.shape):
             depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
             out_c = int(w.shape[0])
@@ -244,6 +250,9 @@ def load_checkpoint(
             resize_to_state_dict(model, state)
         except (IndexError, ValueError, RuntimeError) as exc:
             raise UserError(f"checkpoint {path} does not match architecture '{spec.name}': {_mismatch(model, state)}") from exc
+    if getattr(state, "_metadata", None) is None:  # module versions, as the model's own state_dict carries them: some
+        state = OrderedDict(state)  # modules read theirs while loading (torchvision's MNASNet refuses None)
+        state._metadata = getattr(model.state_dict(), "_metadata", None)  # type: ignore[attr-defined]
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:

@@ -7,7 +7,6 @@ gets it from the config.
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..errors import UserError, unknown
 from . import cifar_resnet, mobilenet, resnet, vgg
+from .torchvision_zoo import import_third_party
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
     if not module_name or not attr:
         raise UserError(f"model '{spec}' is not of the form package.module:factory")
     try:
-        module = importlib.import_module(module_name)
+        module = import_third_party(module_name)  # torchvision/timm: made importable on this CPU torch first
     except ImportError as exc:
         raise UserError(f"model '{spec}': cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from exc
     except Exception as exc:  # the module itself fails while importing (a broken install, an error at import time)

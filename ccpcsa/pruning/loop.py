@@ -249,7 +249,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     each iteration removes blocks until the latency table's estimate reaches that iteration's step, and the loop
     stops when the *measured* speedup over the unpruned model (interleaved timing) reaches the target.
 
-    All fits of the loop are one pass over the data (:class:`ccpcsa.train.TrainStream`: no fit repeats another's
+    All fits of the loop are one pass over the data (:class:`ccpcsa.training.engine.TrainStream`: no fit repeats another's
     images); ``cfg.lr_schedule`` says how the learning rate runs across them; ``cfg.recalibrate_bn`` re-estimates the
     BatchNorm statistics on that many train images after every surgery. ``teacher``: the model distilled from with
     ``cfg.distill`` (default: a copy of ``model`` as given).

@@ -1,7 +1,7 @@
 """Per-block sensitivity: how much the loss rises when a block of channels goes, measured, not estimated.
 
 For every prunable group ``g`` and its removable blocks ``b_1, b_2, …`` in the group's own order
-(:meth:`ccpcsa.prune.ChannelPruner.group_blocks`, lowest criterion scores first), the probe silences the first ``k``
+(:meth:`ccpcsa.surgery.prune.ChannelPruner.group_blocks`, lowest criterion scores first), the probe silences the first ``k``
 blocks (:meth:`ChannelPruner.silenced`: their channels carry exactly 0, as after their removal) and measures the mean
 cross-entropy ``L_k`` of the model in eval mode on a fixed set of train images (no augmentation). The sensitivity of
 block ``b_k`` is its marginal damage ``s(b_k) = L_k − L_{k−1}`` (``L_0``: nothing silenced), other groups intact —
@@ -10,7 +10,7 @@ Efficient ConvNets", ICLR 2017, §4.2, there per layer and by accuracy; here per
 pass of the probe images per block (resnet20 at 8-channel blocks: ~50 blocks; resnet56: ~110).
 
 An allocation then removes first the blocks that cost least loss per millisecond (or MAC) saved
-(:mod:`ccpcsa.allocation`, ``sensitivity`` / ``sensitivity-macs``): a layer the model needs keeps its width, a cheap
+(:mod:`ccpcsa.pruning.allocation`, ``sensitivity`` / ``sensitivity-macs``): a layer the model needs keeps its width, a cheap
 wide layer that the runtime spends time on gives up whole blocks.
 """
 

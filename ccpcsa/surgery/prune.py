@@ -38,6 +38,15 @@ from ..errors import UserError
 from ..models.attention import BAM
 from ..models.complexity import Complexity, count_complexity
 from ..placement import example_input
+from .depgraph import (
+    ModuleTrace,
+    cross_channel_reshapes,
+    downstream_op,
+    frozen_index_mapping,
+    iter_groups,
+    prune_groups_together,
+    tolerant_reshape_mapping,
+)
 
 
 class BAMPruner(tp.pruner.function.BasePruningFunc):
@@ -148,21 +157,39 @@ class ChannelPruner:
         example = example_input(self.model, self.input_size)
         was = self.model.training
         self.model.eval()
-        try:
-            self.dg = tp.DependencyGraph().build_dependency(
-                self.model, example, customized_pruners={BAM: BAMPruner()}, verbose=False)
-        except Exception as exc:  # a forward torch-pruning cannot trace: a property of the user's model
-            raise UserError(f"cannot trace the model's channel dependencies with torch-pruning ({type(exc).__name__}: "
-                            f"{_first_line(exc)}); pruning needs a forward pass of plain tensor operations") from exc
-        finally:
-            self.model.train(was)
+        unmapped: list[nn.Module] = []  # reshapes torch-pruning could not map (their groups are left whole)
+        with ModuleTrace(self.model) as seen:
+            try:
+                with tolerant_reshape_mapping(unmapped):
+                    self.dg = tp.DependencyGraph().build_dependency(
+                        self.model, example, customized_pruners={BAM: BAMPruner()}, verbose=False)
+            except Exception as exc:  # a forward torch-pruning cannot trace: a property of the user's model
+                raise self._untraceable(f"{type(exc).__name__}: {_first_line(exc)}", seen.running[-1:]) from exc
+            finally:
+                self.model.train(was)
+        mods = dict(self.model.named_modules())
+        skipped = {id(m) for m in self.dg.IGNORED_LAYERS_IN_TRACING}
+        lost = [n for n in seen.executed if isinstance(mods[n], (nn.Conv2d, nn.Linear, nn.BatchNorm2d))
+                and mods[n] not in self.dg.module2node and id(mods[n]) not in skipped]
+        if lost:  # it ran, but autograd does not connect it to the output: its channels cannot be followed
+            raise self._untraceable("it ran but its output does not reach the model's output through autograd (a "
+                                    ".detach(), .numpy() or .item() round trip, or torch.no_grad(), after it in the "
+                                    "forward)", lost[-1:])
+        shuffles = cross_channel_reshapes(self.dg, unmapped)
         names = {m: n for n, m in self.model.named_modules()}
         self._roots: dict[str, nn.Module] = {}
         self.groups: list[GroupInfo] = []
         self.fixed: dict[str, str] = {}
-        for group in self.dg.get_all_groups(ignored_layers=self.ignored, root_module_types=(nn.Conv2d, nn.Linear)):
-            root = group[0].dep.target.module
+        with frozen_index_mapping():  # the mappings build_dependency computed hold while the graph is only read
+            all_groups = list(iter_groups(self.dg, self.ignored, (nn.Conv2d, nn.Linear)))
+        for root, group, failure in all_groups:
             key = names[root]
+            if group is None:
+                shuffle = downstream_op(self.dg, root, shuffles)
+                self.fixed[key] = failure if shuffle is None else self._shuffle_reason(shuffle, shuffles[shuffle], names)
+                continue
+            if any(isinstance(item.dep.target.module, tp.ops._OutputOp) for item in group):
+                continue  # its channels are the model's outputs (a conv classifier, as in SqueezeNet): never pruned
             size = int(self.dg.get_pruner_of_module(root).get_out_channels(root))
             info = GroupInfo(key, size, [])
             slices: list[int] = []
@@ -179,6 +206,9 @@ class ChannelPruner:
                     continue
                 if not isinstance(mod, nn.Module) or mod not in names:
                     continue
+                if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):  # statistics over channels: a removed channel, even
+                    self.fixed.setdefault(key, f"its channels are normalized together by {type(mod).__name__} "  # at 0,
+                                          f"'{names[mod]}' (removing one changes the others)")  # moves the others
                 out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
                 if _is_grouped_conv(mod):
                     assert isinstance(mod, nn.Conv2d)
@@ -196,6 +226,9 @@ class ChannelPruner:
                         info.members.append(n)
                         info.member_channel_index[n] = index.tolist()
             info.ch_groups = math.lcm(*slices) if slices else 1
+            shuffle = next((item.dep.target.module for item in group if item.dep.target.module in shuffles), None)
+            if shuffle is not None:
+                self.fixed[key] = self._shuffle_reason(shuffle, shuffles[shuffle], names)
             if self.scope == "internal" and any(isinstance(it.dep.target.module, tp.ops._ElementWiseOp)
                                                 and str(it.dep.target.module._grad_fn).startswith(("AddBackward", "SubBackward"))
                                                 for it in group):
@@ -205,12 +238,25 @@ class ChannelPruner:
             self._roots[key] = root
             self.groups.append(info)
 
+    def _untraceable(self, why: str, where: list[str]) -> UserError:
+        """The one-line error for a forward torch-pruning cannot trace, naming the module (``where``) when known."""
+        mods = dict(self.model.named_modules())
+        at = f" at module '{where[0]}' ({type(mods[where[0]]).__name__})" if where else ""
+        return UserError(f"cannot trace the model's channel dependencies with torch-pruning{at}: {why}; pruning needs a "
+                         "forward pass of plain tensor operations")
+
+    def _shuffle_reason(self, op: nn.Module, shapes: str, names: dict[nn.Module, str]) -> str:
+        where = next((names[n.module] for n in self.dg.module2node[op].inputs if n.module in names), "")
+        return (f"its channels pass through a reshape {shapes}{f' after {where!r}' if where else ''} that moves them "
+                "across channels (a channel shuffle)")
+
     def tp_groups(self) -> dict[str, tp.Group]:
         """Group key → torch-pruning ``Group`` with all channels (for torch-pruning importances)."""
         out = {}
-        for key, root in self._roots.items():
-            fn = self.dg.get_pruner_of_module(root).prune_out_channels
-            out[key] = self.dg.get_pruning_group(root, fn, list(range(self.group(key).size)))
+        with frozen_index_mapping():
+            for key, root in self._roots.items():
+                fn = self.dg.get_pruner_of_module(root).prune_out_channels
+                out[key] = self.dg.get_pruning_group(root, fn, list(range(self.group(key).size)))
         return out
 
     def group(self, key: str) -> GroupInfo:
@@ -305,19 +351,19 @@ class ChannelPruner:
     def apply(self, plan: dict[str, list[int]]) -> None:
         """Remove the listed output channels (root-module indices) of each group, then rebuild the graph.
 
-        In a graph with concat/split nodes the groups are pruned one at a time on a freshly traced graph,
-        because torch-pruning's concat/split offsets describe the graph as it was traced."""
+        Every group is computed on the graph as traced (torch-pruning's concat/split offsets describe that layout) and
+        all are removed in one pass, each module once (:func:`ccpcsa.surgery.depgraph.prune_groups_together`)."""
         todo = {k: sorted(set(int(i) for i in v)) for k, v in plan.items() if v}
-        retrace = any(isinstance(m, (tp.ops._ConcatOp, tp.ops._SplitOp, tp.ops._UnbindOp)) for m in self.dg.module2node)
-        for n, (key, idxs) in enumerate(todo.items()):
-            if n > 0 and retrace:
-                self._build()
-            root = self._roots[key]
-            fn = self.dg.get_pruner_of_module(root).prune_out_channels
-            group = self.dg.get_pruning_group(root, fn, idxs)
-            if not self.dg.check_pruning_group(group):
-                raise ValueError(f"pruning {len(idxs)} channels of {key} would empty a layer")
-            group.prune()
+        groups = []
+        with frozen_index_mapping():  # every group on the graph as traced: one index space, concat offsets included
+            for key, idxs in todo.items():
+                root = self._roots[key]
+                fn = self.dg.get_pruner_of_module(root).prune_out_channels
+                group = self.dg.get_pruning_group(root, fn, idxs)
+                if not self.dg.check_pruning_group(group):
+                    raise ValueError(f"pruning {len(idxs)} channels of {key} would empty a layer")
+                groups.append(group)
+        prune_groups_together(self.dg, groups)
         self._build()
 
 
