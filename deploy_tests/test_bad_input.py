@@ -381,3 +381,15 @@ def test_pipeline_reports_disk_full_in_one_line(ckpt_dir: Path, tmp_path: Path, 
     assert (run_dir / "baseline.pt").read_bytes() == b"previous artifact"
     no_temp_files(run_dir)
     assert not (run_dir / ".lock").exists()
+
+
+def test_fp32_parity_gate_is_relative_to_the_logit_scale():
+    """max |Δlogit| ≤ max_diff · max(1, logit scale): 0.07 passes on logits of 76,000 (9e-7 relative), not on logits of 10."""
+    from pipeline.checks import parity
+
+    big = parity(0.07, 100.0, fp32=True, max_diff=1e-3, min_agree_fp32=99.9, min_agree_lowp=99.0, logit_scale=76_000.0)
+    small = parity(0.07, 100.0, fp32=True, max_diff=1e-3, min_agree_fp32=99.9, min_agree_lowp=99.0, logit_scale=10.0)
+    tiny = parity(5e-4, 100.0, fp32=True, max_diff=1e-3, min_agree_fp32=99.9, min_agree_lowp=99.0, logit_scale=0.01)
+    assert big[0].passed and big[0].threshold == 76.0
+    assert not small[0].passed and small[0].threshold == 1e-3 * 10
+    assert tiny[0].passed and tiny[0].threshold == 1e-3  # never tighter than the absolute bound

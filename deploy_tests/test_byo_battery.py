@@ -1,8 +1,9 @@
 """Bring-your-own architectures through prune → ONNX (issue #16): grouped and depthwise-separable convs, SE gates,
 concat and split branches, dilated convs with bias and no BN, a Linear bottleneck head, and all of them mixed.
 
-The surgery is checked exactly: the channels a plan removes are first silenced (their rows of every member's
-weights and biases set to zero, so they carry exactly 0 downstream), then removed; the logits must not move. That
+The surgery is checked exactly: the channels a plan removes are first silenced (:meth:`ChannelPruner.silenced`: their
+rows of every member's weights and biases set to zero, so they carry exactly 0 downstream), then removed; the logits
+must not move. That
 fails for any surgery that removes the wrong input channels of a consumer (e.g. a grouped conv pruned
 asymmetrically, a concat offset off by one), which a shape check would not see.
 """
@@ -18,21 +19,6 @@ from ccpcsa.models import build_model, count_complexity
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
 from ccpcsa.surgery.target import prune_to_target
 from deploy_tests.byo_zoo import BATTERY
-
-
-def _silence(pruner: ChannelPruner, plan: dict[str, list[int]]) -> None:
-    """Zero every member's output rows (conv/linear weight + bias, BN γ and β) of the channels in ``plan``."""
-    mods = dict(pruner.model.named_modules())
-    with torch.no_grad():
-        for key, idxs in plan.items():
-            g = pruner.group(key)
-            for name in g.members:
-                m = mods[name]
-                rows = [g.member_channel_index[name][i] for i in idxs if g.member_channel_index[name][i] >= 0]
-                if isinstance(m, (nn.Conv2d, nn.Linear, nn.BatchNorm2d)):
-                    m.weight[rows] = 0
-                    if m.bias is not None:
-                        m.bias[rows] = 0
 
 
 @pytest.mark.parametrize("name", BATTERY)
@@ -53,8 +39,7 @@ def test_battery_model_prunes_consistently_and_exports(tmp_path, name):
     seen: dict[str, torch.Tensor] = {}
 
     def silence_then_record(plan: dict[str, list[int]]) -> None:
-        _silence(pruner, plan)
-        with torch.no_grad():
+        with torch.no_grad(), pruner.silenced(plan):
             seen["before"] = model(x)
 
     plan, after = prune_to_target(pruner, scores, target_macs=0.6 * base.macs, before_apply=silence_then_record)

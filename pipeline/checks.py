@@ -43,12 +43,15 @@ def accuracy_drop(base_accuracy: float, accuracy: float, max_drop: float) -> Che
 
 
 def parity(max_abs_diff: float | None, agreement: float, *, fp32: bool, max_diff: float, min_agree_fp32: float,
-           min_agree_lowp: float) -> list[Check]:
-    """FP32: max |Δlogit| ≤ max_diff and top-1 agreement ≥ min_agree_fp32; FP16/INT8: agreement ≥ min_agree_lowp
-    (the caller passes ``checks.min_agreement_lowp`` for FP16 and ``checks.min_agreement_int8`` for INT8)."""
+           min_agree_lowp: float, logit_scale: float = 1.0) -> list[Check]:
+    """FP32: max |Δlogit| ≤ max_diff · max(1, logit_scale) — the tolerance is relative to the reference's largest
+    |logit| (float32 keeps ~7 significant digits: a model whose logits reach 1e5 cannot agree to 1e-3 absolutely),
+    never tighter than ``max_diff`` absolute — and top-1 agreement ≥ min_agree_fp32; FP16/INT8: agreement ≥
+    min_agree_lowp (the caller passes ``checks.min_agreement_lowp`` for FP16 and ``checks.min_agreement_int8`` for INT8)."""
     if fp32:
         assert max_abs_diff is not None
-        return [at_most("max_abs_diff", max_abs_diff, max_diff), at_least("top1_agreement", agreement, min_agree_fp32)]
+        scale = max(1.0, float(logit_scale)) if logit_scale == logit_scale else 1.0  # NaN (no logits): absolute
+        return [at_most("max_abs_diff", max_abs_diff, max_diff * scale), at_least("top1_agreement", agreement, min_agree_fp32)]
     return [at_least("top1_agreement", agreement, min_agree_lowp)]
 
 

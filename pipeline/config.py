@@ -105,7 +105,7 @@ class ChecksConfig:
     stage evaluates every final format on — None (default) = the whole test split, the report's headline numbers."""
 
     max_accuracy_drop: float = 1.5
-    max_abs_diff: float = 1e-3
+    max_abs_diff: float = 1e-3  # per unit of logit scale: max |Δlogit| ≤ max_abs_diff · max(1, max |logit|)
     min_agreement_fp32: float = 99.9
     min_agreement_lowp: float = 99.0
     min_agreement_int8: float = 99.0

@@ -122,7 +122,8 @@ def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str
     base = load_checkpoint(ctx.path("baseline.pt")).meta
     checks = parity(cmp["max_abs_diff"], cmp["top1_agreement"], fp32=precision == "fp32", max_diff=c.max_abs_diff,
                     min_agree_fp32=c.min_agreement_fp32,
-                    min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp)
+                    min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp,
+                    logit_scale=cmp["logit_scale"])
     checks.append(accuracy_drop(float(base["accuracy"]), cmp["accuracy_b"], c.max_accuracy_drop))
     metrics = {**accuracy_record(cmp["accuracy_b"], len(eval_arrays(ctx)[1])), "max_abs_diff": cmp["max_abs_diff"],
                "mean_abs_diff": cmp["mean_abs_diff"], "top1_agreement": cmp["top1_agreement"], "parity_vs": Path(ref).name,
