@@ -206,7 +206,7 @@ PRESETS: dict[str, Preset] = {
                   final_finetune_epochs=1, attention_steps=30, eval_images=2000, score_images=128, budget_minutes=15.0),
     # issue #13, GPU (one H200, ≤ 10 min): resnet56 from the shared checkpoint, all criteria + anchor at −50 %, full
     # epochs, the runs as parallel processes on the one GPU.
-    "gpu": Preset(name="gpu", config="configs/resnet56_cifar10.yaml", model="resnet56", seeds=(0,), side_criteria=(),
+    "gpu": Preset(name="gpu", config="configs/resnet56_cifar10_gpu.yaml", model="resnet56", seeds=(0,), side_criteria=(),
                   steps_per_epoch=None, iterations=3, final_finetune_epochs=3, prune_lr=0.02, attention_epochs=1, attention_steps=None,
                   baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=9, device="cuda", budget_minutes=10.0),
     # issue #15: runtime-aligned widths and latency targets on resnet20 / resnet56 (whole chain, interleaved timing).

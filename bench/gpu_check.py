@@ -6,7 +6,7 @@ with the reason) without stopping the others; the whole check fits in ``--budget
 1. ``cuda_tests``: the tests marked ``cuda`` (``pytest -m cuda`` on the test files that hold them);
 2. ``smoke_pipeline``: ``configs/smoke.yaml`` end to end on ``run.device=cuda`` (validate's GPU latency rows
    at batch 1 and 32);
-3. ``resnet56_pipeline``: ``configs/resnet56_cifar10.yaml`` from ``<shared>/models/resnet56_cifar10.pt`` with short
+3. ``resnet56_pipeline``: ``configs/resnet56_cifar10_gpu.yaml`` from ``<shared>/models/resnet56_cifar10.pt`` with short
    budgets and permissive gates (``RESNET56_OVERRIDES``): every stage on CUDA, not the paper's accuracy; without
    the checkpoint it trains a 2-epoch baseline instead and says so;
 4. ``epoch_timings``: one timed epoch (after a warm-up epoch) of resnet20 and resnet56, batch 256, channels_last,
@@ -212,9 +212,9 @@ class Check:
             note = f"{ckpt} not found: baseline trained for 2 epochs instead" if not ckpt.is_file() else "dry run"
         if self.a.dry_run:
             over += ["train.epochs=1", "train.max_steps_per_epoch=2", "model.name=resnet20"]
-            rec = self._pipeline("resnet56", "configs/resnet56_cifar10.yaml", over, 120, until="baseline")
+            rec = self._pipeline("resnet56", "configs/resnet56_cifar10_gpu.yaml", over, 120, until="baseline")
         else:
-            rec = self._pipeline("resnet56", "configs/resnet56_cifar10.yaml", over, self.a.resnet56_timeout)
+            rec = self._pipeline("resnet56", "configs/resnet56_cifar10_gpu.yaml", over, self.a.resnet56_timeout)
         return {**rec, "baseline": note}
 
     def _epoch_time(self, models: list[str], compile_mode: str, out: Path) -> list[str]:

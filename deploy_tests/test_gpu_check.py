@@ -68,7 +68,7 @@ def test_junit_counts(tmp_path):
 def test_resnet56_overrides_are_valid_config_keys():
     from pipeline.config import load_config
 
-    cfg = load_config(ROOT / "configs" / "resnet56_cifar10.yaml",
+    cfg = load_config(ROOT / "configs" / "resnet56_cifar10_gpu.yaml",
                       ["baseline.checkpoint=", "run.device=cpu", *gpu_check.RESNET56_OVERRIDES, "export.latency_batches=[1,32]"])
     assert cfg.train.batch_size == 256 and cfg.prune.max_iterations == 1 and not cfg.checks.require_speedup
 
