@@ -159,6 +159,7 @@ def common_overrides(p: Preset, checkpoint: str) -> list[str]:
         "export.threads": p.threads, "export.latency_batches": list(BATCHES), "export.latency_iters": p.latency_iters,
         "export.latency_warmup": p.latency_warmup, "export.calibration_images": p.calibration_images, "export.engine": False,
         "export.int8": True, "export.simplify": True,
+        "report.frontier": None,  # a benchmark run is a point of the frontier, not drawn over it
     })
 
 
@@ -212,6 +213,21 @@ PRESETS: dict[str, Preset] = {
     # issue #15: runtime-aligned widths and latency targets on resnet20 / resnet56 (whole chain, interleaved timing).
     "speed-r20": _r20(name="speed-r20", criteria=(), seeds=(0,), side_criteria=(), anchor=False, until=None, measure_speed=True,
                       speed_runs=SPEED_RUNS),
+    # issue #21: the headline chart — accuracy (all 10,000 test images) against measured onnxruntime speedup, ccpcsa vs
+    # l1 vs the Torch-Pruning anchor at three MACs targets, the whole chain, the default config's recovery recipe and
+    # the runtime's channel blocks (round_to auto); plus ccpcsa at −45 % with the latency-priced sensitivity allocation
+    # (issue #21, deliverable 3). 60-step epochs (480 training steps a run) keep the 10 runs ≈ 1 h on 2 cores;
+    # `--revalidate` then re-times them one at a time.
+    "frontier-r20": _r20(name="frontier-r20", criteria=("ccpcsa", "l1"), targets=(0.3, 0.45, 0.6), seeds=(0,), side_criteria=(),
+                         until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
+                         speed_runs=(RunSpec("ccpcsa", 0.45, "auto", allocation="sensitivity"),),
+                         jobs=2, train_threads=1, budget_minutes=60.0),
+    # the same for resnet56 (≈ 3× resnet20's compute a step: ≈ 2.5 h on 2 cores, not run on the 2-core VM yet).
+    "frontier-r56": Preset(name="frontier-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=("ccpcsa", "l1"),
+                           targets=(0.4, 0.55, 0.7), seeds=(0,), side_criteria=(), until=None, round_to="auto",
+                           lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
+                           baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=2, train_threads=1,
+                           budget_minutes=150.0),
     "speed-r56": Preset(name="speed-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=(), seeds=(0,),
                         side_criteria=(), anchor=False, until=None, measure_speed=True, steps_per_epoch=40,
                         baseline_checkpoint="../shared/models/resnet56_cifar10.pt",

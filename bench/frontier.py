@@ -116,7 +116,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
     mach = result.get("machine") or {}
     lines = [f"# Frontier `{preset.get('name')}`: {model}, test accuracy vs measured speedup", "",
              f"`python -m bench.frontier --preset {preset.get('name')}` — raw: [`{json_path.name}`]({json_path.name}); "
-             f"machine: {mach.get('cpu_model', '?')}, {mach.get('cpu_count', '?')} cores; baseline {_f(base)} % "
+             f"machine: {mach.get('cpu', '?')}, {mach.get('cpus', '?')} cores, {result.get('date', '?')}; baseline {_f(base)} % "
              f"(all {((result.get('baseline') or {}).get('accuracy_n') or 0):,} test images).", "",
              f"![frontier]({png.name})", "",
              "| method | MACs target | MACs ratio | test % ± SE | Δ pp | FP32 b1 | FP32 b32 | INT8 b1 | INT8 b32 | INT8 test % | run min |",
@@ -130,7 +130,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
               "neighbouring points; points outside its range are not compared); a tie is within one combined SE.", ""]
     for b in ("1", "32"):
         curves = by_method(points, b)
-        for other in sorted(m for m in curves if m != REFERENCE):
+        for other in sorted(m for m in curves if m != REFERENCE and not m.startswith(REFERENCE + " (")):  # not its own variants
             rows = compare_at_speed(curves.get(REFERENCE, []), curves[other], b)
             if not rows:
                 lines.append(f"- batch {b}, vs {other}: no ccpcsa point inside its speed range")

@@ -36,7 +36,7 @@ def _results(model: str = "resnet20") -> dict:
     runs = [_row("ccpcsa", 0.2, 87.0, 1.2, 1.25), _row("ccpcsa", 0.4, 86.2, 1.5, 1.6), _row("ccpcsa", 0.6, 84.0, 2.0, 2.1),
             _row("l1", 0.2, 86.9, 1.2, 1.2), _row("l1", 0.4, 85.0, 1.55, 1.6), _row("l1", 0.6, 83.9, 2.1, 2.2),
             {"key": "l1-t70", "criterion": "l1", "target": 0.7, "status": "failed"}]
-    return {"date": "2026-12-03", "machine": {"cpu_model": "test CPU", "cpu_count": 2},
+    return {"date": "2026-12-03", "machine": {"cpu": "test CPU", "cpus": 2},
             "results": {"criteria": {"preset": {"name": "frontier-test", "model": model},
                                      "baseline": {"accuracy": 87.48, "accuracy_n": 10000}, "runs": runs}}}
 
@@ -45,7 +45,7 @@ def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
     path = tmp_path / "f.json"
     path.write_text(json.dumps(_results()))
     result, points = load_frontier(path)
-    assert len(points) == 6 and result["machine"]["cpu_model"] == "test CPU"  # the failed run is no point
+    assert len(points) == 6 and result["machine"]["cpu"] == "test CPU"  # the failed run is no point
     curves = by_method(points, "1")
     assert [p.target for p in curves["l1"]] == [0.2, 0.4, 0.6]
     acc, se = interpolate(curves["l1"], 1.375, "1")  # halfway between 1.2× (86.9) and 1.55× (85.0)
@@ -57,6 +57,11 @@ def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
     assert rows[1]["other_accuracy"] == pytest.approx(86.9 + (1.5 - 1.2) / 0.35 * (85.0 - 86.9))
     low = [FrontierPoint("ccpcsa", 0.4, 1.67, 84.0, 0.3, {"1": (1.5, 0.0)})]
     assert compare_at_speed(low, curves["l1"], "1")[0]["verdict"] == "below"
+    # another allocation of the same criterion is a line of its own, never a point of ccpcsa's
+    other = {**_row("ccpcsa", 0.45, 86.5, 1.6, 1.7), "allocation": "sensitivity", "key": "ccpcsa-t45-asensitivity"}
+    curves = by_method(points_from_runs([*_results()["results"]["criteria"]["runs"], other]), "1")
+    assert [p.target for p in curves["ccpcsa"]] == [0.2, 0.4, 0.6]
+    assert [p.key for p in curves["ccpcsa (sensitivity)"]] == ["ccpcsa-t45-asensitivity"]
 
 
 def test_targets_say_met_or_by_how_much_missed():

@@ -50,6 +50,13 @@ def _pairs(sp: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
             if m.get("speedup") is not None}
 
 
+def method_of(run: dict[str, Any]) -> str:
+    """A run's method as the frontier groups it: its criterion, with a non-global allocation named after it
+    (``ccpcsa (sensitivity)``) so that one allocation's points never join another's line."""
+    alloc = run.get("allocation")
+    return run["criterion"] if alloc in (None, "", "global") else f"{run['criterion']} ({alloc})"
+
+
 def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
     """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup."""
     out = []
@@ -57,7 +64,7 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
         if r.get("status") != "ok" or r.get("accuracy") is None or not r.get("speedup"):
             continue
         secs = r.get("wall_seconds")
-        out.append(FrontierPoint(r["criterion"], float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
+        out.append(FrontierPoint(method_of(r), float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
                                  float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
                                  _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
                                  secs / 60 if secs else None, r.get("key", "")))
@@ -71,7 +78,7 @@ def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]
     result = (data.get("results") or {}).get("criteria") or {}
     if not result:
         raise ValueError(f"{path} holds no frontier results (no results.criteria)")
-    result = {**result, "machine": data.get("machine") or {}}
+    result = {**result, "machine": data.get("machine") or {}, "date": data.get("date")}
     return result, points_from_runs(result.get("runs") or [])
 
 

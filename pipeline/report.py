@@ -202,7 +202,7 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
     plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
                                title=f"{model}: this run on the frontier of {Path(path).name}"))
     lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
-             f"({len(points)} points, {(result.get('machine') or {}).get('cpu_model', '?')}): `plots/frontier.png`.", ""]
+             f"({len(points)} points, {(result.get('machine') or {}).get('cpu', '?')}): `plots/frontier.png`.", ""]
     if me is None:
         return lines + ["This run has no measured speedup yet (validate did not run).", ""]
     for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
