@@ -130,7 +130,8 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
               "neighbouring points; points outside its range are not compared); a tie is within one combined SE.", ""]
     for b in ("1", "32"):
         curves = by_method(points, b)
-        for other in sorted(m for m in curves if m != REFERENCE and not m.startswith(REFERENCE + " (")):  # not its own variants
+        own = {p.method for p in points if p.criterion == REFERENCE}  # ccpcsa and its other allocations: not compared
+        for other in sorted(m for m in curves if m not in own):
             rows = compare_at_speed(curves.get(REFERENCE, []), curves[other], b)
             if not rows:
                 lines.append(f"- batch {b}, vs {other}: no ccpcsa point inside its speed range")

@@ -81,6 +81,21 @@ def test_changed_prune_reruns_prune_and_after(smoke_run, tmp_path, capsys):
     assert _manifest(run)["stages"]["prune"]["metrics"]["flops_reduction"] >= 0.3995
 
 
+def test_changed_gate_regates_prune_without_retraining(smoke_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "regate"
+    shutil.copytree(smoke_run, run)
+    pruned = (run / "pruned.pt").read_bytes()
+    assert _run(run, "--set", "checks.max_accuracy_drop=60") == 0
+    out = capsys.readouterr().out
+    assert "── prune: work up to date, checks re-evaluated" in out and "══ stage prune " not in out
+    assert "── attention: up to date" in out and (run / "pruned.pt").read_bytes() == pruned
+    rec = _manifest(run)["stages"]["prune"]
+    assert rec["status"] == "ok" and [c["threshold"] for c in rec["checks"] if c["name"] == "accuracy_drop_pp"] == [60.0]
+    assert rec["metrics"]["baseline_accuracy"] - rec["metrics"]["accuracy"] == rec["checks"][0]["value"]
+
+
 def test_forced_gate_failure_stops_and_keeps_artifacts(smoke_run, tmp_path, capsys):
     import shutil
 

@@ -114,6 +114,27 @@ def test_latency_cost_calibrates_to_the_measurement():
     assert {s.kind for s in layer_shapes(pruner)} == {"conv", "linear"}
 
 
+def test_latency_cost_proportional_when_the_table_explains_more_than_was_measured():
+    """resnet56 at batch 1 (2026-12-03): isolated layer timings summed past the measured 2.16 ms, the additive fit got a
+    negative overhead and a 2.7e9× 'floor' estimate. The proportional model keeps the floor a positive fraction."""
+    model = build_model("resnet56", 10)
+    pruner = ChannelPruner(model, 32, round_to=8)
+    cost = LatencyCost(pruner, lambda layer, ci, co: 0.02 + layer.macs(ci, co) * 1e-8)  # 0.02 ms of overhead per layer
+    table = cost()
+    floors = {k: 8 for k in pruner.widths()}
+    at_floor = cost(floors)
+    measured = 0.9 * (table - at_floor)  # less than the table's saving alone: the additive fit goes below 0 ms
+    assert table > 2.0 and 0 < at_floor < table and measured > 0
+    cost.calibrate(measured)
+    assert cost() == pytest.approx(measured) and cost.constant < 0 and cost(floors) < 0  # the additive fit's nonsense
+    prop = cost.proportional()
+    assert prop is not cost and prop.constant == 0.0 and prop.scale == pytest.approx(measured / table)
+    assert prop() == pytest.approx(measured) and prop(floors) == pytest.approx(measured * at_floor / table) and prop(floors) > 0
+    assert cost.constant < 0  # the loop's own model is left as it was
+    cost.calibrate(2 * table)  # the table explains less: the rest is a fixed overhead, nothing to change
+    assert cost.proportional() is cost and cost.constant == pytest.approx(table) and cost() == pytest.approx(2 * table)
+
+
 def test_layer_latency_table_measures_interpolates_and_caches(tmp_path):
     from export.layer_latency import OrtLayerTable, conv_model, ort_session, width_grid
 

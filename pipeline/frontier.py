@@ -25,8 +25,9 @@ LABELS = {ANCHOR: "Torch-Pruning (MetaPruner, L2)"}
 
 @dataclass(frozen=True)
 class FrontierPoint:
-    """One pruned model: ``method``, MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned),
-    test ``accuracy`` ± ``accuracy_se`` (pp), FP32 and INT8 speedups per batch as ``(speedup, se)``."""
+    """One pruned model: ``method`` (the line it belongs to: :func:`method_of` its ``criterion`` and ``allocation``),
+    MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned), test ``accuracy`` ± ``accuracy_se`` (pp),
+    FP32 and INT8 speedups per batch as ``(speedup, se)``."""
 
     method: str
     target: float
@@ -38,6 +39,8 @@ class FrontierPoint:
     int8_accuracy: float | None = None
     minutes: float | None = None
     key: str = ""
+    criterion: str = ""
+    allocation: str = "global"
 
     @property
     def label(self) -> str:
@@ -67,7 +70,8 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
         out.append(FrontierPoint(method_of(r), float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
                                  float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
                                  _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
-                                 secs / 60 if secs else None, r.get("key", "")))
+                                 secs / 60 if secs else None, r.get("key", ""), r["criterion"],
+                                 r.get("allocation") or "global"))
     return out
 
 

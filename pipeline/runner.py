@@ -46,6 +46,7 @@ class StageOutcome:
     outputs: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
     checks: list[Check] = field(default_factory=list)
+    gate_failed: bool = False  # failed only because a check failed: the work itself completed
 
     def gate(self) -> StageOutcome:
         """Mark the outcome failed if any check failed (reason lists them)."""
@@ -53,6 +54,7 @@ class StageOutcome:
         if bad and self.status == "ok":
             self.status = "failed"
             self.reason = "; ".join(c.describe() for c in bad)
+            self.gate_failed = True
         return self
 
 
@@ -86,6 +88,36 @@ class Stage:
     # Files outside the run directory the stage reads (e.g. baseline.checkpoint): {path: sha256 or "missing"}.
     # Part of the stage key, so replacing such a file re-runs the stage even though the config is unchanged.
     external: Callable[[PipelineConfig], dict[str, str]] | None = None
+    # Config keys only the stage's checks read, and the function that re-evaluates those checks from the recorded
+    # metrics. Changing a gate then re-gates the stage's finished work in a moment instead of redoing it (a prune
+    # stage is minutes to hours of training); the gate keys are not part of the stage key.
+    gates: tuple[str, ...] = ()
+    regate: Callable[[PipelineConfig, dict[str, Any]], list[Check]] | None = None
+
+
+def _gates_hash(stage: Stage, cfg: PipelineConfig) -> str | None:
+    """SHA-256 of the stage's gate settings (None for a stage without re-gatable checks)."""
+    return cfg.section_hash(*stage.gates) if stage.gates else None
+
+
+def _regatable(stage: Stage, record: dict[str, Any] | None, key: str, run_dir: Path) -> bool:
+    """True when ``record`` holds this stage's completed work for ``key`` (ok, or failed only at a gate) with intact
+    outputs, so its checks can be re-evaluated from its metrics instead of running the stage again."""
+    if stage.regate is None or not record or record.get("key") != key:
+        return False
+    if record.get("status") != "ok" and not (record.get("status") == "failed" and record.get("gate_failed")):
+        return False
+    return bool(record.get("outputs")) and outputs_intact(record, run_dir)
+
+
+def _regate(stage: Stage, cfg: PipelineConfig, manifest: Manifest, record: dict[str, Any]) -> StageOutcome:
+    """Re-evaluate ``stage``'s checks on its recorded metrics under the current gate settings; record the result."""
+    assert stage.regate is not None
+    out = StageOutcome(metrics=record.get("metrics") or {}, checks=stage.regate(cfg, record.get("metrics") or {})).gate()
+    manifest.set_stage(stage.name, {**record, "status": out.status, "reason": out.reason, "gate_failed": out.gate_failed,
+                                    "gates_hash": _gates_hash(stage, cfg), "checks": [c.to_dict() for c in out.checks],
+                                    "regated": now()})
+    return out
 
 
 def _banner(text: str) -> None:
@@ -131,7 +163,21 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
             key = hashlib.sha256(json.dumps({"config": cfg.section_hash(*stage.sections), "inputs": upstream,
                                              **({"external": external} if external else {})},
                                             sort_keys=True).encode()).hexdigest()
-            if not dirty and manifest.is_current(stage.name, key, run_dir):
+            record = manifest.stage(stage.name)
+            if (not dirty and _regatable(stage, record, key, run_dir) and record is not None
+                    and (record.get("status") == "failed" or record.get("gates_hash") != _gates_hash(stage, cfg))):
+                out = _regate(stage, cfg, manifest, record)
+                upstream.update(record.get("outputs") or {})
+                print(f"── {stage.name}: work up to date, checks re-evaluated under the current gates "
+                      f"({', '.join(stage.gates)}); --from {stage.name} redoes the work", flush=True)
+                for c in out.checks:
+                    print(f"   check {c.describe()}", flush=True)
+                print(f"── {stage.name}: {out.status}" + (f" — {out.reason}" if out.reason else ""), flush=True)
+                if out.status == "failed":
+                    print(f"error: stage {stage.name} failed: {out.reason}; its artifacts are kept in {run_dir} — loosen the gate "
+                          f"({', '.join(stage.gates)}) to go on with them", file=sys.stderr, flush=True)
+                    return 1
+            elif not dirty and manifest.is_current(stage.name, key, run_dir):
                 rec = manifest.stage(stage.name) or {}
                 print(f"── {stage.name}: up to date ({rec.get('status')}), skipping", flush=True)
                 upstream.update(rec.get("outputs") or {})
@@ -162,7 +208,8 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                     out = StageOutcome("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
                 outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
                 manifest.set_stage(stage.name, {
-                    "status": out.status, "reason": out.reason, **base, "outputs": outputs, "metrics": out.metrics,
+                    "status": out.status, "reason": out.reason, "gate_failed": out.gate_failed,
+                    "gates_hash": _gates_hash(stage, cfg), **base, "outputs": outputs, "metrics": out.metrics,
                     "checks": [c.to_dict() for c in out.checks], "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
                 upstream.update(outputs)
                 for c in out.checks:

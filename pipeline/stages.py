@@ -13,9 +13,17 @@ from .stages_export import (
     stage_simplify,
     stage_validate,
 )
-from .stages_train import baseline_inputs, frontier_inputs, stage_attention, stage_baseline, stage_prune
+from .stages_train import (
+    baseline_inputs,
+    frontier_inputs,
+    prune_checks,
+    stage_attention,
+    stage_baseline,
+    stage_prune,
+)
 
-# Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier.
+# Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier — except the
+# prune stage, whose work is kept and only its checks re-evaluated (Stage.gates / Stage.regate).
 # ``checks.eval_images`` picks the test sample every stage's accuracy is measured on, so it keys them all.
 _PARITY = ("checks.max_abs_diff", "checks.min_agreement_fp32", "checks.min_agreement_lowp", "checks.min_agreement_int8", "checks.max_accuracy_drop",
            "checks.eval_images")
@@ -24,8 +32,10 @@ STAGES: list[Stage] = [
     Stage("baseline", stage_baseline, ("run", "model", "data", "train", "baseline", "checks.eval_images"), "train or load the model → baseline.pt",
           external=baseline_inputs),
     Stage("attention", stage_attention, ("attention", "checks.eval_images"), "attach BAM, retrain → attention.pt"),
-    Stage("prune", stage_prune, ("prune", "export.threads", "checks.max_accuracy_drop", "checks.require_flops_target", "checks.eval_images"),
-          "CCPCSA loop (any criterion) → pruned.pt, history.json"),
+    # Its gates are re-evaluated on the recorded metrics when only they change: no re-training for a new threshold.
+    Stage("prune", stage_prune, ("prune", "export.threads", "checks.eval_images"),
+          "CCPCSA loop (any criterion) → pruned.pt, history.json",
+          gates=("checks.max_accuracy_drop", "checks.require_flops_target"), regate=prune_checks),
     Stage("onnx", stage_onnx, ("export.opset", *_PARITY), "export ONNX, parity vs PyTorch → model.onnx"),
     Stage("simplify", stage_simplify, ("export.simplify", *_PARITY), "onnxsim → model.sim.onnx"),
     Stage("int8", stage_int8, ("export.int8", "export.calibration_images", *_PARITY), "INT8 QDQ for TensorRT (S8S8) → model.int8.onnx"),

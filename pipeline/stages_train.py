@@ -17,7 +17,8 @@ from ccpcsa.surgery.prune import channels_per_layer
 from ccpcsa.training.engine import evaluate, fit, seed_everything
 
 from .accuracy import accuracy_record
-from .checks import accuracy_drop, at_least, flops_target
+from .checks import Check, accuracy_drop, at_least, flops_target
+from .config import PipelineConfig
 from .runner import StageContext, StageOutcome
 
 WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
@@ -167,18 +168,26 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
     out = ctx.path("pruned.pt")
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
-    baseline = base_meta
-    checks = [accuracy_drop(float(baseline["accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
-    if probe is not None and result.latency.get("target_speedup"):  # a latency target: gate the measured speedup
-        lat = result.latency
-        checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
-    elif cfg.checks.require_flops_target:
-        checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
+    metrics["baseline_accuracy"] = float(base_meta["accuracy"])
+    checks = prune_checks(cfg, metrics)
     metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
     metrics["prune_config"] = asdict(cfg.prune)
     metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
     outputs = [out, ctx.path("history.json")] + ([probe.table.cache] if probe is not None and probe.table.cache else [])
     return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
+
+
+def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
+    """The prune stage's gates on its metrics: accuracy drop vs the baseline ≤ ``checks.max_accuracy_drop``; then the
+    measured speedup ≥ ``prune.target_speedup`` when the loop had a latency target, else (``checks.require_flops_target``)
+    the MACs reduction ≥ ``prune.target_flops_reduction``. Re-evaluated alone when only a gate setting changes."""
+    checks = [accuracy_drop(float(metrics["baseline_accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
+    lat = metrics.get("latency") or {}
+    if lat.get("target_speedup"):  # a latency target: gate the measured speedup
+        checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
+    elif cfg.checks.require_flops_target:
+        checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
+    return checks
 
 
 def latency_probe(ctx: StageContext) -> Any:

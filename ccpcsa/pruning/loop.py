@@ -351,7 +351,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
             prefix = lat_cost.prefix_costs(order)
             if "floor_speedup_estimate" not in result.latency:  # what the table says the floors allow, said once
-                floor = ref_ms / max(prefix[-1], 1e-9)
+                floor = ref_ms / max(lat_cost.proportional().prefix_costs(order)[-1], 1e-9)
                 result.latency["floor_speedup_estimate"] = floor
                 if floor < float(target_speedup):
                     tqdm.write(f"warning: prune.target_speedup {float(target_speedup):.2f}x at batch {cfg.latency_batch} is likely "

@@ -19,6 +19,7 @@ input channels a group ``g`` feeds; proportional for a split).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -190,7 +191,8 @@ class CostModel:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready description (for histories and reports)."""
-        return {"model": self.name, "unit": self.unit, "layers": len(self.layers), "constant": self.constant}
+        return {"model": self.name, "unit": self.unit, "layers": len(self.layers), "constant": self.constant,
+                **({"scale": self.scale} if hasattr(self, "scale") else {})}
 
 
 class MacsCost(CostModel):
@@ -214,23 +216,38 @@ class ParamsCost(CostModel):
 
 
 class LatencyCost(CostModel):
-    """Milliseconds per batch on the target runtime: ``overhead_ms + Σ layer_ms(layer, c_in, c_out)``.
+    """Milliseconds per batch on the target runtime: ``constant + scale · Σ layer_ms(layer, c_in, c_out)``.
 
-    ``layer_ms`` comes from a latency table measured on that runtime (``export.layer_latency``); the overhead
-    is what the table does not explain of the measured end-to-end latency of the current model
-    (:meth:`calibrate`)."""
+    ``layer_ms`` comes from a latency table measured on that runtime (``export.layer_latency``), each layer timed in a
+    graph of its own. :meth:`calibrate` fits the model to the measured end-to-end latency of the current model."""
 
     name = "latency"
     unit = "ms"
 
     def __init__(self, pruner: ChannelPruner, layer_ms: Callable[[LayerShape, int, int], float], overhead_ms: float = 0.0) -> None:
         self.layer_ms = layer_ms
+        self.scale = 1.0
         super().__init__(pruner, overhead_ms)
 
     def layer_cost(self, layer: LayerShape, c_in: int, c_out: int) -> float:
-        return float(self.layer_ms(layer, c_in, c_out))
+        return self.scale * float(self.layer_ms(layer, c_in, c_out))
 
     def calibrate(self, measured_ms: float) -> None:
-        """Set the constant so the model's current cost equals ``measured_ms`` (the measured end-to-end latency)."""
-        self.constant = 0.0
+        """Set the constant so the model's current cost equals ``measured_ms``: ``constant = measured − Σ layer_ms`` at
+        the current widths, ``scale = 1`` (what the table does not explain is a fixed overhead)."""
+        self.constant, self.scale = 0.0, 1.0
         self.constant = measured_ms - self()
+
+    def proportional(self) -> LatencyCost:
+        """This model when its overhead is ≥ 0; otherwise the same table scaled by ``measured / Σ layer_ms`` with no
+        overhead (``constant = 0``), equal to it at the current widths. A negative overhead means the table explains
+        more than was measured — each isolated layer timing carries its own session overhead, which adds up on a deep
+        model at batch 1 — and then predicts ≤ 0 ms for a model pruned to its floors (resnet56 at batch 1, 2026-12-03:
+        a 2.7e9× "floor"); the scaled model keeps every prediction a positive fraction of the measurement."""
+        if self.constant >= 0:
+            return self
+        measured = self()
+        out = copy.copy(self)
+        out.constant, out.scale = 0.0, 1.0
+        out.scale = measured / out() if out() > 0 else 1.0
+        return out
