@@ -100,14 +100,26 @@ def _gates_hash(stage: Stage, cfg: PipelineConfig) -> str | None:
     return cfg.section_hash(*stage.gates) if stage.gates else None
 
 
-def _regatable(stage: Stage, record: dict[str, Any] | None, key: str, run_dir: Path) -> bool:
+def _regate_due(stage: Stage, record: dict[str, Any] | None, key: str, run_dir: Path, cfg: PipelineConfig) -> bool:
     """True when ``record`` holds this stage's completed work for ``key`` (ok, or failed only at a gate) with intact
-    outputs, so its checks can be re-evaluated from its metrics instead of running the stage again."""
+    outputs, and its gates changed or it failed at one: its checks are then re-evaluated from its metrics instead of
+    running the stage again."""
     if stage.regate is None or not record or record.get("key") != key:
         return False
-    if record.get("status") != "ok" and not (record.get("status") == "failed" and record.get("gate_failed")):
+    failed_at_gate = record.get("status") == "failed" and bool(record.get("gate_failed"))
+    if record.get("status") != "ok" and not failed_at_gate:
+        return False
+    if not failed_at_gate and record.get("gates_hash") == _gates_hash(stage, cfg):
         return False
     return bool(record.get("outputs")) and outputs_intact(record, run_dir)
+
+
+def _print_outcome(name: str, out: StageOutcome, seconds: float | None = None) -> None:
+    """The stage's checks, one line each, then its status line."""
+    for c in out.checks:
+        print(f"   check {c.describe()}", flush=True)
+    msg = f"── {name}: {out.status}" + (f" — {out.reason}" if out.reason else "")
+    print(msg + (f" ({seconds:.1f}s)" if seconds is not None else ""), flush=True)
 
 
 def _regate(stage: Stage, cfg: PipelineConfig, manifest: Manifest, record: dict[str, Any]) -> StageOutcome:
@@ -164,23 +176,19 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                                              **({"external": external} if external else {})},
                                             sort_keys=True).encode()).hexdigest()
             record = manifest.stage(stage.name)
-            if (not dirty and _regatable(stage, record, key, run_dir) and record is not None
-                    and (record.get("status") == "failed" or record.get("gates_hash") != _gates_hash(stage, cfg))):
+            if not dirty and record is not None and _regate_due(stage, record, key, run_dir, cfg):
                 out = _regate(stage, cfg, manifest, record)
                 upstream.update(record.get("outputs") or {})
                 print(f"── {stage.name}: work up to date, checks re-evaluated under the current gates "
                       f"({', '.join(stage.gates)}); --from {stage.name} redoes the work", flush=True)
-                for c in out.checks:
-                    print(f"   check {c.describe()}", flush=True)
-                print(f"── {stage.name}: {out.status}" + (f" — {out.reason}" if out.reason else ""), flush=True)
+                _print_outcome(stage.name, out)
                 if out.status == "failed":
                     print(f"error: stage {stage.name} failed: {out.reason}; its artifacts are kept in {run_dir} — loosen the gate "
                           f"({', '.join(stage.gates)}) to go on with them", file=sys.stderr, flush=True)
                     return 1
-            elif not dirty and manifest.is_current(stage.name, key, run_dir):
-                rec = manifest.stage(stage.name) or {}
-                print(f"── {stage.name}: up to date ({rec.get('status')}), skipping", flush=True)
-                upstream.update(rec.get("outputs") or {})
+            elif not dirty and record is not None and manifest.is_current(stage.name, key, run_dir):
+                print(f"── {stage.name}: up to date ({record.get('status')}), skipping", flush=True)
+                upstream.update(record.get("outputs") or {})
             else:
                 dirty = True
                 started, t0 = now(), time.perf_counter()
@@ -212,10 +220,7 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                     "gates_hash": _gates_hash(stage, cfg), **base, "outputs": outputs, "metrics": out.metrics,
                     "checks": [c.to_dict() for c in out.checks], "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
                 upstream.update(outputs)
-                for c in out.checks:
-                    print(f"   check {c.describe()}", flush=True)
-                msg = f"── {stage.name}: {out.status}" + (f" — {out.reason}" if out.reason else "")
-                print(msg + f" ({time.perf_counter() - t0:.1f}s)", flush=True)
+                _print_outcome(stage.name, out, time.perf_counter() - t0)
                 if out.status == "failed":
                     print(f"error: stage {stage.name} failed: {out.reason}; earlier artifacts are kept in {run_dir}",
                           file=sys.stderr, flush=True)

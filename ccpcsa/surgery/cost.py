@@ -191,8 +191,7 @@ class CostModel:
 
     def describe(self) -> dict[str, object]:
         """JSON-ready description (for histories and reports)."""
-        return {"model": self.name, "unit": self.unit, "layers": len(self.layers), "constant": self.constant,
-                **({"scale": self.scale} if hasattr(self, "scale") else {})}
+        return {"model": self.name, "unit": self.unit, "layers": len(self.layers), "constant": self.constant}
 
 
 class MacsCost(CostModel):
@@ -246,8 +245,10 @@ class LatencyCost(CostModel):
         a 2.7e9× "floor"); the scaled model keeps every prediction a positive fraction of the measurement."""
         if self.constant >= 0:
             return self
-        measured = self()
+        measured = self()  # = constant + table, so table = measured − constant > measured
         out = copy.copy(self)
-        out.constant, out.scale = 0.0, 1.0
-        out.scale = measured / out() if out() > 0 else 1.0
+        out.constant, out.scale = 0.0, self.scale * measured / (measured - self.constant)
         return out
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "scale": self.scale}
