@@ -82,3 +82,40 @@ def test_a_stage_that_crashed_is_redone_not_regated(tmp_path):
     assert run_stages(cfg, broken, tmp_path, progress=False) == 1
     assert _record(tmp_path)["status"] == "failed" and not _record(tmp_path)["gate_failed"]
     assert run_stages(cfg, stages, tmp_path, progress=False) == 0 and calls == ["crash", "work", "after"]
+
+
+def test_prune_checks_gate_the_latency_target_unless_the_target_is_waived():
+    """A latency-target run that ends at 1.95x for a 2.0x target fails its prune gate; with
+    checks.require_flops_target=false only the accuracy gate remains (the MACs target likewise)."""
+    from pipeline.stages_train import prune_checks
+
+    metrics = {"baseline_accuracy": 86.15, "accuracy": 85.0, "flops_reduction": 0.70,
+               "latency": {"batch": 1, "target_speedup": 2.0, "final_speedup": 1.95}}
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", ["checks.max_accuracy_drop=2.0"])
+    checks = prune_checks(cfg, metrics)
+    assert [c.name for c in checks] == ["accuracy_drop_pp", "measured_speedup_b1"]
+    assert checks[0].passed and not checks[1].passed and checks[1].value == 1.95 and checks[1].threshold == 2.0
+
+    waived = prune_checks(load_config(ROOT / "configs" / "smoke.yaml",
+                                      ["checks.max_accuracy_drop=2.0", "checks.require_flops_target=false"]), metrics)
+    assert [c.name for c in waived] == ["accuracy_drop_pp"] and waived[0].passed
+
+    no_latency = {**metrics, "latency": None, "flops_reduction": 0.2}
+    cfg_macs = load_config(ROOT / "configs" / "smoke.yaml", ["prune.target_flops_reduction=0.3"])
+    assert [c.passed for c in prune_checks(cfg_macs, no_latency)] == [True, False]
+
+
+def test_a_key_added_later_enters_the_stage_key_only_when_set():
+    """prune.round_to_wide came after run directories existed: at null the prune key is what it was before the key
+    existed (old runs keep their pruned.pt), set it changes the key (the work is redone)."""
+    import hashlib
+
+    from pipeline.config import KEYED_ONLY_WHEN_SET
+
+    cfg = load_config(ROOT / "configs" / "smoke.yaml", [])
+    d = cfg.to_dict()
+    assert "prune.round_to_wide" in KEYED_ONLY_WHEN_SET and d["prune"]["round_to_wide"] is None
+    del d["prune"]["round_to_wide"]
+    before = hashlib.sha256(json.dumps({"prune": d["prune"]}, sort_keys=True, default=str).encode()).hexdigest()
+    assert cfg.section_hash("prune") == before
+    assert load_config(ROOT / "configs" / "smoke.yaml", ["prune.round_to_wide=16"]).section_hash("prune") != before

@@ -61,6 +61,29 @@ def test_aligned_widths_keep_narrow_layers_whole():
     assert widths["conv1"] == 16 and widths["layer1.0.conv1"] == 16
 
 
+def test_wide_alignment_moves_wide_layers_in_coarse_blocks_and_narrow_ones_in_fine_blocks():
+    """round_to 8 + wide_round_to 16 on resnet20 (16/32/64 wide): stage 1 may go to 8, stages 2-3 keep multiples of
+    16 — the x86 INT8 kernels' output-channel block — and the alignment survives iterations (original widths)."""
+    torch.manual_seed(0)
+    model = build_model("resnet20", 10)
+    pruner = ChannelPruner(model, 32, round_to=8, min_channels=8, wide_round_to=16)
+    units = {g.key: pruner.unit(g.key) for g in pruner.groups}
+    assert units["conv1"] == 8 and units["layer1.0.conv1"] == 8
+    assert units["layer2.0.conv1"] == 16 and units["layer3.0.conv1"] == 16
+    rng = np.random.default_rng(0)
+    scores = {g.key: rng.random(g.size) for g in pruner.groups}
+    assert [len(b.channels) for b in pruner.group_blocks("layer3.0.conv1", scores["layer3.0.conv1"])] == [16, 16, 16]
+    prune_to_target(pruner, scores, target_macs=0.5 * count_complexity(model).macs)
+    widths = channels_per_layer(model)
+    assert any(w == 8 for w in widths.values()), widths  # stage 1 did use its 8-blocks
+    assert all(w % 16 == 0 for k, w in widths.items() if k.startswith(("layer2", "layer3"))), widths
+    again = ChannelPruner(model, 32, round_to=8, min_channels=8, wide_round_to=16, original_sizes=pruner.original_sizes)
+    assert again.unit("layer3.0.conv1") == 16 and again.unit("conv1") == 8
+    with pytest.raises(UserError, match="round_to_wide"):
+        from pipeline.config import load_config
+        load_config(None, ["prune.round_to_wide=0"])
+
+
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_cifar", "vgg16_bn", "deploy_tests.byo_zoo:mixed_net"])
 def test_macs_cost_model_matches_the_counter(name):
     torch.manual_seed(0)
@@ -260,6 +283,43 @@ def test_an_overshooting_step_does_not_stop_the_latency_loop_early(synthetic_dat
     speedups = [h["speedup"] for h in res.history]
     assert speedups[0] > 1 / (1 - 0.15 * 2)  # the first step already passed the second step's goal ...
     assert res.stop_reason == "target reached" and speedups[-1] >= 3.0  # ... and the loop still went on to the target
+
+
+class _OptimisticTableProbe(_MacsProbe):
+    """Latency ∝ MACs, but the table prices every layer at twice its share (isolated timings that include per-call
+    costs the whole graph does not pay per layer): each step's real drop is half the predicted one."""
+
+    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
+        cost = LatencyCost(pruner, lambda layer, ci, co: 2 * layer.macs(ci, co) / 1e6)
+        cost.calibrate(measured_ms)
+        return cost
+
+
+def test_step_gain_aims_past_the_goal_by_what_the_steps_delivered():
+    from ccpcsa.pruning.steering import StepGain
+
+    g = StepGain()
+    assert g.gain == 1.0 and g.aim(10.0, 8.0) == 8.0
+    g.record((10.0, 10.0), 6.0, (12.0, 9.6))  # predicted 0.4 of the reference, delivered 1 − 0.8 = 0.2
+    assert g.gain == pytest.approx(0.5) and g.aim(8.0, 6.0) == pytest.approx(4.0)
+    g.record((12.0, 9.6), 9.6, (12.0, 9.0))  # a step the table predicted nothing for does not count
+    assert g.gain == pytest.approx(0.5)
+    g.record((10.0, 8.0), 7.0, (10.0, 7.0))  # 0.1 predicted, 0.1 delivered: Σ 0.3 / Σ 0.5
+    assert g.gain == pytest.approx(0.6)
+    g.record((10.0, 7.0), 6.0, (10.0, 7.0))  # nothing delivered
+    g.record((10.0, 7.0), 0.0, (10.0, 7.0))  # Σ 0.3 / Σ 1.3 < 0.5: clipped
+    assert g.gain == 0.5 and g.measured / g.predicted < 0.5
+
+
+def test_latency_steps_correct_an_optimistic_table(synthetic_data):
+    res = _tiny_latency_run(synthetic_data, _OptimisticTableProbe(), target_speedup=2.0, step_flops_reduction=0.25,
+                            max_iterations=4, allocation="cost")
+    rows = res.history
+    assert rows[0]["gain"] == 1.0 and rows[0]["aim_ms"] == rows[0]["goal_ms"]
+    first_real = rows[0]["unpruned_ms"] / rows[0]["speedup"]
+    assert rows[0]["unpruned_ms"] - first_real < 0.75 * (rows[0]["unpruned_ms"] - rows[0]["estimated_ms"])  # fell short
+    assert 0.5 <= rows[1]["gain"] < 0.65 and rows[1]["aim_ms"] < rows[1]["goal_ms"]  # the second step aims past its goal
+    assert res.stop_reason == "target reached" and len(rows) <= 3 and rows[-1]["speedup"] >= 2.0
 
 
 def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():

@@ -126,6 +126,11 @@ class ReportConfig:
     frontier: str | None = None
 
 
+#: Keys added after run directories existed, with the value that means "not used": a key at that value stays out of
+#: the stage keys (:meth:`PipelineConfig.section_hash`), so upgrading does not re-run finished stages of old runs.
+KEYED_ONLY_WHEN_SET: dict[str, Any] = {"prune.round_to_wide": None}
+
+
 @dataclass
 class PipelineConfig:
     """The whole configuration; sections mirror the YAML keys."""
@@ -145,8 +150,13 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
     def section_hash(self, *sections: str) -> str:
-        """SHA-256 of the canonical JSON of the named sections or dotted keys (all when none given)."""
+        """SHA-256 of the canonical JSON of the named sections or dotted keys (all when none given); a key of
+        :data:`KEYED_ONLY_WHEN_SET` at its "not used" value is left out."""
         d = self.to_dict()
+        for dotted, unused in KEYED_ONLY_WHEN_SET.items():
+            top, _, key = dotted.partition(".")
+            if d[top].get(key, unused) == unused:
+                d[top].pop(key, None)
         picked: dict[str, Any] = {}
         for s in sections or tuple(d):
             top, _, key = s.partition(".")

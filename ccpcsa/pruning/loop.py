@@ -16,6 +16,7 @@ Any registered criterion can drive the loop; only those with ``collects_training
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
@@ -48,6 +49,7 @@ from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibra
 from ..training.speed import Distillation
 from .allocation import ALLOCATIONS, MEASURED, NEEDS_LATENCY, order_blocks, removable_blocks
 from .sensitivity import block_sensitivity
+from .steering import StepGain
 
 #: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
 #: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
@@ -68,7 +70,8 @@ class PruneConfig:
     latency target).
 
     ``method`` + ``criterion_options``: the criterion; ``round_to`` (``auto`` or a number) + ``target_runtime``: the
-    width alignment (:mod:`ccpcsa.surgery.alignment`); ``allocation``: the block order (:mod:`ccpcsa.pruning.allocation`); ``scope``:
+    width alignment (:mod:`ccpcsa.surgery.alignment`); ``round_to_wide``: a coarser alignment for layers at least twice
+    as wide (:meth:`ChannelPruner.unit`; 16: the x86 INT8 kernels' output-channel block); ``allocation``: the block order (:mod:`ccpcsa.pruning.allocation`); ``scope``:
     ``internal`` leaves residual streams whole; ``target_speedup`` / ``target_latency_ms`` at ``latency_batch``: a
     measured-latency target instead of ``target_flops_reduction``; ``pruner``: ``torch-pruning`` runs the library's
     ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
@@ -83,6 +86,7 @@ class PruneConfig:
     groups_per_iteration: int | None = None
     step_flops_reduction: float = 0.1
     round_to: int | str = "auto"
+    round_to_wide: int | None = None
     target_runtime: str = "onnxruntime-cpu"
     allocation: str = "global"
     target_speedup: float | None = None
@@ -123,6 +127,9 @@ class PruneConfig:
         if not 0 < self.step_flops_reduction < 1:
             raise UserError(f"prune.step_flops_reduction must be in (0, 1), got {self.step_flops_reduction}")
         resolve_alignment(self.round_to, self.target_runtime)  # 'auto' or an integer ≥ 1, a known runtime
+        if self.round_to_wide is not None and (isinstance(self.round_to_wide, bool) or not isinstance(self.round_to_wide, int)
+                                               or self.round_to_wide < 1):
+            raise UserError(f"prune.round_to_wide must be an integer ≥ 1 (e.g. 16) or null, got {self.round_to_wide!r}")
         if self.min_channels < 1:
             raise UserError(f"prune.min_channels must be ≥ 1, got {self.min_channels}")
         if self.allocation not in ALLOCATIONS:
@@ -139,10 +146,10 @@ class PruneConfig:
             raise unknown("prune.pruner", self.pruner, PRUNERS)
         if self.pruner == "torch-pruning" and (self.target_speedup is not None or self.target_latency_ms is not None
                                                 or self.groups_per_iteration is not None or self.allocation != "global"
-                                                or self.scope != "all"):
+                                                or self.scope != "all" or self.round_to_wide is not None):
             raise UserError("prune.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a FLOPs "
-                            "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration and keep "
-                            "prune.allocation=global, prune.scope=all")
+                            "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration / "
+                            "round_to_wide and keep prune.allocation=global, prune.scope=all")
         if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation in NEEDS_LATENCY) \
                 and self.target_runtime != "onnxruntime-cpu":
             raise UserError(f"prune.target_speedup / target_latency_ms / allocation=latency are measured on the target "
@@ -268,9 +275,13 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     align, align_why = resolve_alignment(cfg.round_to, cfg.target_runtime)
     target_macs = base.macs * (1 - cfg.target_flops_reduction)
     target_params = base.params * (1 - cfg.target_params_reduction) if cfg.target_params_reduction is not None else None
+    if cfg.round_to_wide is not None:
+        align_why += (f"; layers of ≥ {2 * cfg.round_to_wide} channels in multiples of {math.lcm(align, cfg.round_to_wide)} "
+                      "(prune.round_to_wide)")
     result = PruneResult(model=model, base=base, reference_accuracy=ref, alignment=align, alignment_reason=align_why,
                          allocation=cfg.allocation)
-    pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, scope=cfg.scope)
+    pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, scope=cfg.scope,
+                           wide_round_to=cfg.round_to_wide)
     original_sizes = pruner.original_sizes
     if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
         tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
@@ -278,6 +289,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
     target_speedup = cfg.target_speedup
     speedup_now = 1.0
+    steer = StepGain()  # the share of the table's predicted drop the steps really delivered
     if (lat_mode or cfg.allocation in NEEDS_LATENCY) and latency is None:
         raise UserError(f"prune.target_speedup / prune.target_latency_ms / prune.allocation=latency need a latency "
                         f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
@@ -321,7 +333,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         # 1) one training epoch; hooks accumulate the statistics the criterion needs
         stats = None
         if criterion.collects_training_stats:
-            pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
+            pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope,
+                                   wide_round_to=cfg.round_to_wide)
             with stats_collector(model, pruner, criterion.features, consumers=criterion.wants_consumer_moments) as col:
                 fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd,
                     stream=stream)
@@ -330,7 +343,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd,
                 stream=stream)
         # 2) score all groups, order the blocks (allocation), prune the first ones
-        pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope)
+        pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope,
+                                   wide_round_to=cfg.round_to_wide)
         ctx = ScoreContext(model, pruner, stats,
                            lambda: calibration_batches(data, cfg.calibration_images, train_cfg.batch_size, device, seed),
                            seed=seed + it)
@@ -348,7 +362,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             lat_cost = latency.cost_model(pruner, cur_ms)
             order = order_blocks(pruner, scores, cfg.allocation, lat_cost, sensitivity(pruner, scores))
             goal_speedup = min(float(target_speedup), 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
-            goal_ms = cur_ms * (ref_ms / cur_ms) / goal_speedup
+            goal_ms = ref_ms / goal_speedup
+            start, aim_ms = (ref_ms, cur_ms), steer.aim(cur_ms, goal_ms)
             prefix = lat_cost.prefix_costs(order)
             if "floor_speedup_estimate" not in result.latency:  # what the table says the floors allow, said once
                 floor = ref_ms / max(lat_cost.proportional().prefix_costs(order)[-1], 1e-9)
@@ -358,11 +373,11 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                                f"out of reach: with every layer at its floor (alignment {align}, prune.min_channels, "
                                f"prune.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
                                "prune.round_to or the floors")
-            k = fewest_prefix(len(order), prefix.__getitem__, goal_ms, prefix)
+            k = fewest_prefix(len(order), prefix.__getitem__, aim_ms, prefix)
             k = max(k, 1) if order else 0  # already past this step's goal (an earlier step overshot): take a step anyway
             if cfg.groups_per_iteration is not None:
                 k = min(cfg.groups_per_iteration, len(order))
-            est = {"estimated_ms": prefix[k], "goal_ms": goal_ms}
+            est = {"estimated_ms": prefix[k], "goal_ms": goal_ms, "aim_ms": aim_ms, "gain": steer.gain}
             plan, new = prune_to_target(pruner, scores, blocks=k, ranked=order, before_apply=compensation)
         elif cfg.pruner == "torch-pruning":  # the external reference: the library's MetaPruner picks and cuts
             goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
@@ -393,10 +408,11 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             recalibrate_batchnorm(model, lambda _it=it: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size,
                                                                              device, seed + 1000 + _it))
         # 3) fine-tune, measure, guard
-        if cfg.finetune_epochs > 0:
-            fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress, desc=f"prune it{it} finetune", distill=kd,
-                stream=stream)
-        acc = evaluate(model, data.val, data.mean, data.std, device=device)[0]
+        if cfg.finetune_epochs > 0:  # the fit's last epoch evaluated this very model on data.val: no second pass
+            acc = fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress,
+                      desc=f"prune it{it} finetune", distill=kd, stream=stream).val_accuracy
+        else:
+            acc = evaluate(model, data.val, data.mean, data.std, device=device)[0]
         drop = ref - acc
         ok = drop < cfg.tolerance
         fr, pr = new.reduction_vs(base)
@@ -407,6 +423,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         if lat_mode:
             assert latency is not None
             ref_ms, cur_ms = latency.measure_pair(model)
+            steer.record(start, est["estimated_ms"], (ref_ms, cur_ms))
             row.update(est, latency_ms=cur_ms, unpruned_ms=ref_ms, speedup=ref_ms / cur_ms)
         result.history.append(row)
         if history_path is not None:
@@ -432,12 +449,14 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     bar.close()
     detached = detach_bam(model) if cfg.remove_attention else 0
     # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
+    final_val: float | None = None
     if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0):
-        fit(model, data, replace(final_ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress,
-            desc="prune final finetune", distill=kd, stream=stream)
+        final_val = fit(model, data, replace(final_ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress,
+                        desc="prune final finetune", distill=kd, stream=stream).val_accuracy
     result.model = model
     result.final = count_complexity(model, input_size)
-    result.final_val_accuracy = evaluate(model, data.val, data.mean, data.std, device=device)[0]
+    result.final_val_accuracy = final_val if final_val is not None else evaluate(model, data.val, data.mean, data.std,
+                                                                                 device=device)[0]
     if latency is not None:
         ref_ms, cur_ms = latency.measure_pair(model)
         result.latency.update(final_unpruned_ms=ref_ms, final_ms=cur_ms, final_speedup=ref_ms / cur_ms)

@@ -130,23 +130,27 @@ def _first_line(exc: BaseException) -> str:
 class ChannelPruner:
     """Dependency-graph view of a model: its prunable groups and the surgery that removes channels.
 
-    ``round_to`` is the alignment (kept widths are multiples of it), ``min_channels``/``max_layer_ratio`` the
+    ``round_to`` is the alignment (kept widths are multiples of it); ``wide_round_to`` (optional) a coarser one for
+    the groups whose original width holds at least two of its blocks (:meth:`unit`); ``min_channels``/``max_layer_ratio`` the
     per-group floor, ``original_sizes`` the group widths the floors refer to (kept across iterations), ``scope`` which
     groups may be pruned at all (:data:`SCOPES`)."""
 
     def __init__(self, model: nn.Module, input_size: int = 32, round_to: int = 8, min_channels: int = 8,
                  max_layer_ratio: float = 0.9, original_sizes: dict[str, int] | None = None,
-                 ignored_layers: Sequence[nn.Module] = (), scope: str = "all") -> None:
+                 ignored_layers: Sequence[nn.Module] = (), scope: str = "all", wide_round_to: int | None = None) -> None:
         if scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
         self.scope = scope
         if round_to < 1:
             raise ValueError(f"round_to must be ≥ 1, got {round_to}")
+        if wide_round_to is not None and wide_round_to < 1:
+            raise ValueError(f"wide_round_to must be ≥ 1 or None, got {wide_round_to}")
         if not 0 <= max_layer_ratio < 1:
             raise ValueError(f"max_layer_ratio must be in [0, 1), got {max_layer_ratio}")
         self.model = model
         self.input_size = input_size
         self.round_to = round_to
+        self.wide_round_to = wide_round_to
         self.min_channels = min_channels
         self.max_layer_ratio = max_layer_ratio
         self.ignored = list(ignored_layers) + _classifier(model)
@@ -267,8 +271,14 @@ class ChannelPruner:
         raise KeyError(key)
 
     def unit(self, key: str) -> int:
-        """Kept widths of group ``key`` are multiples of this: ``lcm(round_to, ch_groups)``."""
-        return math.lcm(self.round_to, self.group(key).ch_groups)
+        """Kept widths of group ``key`` are multiples of this: ``lcm(a, ch_groups)`` with ``a = lcm(round_to,
+        wide_round_to)`` when the group's original width is at least ``2 · wide_round_to`` (it can keep one such block
+        and lose another), else ``a = round_to``. E.g. ``round_to`` 8, ``wide_round_to`` 16: a 16-wide layer may go to
+        8, a 32- or 64-wide one moves in 16s (what onnxruntime's x86 INT8 kernels run unpadded)."""
+        a = self.round_to
+        if self.wide_round_to is not None and self.original_sizes.get(key, self.group(key).size) >= 2 * self.wide_round_to:
+            a = math.lcm(a, self.wide_round_to)
+        return math.lcm(a, self.group(key).ch_groups)
 
     def floor(self, key: str) -> int:
         """Fewest channels group ``key`` may keep: ``max(min(min_channels, original), ⌈(1 − max_layer_ratio)·original⌉)``,
@@ -391,7 +401,7 @@ def macs_after(pruner: ChannelPruner, plan: dict[str, list[int]], exclude_attent
     when ``exclude_attention``)."""
     trial = copy.deepcopy(pruner.model)
     p = ChannelPruner(trial, pruner.input_size, pruner.round_to, pruner.min_channels, pruner.max_layer_ratio,
-                      pruner.original_sizes, [])
+                      pruner.original_sizes, [], wide_round_to=pruner.wide_round_to)
     p.apply(plan)
     return deployed_complexity(trial, pruner.input_size, exclude_attention).macs
 
