@@ -280,8 +280,12 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                       "(prune.round_to_wide)")
     result = PruneResult(model=model, base=base, reference_accuracy=ref, alignment=align, alignment_reason=align_why,
                          allocation=cfg.allocation)
-    pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, scope=cfg.scope,
-                           wide_round_to=cfg.round_to_wide)
+    def new_pruner(m: nn.Module, sizes: dict[str, int] | None = None) -> ChannelPruner:
+        """The loop's one pruner setup (alignment, floors, scope) over ``m``; ``sizes``: the original widths."""
+        return ChannelPruner(m, input_size, align, cfg.min_channels, cfg.max_layer_ratio, sizes, scope=cfg.scope,
+                             wide_round_to=cfg.round_to_wide)
+
+    pruner = new_pruner(model)
     original_sizes = pruner.original_sizes
     if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
         tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
@@ -333,8 +337,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         # 1) one training epoch; hooks accumulate the statistics the criterion needs
         stats = None
         if criterion.collects_training_stats:
-            pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope,
-                                   wide_round_to=cfg.round_to_wide)
+            pruner = new_pruner(model, original_sizes)
             with stats_collector(model, pruner, criterion.features, consumers=criterion.wants_consumer_moments) as col:
                 fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd,
                     stream=stream)
@@ -343,8 +346,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd,
                 stream=stream)
         # 2) score all groups, order the blocks (allocation), prune the first ones
-        pruner = ChannelPruner(model, input_size, align, cfg.min_channels, cfg.max_layer_ratio, original_sizes, scope=cfg.scope,
-                                   wide_round_to=cfg.round_to_wide)
+        pruner = new_pruner(model, original_sizes)
         ctx = ScoreContext(model, pruner, stats,
                            lambda: calibration_batches(data, cfg.calibration_images, train_cfg.batch_size, device, seed),
                            seed=seed + it)
