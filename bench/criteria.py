@@ -50,6 +50,7 @@ from bench.criteria_presets import (  # noqa: F401  (re-exported: the benchmark'
     common_overrides,
     run_overrides,
 )
+from ccpcsa.errors import UserError, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,8 +65,15 @@ def expected_config_hash(p: Preset, overrides: list[str]) -> str:
 # --------------------------------------------------------------------------------------------- running
 
 
-class PipelineError(RuntimeError):
-    """A pipeline invocation failed in a way that stops the benchmark (a user error, exit 2)."""
+INTERRUPTED = "interrupted; rerun the same command to resume"
+
+
+class PipelineError(UserError):
+    """A pipeline invocation failed in a way that stops the benchmark (a user error, exit 2); its message keeps its
+    line breaks (the first line says what failed, the rest is the tail of the failing run's log)."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
 
 
 def _tail(path: Path, n: int = 15) -> str:
@@ -419,16 +427,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
     p = preset_from_args(a)
-    try:
+
+    def body() -> int:
         run_benchmark(p, root=Path(a.root).resolve() if a.root else None, out_json=Path(a.out).resolve() if a.out else None,
                       checkpoint=a.baseline, dry_run=a.dry_run)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_cli(body, INTERRUPTED)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.criteria import PRESETS, PipelineError, collect_run, run_benchmark, run_overrides, run_pipeline
+from bench.criteria import INTERRUPTED, PRESETS, collect_run, run_benchmark, run_overrides, run_pipeline
+from ccpcsa.errors import UserError, run_cli
 from pipeline.frontier import FrontierPoint, by_method, compare_at_speed, load_frontier, plot_frontier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,16 +175,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--summary", metavar="JSON", default=None, help="only (re)write the summary and plot of this file")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the pipeline commands, run nothing")
     a = ap.parse_args(argv)
-    try:
+
+    def summarize(path: Path) -> None:
+        try:
+            written = write_summary(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot summarize {path} ({type(exc).__name__}: {exc}); pass a results JSON that "
+                            "python -m bench.frontier wrote") from exc
+        for w in written:
+            print(f"wrote {w}")
+
+    def body() -> int:
         if a.summary:
-            for path in write_summary(Path(a.summary).resolve()):
-                print(f"wrote {path}")
+            summarize(Path(a.summary).resolve())
             return 0
         out = _json_path(a.preset, a.out)
         if a.revalidate:
             if not out.is_file():
-                print(f"error: {out} does not exist; run the preset first (or pass --out)", file=sys.stderr)
-                return 1
+                raise UserError(f"{out} does not exist; run the preset first (or pass --out)")
             revalidate(a.preset, out)
         else:
             p = PRESETS[a.preset]
@@ -199,18 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             run_benchmark(replace(p, **changes), root=Path(a.root).resolve() if a.root else None, out_json=out,
                           summary=False, dry_run=a.dry_run, command="python -m bench.frontier " + " ".join(sys.argv[1:]))
         if not a.dry_run:
-            for path in write_summary(out):
-                print(f"wrote {path}")
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume", file=sys.stderr)
-        return 130
-    return 0
+            summarize(out)
+        return 0
+
+    return run_cli(body, INTERRUPTED)
 
 
 if __name__ == "__main__":

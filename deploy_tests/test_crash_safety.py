@@ -377,6 +377,22 @@ def test_sigterm_unwinds_cleanly(clean_run: Path, tmp_path: Path) -> None:
     assert [m["stages"][s]["status"] for s in ("baseline", "attention")] == ["ok", "ok"]
 
 
+def test_speedups_are_timed_against_the_unpruned_model_through_the_same_export_path(clean_run: Path) -> None:
+    """The pruned FP32 artifact is the simplified ONNX, so the unpruned reference is simplified too (and quantized from
+    that for INT8): what onnxsim alone buys is not credited to pruning. Each reference is recorded with its hash."""
+    from export.metadata import read_metadata
+
+    v = json.loads((clean_run / "validation.json").read_text())
+    assert v["speedup_reference"] == {"fp32": "baseline.sim.onnx", "int8": "baseline.int8.cpu.onnx"}
+    assert read_metadata(clean_run / "model.sim.onnx")["stage"] == "simplified"
+    sim = read_metadata(clean_run / "baseline.sim.onnx")
+    assert sim["stage"] == "simplified" and sim["parent_sha256"] == _sha(clean_run / "baseline.onnx")
+    assert read_metadata(clean_run / "baseline.int8.cpu.onnx")["parent_sha256"] == _sha(clean_run / "baseline.sim.onnx")
+    outputs = _manifest(clean_run)["stages"]["validate"]["outputs"]
+    for name in ("baseline.onnx", "baseline.sim.onnx", "baseline.int8.cpu.onnx"):
+        assert outputs[name] == _sha(clean_run / name), name
+
+
 # ── 4. determinism ──────────────────────────────────────────────────────────────────────────────────────
 
 
@@ -404,9 +420,10 @@ def test_two_independent_runs_are_identical(clean_run: Path, tmp_path: Path) -> 
     _check_complete(other)
     pa, pb = (_manifest(d)["stages"]["prune"]["metrics"] for d in (clean_run, other))
     assert pa["channels_after"] == pb["channels_after"]  # level 1: architecture
-    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx"):
+    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx", "baseline.sim.onnx"):
         assert _onnx_structure(clean_run / name) == _onnx_structure(other / name), name  # level 2: graph structure
-    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx", "build_engine.sh"):
+    for name in ("model.onnx", "model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.onnx", "baseline.sim.onnx",
+                 "build_engine.sh"):
         assert _sha(clean_run / name) == _sha(other / name), name  # level 3: bytes
     from ccpcsa.io.checkpoint import load_checkpoint
 

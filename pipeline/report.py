@@ -66,6 +66,7 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
             "stages": out_stages, "formats": [{"name": k, **v} for k, v in formats.items()],
             "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
             "speedup_int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {}),
+            "speedup_reference": (stages.get("validate", {}).get("metrics") or {}).get("speedup_reference", {}),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency")}}
 
 
@@ -89,6 +90,10 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
     if rounds:
         md += ["", f"Speedup: median over {'/'.join(map(str, sorted(rounds)))} interleaved rounds of the per-round ratio "
                "unpruned / pruned (thread spinning off in both sessions), ± its standard error."]
+        ref = report.get("speedup_reference") or {}
+        if ref:
+            md[-1] += (" Unpruned reference: the unpruned model through the same export path ("
+                       + ", ".join(f"{k.upper()} `{v}`" for k, v in ref.items()) + ").")
     busy = [s["other_load"] for _, _, s in rows if s.get("other_load") is not None]
     if busy:
         md[-1] += (f" Other processes used at most {100 * max(busy):.0f} % of the machine's CPU while it was timed"

@@ -13,7 +13,7 @@ import json
 import tarfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from .checks import accuracy_drop, at_least, at_most, parity, speedup
 from .report import format_table, load_manifest, write_report
 from .runner import StageContext, StageOutcome
 from .stages_train import data_splits, eval_split, evaluation_sample, input_size
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 def eval_arrays(ctx: StageContext) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +166,23 @@ def _fp32_onnx(ctx: StageContext) -> Path:
     return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
 
 
+def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
+    """The unpruned model through the pruned model's export path, the reference every speedup is timed against:
+    ``baseline.onnx`` (same exporter, opset and metadata as ``model.onnx``) and, when the pruned FP32 artifact is the
+    onnxsim-simplified one, ``baseline.sim.onnx`` — so a speedup never credits what the simplifier did to pruning.
+    Returns the files written, the reference last."""
+    from export.onnx_export import export_onnx
+    from export.simplify import simplify_onnx
+
+    base_onnx = ctx.path("baseline.onnx")
+    export_onnx(model, base_onnx, _metadata(ctx), opset=ctx.cfg.export.opset)
+    if _fp32_onnx(ctx).name != "model.sim.onnx":
+        return [base_onnx]
+    base_sim = ctx.path("baseline.sim.onnx")
+    simplify_onnx(base_onnx, base_sim)
+    return [base_onnx, base_sim]
+
+
 def quantize_cpu_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
     """The onnxruntime-CPU INT8 flavour (U8S8) of ``src`` at ``out``, with 7-bit weights where
     ``export.int8_reduce_range`` says so (``auto``: x86 CPUs without VNNI) — one recipe for the pruned model and the
@@ -260,13 +280,9 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     """Every format — PyTorch baseline and pruned, ONNX, simplified, both INT8, built engines — on the whole test
     split (:func:`final_split`): accuracy with its image count and standard error, parity, size, latency; gates:
     speedup, latency budget, each format's accuracy drop vs the baseline on those same images."""
-    from export.onnx_export import export_onnx
-
     cfg = ctx.cfg
     base_ck = load_checkpoint(ctx.path("baseline.pt"))
-    base_onnx = ctx.path("baseline.onnx")
-    export_onnx(base_ck.model, base_onnx, _metadata(ctx), opset=cfg.export.opset)
-    outputs = [base_onnx]
+    outputs = reference_onnx(ctx, base_ck.model)
     manifest = ctx.manifest.data["stages"]
     rows: dict[str, Any] = {}
     files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
@@ -314,7 +330,9 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
         rows.update(cuda_rows(ctx.path("pruned.pt"), _fp32_onnx(ctx), ctx.device, input_size(ctx), eval_arrays(ctx)[0],
                               lambda r: _latency(ctx, r), lambda r: final_accuracy(ctx, r), pruned_c.params, pruned_c.macs))
     # the pruned model must be really faster: ORT CPU, pruned vs unpruned, FP32 and INT8 (U8S8), timed interleaved
-    sp, sp_int8, checks = speedups(ctx, base_c.macs / pruned_c.macs, base_onnx, outputs)
+    fp32_ref = outputs[-1]
+    sp, sp_int8, checks = speedups(ctx, base_c.macs / pruned_c.macs, fp32_ref, outputs)
+    reference = {"fp32": fp32_ref.name, **({"int8": BASELINE_INT8_CPU} if sp_int8 else {})}
     if cfg.checks.latency_budget_ms is not None:
         b = str(cfg.checks.latency_budget_batch)
         best = min(r["latency_ms"][b]["p50"] for r in rows.values() if r.get("status") == "ok" and b in (r.get("latency_ms") or {}))
@@ -322,19 +340,22 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     checks += final_accuracy_checks(rows, cfg.checks.max_accuracy_drop)
     evaluation = {"final_images": len(final_split(ctx)), "test_images": len(data_splits(ctx).test), "gate_images": len(eval_split(ctx))}
     out = atomic_write_json(ctx.path("validation.json"), {"formats": rows, "speedup": sp, "speedup_int8": sp_int8,
-                                                          "evaluation": evaluation})
+                                                          "speedup_reference": reference, "evaluation": evaluation})
     return StageOutcome(outputs=[out, *outputs], checks=checks,
-                        metrics={"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "evaluation": evaluation})
+                        metrics={"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "speedup_reference": reference,
+                                 "evaluation": evaluation})
 
 
+BASELINE_INT8_CPU = "baseline.int8.cpu.onnx"  # the unpruned INT8 reference (onnxruntime-CPU flavour) validate times against
 OTHER_LOAD_WARN = 0.1  # share of the machine's CPU used by other processes above which timed speedups are flagged
 
 
 def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
              outputs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """Pruned vs unpruned latency on onnxruntime CPU, per ``export.latency_batches``: FP32 (simplified ONNX vs the
-    unpruned ONNX) and, with ``export.int8_cpu``, INT8 U8S8 (``model.int8.cpu.onnx`` vs the unpruned model quantized
-    the same way, ``baseline.int8.cpu.onnx``, added to ``outputs``). Timed by :func:`export.latency.ort_speedups`
+    """Pruned vs unpruned latency on onnxruntime CPU, per ``export.latency_batches``: FP32 (the pruned model's FP32
+    ONNX vs ``base_onnx``, the unpruned model through the same export path: :func:`reference_onnx`) and, with
+    ``export.int8_cpu``, INT8 U8S8 (``model.int8.cpu.onnx`` vs ``base_onnx`` quantized the same way,
+    ``baseline.int8.cpu.onnx``, added to ``outputs``). Timed by :func:`export.latency.ort_speedups`
     (``export.speedup_rounds`` interleaved rounds, thread spinning off in both sessions): speedup = median over rounds
     of the per-round ratio unpruned / pruned, with its standard error. Each ``{batch: {unpruned_ms, pruned_ms, speedup,
     speedup_se, rounds, flops_ratio, efficiency}}`` with efficiency = speedup / MACs ratio (1.0: the latency fell
@@ -346,7 +367,7 @@ def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
     pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
     int8 = ctx.path("model.int8.cpu.onnx")
     if e.int8_cpu and int8.exists():
-        base_int8 = ctx.path("baseline.int8.cpu.onnx")
+        base_int8 = ctx.path(BASELINE_INT8_CPU)
         quantize_cpu_flavour(ctx, base_onnx, base_int8)
         outputs.append(base_int8)
         pairs["int8"] = (base_int8, int8)
