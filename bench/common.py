@@ -54,7 +54,8 @@ def library_versions() -> dict[str, str | None]:
 
 
 def machine_info() -> dict[str, Any]:
-    """Host, cores (logical and usable by this process), CPU model, memory, GPU (if torch sees one), Python, libraries."""
+    """Host, cores (logical and usable by this process), CPU model, its SIMD level (AVX-512 / AVX2, VNNI or not: what
+    sets ``round_to: auto`` and the INT8 kernels), memory, GPU (if torch sees one), Python, libraries."""
     info: dict[str, Any] = {
         "host": socket.gethostname(),
         "cpus": os.cpu_count(),
@@ -67,6 +68,12 @@ def machine_info() -> dict[str, Any]:
         "libraries": library_versions(),
         "gpu": None,
     }
+    from ccpcsa.surgery.alignment import cpu_flags, cpu_float_lanes
+    from export.quantize import VNNI_FLAGS
+
+    flags = cpu_flags()
+    # what decides the runtime's channel block (round_to auto) and whether INT8 has dot-product instructions
+    info["simd"] = cpu_float_lanes(flags)[1].split(" (")[0] + (", VNNI" if flags & VNNI_FLAGS else ", no VNNI")
     try:
         import torch
 

@@ -222,7 +222,8 @@ PRESETS: dict[str, Preset] = {
                          until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
                          speed_runs=(RunSpec("ccpcsa", 0.45, "auto", allocation="sensitivity"),),
                          jobs=2, train_threads=1, budget_minutes=60.0),
-    # the same for resnet56 (≈ 3× resnet20's compute a step: ≈ 2.5 h on 2 cores, not run on the 2-core VM yet).
+    # the same for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
+    # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.
     "frontier-r56": Preset(name="frontier-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=("ccpcsa", "l1"),
                            targets=(0.4, 0.55, 0.7), seeds=(0,), side_criteria=(), until=None, round_to="auto",
                            lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",

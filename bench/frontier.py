@@ -29,6 +29,7 @@ from typing import Any
 from bench.criteria import INTERRUPTED, PRESETS, collect_run, run_benchmark, run_overrides, run_pipeline
 from ccpcsa.errors import UserError, run_cli
 from pipeline.frontier import FrontierPoint, by_method, compare_at_speed, load_frontier, plot_frontier
+from pipeline.stages_export import OTHER_LOAD_WARN
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "ccpcsa"
@@ -115,15 +116,20 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
     preset, base = result.get("preset") or {}, (result.get("baseline") or {}).get("accuracy")
     model = preset.get("model", "?")
     mach = result.get("machine") or {}
+    command = result.get("command") or f"python -m bench.frontier --preset {preset.get('name')}"
+    aligns = sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
     lines = [f"# Frontier `{preset.get('name')}`: {model}, test accuracy vs measured speedup", "",
-             f"`python -m bench.frontier --preset {preset.get('name')}` — raw: [`{json_path.name}`]({json_path.name}); "
-             f"machine: {mach.get('cpu', '?')}, {mach.get('cpus', '?')} cores, {result.get('date', '?')}; baseline {_f(base)} % "
+             f"`{command}`"
+             f" — raw: [`{json_path.name}`]({json_path.name}); machine: {mach.get('cpu', '?')}"
+             f"{' (' + mach['simd'] + ')' if mach.get('simd') else ''}, {mach.get('cpus', '?')} cores, {result.get('date', '?')}; "
+             f"widths in blocks of {'/'.join(map(str, aligns)) or '?'}; baseline {_f(base)} % "
              f"(all {((result.get('baseline') or {}).get('accuracy_n') or 0):,} test images).", "",
              f"![frontier]({png.name})", "",
-             "| method | MACs target | MACs ratio | test % ± SE | Δ pp | FP32 b1 | FP32 b32 | INT8 b1 | INT8 b32 | INT8 test % | run min |",
+             "| method | MACs removed (target) | MACs ratio | test % ± SE | Δ pp | FP32 b1 | FP32 b32 | INT8 b1 | INT8 b32 | INT8 test % | run min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.method != REFERENCE, p.method, p.target)):
-        lines.append(f"| {p.label} | −{100 * p.target:.0f} % | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
+        removed = f"−{100 * (1 - 1 / p.macs_ratio):.1f} % (−{100 * p.target:.0f} %)"
+        lines.append(f"| {p.label}{' †' if p.other_load is not None and p.other_load > OTHER_LOAD_WARN else ''} | {removed} | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
                      f"{_f(None if base is None else p.accuracy - base, '+.2f')} | {_sp(p, 'fp32', '1')} | {_sp(p, 'fp32', '32')} | "
                      f"{_sp(p, 'int8', '1')} | {_sp(p, 'int8', '32')} | {_f(p.int8_accuracy)} | {_f(p.minutes, '.1f')} |")
     lines += ["", "## ccpcsa against the others at equal measured speed", "",
@@ -140,6 +146,10 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
             verdicts = ", ".join(f"{r['speedup']:.2f}×: {r['difference_pp']:+.2f} ± {r['se_pp']:.2f} pp ({r['verdict']})" for r in rows)
             ok = all(r["verdict"] != "below" for r in rows)
             lines.append(f"- batch {b}, vs {other}: **{'on or above' if ok else 'below somewhere'}** — {verdicts}")
+    busy = [p for p in points if p.other_load is not None and p.other_load > OTHER_LOAD_WARN]
+    if busy:
+        lines += ["", f"† timed while other processes used up to {100 * max(p.other_load or 0 for p in busy):.0f} % of the "
+                  "machine's CPU: these speedups are noisy (re-time with `--revalidate` on a quiet machine)."]
     if base is not None:
         lines += ["", "## Targets (issue #21)", ""] + target_lines(points, float(base), model)
     return lines

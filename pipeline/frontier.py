@@ -27,7 +27,8 @@ LABELS = {ANCHOR: "Torch-Pruning (MetaPruner, L2)"}
 class FrontierPoint:
     """One pruned model: ``method`` (the line it belongs to: :func:`method_of` its ``criterion`` and ``allocation``),
     MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned), test ``accuracy`` ± ``accuracy_se`` (pp),
-    FP32 and INT8 speedups per batch as ``(speedup, se)``."""
+    FP32 and INT8 speedups per batch as ``(speedup, se)``; ``other_load``: the largest CPU share other processes took
+    while they were timed (above :data:`pipeline.stages_export.OTHER_LOAD_WARN` the speeds are flagged as noisy)."""
 
     method: str
     target: float
@@ -41,6 +42,7 @@ class FrontierPoint:
     key: str = ""
     criterion: str = ""
     allocation: str = "global"
+    other_load: float | None = None  # most CPU share other processes used while any of its speedups was timed
 
     @property
     def label(self) -> str:
@@ -71,18 +73,25 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
                                  float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
                                  _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
                                  secs / 60 if secs else None, r.get("key", ""), r["criterion"],
-                                 r.get("allocation") or "global"))
+                                 r.get("allocation") or "global", _other_load(r)))
     return out
+
+
+def _other_load(run: dict[str, Any]) -> float | None:
+    """The largest ``other_load`` recorded with any of a run's FP32 / INT8 speedups (None when none was recorded)."""
+    loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in (run.get(key) or {}).values()
+             if isinstance(m, dict) and m.get("other_load") is not None]
+    return max(loads) if loads else None
 
 
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
-    machine under ``"machine"``), ``points`` its measured points. OSError / ValueError for an unreadable file."""
+    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points. OSError / ValueError for an unreadable file."""
     data = json.loads(Path(path).read_text())
     result = (data.get("results") or {}).get("criteria") or {}
     if not result:
         raise ValueError(f"{path} holds no frontier results (no results.criteria)")
-    result = {**result, "machine": data.get("machine") or {}, "date": data.get("date")}
+    result = {**result, "machine": data.get("machine") or {}, "date": data.get("date"), "command": data.get("command")}
     return result, points_from_runs(result.get("runs") or [])
 
 

@@ -287,6 +287,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
 
     pruner = new_pruner(model)
     original_sizes = pruner.original_sizes
+    # said once, even without progress output: the widths (and so the speed/accuracy trade) depend on the CPU
+    tqdm.write(f"kept widths in multiples of {align}: {align_why}")
     if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
         tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
     result.left_whole = dict(pruner.fixed)
