@@ -85,6 +85,11 @@ def _f(v: float | None, spec: str = ".2f") -> str:
     return "—" if v is None else format(v, spec)
 
 
+def _noisy(p: FrontierPoint) -> bool:
+    """Whether other processes took more than :data:`OTHER_LOAD_WARN` of the CPU while the point's speeds were timed."""
+    return p.other_load is not None and p.other_load > OTHER_LOAD_WARN
+
+
 def _sp(p: FrontierPoint, kind: str, b: str) -> str:
     m = (p.speedup if kind == "fp32" else p.speedup_int8).get(b)
     return "—" if m is None else f"{m[0]:.2f} ± {m[1]:.2f}"
@@ -129,7 +134,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.method != REFERENCE, p.method, p.target)):
         removed = f"−{100 * (1 - 1 / p.macs_ratio):.1f} % (−{100 * p.target:.0f} %)"
-        lines.append(f"| {p.label}{' †' if p.other_load is not None and p.other_load > OTHER_LOAD_WARN else ''} | {removed} | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
+        lines.append(f"| {p.label}{' †' if _noisy(p) else ''} | {removed} | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
                      f"{_f(None if base is None else p.accuracy - base, '+.2f')} | {_sp(p, 'fp32', '1')} | {_sp(p, 'fp32', '32')} | "
                      f"{_sp(p, 'int8', '1')} | {_sp(p, 'int8', '32')} | {_f(p.int8_accuracy)} | {_f(p.minutes, '.1f')} |")
     lines += ["", "## ccpcsa against the others at equal measured speed", "",
@@ -146,7 +151,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
             verdicts = ", ".join(f"{r['speedup']:.2f}×: {r['difference_pp']:+.2f} ± {r['se_pp']:.2f} pp ({r['verdict']})" for r in rows)
             ok = all(r["verdict"] != "below" for r in rows)
             lines.append(f"- batch {b}, vs {other}: **{'on or above' if ok else 'below somewhere'}** — {verdicts}")
-    busy = [p for p in points if p.other_load is not None and p.other_load > OTHER_LOAD_WARN]
+    busy = [p for p in points if _noisy(p)]
     if busy:
         lines += ["", f"† timed while other processes used up to {100 * max(p.other_load or 0 for p in busy):.0f} % of the "
                   "machine's CPU: these speedups are noisy (re-time with `--revalidate` on a quiet machine)."]

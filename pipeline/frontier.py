@@ -86,7 +86,8 @@ def _other_load(run: dict[str, Any]) -> float | None:
 
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
-    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points. OSError / ValueError for an unreadable file."""
+    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points.
+    OSError / ValueError for an unreadable file."""
     data = json.loads(Path(path).read_text())
     result = (data.get("results") or {}).get("criteria") or {}
     if not result:
