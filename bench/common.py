@@ -73,7 +73,9 @@ def machine_info() -> dict[str, Any]:
 
     flags = cpu_flags()
     # what decides the runtime's channel block (round_to auto) and whether INT8 has dot-product instructions
-    info["simd"] = cpu_float_lanes(flags)[1].split(" (")[0] + (", VNNI" if flags & VNNI_FLAGS else ", no VNNI")
+    lanes = cpu_float_lanes(flags)[0]
+    simd = {16: "AVX-512", 8: "AVX2"}.get(lanes, f"{lanes} floats per SIMD register")
+    info["simd"] = simd + (", VNNI" if flags & VNNI_FLAGS else ", no VNNI")
     try:
         import torch
 
