@@ -106,8 +106,8 @@ def test_prune_checks_gate_the_latency_target_unless_the_target_is_waived():
 
 
 def test_a_key_added_later_enters_the_stage_key_only_when_set():
-    """prune.round_to_wide came after run directories existed: at null the prune key is what it was before the key
-    existed (old runs keep their pruned.pt), set it changes the key (the work is redone)."""
+    """prune.round_to_wide and prune.by_alignment came after run directories existed: unset, the prune key is what it
+    was before the keys existed (old runs keep their pruned.pt), set either changes the key (the work is redone)."""
     import hashlib
 
     from pipeline.config import KEYED_ONLY_WHEN_SET
@@ -115,7 +115,10 @@ def test_a_key_added_later_enters_the_stage_key_only_when_set():
     cfg = load_config(ROOT / "configs" / "smoke.yaml", [])
     d = cfg.to_dict()
     assert "prune.round_to_wide" in KEYED_ONLY_WHEN_SET and d["prune"]["round_to_wide"] is None
-    del d["prune"]["round_to_wide"]
+    assert "prune.by_alignment" in KEYED_ONLY_WHEN_SET and d["prune"]["by_alignment"] == {}
+    del d["prune"]["round_to_wide"], d["prune"]["by_alignment"]
     before = hashlib.sha256(json.dumps({"prune": d["prune"]}, sort_keys=True, default=str).encode()).hexdigest()
     assert cfg.section_hash("prune") == before
     assert load_config(ROOT / "configs" / "smoke.yaml", ["prune.round_to_wide=16"]).section_hash("prune") != before
+    assert load_config(ROOT / "configs" / "smoke.yaml",
+                       ["prune.by_alignment={16: {max_iterations: 1}}"]).section_hash("prune") != before

@@ -128,7 +128,7 @@ class ReportConfig:
 
 #: Keys added after run directories existed, with the value that means "not used": a key at that value stays out of
 #: the stage keys (:meth:`PipelineConfig.section_hash`), so upgrading does not re-run finished stages of old runs.
-KEYED_ONLY_WHEN_SET: dict[str, Any] = {"prune.round_to_wide": None}
+KEYED_ONLY_WHEN_SET: dict[str, Any] = {"prune.round_to_wide": None, "prune.by_alignment": {}}
 
 
 @dataclass
@@ -422,5 +422,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for item in overrides or []:
         key, value = parse_override(item)
         _apply(cfg, _nest(key, value))
+    _coerce_by_alignment(cfg.prune)
     cfg.validate()
     return cfg
+
+
+def _coerce_by_alignment(prune: PruneConfig) -> None:
+    """Give the values of ``prune.by_alignment`` their keys' types (as the YAML of ``prune.*`` gets them); the entries'
+    shape and ranges are checked by :func:`ccpcsa.pruning.operating_point.check_by_alignment`."""
+    if not isinstance(prune.by_alignment, dict):
+        return
+    hints = typing.get_type_hints(PruneConfig)
+    for block, settings in prune.by_alignment.items():
+        if isinstance(settings, dict):
+            prune.by_alignment[block] = {k: _coerce(v, hints[k], f"prune.by_alignment.{block}.{k}") if k in hints else v
+                                         for k, v in settings.items()}

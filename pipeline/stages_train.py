@@ -12,7 +12,8 @@ from ccpcsa.io.artifacts import sha256_file
 from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity, native_input_size
 from ccpcsa.models.attention import attach_bam
-from ccpcsa.pruning.loop import run_pruning
+from ccpcsa.pruning.loop import PruneConfig, run_pruning
+from ccpcsa.pruning.operating_point import apply_by_alignment
 from ccpcsa.surgery.prune import channels_per_layer
 from ccpcsa.training.engine import evaluate, fit, seed_everything
 
@@ -156,22 +157,27 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
     ck = load_checkpoint(src, device=ctx.device)
     base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
-    criterion = get_criterion(cfg.prune.method, **cfg.prune.criterion_options)
+    pcfg, note = apply_by_alignment(cfg.prune)  # the settings of the CPU's channel block (prune.by_alignment)
+    if note:
+        ctx.say(note)
+    criterion = get_criterion(pcfg.method, **pcfg.criterion_options)
     before = channels_per_layer(ck.model)
-    probe = latency_probe(ctx)
-    seed = cfg.prune.seed if cfg.prune.seed is not None else cfg.run.seed
-    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if cfg.prune.distill_teacher == "baseline" else None
-    result = run_pruning(ck.model, data, criterion, replace(cfg.prune, seed=seed), cfg.train, input_size=input_size(ctx),
+    probe = latency_probe(ctx, pcfg)
+    seed = pcfg.seed if pcfg.seed is not None else cfg.run.seed
+    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.distill_teacher == "baseline" else None
+    result = run_pruning(ck.model, data, criterion, replace(pcfg, seed=seed), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
                          history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe, teacher=teacher)
-    spec = ck.spec if not (cfg.prune.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
+    spec = ck.spec if not (pcfg.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
     out = ctx.path("pruned.pt")
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
     metrics["baseline_accuracy"] = float(base_meta["accuracy"])
     checks = prune_checks(cfg, metrics)
     metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
-    metrics["prune_config"] = asdict(cfg.prune)
+    metrics["prune_config"] = asdict(pcfg)  # what the loop ran: prune.by_alignment applied
+    if note:
+        metrics["by_alignment"] = note
     metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
     outputs = [out, ctx.path("history.json")] + ([probe.table.cache] if probe is not None and probe.table.cache else [])
     return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
@@ -190,14 +196,14 @@ def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     if lat.get("target_speedup"):  # a latency target: gate the measured speedup
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     else:
-        checks.append(flops_target(metrics["flops_reduction"], cfg.prune.target_flops_reduction))
+        checks.append(flops_target(metrics["flops_reduction"], apply_by_alignment(cfg.prune)[0].target_flops_reduction))
     return checks
 
 
-def latency_probe(ctx: StageContext) -> Any:
+def latency_probe(ctx: StageContext, p: PruneConfig) -> Any:
     """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` /
-    ``prune.allocation=latency`` (None without). Its per-layer table is cached in the run directory (``latency_table.b<batch>.t<threads>.json``)."""
-    p = ctx.cfg.prune
+    ``prune.allocation=latency`` of the effective prune settings ``p`` (None without). Its per-layer table is cached in
+    the run directory (``latency_table.b<batch>.t<threads>.json``)."""
     from ccpcsa.pruning.allocation import NEEDS_LATENCY
 
     if p.target_speedup is None and p.target_latency_ms is None and p.allocation not in NEEDS_LATENCY:

@@ -76,7 +76,9 @@ class PruneConfig:
     measured-latency target instead of ``target_flops_reduction``; ``pruner``: ``torch-pruning`` runs the library's
     ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
     compensation before each surgery; ``distill`` (``distill_weight`` α, ``distill_temperature`` T): knowledge
-    distillation from the unpruned model in every fine-tune; ``seed``: None = the pipeline's ``run.seed``."""
+    distillation from the unpruned model in every fine-tune; ``seed``: None = the pipeline's ``run.seed``;
+    ``by_alignment``: settings for one resolved alignment (:mod:`ccpcsa.pruning.operating_point`; the pipeline applies
+    them, :func:`run_pruning` takes the effective config)."""
 
     method: str = "ccpcsa"
     target_flops_reduction: float = 0.4
@@ -111,6 +113,7 @@ class PruneConfig:
     recalibrate_bn: int = 0
     sensitivity_images: int = 512
     seed: int | None = None  # None: 0 (the pipeline passes run.seed)
+    by_alignment: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the loop cannot honour."""
@@ -127,6 +130,10 @@ class PruneConfig:
         if not 0 < self.step_flops_reduction < 1:
             raise UserError(f"prune.step_flops_reduction must be in (0, 1), got {self.step_flops_reduction}")
         resolve_alignment(self.round_to, self.target_runtime)  # 'auto' or an integer ≥ 1, a known runtime
+        if self.by_alignment:
+            from .operating_point import check_by_alignment
+
+            check_by_alignment(self)
         if self.round_to_wide is not None and (isinstance(self.round_to_wide, bool) or not isinstance(self.round_to_wide, int)
                                                or self.round_to_wide < 1):
             raise UserError(f"prune.round_to_wide must be an integer ≥ 1 (e.g. 16) or null, got {self.round_to_wide!r}")
@@ -262,6 +269,12 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     ``cfg.distill`` (default: a copy of ``model`` as given).
     """
     cfg.validate()
+    if cfg.by_alignment:  # the settings of the CPU's channel block (the pipeline has applied them already)
+        from .operating_point import apply_by_alignment
+
+        cfg, note = apply_by_alignment(cfg)
+        if note:
+            tqdm.write(note)
     t0 = time.perf_counter()
     device = placement.module_device(placement.place(model, device))  # None: where the model already is
     seed = cfg.seed or 0

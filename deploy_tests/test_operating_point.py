@@ -1,0 +1,63 @@
+"""``prune.by_alignment``: the prune settings of the channel block the CPU runs (ccpcsa/pruning/operating_point.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ccpcsa.pruning.loop import PruneConfig
+from ccpcsa.pruning.operating_point import apply_by_alignment
+from pipeline.__main__ import main
+from pipeline.config import load_config
+from pipeline.stages_train import prune_checks
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.yaml")
+
+
+def test_the_entry_of_the_resolved_alignment_applies_and_no_other():
+    """round_to 16 takes the 16 entry (and says so); round_to 8 takes none; the effective config has no entries left."""
+    table = {16: {"target_flops_reduction": 0.3, "step_flops_reduction": 0.1}, 4: {"max_iterations": 1}}
+    eff, note = apply_by_alignment(PruneConfig(round_to=16, target_flops_reduction=0.45, by_alignment=table))
+    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.by_alignment) == (0.3, 0.1, {})
+    assert note == ("widths in multiples of 16: prune settings target_flops_reduction=0.3, step_flops_reduction=0.1 "
+                    "(prune.by_alignment.16)")
+    eff, note = apply_by_alignment(PruneConfig(round_to=8, target_flops_reduction=0.45, by_alignment=table))
+    assert (eff.target_flops_reduction, eff.step_flops_reduction, note) == (0.45, 0.1, "")
+
+
+def test_auto_alignment_picks_the_entry_of_this_cpu():
+    """With round_to auto the entry is the one of the alignment this CPU resolves to (16 on AVX-512, 8 on AVX2)."""
+    from ccpcsa.surgery.alignment import resolve_alignment
+
+    align, _ = resolve_alignment("auto", "onnxruntime-cpu")
+    cfg = load_config(ROOT / "configs" / "default.yaml", [f"prune.by_alignment={{{align}: {{target_flops_reduction: 0.2}}}}"])
+    assert apply_by_alignment(cfg.prune)[0].target_flops_reduction == 0.2
+    other = 8 if align == 16 else 16
+    cfg = load_config(ROOT / "configs" / "default.yaml", [f"prune.by_alignment={{{other}: {{target_flops_reduction: 0.2}}}}"])
+    assert apply_by_alignment(cfg.prune)[0].target_flops_reduction == cfg.prune.target_flops_reduction != 0.2
+
+
+def test_the_prune_gate_holds_the_effective_target():
+    """−32 % MACs passes the MACs gate when the alignment's entry asks for −30 %, fails it against the top-level −45 %."""
+    metrics = {"baseline_accuracy": 87.5, "accuracy": 86.5, "flops_reduction": 0.32, "latency": None}
+    plain = load_config(SMOKE, ["prune.round_to=16", "prune.target_flops_reduction=0.45"])
+    entry = load_config(SMOKE, ["prune.round_to=16", "prune.target_flops_reduction=0.45",
+                                "prune.by_alignment={16: {target_flops_reduction: 0.3}}"])
+    assert [c.passed for c in prune_checks(plain, metrics)] == [True, False]
+    gates = prune_checks(entry, metrics)
+    assert [c.passed for c in gates] == [True, True] and abs(gates[1].threshold - 0.3) < 0.001  # the gate's 0.5 pp slack
+
+
+def test_pipeline_runs_the_entry_and_records_it(tmp_path, capsys):
+    """The smoke pipeline (round_to 4) with a by_alignment.4 entry of one iteration at −15 %: the loop runs one
+    iteration to about −15 % MACs, the stage says so, and the manifest records the settings it ran."""
+    run_dir = tmp_path / "run"
+    rc = main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "prune",
+               "--set", "prune.by_alignment={4: {target_flops_reduction: 0.15, step_flops_reduction: 0.15, max_iterations: 1}}"])
+    assert rc == 0
+    assert "widths in multiples of 4: prune settings target_flops_reduction=0.15" in capsys.readouterr().out
+    prune = json.loads((run_dir / "manifest.json").read_text())["stages"]["prune"]["metrics"]
+    assert prune["prune_config"]["target_flops_reduction"] == 0.15 and prune["prune_config"]["by_alignment"] == {}
+    assert prune["by_alignment"].endswith("(prune.by_alignment.4)")
+    assert len(prune["history"]) == 1 and 0.15 <= prune["flops_reduction"] < 0.3  # smoke's own target is −30 %
