@@ -39,14 +39,13 @@ def test_auto_alignment_picks_the_entry_of_this_cpu():
 
 
 def test_the_prune_gate_holds_the_effective_target():
-    """−32 % MACs passes the MACs gate when the alignment's entry asks for −30 %, fails it against the top-level −45 %."""
+    """−32 % MACs passes smoke.yaml's −30 % MACs gate and fails it when the alignment's entry asks for −45 %."""
     metrics = {"baseline_accuracy": 87.5, "accuracy": 86.5, "flops_reduction": 0.32, "latency": None}
-    plain = load_config(SMOKE, ["prune.round_to=16", "prune.target_flops_reduction=0.45"])
-    entry = load_config(SMOKE, ["prune.round_to=16", "prune.target_flops_reduction=0.45",
-                                "prune.by_alignment={16: {target_flops_reduction: 0.3}}"])
-    assert [c.passed for c in prune_checks(plain, metrics)] == [True, False]
+    plain = load_config(SMOKE, ["prune.round_to=16"])
+    entry = load_config(SMOKE, ["prune.round_to=16", "prune.by_alignment={16: {target_flops_reduction: 0.45}}"])
+    assert [c.passed for c in prune_checks(plain, metrics)] == [True, True]
     gates = prune_checks(entry, metrics)
-    assert [c.passed for c in gates] == [True, True] and abs(gates[1].threshold - 0.3) < 0.001  # the gate's 0.5 pp slack
+    assert [c.passed for c in gates] == [True, False] and abs(gates[1].threshold - 0.45) < 0.001  # the gate's 0.5 pp slack
 
 
 def test_pipeline_runs_the_entry_and_records_it(tmp_path, capsys):
@@ -61,3 +60,17 @@ def test_pipeline_runs_the_entry_and_records_it(tmp_path, capsys):
     assert prune["prune_config"]["target_flops_reduction"] == 0.15 and prune["prune_config"]["by_alignment"] == {}
     assert prune["by_alignment"].endswith("(prune.by_alignment.4)")
     assert len(prune["history"]) == 1 and 0.15 <= prune["flops_reduction"] < 0.3  # smoke's own target is −30 %
+
+
+def test_a_command_line_prune_key_takes_the_operating_point_over():
+    """default.yaml's 16-block entry sets target, step and final epochs together: a --set of any of them drops the whole
+    entry (a −60 % target must not run with the entry's −30 % steps); a --set of another key leaves it."""
+    table = "prune.by_alignment={16: {target_flops_reduction: 0.3, step_flops_reduction: 0.15}}"
+    cfg = load_config(SMOKE, ["prune.round_to=16", table, "prune.target_flops_reduction=0.6"])
+    eff, note = apply_by_alignment(cfg.prune)
+    assert (cfg.prune.by_alignment, eff.target_flops_reduction, eff.step_flops_reduction, note) == ({}, 0.6, 0.3, "")
+    cfg = load_config(SMOKE, ["prune.round_to=16", table, "prune.lr=0.05"])
+    eff, note = apply_by_alignment(cfg.prune)
+    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.lr) == (0.3, 0.15, 0.05) and note
+    default = load_config(ROOT / "configs" / "default.yaml", ["prune.target_flops_reduction=0.6"])
+    assert default.prune.by_alignment == {}

@@ -419,21 +419,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             where = f" at line {mark.line + 1}" if mark is not None else ""
             raise UserError(f"config file {p} is not valid YAML{where}") from exc
         _apply(cfg, data)
+    given: set[str] = set()
     for item in overrides or []:
         key, value = parse_override(item)
         _apply(cfg, _nest(key, value))
-    _coerce_by_alignment(cfg.prune)
+        given.add(key)
+    _coerce_by_alignment(cfg.prune, {k.removeprefix("prune.") for k in given if k.startswith("prune.")})
     cfg.validate()
     return cfg
 
 
-def _coerce_by_alignment(prune: PruneConfig) -> None:
-    """Give the values of ``prune.by_alignment`` their keys' types (as the YAML of ``prune.*`` gets them); the entries'
-    shape and ranges are checked by :func:`ccpcsa.pruning.operating_point.check_by_alignment`."""
+def _coerce_by_alignment(prune: PruneConfig, given: set[str]) -> None:
+    """Give the values of ``prune.by_alignment`` their keys' types (as the YAML of ``prune.*`` gets them) and drop every
+    entry that sets a prune key the command line set (``given``): an entry is one operating point (a target and its
+    step go together), and an explicit ``--set prune.K=…`` takes the operating point over. The entries' shape and
+    ranges are checked by :func:`ccpcsa.pruning.operating_point.check_by_alignment`."""
     if not isinstance(prune.by_alignment, dict):
         return
     hints = typing.get_type_hints(PruneConfig)
-    for block, settings in prune.by_alignment.items():
+    for block, settings in list(prune.by_alignment.items()):
         if isinstance(settings, dict):
+            if given & set(settings):
+                del prune.by_alignment[block]
+                continue
             prune.by_alignment[block] = {k: _coerce(v, hints[k], f"prune.by_alignment.{block}.{k}") if k in hints else v
                                          for k, v in settings.items()}

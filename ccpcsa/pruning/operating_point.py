@@ -11,24 +11,36 @@ the ones that decide the alignment itself.
 from __future__ import annotations
 
 from dataclasses import fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from ..errors import UserError, closest
 from ..surgery.alignment import resolve_alignment
 
-if TYPE_CHECKING:
-    from .loop import PruneConfig
+
+class _PruneSettings(Protocol):
+    """What this module needs of :class:`ccpcsa.pruning.loop.PruneConfig` (a dataclass; named structurally so that the
+    loop may import this module without a cycle)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+    round_to: int | str
+    target_runtime: str
+    by_alignment: dict[int, dict[str, Any]]
+
+    def validate(self) -> None: ...
+
+
+PruneConfigT = TypeVar("PruneConfigT", bound=_PruneSettings)
 
 #: prune keys ``by_alignment`` may not set: they decide which entry applies
 DECIDES_ALIGNMENT = ("round_to", "target_runtime", "by_alignment")
 
 
-def settable_keys(cfg: PruneConfig) -> list[str]:
+def settable_keys(cfg: _PruneSettings) -> list[str]:
     """The prune keys an entry of ``by_alignment`` may set."""
     return [f.name for f in fields(cfg) if f.name not in DECIDES_ALIGNMENT]
 
 
-def check_by_alignment(cfg: PruneConfig) -> None:
+def check_by_alignment(cfg: _PruneSettings) -> None:
     """Raise :class:`UserError` (one line naming the entry and the fix) for an entry that is not ``block (integer ≥ 1) →
     mapping of settable prune keys`` or whose settings, applied, fail :meth:`PruneConfig.validate`."""
     if not isinstance(cfg.by_alignment, dict):
@@ -50,7 +62,7 @@ def check_by_alignment(cfg: PruneConfig) -> None:
             raise UserError(f"prune.by_alignment.{block}: {exc}") from None
 
 
-def apply_by_alignment(cfg: PruneConfig) -> tuple[PruneConfig, str]:
+def apply_by_alignment(cfg: PruneConfigT) -> tuple[PruneConfigT, str]:
     """``(effective config, note)``: ``cfg`` with the entry of its resolved alignment applied (``by_alignment`` emptied,
     so the result says what the loop really ran) and a line naming what changed ("" when no entry applies)."""
     align, _ = resolve_alignment(cfg.round_to, cfg.target_runtime)
