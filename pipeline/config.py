@@ -424,12 +424,12 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(item)
         _apply(cfg, _nest(key, value))
         given.add(key)
-    _coerce_by_alignment(cfg.prune, {k.removeprefix("prune.") for k in given if k.startswith("prune.")})
+    _settle_by_alignment(cfg.prune, {k.removeprefix("prune.") for k in given if k.startswith("prune.")})
     cfg.validate()
     return cfg
 
 
-def _coerce_by_alignment(prune: PruneConfig, given: set[str]) -> None:
+def _settle_by_alignment(prune: PruneConfig, given: set[str]) -> None:
     """Give the values of ``prune.by_alignment`` their keys' types (as the YAML of ``prune.*`` gets them) and drop every
     entry that sets a prune key the command line set (``given``): an entry is one operating point (a target and its
     step go together), and an explicit ``--set prune.K=…`` takes the operating point over. The entries' shape and

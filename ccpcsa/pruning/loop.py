@@ -77,8 +77,9 @@ class PruneConfig:
     ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
     compensation before each surgery; ``distill`` (``distill_weight`` α, ``distill_temperature`` T): knowledge
     distillation from the unpruned model in every fine-tune; ``seed``: None = the pipeline's ``run.seed``;
-    ``by_alignment``: settings for one resolved alignment (:mod:`ccpcsa.pruning.operating_point`; the pipeline applies
-    them, :func:`run_pruning` takes the effective config)."""
+    ``by_alignment``: settings for one resolved alignment (:mod:`ccpcsa.pruning.operating_point`; the pipeline's prune
+    stage applies them before it builds the latency probe and gates, :func:`run_pruning` applies them to a config that
+    still holds them)."""
 
     method: str = "ccpcsa"
     target_flops_reduction: float = 0.4
