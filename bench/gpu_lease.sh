@@ -24,13 +24,11 @@ timeout -k 10 "$PRESET_S" python3 -m bench.criteria --preset gpu --out "bench/re
 PP=$!
 sleep 20
 echo "[$(el)s] gpu-check correctness steps beside it"
-python3 -m bench.gpu_check --only cuda_tests smoke_pipeline --budget-s 280 --out-dir "$OUT/a" > /dev/null 2>&1
-echo "[$(el)s] correctness steps done: $(python3 -c "import json,glob;d=json.load(open(glob.glob('$OUT/a/*.json')[0]));print({k:(v['status'],v.get('passed'),v.get('failed'),v.get('reason')) for k,v in d['steps'].items()})" 2>&1 | tail -1)"
+echo "[$(el)s] correctness steps done: $(python3 -m bench.gpu_check --only cuda_tests smoke_pipeline --budget-s 280 --out-dir "$OUT/a" 2>&1 | tail -1)"
 wait $PP; rc=$?; echo "[$(el)s] preset exit $rc (124: stopped at PRESET_S; rerun to resume)"; tail -15 "$OUT/preset.log"
 LEFT=$(( TOTAL_S - $(el) - 15 ))
 echo "[$(el)s] gpu-check timing steps, budget ${LEFT}s"
-[ $LEFT -gt 40 ] && python3 -m bench.gpu_check --only epoch_timings parallel compiled_timing --budget-s $LEFT --out-dir "$OUT/b" > /dev/null 2>&1
-echo "[$(el)s] timing: $(python3 -c "import json,glob;d=json.load(open(glob.glob('$OUT/b/*.json')[0]));print(d['summary'])" 2>&1 | tail -1)"
+[ $LEFT -gt 40 ] && echo "[$(el)s] timing: $(python3 -m bench.gpu_check --only epoch_timings parallel compiled_timing --budget-s $LEFT --out-dir "$OUT/b" 2>&1 | tail -1)"
 cp "bench/results/$D-h200-gpu.json" "$OUT/" 2>/dev/null
 tar czf "$OUT/res.tgz" bench/results/"$D"-h200-gpu* $(find runs -name '*.log' -o -name manifest.json -o -name history.json -o -name report.json 2>/dev/null) 2>/dev/null
 ls -la "$OUT" "$OUT/a" "$OUT/b"; echo "[$(el)s] end"
