@@ -67,7 +67,8 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
             "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
             "speedup_int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {}),
             "speedup_reference": (stages.get("validate", {}).get("metrics") or {}).get("speedup_reference", {}),
-            "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency")}}
+            "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
+                                                  "dropped_blocks")}}
 
 
 def _se(s: dict[str, Any]) -> str:
@@ -102,6 +103,8 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
     if p.get("alignment"):
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "
                f"`{p.get('allocation')}`."]
+        if p.get("dropped_blocks"):
+            md.append("Removed whole (`prune.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = p.get("latency") or {}
@@ -253,10 +256,10 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
         save(fig, "pruning_trajectory.png")
     before, after = prune.get("channels_before") or {}, prune.get("channels_after") or {}
     if before:
-        names = [n for n in before if n in after]
+        names = list(before)  # a layer missing after pruning was in a block removed whole: 0 kept
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 4))
         ax.bar(range(len(names)), [before[n] for n in names], label="before", color="#bbb")
-        ax.bar(range(len(names)), [after[n] for n in names], label="after", color="#1f77b4")
+        ax.bar(range(len(names)), [after.get(n, 0) for n in names], label="after", color="#1f77b4")
         ax.set_xticks(range(len(names)), names, rotation=90, fontsize=6)
         ax.set_ylabel("output channels")
         ax.legend()

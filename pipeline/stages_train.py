@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from ccpcsa.data import ArrayDataset, DataSplits, load_data
 from ccpcsa.io.artifacts import sha256_file
 from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity, native_input_size
-from ccpcsa.models.attention import attach_bam
+from ccpcsa.models.attention import attach_bam, detach_bam
 from ccpcsa.pruning.loop import PruneConfig, run_pruning
 from ccpcsa.pruning.operating_point import apply_by_alignment
 from ccpcsa.surgery.prune import channels_per_layer
@@ -161,7 +162,9 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     if note:
         ctx.say(note)
     criterion = get_criterion(pcfg.method, **pcfg.criterion_options)
-    before = channels_per_layer(ck.model)
+    plain = copy.deepcopy(ck.model)
+    detach_bam(plain)
+    before = channels_per_layer(plain)  # named as the pruned model's layers are (no BAM wrappers)
     probe = latency_probe(ctx, pcfg)
     seed = pcfg.seed if pcfg.seed is not None else cfg.run.seed
     teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.distill_teacher == "baseline" else None
@@ -169,6 +172,8 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
                          history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe, teacher=teacher)
     spec = ck.spec if not (pcfg.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
+    if result.dropped_blocks:  # rebuilt with those blocks as identities (ModelSpec.dropped)
+        spec = replace(spec, dropped=[*spec.dropped, *result.dropped_blocks])
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
     out = ctx.path("pruned.pt")
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})

@@ -10,7 +10,8 @@ cannot execute code:
 A *pruned* model is rebuilt without re-running pruning: the architecture is the zoo model (plus
 BAM when ``attention`` is set) whose Conv/BN/Linear layers are then resized to the shapes found in
 the state dict (:func:`resize_to_state_dict`). This works because structured pruning changes only
-tensor sizes, never the module graph.
+tensor sizes, never the module graph; residual blocks removed whole (``prune.drop_blocks``) are named in the model
+entry's ``dropped`` list and replaced by identities before the resize.
 
 :func:`load_checkpoint` also takes weights as users have them — a bare ``state_dict`` (``.pt``/``.pth``,
 also wrapped or ``module.``-prefixed) or a ``.safetensors`` file (see :mod:`ccpcsa.io.weights`) — when it is
@@ -43,9 +44,13 @@ class ModelSpec:
     input_size: int = 32
     kwargs: dict[str, Any] = field(default_factory=dict)
     attention: dict[str, Any] | None = None  # BAM options when BAM modules are attached
+    dropped: list[str] = field(default_factory=list)  # residual blocks removed (prune.drop_blocks), plain-model names
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size, "kwargs": dict(self.kwargs)}
+        d = {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size, "kwargs": dict(self.kwargs)}
+        if self.dropped:  # only then: checkpoints without removed blocks keep their bytes
+            d["dropped"] = list(self.dropped)
+        return d
 
 
 @dataclass
@@ -64,12 +69,17 @@ class Checkpoint:
 
 
 def build_from_spec(spec: ModelSpec) -> nn.Module:
-    """Build the (unpruned) architecture of ``spec``, with BAM attached when ``spec.attention`` is set."""
+    """Build the (unpruned) architecture of ``spec``, with BAM attached when ``spec.attention`` is set and the blocks of
+    ``spec.dropped`` replaced by identities (:func:`ccpcsa.models.depth.drop_blocks`)."""
     model = build_model(spec.name, spec.num_classes, **spec.kwargs)
     if spec.attention is not None:
         from ..models.attention import attach_bam
 
         attach_bam(model, input_size=spec.input_size, **spec.attention)
+    if spec.dropped:
+        from ..models.depth import drop_blocks
+
+        drop_blocks(model, spec.dropped, spec.input_size)
     return model
 
 
@@ -213,7 +223,7 @@ def load_checkpoint(
         m, raw = w.raw["model"], w.raw
         try:
             spec = ModelSpec(m["name"], int(m["num_classes"]), int(m.get("input_size") or 32), dict(m.get("kwargs") or {}),
-                             raw.get("attention"))
+                             raw.get("attention"), [str(b) for b in m.get("dropped") or []])
         except (TypeError, ValueError) as exc:
             raise UserError(f"checkpoint {path} is damaged: bad model entry ({first_line(exc)}); restore or retrain it") from exc
     elif spec is None:

@@ -31,14 +31,14 @@ from .. import placement
 from ..criteria import Criterion, ScoreContext
 from ..criteria.stats import stats_collector
 from ..data import ArrayDataset, BatchLoader, DataSplits
-from ..errors import UserError, unknown
+from ..errors import UserError
 from ..io.artifacts import atomic_write_json
 from ..models.attention import detach_bam
 from ..models.complexity import Complexity, count_complexity
+from ..models.depth import drop_blocks
 from ..surgery.alignment import resolve_alignment
 from ..surgery.cost import CostModel, MacsCost
 from ..surgery.prune import (
-    SCOPES,
     ChannelPruner,
     channels_per_layer,
     deployed_complexity,
@@ -47,147 +47,10 @@ from ..surgery.prune import (
 from ..surgery.target import fewest_prefix, prune_to_target
 from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
-from .allocation import ALLOCATIONS, MEASURED, NEEDS_LATENCY, order_blocks, removable_blocks
+from .allocation import MEASURED, NEEDS_LATENCY, order_blocks, removable_blocks
 from .sensitivity import block_sensitivity
+from .settings import PruneConfig as PruneConfig  # re-exported: callers import the settings from here
 from .steering import StepGain
-
-#: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
-#: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
-PRUNERS = ("ccpcsa", "torch-pruning")
-#: ``restart``: every fit of the loop (statistics epoch, fine-tune, final fine-tune) decays its own cosine from
-#: ``prune.lr`` to 0; ``continuous``: ``prune.lr`` is held through the pruning iterations and one cosine decays it
-#: over the final fine-tune.
-LR_SCHEDULES = ("restart", "continuous")
-#: the distillation teacher: ``start`` — the model the loop starts from (BAM attached and retrained, when the
-#: attention stage ran); ``baseline`` — the user's unpruned model as given, without BAM (the pipeline passes it).
-TEACHERS = ("start", "baseline")
-
-
-@dataclass
-class PruneConfig:
-    """Loop settings (``prune.*``). ``groups_per_iteration`` (m) prunes a fixed number of blocks per iteration;
-    otherwise each iteration removes ``step_flops_reduction`` of the original MACs (of the unpruned latency for a
-    latency target).
-
-    ``method`` + ``criterion_options``: the criterion; ``round_to`` (``auto`` or a number) + ``target_runtime``: the
-    width alignment (:mod:`ccpcsa.surgery.alignment`); ``round_to_wide``: a coarser alignment for layers at least twice
-    as wide (:meth:`ChannelPruner.unit`; 16: the x86 INT8 kernels' output-channel block); ``allocation``: the block order (:mod:`ccpcsa.pruning.allocation`); ``scope``:
-    ``internal`` leaves residual streams whole; ``target_speedup`` / ``target_latency_ms`` at ``latency_batch``: a
-    measured-latency target instead of ``target_flops_reduction``; ``pruner``: ``torch-pruning`` runs the library's
-    ``MetaPruner`` instead (the benchmark's external reference); ``compensate``: apply the criterion's own weight
-    compensation before each surgery; ``distill`` (``distill_weight`` α, ``distill_temperature`` T): knowledge
-    distillation from the unpruned model in every fine-tune; ``seed``: None = the pipeline's ``run.seed``;
-    ``by_alignment``: settings for one resolved alignment (:mod:`ccpcsa.pruning.operating_point`; the pipeline's prune
-    stage applies them before it builds the latency probe and gates, :func:`run_pruning` applies them to a config that
-    still holds them)."""
-
-    method: str = "ccpcsa"
-    target_flops_reduction: float = 0.4
-    target_params_reduction: float | None = None
-    tolerance: float = 0.5
-    max_iterations: int = 10
-    groups_per_iteration: int | None = None
-    step_flops_reduction: float = 0.1
-    round_to: int | str = "auto"
-    round_to_wide: int | None = None
-    target_runtime: str = "onnxruntime-cpu"
-    allocation: str = "global"
-    target_speedup: float | None = None
-    target_latency_ms: float | None = None
-    latency_batch: int = 1
-    pruner: str = "ccpcsa"
-    scope: str = "all"
-    compensate: bool = True
-    min_channels: int = 8
-    max_layer_ratio: float = 0.9
-    finetune_epochs: int = 1
-    final_finetune_epochs: int = 2
-    lr: float = 0.01
-    criterion_options: dict[str, Any] = field(default_factory=dict)
-    calibration_images: int = 256
-    remove_attention: bool = False
-    distill: bool = False
-    distill_weight: float = 0.7
-    distill_temperature: float = 4.0
-    lr_schedule: str = "restart"
-    distill_teacher: str = "start"
-    recalibrate_bn: int = 0
-    sensitivity_images: int = 512
-    seed: int | None = None  # None: 0 (the pipeline passes run.seed)
-    by_alignment: dict[int, dict[str, Any]] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` for values the loop cannot honour."""
-        if not 0 <= self.target_flops_reduction < 1:
-            raise UserError(f"prune.target_flops_reduction must be in [0, 1), got {self.target_flops_reduction}")
-        if self.target_params_reduction is not None and not 0 <= self.target_params_reduction < 1:
-            raise UserError(f"prune.target_params_reduction must be in [0, 1) or null, got {self.target_params_reduction}")
-        if not self.tolerance >= 0:  # also rejects NaN
-            raise UserError(f"prune.tolerance must be ≥ 0 (percentage points), got {self.tolerance}")
-        if self.max_iterations < 0:
-            raise UserError(f"prune.max_iterations must be ≥ 0, got {self.max_iterations}")
-        if self.groups_per_iteration is not None and self.groups_per_iteration < 1:
-            raise UserError(f"prune.groups_per_iteration must be ≥ 1 or null, got {self.groups_per_iteration}")
-        if not 0 < self.step_flops_reduction < 1:
-            raise UserError(f"prune.step_flops_reduction must be in (0, 1), got {self.step_flops_reduction}")
-        resolve_alignment(self.round_to, self.target_runtime)  # 'auto' or an integer ≥ 1, a known runtime
-        if self.by_alignment:
-            from .operating_point import check_by_alignment
-
-            check_by_alignment(self)
-        if self.round_to_wide is not None and (isinstance(self.round_to_wide, bool) or not isinstance(self.round_to_wide, int)
-                                               or self.round_to_wide < 1):
-            raise UserError(f"prune.round_to_wide must be an integer ≥ 1 (e.g. 16) or null, got {self.round_to_wide!r}")
-        if self.min_channels < 1:
-            raise UserError(f"prune.min_channels must be ≥ 1, got {self.min_channels}")
-        if self.allocation not in ALLOCATIONS:
-            raise unknown("prune.allocation", self.allocation, ALLOCATIONS)
-        if self.target_speedup is not None and not 1 < self.target_speedup < float("inf"):
-            raise UserError(f"prune.target_speedup must be a number > 1 (e.g. 2.0) or null, got {self.target_speedup}")
-        if self.target_latency_ms is not None and not 0 < self.target_latency_ms < float("inf"):
-            raise UserError(f"prune.target_latency_ms must be a number > 0 or null, got {self.target_latency_ms}")
-        if self.target_speedup is not None and self.target_latency_ms is not None:
-            raise UserError("set prune.target_speedup or prune.target_latency_ms, not both")
-        if self.scope not in SCOPES:
-            raise unknown("prune.scope", self.scope, SCOPES)
-        if self.pruner not in PRUNERS:
-            raise unknown("prune.pruner", self.pruner, PRUNERS)
-        if self.pruner == "torch-pruning" and (self.target_speedup is not None or self.target_latency_ms is not None
-                                                or self.groups_per_iteration is not None or self.allocation != "global"
-                                                or self.scope != "all" or self.round_to_wide is not None):
-            raise UserError("prune.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a FLOPs "
-                            "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration / "
-                            "round_to_wide and keep prune.allocation=global, prune.scope=all")
-        if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation in NEEDS_LATENCY) \
-                and self.target_runtime != "onnxruntime-cpu":
-            raise UserError(f"prune.target_speedup / target_latency_ms / allocation=latency are measured on the target "
-                            f"runtime, and only onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is "
-                            f"{self.target_runtime}); set prune.target_runtime=onnxruntime-cpu or use prune.target_flops_reduction")
-        if self.latency_batch < 1:
-            raise UserError(f"prune.latency_batch must be ≥ 1, got {self.latency_batch}")
-        if not 0 <= self.max_layer_ratio < 1:
-            raise UserError(f"prune.max_layer_ratio must be in [0, 1), got {self.max_layer_ratio}")
-        if self.finetune_epochs < 0 or self.final_finetune_epochs < 0:
-            raise UserError(f"prune.finetune_epochs and prune.final_finetune_epochs must be ≥ 0, "
-                            f"got {self.finetune_epochs}, {self.final_finetune_epochs}")
-        if not 0 < self.lr < float("inf"):  # also rejects NaN
-            raise UserError(f"prune.lr must be a finite number > 0, got {self.lr}")
-        if not 0 <= self.distill_weight <= 1:
-            raise UserError(f"prune.distill_weight must be in [0, 1] (share of the distillation term), got {self.distill_weight}")
-        if not 0 < self.distill_temperature < float("inf"):
-            raise UserError(f"prune.distill_temperature must be a number > 0, got {self.distill_temperature}")
-        if self.seed is not None and self.seed < 0:
-            raise UserError(f"prune.seed must be ≥ 0 or null (run.seed), got {self.seed}")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise unknown("prune.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.distill_teacher not in TEACHERS:
-            raise unknown("prune.distill_teacher", self.distill_teacher, TEACHERS)
-        if self.recalibrate_bn < 0:
-            raise UserError(f"prune.recalibrate_bn must be ≥ 0 (train images; 0 = off), got {self.recalibrate_bn}")
-        if self.sensitivity_images < 1:
-            raise UserError(f"prune.sensitivity_images must be ≥ 1, got {self.sensitivity_images}")
-        if self.calibration_images < 1:
-            raise UserError(f"prune.calibration_images must be ≥ 1, got {self.calibration_images}")
 
 
 @dataclass
@@ -208,17 +71,19 @@ class PruneResult:
     allocation: str = "global"
     left_whole: dict[str, str] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
+    dropped_blocks: list[str] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
-        seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used)."""
+        seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used), the
+        residual blocks removed whole."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
                 "final_val_accuracy": self.final_val_accuracy, "base": asdict(self.base), "final": asdict(self.final),
                 "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
                 "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
-                "latency": self.latency}
+                "latency": self.latency, "dropped_blocks": self.dropped_blocks}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -299,6 +164,15 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         return ChannelPruner(m, input_size, align, cfg.min_channels, cfg.max_layer_ratio, sizes, scope=cfg.scope,
                              wide_round_to=cfg.round_to_wide)
 
+    original = copy.deepcopy(model) if cfg.drop_blocks else model  # the latency reference and the default teacher
+    result.dropped_blocks = drop_blocks(model, cfg.drop_blocks, input_size)  # depth surgery first, then channels
+    current = deployed_complexity(model, input_size, cfg.remove_attention) if cfg.drop_blocks else base
+    if cfg.drop_blocks:
+        if cfg.recalibrate_bn > 0:
+            recalibrate_batchnorm(model, lambda: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size, device,
+                                                                     seed + 999))
+        tqdm.write(f"removed {len(cfg.drop_blocks)} block(s) whole ({', '.join(cfg.drop_blocks)}): MACs "
+                   f"-{100 * current.reduction_vs(base)[0]:.1f}% before channel pruning (prune.drop_blocks)")
     pruner = new_pruner(model)
     original_sizes = pruner.original_sizes
     # said once, even without progress output: the widths (and so the speed/accuracy trade) depend on the CPU
@@ -315,7 +189,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                         f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
                         "with another allocation")
     if latency is not None:
-        base_ms = latency.set_reference(model)
+        base_ms = latency.set_reference(original)
     if lat_mode:
         assert latency is not None
         if target_speedup is None:
@@ -326,9 +200,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     if latency is not None:
         result.latency = {"batch": cfg.latency_batch, "unpruned_ms": base_ms, "target_speedup": target_speedup}
     accepted = copy.deepcopy(model)
-    current = base
     # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
-    kd = Distillation((teacher if teacher is not None else copy.deepcopy(model)).eval(), cfg.distill_weight,
+    kd = Distillation((teacher if teacher is not None else copy.deepcopy(original)).eval(), cfg.distill_weight,
                       cfg.distill_temperature) if cfg.distill else None
 
     def sensitivity(p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
@@ -468,7 +341,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     detached = detach_bam(model) if cfg.remove_attention else 0
     # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
     final_val: float | None = None
-    if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0):
+    if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
         final_val = fit(model, data, replace(final_ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress,
                         desc="prune final finetune", distill=kd, stream=stream).val_accuracy
     result.model = model

@@ -18,7 +18,7 @@ from ..surgery.alignment import resolve_alignment
 
 
 class _PruneSettings(Protocol):
-    """What this module needs of :class:`ccpcsa.pruning.loop.PruneConfig` (a dataclass; named structurally so that the
+    """What this module needs of :class:`ccpcsa.pruning.settings.PruneConfig` (a dataclass; named structurally so that the
     loop may import this module without a cycle)."""
 
     __dataclass_fields__: ClassVar[dict[str, Any]]
