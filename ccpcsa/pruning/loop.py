@@ -164,10 +164,11 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         return ChannelPruner(m, input_size, align, cfg.min_channels, cfg.max_layer_ratio, sizes, scope=cfg.scope,
                              wide_round_to=cfg.round_to_wide)
 
-    original = copy.deepcopy(model) if cfg.drop_blocks else model  # the latency reference and the default teacher
-    result.dropped_blocks = drop_blocks(model, cfg.drop_blocks, input_size)  # depth surgery first, then channels
-    current = deployed_complexity(model, input_size, cfg.remove_attention) if cfg.drop_blocks else base
-    if cfg.drop_blocks:
+    original, current = model, base  # the model as given: the latency reference and the default teacher
+    if cfg.drop_blocks:  # depth surgery first (prune.drop_blocks), then channels
+        original = copy.deepcopy(model)
+        result.dropped_blocks = drop_blocks(model, cfg.drop_blocks, input_size)
+        current = deployed_complexity(model, input_size, cfg.remove_attention)
         if cfg.recalibrate_bn > 0:
             recalibrate_batchnorm(model, lambda: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size, device,
                                                                      seed + 999))
