@@ -66,7 +66,7 @@ def main() -> int:
         "epoch_time": lambda: _json_lines([py, "bench/epoch_time.py", "--channels-last", "--steps", steps]),
         "qsfm_scoring": lambda: _json_lines([py, "bench/qsfm_scoring.py", "--images", "64" if a.quick else "256"]),
         "export_latency": lambda: [row for m in ("resnet20", "resnet56")
-                                   for row in _json_lines([py, "bench/export_latency.py", "--model", m, "--iters", iters])],
+                                   for row in _json_lines([py, "-m", "bench.export_latency", "--model", m, "--iters", iters])],
         "torchvision_zoo": lambda: _json_lines([py, "-m", "bench.torchvision_zoo"] + (
             ["--only", "mobilenet_v3_small", "shufflenet_v2_x1_0", "squeezenet1_1", "--stem", results_stem(True) + "-torchvision-zoo"]
             if a.quick else [])),

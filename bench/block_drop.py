@@ -146,15 +146,10 @@ class _Timer:
         self.ref = self._files(base, "unpruned")
 
     def _files(self, model: Any, tag: str) -> tuple[Path, Path]:
-        from export.onnx_export import export_onnx
-        from export.quantize import quantize_int8
-        from export.simplify import simplify_onnx
+        from bench.common import export_formats
 
-        raw, sim, int8 = (self.dir / f"{tag}.{s}.onnx" for s in ("raw", "sim", "int8"))
-        export_onnx(model, raw, self.meta)
-        simplify_onnx(raw, sim)
-        quantize_int8(sim, int8, self.calib, num_calibration=len(self.calib), activations="uint8", symmetric_activations=False)
-        return sim, int8
+        f = export_formats(model, self.dir, tag, self.meta, self.calib, int8=("int8_cpu",))
+        return f["fp32"], f["int8_cpu"]
 
     def speedups(self, model: Any, tag: str) -> dict[str, dict[str, float]]:
         """``{fp32|int8: {"1": speedup, "32": speedup, "1_se": …, "32_se": …}}`` over the unpruned files."""

@@ -10,6 +10,7 @@ import platform
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +134,50 @@ def merge_results(path: Path, updates: dict[str, Any], *, quick: bool, command: 
     out = atomic_write_text(path, json.dumps(data, indent=1, default=str) + "\n")  # atomic; indent 1 keeps it diffable and small
     out.chmod(0o644)  # a result to commit, not a secret (the atomic writer creates files 0600)
     return out
+
+
+#: the INT8 flavours :func:`export_formats` can write: key → (file suffix, ``quantize_int8``'s activations): ``int8`` is
+#: S8S8 (signed symmetric activations, the TensorRT flavour), ``int8_cpu`` U8S8 (unsigned asymmetric activations, every
+#: conv a ``QLinearConv`` on onnxruntime's CPU provider) — the pipeline's ``model.int8.onnx`` / ``model.int8.cpu.onnx``.
+INT8_FLAVOURS = {"int8": ("int8", "int8"), "int8_cpu": ("int8.cpu", "uint8")}
+
+
+def export_formats(model: Any, work: Path, tag: str, meta: Any, calib: Any,
+                   int8: Sequence[str] = ("int8", "int8_cpu")) -> dict[str, Path]:
+    """The pipeline's export chain for a benchmark's model: ``model`` → ONNX ``<work>/<tag>.onnx`` → onnxsim
+    ``<tag>.sim.onnx`` (key ``fp32``) → per key of ``int8`` (:data:`INT8_FLAVOURS`) a per-channel MinMax QDQ model
+    calibrated on all of ``calib`` (normalized training images, ``(N, C, H, W)``). ``meta``: the
+    :class:`export.metadata.DeployMetadata` embedded in the files. Returns ``{key: path}``."""
+    from export.onnx_export import export_onnx
+    from export.quantize import quantize_int8
+    from export.simplify import simplify_onnx
+
+    unknown = sorted(set(int8) - set(INT8_FLAVOURS))
+    if unknown:
+        raise ValueError(f"unknown INT8 flavour(s) {unknown}; choose from {sorted(INT8_FLAVOURS)}")
+    work.mkdir(parents=True, exist_ok=True)
+    raw, sim = work / f"{tag}.onnx", work / f"{tag}.sim.onnx"
+    export_onnx(model, raw, meta)
+    simplify_onnx(raw, sim)
+    out = {"fp32": sim}
+    for key in int8:
+        suffix, activations = INT8_FLAVOURS[key]
+        out[key] = work / f"{tag}.{suffix}.onnx"
+        quantize_int8(sim, out[key], calib, num_calibration=len(calib), activations=activations)
+    return out
+
+
+def randomize_batchnorm(model: Any) -> Any:
+    """Give every ``BatchNorm2d`` of ``model`` non-trivial statistics and shift (running mean ~ U(−0.5, 0.5), running
+    variance ~ U(0.5, 2), bias ~ U(−0.2, 0.2), from torch's current RNG), in place, so that a surgery that mis-wires a
+    channel changes the outputs of an untrained model (fresh BN layers are the identity up to ε). Returns ``model``."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.bias.uniform_(-0.2, 0.2)
+    return model

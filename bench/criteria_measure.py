@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.common import ROOT
+from bench.common import ROOT, export_formats
 from bench.criteria_presets import BATCHES, Preset
 from bench.ort_profile import profile_models
 
@@ -36,23 +36,15 @@ def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
     from export.compare import run_batched
     from export.latency import measure_latency
     from export.metadata import DeployMetadata
-    from export.onnx_export import export_onnx
-    from export.quantize import quantize_int8
     from export.runtime import OrtRunner, TorchRunner
-    from export.simplify import simplify_onnx
 
     torch.set_num_threads(p.threads)
     x, y, calib, data = _eval_and_calibration(p, p.calibration_images)
     ck = load_checkpoint(shared / "baseline.pt")
-    work.mkdir(parents=True, exist_ok=True)
     meta = DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, input_size=ck.spec.input_size, run_id="bench-reference")
-    onnx_p, sim_p = work / "baseline.onnx", work / "baseline.sim.onnx"
-    int8_p, int8_cpu_p = work / "baseline.int8.onnx", work / "baseline.int8.cpu.onnx"
-    export_onnx(ck.model, onnx_p, meta)
-    simplify_onnx(onnx_p, sim_p)
-    quantize_int8(sim_p, int8_p, calib, num_calibration=len(calib))
-    quantize_int8(sim_p, int8_cpu_p, calib, num_calibration=len(calib), activations="uint8")
-    files = {"ort_fp32": sim_p, "ort_int8": int8_p, "ort_int8_cpu": int8_cpu_p}
+    written = export_formats(ck.model, work, "baseline", meta, calib)
+    sim_p = written["fp32"]
+    files = {f"ort_{k}": f for k, f in written.items()}
     out: dict[str, Any] = {}
     for name, runner in (("pytorch_fp32", TorchRunner(ck.model, input_size=ck.spec.input_size, threads=p.threads)),
                          *((k, OrtRunner(f, threads=p.threads)) for k, f in files.items())):
@@ -61,7 +53,7 @@ def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
         out[name] = {"accuracy": acc, "latency_ms": {str(r.batch_size): {"p50": r.p50_ms, "p95": r.p95_ms} for r in rep.results},
                      "images_per_s": {str(r.batch_size): r.images_per_s for r in rep.results},
                      "size_bytes": files.get(name, sim_p).stat().st_size}
-    out["files"] = {"fp32": str(sim_p), "int8": str(int8_p), "int8_cpu": str(int8_cpu_p)}
+    out["files"] = {k: str(f) for k, f in written.items()}
     return out
 
 

@@ -61,6 +61,8 @@ class Preset:
     anchor: bool = True
     round_to: int | str = 8
     allocation: str = "global"
+    drop_blocks: tuple[str, ...] = ()  # prune.drop_blocks of every run (whole residual blocks removed before the channels)
+    scope: str = "all"  # prune.scope of every run but the anchor's (Torch-Pruning's MetaPruner takes "all" only)
     iterations: int = 3
     steps_per_epoch: int | None = 60
     finetune_epochs: int = 1
@@ -177,6 +179,7 @@ def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
         "prune.max_iterations": iters, "prune.tolerance": tol, "prune.round_to": spec.round_to,
         "prune.allocation": "global" if anchor else spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
         "prune.target_speedup": spec.target_speedup,
+        "prune.drop_blocks": list(p.drop_blocks), "prune.scope": "all" if anchor else p.scope,
     }
     if spec.target_speedup:  # a latency target: `iterations` steps of equal latency cut reach it, up to 3 more if short
         kv.update({"prune.target_flops_reduction": 0.0, "prune.max_iterations": p.iterations + 3,
@@ -229,6 +232,16 @@ PRESETS: dict[str, Preset] = {
                          jobs=2, train_threads=1, budget_minutes=60.0),
     # the same for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
     # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.
+    # issue #21: the frontier of the default's AVX-512 operating point (configs/default.yaml, its 16-block entry): the
+    # middle blocks of stages 1 and 2 removed whole (prune.drop_blocks), then channels in one step to the MACs target with
+    # the residual streams kept whole (prune.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
+    # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours.
+    # ≈ 11 min a run alone on 2 cores; 9 runs, 2 at a time, ≈ 1.5 h, then `--revalidate`.
+    "frontier-r20-depth": _r20(name="frontier-r20-depth", criteria=("ccpcsa", "l1"), targets=(0.3, 0.4, 0.5), seeds=(0,),
+                               side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
+                               distill_teacher="baseline", iterations=1, steps_per_epoch=200, final_finetune_epochs=10,
+                               attention_steps=100, drop_blocks=("layer1.1", "layer2.2"), scope="internal", jobs=2,
+                               train_threads=1, budget_minutes=120.0),
     "frontier-r56": Preset(name="frontier-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=("ccpcsa", "l1"),
                            targets=(0.4, 0.55, 0.7), seeds=(0,), side_criteria=(), until=None, round_to="auto",
                            lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",

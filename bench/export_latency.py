@@ -1,6 +1,6 @@
 """Benchmark: latency and accuracy of one model across formats, unpruned vs pruned.
 
-    python bench/export_latency.py --model resnet56 [--checkpoint BASE.pt] [--pruned PRUNED.pt | --prune-flops 0.5]
+    python -m bench.export_latency --model resnet56 [--checkpoint BASE.pt] [--pruned PRUNED.pt | --prune-flops 0.5]
                                    [--threads 2] [--batches 1 32] [--eval-images 10000] [--out results.json]
 
 Formats: PyTorch eager, onnxruntime FP32 (simplified ONNX) and INT8 (QDQ), for the unpruned model and
@@ -24,6 +24,7 @@ import numpy as np
 import onnxruntime
 import torch
 
+from bench.common import export_formats
 from ccpcsa.criteria import ScoreContext, get_criterion
 from ccpcsa.data import load_data, normalize_batch
 from ccpcsa.io.checkpoint import load_checkpoint
@@ -33,18 +34,13 @@ from ccpcsa.surgery.target import prune_to_target
 from export.compare import run_batched
 from export.latency import measure_latency
 from export.metadata import DeployMetadata
-from export.onnx_export import export_onnx
-from export.quantize import quantize_int8
 from export.runtime import OrtRunner, TorchRunner
-from export.simplify import simplify_onnx
 
 
 def _formats(model: torch.nn.Module, tag: str, work: Path, meta: DeployMetadata, calib: np.ndarray, threads: int,
              batches: list[int], x: np.ndarray | None, y: np.ndarray | None, iters: int) -> list[dict[str, Any]]:
-    onnx_p, sim_p, int8_p = work / f"{tag}.onnx", work / f"{tag}.sim.onnx", work / f"{tag}.int8.onnx"
-    export_onnx(model, onnx_p, meta)
-    simplify_onnx(onnx_p, sim_p)
-    quantize_int8(sim_p, int8_p, calib, num_calibration=len(calib))
+    files = export_formats(model, work, tag, meta, calib, int8=("int8",))
+    sim_p, int8_p = files["fp32"], files["int8"]
     c = count_complexity(model)
     rows = []
     for fmt, runner in (("pytorch", TorchRunner(model, threads=threads)), ("onnx_fp32", OrtRunner(sim_p, threads=threads)),
@@ -99,7 +95,7 @@ def main() -> None:
         for tag, m in (("unpruned", base), ("pruned", pruned)):
             rows += _formats(m.eval(), tag, Path(d), meta, calib, a.threads, a.batches,
                              x if (tag == "unpruned" and trained) or (tag == "pruned" and (a.pruned or trained)) else None, y, a.iters)
-    result = {"date": time.strftime("%Y-%m-%d"), "command": "python bench/export_latency.py " + " ".join(os.sys.argv[1:]),
+    result = {"date": time.strftime("%Y-%m-%d"), "command": "python -m bench.export_latency " + " ".join(os.sys.argv[1:]),
               "machine": {"cpus": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "torch": torch.__version__,
                           "onnxruntime": onnxruntime.__version__}, "model": a.model, "threads": a.threads, "rows": rows}
     if a.out:

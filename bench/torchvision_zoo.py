@@ -78,20 +78,15 @@ def surgery_check(model_name: str, kwargs: dict[str, Any], size: int, *, target:
     ``{"surgery_max_abs_diff", "surgery_logit_scale", "surgery_macs_ratio", "groups", "left_whole"}``."""
     import numpy as np
     import torch
-    from torch import nn
 
+    from bench.common import randomize_batchnorm
     from ccpcsa.models import build_model, count_complexity
     from ccpcsa.surgery.prune import ChannelPruner
     from ccpcsa.surgery.target import prune_to_target
 
     torch.manual_seed(seed)
     model = build_model(model_name, 10, **kwargs).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so a mis-wired channel would show
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(model)  # non-trivial BN statistics, so a mis-wired channel would show
     base = count_complexity(model, size)
     pruner = ChannelPruner(model, size, round_to=8, min_channels=8)
     fixed, groups = dict(pruner.fixed), len(pruner.groups)

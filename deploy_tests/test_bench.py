@@ -91,6 +91,36 @@ def test_merge_results_keeps_other_benchmarks_and_is_readable(tmp_path: Path) ->
     assert results_stem(True, "2026-01-02", "h") == "2026-01-02-h-quick" and results_stem(False, "d", "h") == "d-h"
 
 
+def test_export_formats_writes_the_pipelines_fp32_and_both_int8_flavours(tmp_path: Path) -> None:
+    """bench.common.export_formats: simplified FP32, S8S8 (signed activations) and U8S8 (unsigned) QDQ files that run
+    and agree with the PyTorch model; an unknown flavour is refused."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from bench.common import export_formats
+    from ccpcsa.models import build_model
+    from export.metadata import DeployMetadata
+    from export.runtime import OrtRunner
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10).eval()
+    meta = DeployMetadata(class_names=[str(i) for i in range(10)], mean=[0.5] * 3, std=[0.25] * 3, input_size=32)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+    files = export_formats(model, tmp_path, "m", meta, calib)
+    assert {k: p.name for k, p in files.items()} == {"fp32": "m.sim.onnx", "int8": "m.int8.onnx", "int8_cpu": "m.int8.cpu.onnx"}
+    for key, dtype in (("int8", np.int8), ("int8_cpu", np.uint8)):
+        g = onnx.load(str(files[key])).graph
+        inits = {i.name: i for i in g.initializer}
+        zps = [numpy_helper.to_array(inits[n.input[2]]) for n in g.node if n.op_type == "QuantizeLinear" and n.input[2] in inits]
+        assert zps and all(z.dtype == dtype for z in zps), key
+    with torch.no_grad():
+        ref = model(torch.from_numpy(calib[:4])).numpy()
+    assert np.abs(OrtRunner(files["fp32"], threads=1).run(calib[:4]) - ref).max() < 1e-4
+    with pytest.raises(ValueError, match="unknown INT8 flavour"):
+        export_formats(model, tmp_path, "m", meta, calib, int8=("fp16",))
+
+
 def test_p50_and_ratio_tolerate_missing_numbers() -> None:
     fmt = {"latency_ms": {"1": {"p50": 2.0}, "32": {"p50": 40.0}}}
     assert p50(fmt, "1") == 2.0 and p50(fmt, "8") is None and p50(None, "1") is None
@@ -188,6 +218,8 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
             cfg = load_config(ROOT / p.config, [o for o in base if not o.startswith("run.device=")] + run_overrides(p, spec))
         assert cfg.prune.method == ("l1" if spec.criterion == ANCHOR else spec.criterion)
         assert cfg.prune.pruner == (ANCHOR if spec.criterion == ANCHOR else "ccpcsa") and cfg.prune.distill == spec.distill
+        assert list(cfg.prune.drop_blocks) == list(p.drop_blocks)
+        assert cfg.prune.scope == ("all" if spec.criterion == ANCHOR else p.scope)
         if spec.target_speedup:
             assert cfg.prune.target_speedup == spec.target_speedup and 0 < cfg.prune.step_flops_reduction < 1
             goal = 1 / (1 - cfg.prune.step_flops_reduction * p.iterations)
@@ -196,6 +228,25 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
             assert cfg.prune.tolerance == p.guard_tolerance
         else:
             assert cfg.prune.target_flops_reduction == spec.target and cfg.prune.tolerance == 1000.0
+
+
+def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_path: Path) -> None:
+    """frontier-r20-depth's points are the default's neighbours: at the entry's target its ccpcsa run has the 16-block
+    entry's settings (blocks removed, scope, one step, final epochs) and the default's training budgets."""
+    from pipeline.config import load_config
+
+    p = PRESETS["frontier-r20-depth"]
+    entry = load_config(ROOT / "configs/default.yaml").prune.by_alignment[16]
+    assert entry["target_flops_reduction"] in p.targets
+    ckpt = save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec(p.model, 10)), ModelSpec(p.model, 10))
+    spec = RunSpec("ccpcsa", entry["target_flops_reduction"], "auto")
+    cfg = load_config(ROOT / p.config, common_overrides(p, str(ckpt)) + run_overrides(p, spec)).prune
+    for key, value in entry.items():
+        assert getattr(cfg, key) == value, key
+    default = load_config(ROOT / "configs/default.yaml")
+    assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
+    assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.lr_schedule, default.prune.recalibrate_bn,
+                                                                     default.prune.distill_teacher)
 
 
 def test_guard_and_distillation_runs_can_be_narrowed_from_the_command_line() -> None:

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench.common import randomize_batchnorm
 from ccpcsa.models import build_model, count_complexity
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
 from ccpcsa.surgery.target import prune_to_target
@@ -25,12 +26,7 @@ from deploy_tests.byo_zoo import BATTERY
 def test_battery_model_prunes_consistently_and_exports(tmp_path, name):
     torch.manual_seed(0)
     model = build_model(f"deploy_tests.byo_zoo:{name}", 10).eval()
-    with torch.no_grad():  # non-trivial BN statistics, so a mis-wired channel would show
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.2, 0.2)
+    randomize_batchnorm(model)  # non-trivial BN statistics, so a mis-wired channel would show
     base = count_complexity(model)
     pruner = ChannelPruner(model, 32, round_to=4, min_channels=4)
     rng = np.random.default_rng(1)

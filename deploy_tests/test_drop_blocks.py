@@ -88,8 +88,10 @@ def test_a_checkpoint_rebuilds_the_dropped_and_narrowed_model(tmp_path):
     assert "dropped" not in ModelSpec("resnet20", 10).to_dict()
 
 
-def test_the_loop_removes_blocks_first_and_counts_them_toward_the_target(synthetic_data):
-    """run_pruning with drop_blocks: the block is gone in the result, the MACs reduction vs the unpruned model includes
+@pytest.mark.parametrize("pruner", ["ccpcsa", "torch-pruning"])
+def test_the_loop_removes_blocks_first_and_counts_them_toward_the_target(synthetic_data, pruner):
+    """run_pruning with drop_blocks, with this product's pruner and with the Torch-Pruning reference (the frontier's
+    anchor at the default's depth): the block is gone in the result, the MACs reduction vs the unpruned model includes
     it, and the channel step only takes the rest of the target."""
     from ccpcsa.criteria import get_criterion
     from ccpcsa.pruning.loop import PruneConfig, run_pruning
@@ -98,7 +100,8 @@ def test_the_loop_removes_blocks_first_and_counts_them_toward_the_target(synthet
     model = _resnet20().train()
     base = count_complexity(model).macs
     cfg = PruneConfig(method="l1", target_flops_reduction=0.2, step_flops_reduction=0.2, max_iterations=1, tolerance=100.0,
-                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=1, drop_blocks=["layer3.1"])
+                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=1, drop_blocks=["layer3.1"],
+                      pruner=pruner)
     res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
                       input_size=synthetic_data.input_size, progress=False)
     drop_share = 2 * 64 * 64 * 9 * 8 * 8 / base  # layer3.1: two 64→64 3×3 convs at 8×8
@@ -117,8 +120,8 @@ def test_drop_blocks_key_and_its_errors():
         load_config(SMOKE, ["prune.drop_blocks=block"])
     with pytest.raises(UserError, match="config key prune.drop_blocks must be a string, got"):
         load_config(SMOKE, ["prune.drop_blocks=[[1]]"])
-    with pytest.raises(UserError, match="torch-pruning reference pruner prunes channels only"):
-        load_config(SMOKE, ["prune.drop_blocks=[block]", "prune.pruner=torch-pruning"])
+    # the reference pruner cuts channels after the same depth surgery (the frontier's anchor at the default's depth)
+    assert load_config(SMOKE, ["prune.drop_blocks=[block]", "prune.pruner=torch-pruning"]).prune.drop_blocks == ["block"]
 
 
 def test_pipeline_drops_a_block_exports_it_and_a_bad_name_stops_the_stage(tmp_path, capsys):

@@ -152,6 +152,3 @@ class PruneConfig:
             raise UserError(f"prune.calibration_images must be ≥ 1, got {self.calibration_images}")
         if not isinstance(self.drop_blocks, list) or not all(isinstance(b, str) and b for b in self.drop_blocks):
             raise UserError(f"prune.drop_blocks must be a list of module names (e.g. [layer1.1]) or [], got {self.drop_blocks!r}")
-        if self.drop_blocks and self.pruner == "torch-pruning":
-            raise UserError("prune.drop_blocks is this product's depth surgery; the torch-pruning reference pruner "
-                            "prunes channels only: set prune.drop_blocks=[] or prune.pruner=ccpcsa")
