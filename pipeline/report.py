@@ -211,6 +211,13 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
                                title=f"{model}: this run on the frontier of {Path(path).name}"))
     lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
              f"({len(points)} points, {(result.get('machine') or {}).get('cpu', '?')}): `plots/frontier.png`.", ""]
+    mine = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("alignment")
+    theirs_align = sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
+    if mine and theirs_align and int(mine) not in theirs_align:
+        lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
+                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were measured "
+                  "on another kind of CPU. Point `report.frontier` at a frontier measured on this one "
+                  "(`python -m bench.frontier`).", ""]
     if me is None:
         return lines + ["This run has no measured speedup yet (validate did not run).", ""]
     for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
