@@ -107,15 +107,17 @@ def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
     assert "- batch 1: this run" in md and "l1" in md
     # the frontier's widths are 8-blocks, the smoke run's 4-blocks (round_to 4): another CPU's speeds, said so
     assert "Not like for like: the frontier's widths are in blocks of 8, this run's in blocks of 4" in md
+    # a list (one frontier per kind of CPU): the one in the run's blocks is drawn, whatever its place; an unreadable
+    # entry is said and skipped
     same = _results("deploy_tests.byo_model:tiny_net")
     for r in same["results"]["criteria"]["runs"]:
         r["alignment"] = 4
-    frontier.write_text(json.dumps(same))
-    (run / "report.md").unlink()
-    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--from", "report",
-                 "--set", f"report.frontier={frontier}"]) == 0
+    (tmp_path / "blocks4.json").write_text(json.dumps(same))
+    listed = f"report.frontier=[{frontier},{tmp_path / 'absent.json'},{tmp_path / 'blocks4.json'}]"
+    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", listed]) == 0
     md = (run / "report.md").read_text()
-    assert "- batch 1: this run" in md and "Not like for like" not in md
+    assert f"frontier of `{tmp_path / 'blocks4.json'}`" in md and "- batch 1: this run" in md
+    assert "Not like for like" not in md and f"`report.frontier` {tmp_path / 'absent.json'} could not be read" in md
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_results("resnet56")))
     shutil.rmtree(run / "plots")

@@ -120,10 +120,12 @@ class ChecksConfig:
 
 @dataclass
 class ReportConfig:
-    """``frontier``: a frontier results file (``python -m bench.frontier``) of the same model; the report then draws
-    this run's measured point over that accuracy-vs-speedup frontier (``plots/frontier.png``). Null: no frontier."""
+    """``frontier``: a frontier results file (``python -m bench.frontier``) of the same model, or a list of them (one per
+    kind of CPU); the report then draws this run's measured point over that accuracy-vs-speedup frontier
+    (``plots/frontier.png``) — of a list, the first whose widths are in the run's channel block (its CPU's,
+    ``prune.round_to: auto``), else the first, said to be from another CPU. Null: no frontier."""
 
-    frontier: str | None = None
+    frontier: list[str] | str | None = None
 
 
 #: Keys added after run directories existed, with the value that means "not used": a key at that value stays out of

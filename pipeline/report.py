@@ -187,23 +187,42 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     return paths + plots
 
 
+def _alignments(result: dict[str, Any]) -> list[int]:
+    """The channel blocks the runs of a frontier results file were pruned in."""
+    return sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
+
+
 def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
     """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
     (``plots/frontier.png``, appended to ``plots``) and where it sits — its accuracy against each method's frontier read at
-    its own FP32 speedup. A missing or other-model frontier file is said in one line; nothing when unset."""
+    its own FP32 speedup. Of several files, the first readable one of this model whose widths are in this run's channel
+    block (:func:`_alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
+    another kind of CPU. A missing or other-model frontier file is said in one line; nothing when unset."""
     from .frontier import by_method, interpolate, load_frontier, plot_frontier, run_point
+    from .stages_train import frontier_paths
 
     cfg = manifest.get("config") or {}
-    path = (cfg.get("report") or {}).get("frontier")
-    if not path:
+    paths = frontier_paths((cfg.get("report") or {}).get("frontier"))
+    if not paths:
         return []
-    try:
-        result, points = load_frontier(Path(path).expanduser())
-    except (OSError, ValueError) as exc:
-        return ["## Frontier", "", f"`report.frontier` {path} could not be read ({type(exc).__name__}: {exc}); no frontier.", ""]
-    model, theirs = (cfg.get("model") or {}).get("name"), (result.get("preset") or {}).get("model")
-    if model != theirs:
-        return ["## Frontier", "", f"`report.frontier` {path} is a frontier of {theirs}, this run prunes {model}; not drawn.", ""]
+    model = (cfg.get("model") or {}).get("name")
+    mine = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("alignment")
+    said: list[str] = []
+    found: list[tuple[str, dict[str, Any], list[Any]]] = []
+    for p in paths:
+        try:
+            result, points = load_frontier(Path(p).expanduser())
+        except (OSError, ValueError) as exc:
+            said.append(f"`report.frontier` {p} could not be read ({type(exc).__name__}: {exc}).")
+            continue
+        theirs = (result.get("preset") or {}).get("model")
+        if theirs != model:
+            said.append(f"`report.frontier` {p} is a frontier of {theirs}, this run prunes {model}; not drawn.")
+            continue
+        found.append((p, result, points))
+    if not found:
+        return ["## Frontier", "", *said, "No frontier drawn.", ""]
+    path, result, points = next((f for f in found if mine and int(mine) in _alignments(f[1])), found[0])
     method = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("method", "this run")
     me = run_point(report, f"{method} (this run)")
     base = float((result.get("baseline") or {}).get("accuracy") or (report.get("baseline") or {}).get("accuracy") or 0.0)
@@ -211,8 +230,8 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
                                title=f"{model}: this run on the frontier of {Path(path).name}"))
     lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
              f"({len(points)} points, {(result.get('machine') or {}).get('cpu', '?')}): `plots/frontier.png`.", ""]
-    mine = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("alignment")
-    theirs_align = sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
+    lines += [*said, ""] if said else []
+    theirs_align = _alignments(result)
     if mine and theirs_align and int(mine) not in theirs_align:
         lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
                   f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were measured "

@@ -82,12 +82,17 @@ def baseline_inputs(cfg: Any) -> dict[str, str]:
 
 
 def frontier_inputs(cfg: Any) -> dict[str, str]:
-    """``{report.frontier: its SHA-256, or "missing"}`` (``{}`` when unset): a new frontier file re-runs the report."""
-    path = cfg.report.frontier
-    if not path:
-        return {}
-    p = Path(path).expanduser()
-    return {str(path): sha256_file(p) if p.is_file() else "missing"}
+    """``{each report.frontier file: its SHA-256, or "missing"}`` (``{}`` when unset): a new frontier file re-runs the
+    report."""
+    paths = frontier_paths(cfg.report.frontier)
+    return {p: sha256_file(Path(p).expanduser()) if Path(p).expanduser().is_file() else "missing" for p in paths}
+
+
+def frontier_paths(value: str | list[str] | None) -> list[str]:
+    """``report.frontier`` as a list of paths (one file, a list, or none)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def stage_baseline(ctx: StageContext) -> StageOutcome:
