@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.common import randomize_batchnorm
 from ccpcsa.models import build_model
 from ccpcsa.pruning.allocation import order_blocks, removable_blocks
 from ccpcsa.pruning.sensitivity import block_sensitivity
@@ -17,14 +18,7 @@ SMALL = "deploy_tests.byo_model:tiny_net"
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    model = build_model(SMALL, 10, width=16).eval()
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.5, 0.5)
-                m.running_var.uniform_(0.5, 2.0)
-                m.bias.uniform_(-0.2, 0.2)
-    return model
+    return randomize_batchnorm(build_model(SMALL, 10, width=16).eval())
 
 
 def test_silenced_channels_compute_what_their_removal_computes_and_are_restored():
