@@ -230,18 +230,19 @@ PRESETS: dict[str, Preset] = {
                          until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
                          speed_runs=(RunSpec("ccpcsa", 0.45, "auto", allocation="sensitivity"),),
                          jobs=2, train_threads=1, budget_minutes=60.0),
-    # the same for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
-    # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.
     # issue #21: the frontier of the default's AVX-512 operating point (configs/default.yaml, its 16-block entry): the
     # middle blocks of stages 1 and 2 removed whole (prune.drop_blocks), then channels in one step to the MACs target with
     # the residual streams kept whole (prune.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
     # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours.
-    # ≈ 11 min a run alone on 2 cores; 9 runs, 2 at a time, ≈ 1.5 h, then `--revalidate`.
+    # Measured on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by side, 1 h 39 min for
+    # the 9 runs, then 7 min of `--revalidate`.
     "frontier-r20-depth": _r20(name="frontier-r20-depth", criteria=("ccpcsa", "l1"), targets=(0.3, 0.4, 0.5), seeds=(0,),
                                side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
                                distill_teacher="baseline", iterations=1, steps_per_epoch=200, final_finetune_epochs=10,
                                attention_steps=100, drop_blocks=("layer1.1", "layer2.2"), scope="internal", jobs=2,
                                train_threads=1, budget_minutes=120.0),
+    # frontier-r20 for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
+    # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.
     "frontier-r56": Preset(name="frontier-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=("ccpcsa", "l1"),
                            targets=(0.4, 0.55, 0.7), seeds=(0,), side_criteria=(), until=None, round_to="auto",
                            lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",

@@ -84,6 +84,13 @@ def _other_load(run: dict[str, Any]) -> float | None:
     return max(loads) if loads else None
 
 
+def frontier_paths(value: str | list[str] | None) -> list[str]:
+    """``report.frontier`` as a list of paths (one file, a list, or none)."""
+    if not value:
+        return []
+    return [value] if isinstance(value, str) else [str(v) for v in value]
+
+
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
     machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points.

@@ -198,15 +198,15 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
     its own FP32 speedup. Of several files, the first readable one of this model whose widths are in this run's channel
     block (:func:`_alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
     another kind of CPU. A missing or other-model frontier file is said in one line; nothing when unset."""
-    from .frontier import by_method, interpolate, load_frontier, plot_frontier, run_point
-    from .stages_train import frontier_paths
+    from .frontier import by_method, frontier_paths, interpolate, load_frontier, plot_frontier, run_point
 
     cfg = manifest.get("config") or {}
     paths = frontier_paths((cfg.get("report") or {}).get("frontier"))
     if not paths:
         return []
     model = (cfg.get("model") or {}).get("name")
-    mine = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("alignment")
+    prune = (manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}
+    mine = prune.get("alignment")
     said: list[str] = []
     found: list[tuple[str, dict[str, Any], list[Any]]] = []
     for p in paths:
@@ -223,8 +223,7 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
     if not found:
         return ["## Frontier", "", *said, "No frontier drawn.", ""]
     path, result, points = next((f for f in found if mine and int(mine) in _alignments(f[1])), found[0])
-    method = ((manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}).get("method", "this run")
-    me = run_point(report, f"{method} (this run)")
+    me = run_point(report, f"{prune.get('method', 'this run')} (this run)")
     base = float((result.get("baseline") or {}).get("accuracy") or (report.get("baseline") or {}).get("accuracy") or 0.0)
     plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
                                title=f"{model}: this run on the frontier of {Path(path).name}"))

@@ -21,6 +21,7 @@ from ccpcsa.training.engine import evaluate, fit, seed_everything
 from .accuracy import accuracy_record
 from .checks import Check, accuracy_drop, at_least, flops_target
 from .config import PipelineConfig
+from .frontier import frontier_paths
 from .runner import StageContext, StageOutcome
 
 WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
@@ -87,12 +88,6 @@ def frontier_inputs(cfg: Any) -> dict[str, str]:
     paths = frontier_paths(cfg.report.frontier)
     return {p: sha256_file(Path(p).expanduser()) if Path(p).expanduser().is_file() else "missing" for p in paths}
 
-
-def frontier_paths(value: str | list[str] | None) -> list[str]:
-    """``report.frontier`` as a list of paths (one file, a list, or none)."""
-    if not value:
-        return []
-    return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
 def stage_baseline(ctx: StageContext) -> StageOutcome:
