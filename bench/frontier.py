@@ -28,7 +28,14 @@ from typing import Any
 
 from bench.criteria import INTERRUPTED, PRESETS, collect_run, run_benchmark, run_overrides, run_pipeline
 from ccpcsa.errors import UserError, run_cli
-from pipeline.frontier import FrontierPoint, by_method, compare_at_speed, load_frontier, plot_frontier
+from pipeline.frontier import (
+    FrontierPoint,
+    alignments,
+    by_method,
+    compare_at_speed,
+    load_frontier,
+    plot_frontier,
+)
 from pipeline.stages_export import OTHER_LOAD_WARN
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,7 +129,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
     model = preset.get("model", "?")
     mach = result.get("machine") or {}
     command = result.get("command") or f"python -m bench.frontier --preset {preset.get('name')}"
-    aligns = sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
+    aligns = alignments(result)
     lines = [f"# Frontier `{preset.get('name')}`: {model}, test accuracy vs measured speedup", "",
              f"`{command}`"
              f" — raw: [`{json_path.name}`]({json_path.name}); machine: {mach.get('cpu', '?')}"

@@ -91,6 +91,12 @@ def frontier_paths(value: str | list[str] | None) -> list[str]:
     return [value] if isinstance(value, str) else [str(v) for v in value]
 
 
+def alignments(result: dict[str, Any]) -> list[int]:
+    """The channel blocks the runs of a frontier results file (``result``, as :func:`load_frontier` returns it) were
+    pruned in, sorted."""
+    return sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
+
+
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
     machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points.

@@ -187,18 +187,21 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     return paths + plots
 
 
-def _alignments(result: dict[str, Any]) -> list[int]:
-    """The channel blocks the runs of a frontier results file were pruned in."""
-    return sorted({int(r["alignment"]) for r in result.get("runs") or [] if r.get("alignment")})
-
-
 def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
     """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
     (``plots/frontier.png``, appended to ``plots``) and where it sits — its accuracy against each method's frontier read at
     its own FP32 speedup. Of several files, the first readable one of this model whose widths are in this run's channel
-    block (:func:`_alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
+    block (:func:`pipeline.frontier.alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
     another kind of CPU. A missing or other-model frontier file is said in one line; nothing when unset."""
-    from .frontier import by_method, frontier_paths, interpolate, load_frontier, plot_frontier, run_point
+    from .frontier import (
+        alignments,
+        by_method,
+        frontier_paths,
+        interpolate,
+        load_frontier,
+        plot_frontier,
+        run_point,
+    )
 
     cfg = manifest.get("config") or {}
     paths = frontier_paths((cfg.get("report") or {}).get("frontier"))
@@ -222,7 +225,7 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
         found.append((p, result, points))
     if not found:
         return ["## Frontier", "", *said, "No frontier drawn.", ""]
-    path, result, points = next((f for f in found if mine and int(mine) in _alignments(f[1])), found[0])
+    path, result, points = next((f for f in found if mine and int(mine) in alignments(f[1])), found[0])
     me = run_point(report, f"{prune.get('method', 'this run')} (this run)")
     base = float((result.get("baseline") or {}).get("accuracy") or (report.get("baseline") or {}).get("accuracy") or 0.0)
     plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
@@ -230,7 +233,7 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
     lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
              f"({len(points)} points, {(result.get('machine') or {}).get('cpu', '?')}): `plots/frontier.png`.", ""]
     lines += [*said, ""] if said else []
-    theirs_align = _alignments(result)
+    theirs_align = alignments(result)
     if mine and theirs_align and int(mine) not in theirs_align:
         lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
                   f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were measured "
