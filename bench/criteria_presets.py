@@ -24,7 +24,8 @@ BATCHES = (1, 32)
 @dataclass(frozen=True)
 class RunSpec:
     """One pipeline run: criterion (or :data:`ANCHOR`), MACs target, alignment, seed, distillation, guard, allocation,
-    and — for speed runs — a measured-speedup target instead of the MACs target."""
+    for speed runs a measured-speedup target instead of the MACs target, and ``scope`` (``prune.scope``; None: the
+    preset's)."""
 
     criterion: str
     target: float
@@ -34,15 +35,17 @@ class RunSpec:
     guard: bool = False
     allocation: str = "global"
     target_speedup: float | None = None
+    scope: str | None = None
 
     @property
     def key(self) -> str:
-        """Folder name and result key, e.g. ``ccpcsa-t50-r8-s1``, ``l1-x2.0-rauto-acost``."""
+        """Folder name and result key, e.g. ``ccpcsa-t50-r8-s1``, ``l1-x2.0-rauto-acost``, ``l1-t50-rauto-s0-scall``."""
         goal = f"x{self.target_speedup:g}" if self.target_speedup else f"t{round(100 * self.target)}"
         key = f"{self.criterion}-{goal}-r{self.round_to}-s{self.seed}"
         key += "" if self.distill else "-nokd"
         key += "-guard" if self.guard else ""
         key += "" if self.allocation == "global" else f"-a{self.allocation}"
+        key += f"-sc{self.scope}" if self.scope else ""
         return key
 
 
@@ -167,7 +170,7 @@ def common_overrides(p: Preset, checkpoint: str) -> list[str]:
 
 def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
     """The per-run ``--set`` overrides: criterion (or the anchor's pruner), target and schedule, guard, alignment,
-    allocation, seed, distillation, and for speed runs the measured-speedup target."""
+    allocation, seed, distillation, scope (the anchor's is always ``all``), and for speed runs the measured-speedup target."""
     anchor = spec.criterion == ANCHOR
     if spec.guard:
         target, step, iters, tol = p.guard_target, p.guard_step, math.ceil(p.guard_target / p.guard_step) + 1, p.guard_tolerance
@@ -179,7 +182,7 @@ def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
         "prune.max_iterations": iters, "prune.tolerance": tol, "prune.round_to": spec.round_to,
         "prune.allocation": "global" if anchor else spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
         "prune.target_speedup": spec.target_speedup,
-        "prune.drop_blocks": list(p.drop_blocks), "prune.scope": "all" if anchor else p.scope,
+        "prune.drop_blocks": list(p.drop_blocks), "prune.scope": "all" if anchor else (spec.scope or p.scope),
     }
     if spec.target_speedup:  # a latency target: `iterations` steps of equal latency cut reach it, up to 3 more if short
         kv.update({"prune.target_flops_reduction": 0.0, "prune.max_iterations": p.iterations + 3,
@@ -233,13 +236,15 @@ PRESETS: dict[str, Preset] = {
     # issue #21: the frontier of the default's AVX-512 operating point (configs/default.yaml, its 16-block entry): the
     # middle blocks of stages 1 and 2 removed whole (prune.drop_blocks), then channels in one step to the MACs target with
     # the residual streams kept whole (prune.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
-    # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours.
-    # Measured on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by side, 1 h 39 min for
-    # the 9 runs, then 7 min of `--revalidate`.
+    # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours; at −50 %
+    # ccpcsa and l1 also with scope all (global ranking, the anchor's mode: like for like with it where it cuts the
+    # residual streams). Measured on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by
+    # side, 2 h for the 11 runs, then 9–10 min a `--revalidate` pass.
     "frontier-r20-depth": _r20(name="frontier-r20-depth", criteria=("ccpcsa", "l1"), targets=(0.3, 0.4, 0.5), seeds=(0,),
                                side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
                                distill_teacher="baseline", iterations=1, steps_per_epoch=200, final_finetune_epochs=10,
                                attention_steps=100, drop_blocks=("layer1.1", "layer2.2"), scope="internal", jobs=2,
+                               speed_runs=tuple(RunSpec(c, 0.5, "auto", scope="all") for c in ("ccpcsa", "l1")),
                                train_threads=1, budget_minutes=120.0),
     # frontier-r20 for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
     # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.

@@ -219,7 +219,7 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
         assert cfg.prune.method == ("l1" if spec.criterion == ANCHOR else spec.criterion)
         assert cfg.prune.pruner == (ANCHOR if spec.criterion == ANCHOR else "ccpcsa") and cfg.prune.distill == spec.distill
         assert list(cfg.prune.drop_blocks) == list(p.drop_blocks)
-        assert cfg.prune.scope == ("all" if spec.criterion == ANCHOR else p.scope)
+        assert cfg.prune.scope == ("all" if spec.criterion == ANCHOR else (spec.scope or p.scope))
         if spec.target_speedup:
             assert cfg.prune.target_speedup == spec.target_speedup and 0 < cfg.prune.step_flops_reduction < 1
             goal = 1 / (1 - cfg.prune.step_flops_reduction * p.iterations)
@@ -247,6 +247,12 @@ def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_pa
     assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
     assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.lr_schedule, default.prune.recalibrate_bn,
                                                                      default.prune.distill_teacher)
+    # at −50 % ccpcsa and l1 also rank globally (scope all, the anchor's mode): their own runs, with the preset's recipe
+    scall = [r for r in p.runs() if r.scope]
+    assert [(r.key, r.target) for r in scall] == [("ccpcsa-t50-rauto-s0-scall", 0.5), ("l1-t50-rauto-s0-scall", 0.5)]
+    kv = dict(o.split("=", 1) for o in run_overrides(p, scall[1]))
+    assert (kv["prune.scope"], kv["prune.method"], kv["prune.drop_blocks"]) == ("all", "l1", "[layer1.1,layer2.2]")
+    assert dict(o.split("=", 1) for o in run_overrides(p, spec))["prune.scope"] == "internal"
 
 
 def test_guard_and_distillation_runs_can_be_narrowed_from_the_command_line() -> None:

@@ -4,7 +4,9 @@ and a run's report drawing its own point over a frontier of the same model."""
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,10 +15,12 @@ from bench.frontier import summary_lines, target_lines, write_summary
 from pipeline.__main__ import main
 from pipeline.frontier import (
     FrontierPoint,
+    by_criterion,
     by_method,
     compare_at_speed,
     interpolate,
     load_frontier,
+    pareto,
     points_from_runs,
 )
 
@@ -56,6 +60,16 @@ def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
     # 1.2×: 87.0 vs 86.9 → tie (band √2·0.3 = 0.42); 1.5×: 86.2 vs 85.27 → above; 2.0×: 84.0 vs 84.14 → tie
     assert [r["verdict"] for r in rows] == ["tie", "above", "tie"]
     assert rows[1]["other_accuracy"] == pytest.approx(86.9 + (1.5 - 1.2) / 0.35 * (85.0 - 86.9))
+    # the band holds the speeds' error carried through l1's slope there (−1.9 pp over 0.35×; speed SEs 0.02 each)
+    slope = (85.0 - 86.9) / 0.35
+    assert rows[1]["slope_pp_per_x"] == pytest.approx(slope)
+    assert rows[1]["se_pp"] == pytest.approx(math.sqrt(2 * 0.3**2 + (slope * math.hypot(0.02, 0.02)) ** 2))
+    # on a steep frontier (−30 pp/×) a noisy speed is a wide band: 0.8 pp under l1 at 1.5× is below with speed SEs of
+    # 0.005× (band 0.47 pp), a tie when ccpcsa's speed is known to ±0.1× (band 3.0 pp)
+    steep = [FrontierPoint("l1", t, 1.0, a, 0.3, {"1": (x, 0.005)}) for t, a, x in ((0.4, 86.0, 1.4), (0.6, 80.0, 1.6))]
+    under = FrontierPoint("ccpcsa", 0.5, 2.0, 82.2, 0.3, {"1": (1.5, 0.005)})
+    assert compare_at_speed([under], steep, "1")[0]["verdict"] == "below"
+    assert compare_at_speed([replace(under, speedup={"1": (1.5, 0.1)})], steep, "1")[0]["verdict"] == "tie"
     low = [FrontierPoint("ccpcsa", 0.4, 1.67, 84.0, 0.3, {"1": (1.5, 0.0)})]
     assert compare_at_speed(low, curves["l1"], "1")[0]["verdict"] == "below"
     # another allocation of the same criterion is a line of its own, never a point of ccpcsa's
@@ -63,6 +77,28 @@ def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
     curves = by_method(points_from_runs([*_results()["results"]["criteria"]["runs"], other]), "1")
     assert [p.target for p in curves["ccpcsa"]] == [0.2, 0.4, 0.6]
     assert [p.key for p in curves["ccpcsa (sensitivity)"]] == ["ccpcsa-t45-asensitivity"]
+    # a criterion's frontier is the Pareto front of all its runs: the sensitivity run (1.6×, 86.5 %) beats ccpcsa −40 %
+    # (1.5×, 86.2 %) on both axes, so it replaces it; a scope run is a line of its own but joins the criterion's front
+    scope = {**_row("ccpcsa", 0.5, 84.5, 1.9, 2.0), "scope": "all", "key": "ccpcsa-t50-scall"}
+    points = points_from_runs([*_results()["results"]["criteria"]["runs"], other, scope])
+    assert [p.key for p in by_method(points, "1")["ccpcsa (scope all)"]] == ["ccpcsa-t50-scall"]
+    fronts = by_criterion(points, "1")
+    assert [p.key for p in fronts["ccpcsa"]] == ["ccpcsa-t20", "ccpcsa-t45-asensitivity", "ccpcsa-t50-scall", "ccpcsa-t60"]
+    assert [p.key for p in fronts["l1"]] == ["l1-t20", "l1-t40", "l1-t60"]  # none of l1's is dominated
+    # speeds within their combined SE are one speed: a point 0.01× faster but 0.6 pp less accurate leaves the front
+    # (speed SEs 0.02 → band 0.028×); 0.05× faster, it stays
+    twin = FrontierPoint("ccpcsa", 0.5, 2.0, 83.9, 0.3, {"1": (2.01, 0.02)}, key="twin")
+    assert [p.key for p in pareto([*fronts["ccpcsa"], twin], "1")][-2:] == ["ccpcsa-t50-scall", "ccpcsa-t60"]
+    assert [p.key for p in pareto([*fronts["ccpcsa"], replace(twin, speedup={"1": (2.05, 0.02)})], "1")][-1] == "twin"
+    # and a point beyond the other frontier's end by less than the speeds' SE is read at that end point
+    l1 = by_criterion(points, "1")["l1"]  # 1.2× … 2.1×
+    assert interpolate(l1, 2.12, "1") is None and interpolate(l1, 2.12, "1", slack=0.03) == (83.9, 0.3)
+    near = [FrontierPoint("ccpcsa", 0.6, 2.5, 84.0, 0.3, {"1": (2.12, 0.02)}, key="near"),
+            FrontierPoint("ccpcsa", 0.7, 3.3, 80.0, 0.3, {"1": (2.2, 0.02)}, key="far")]
+    assert [(r["key"], r["verdict"]) for r in compare_at_speed(near, l1, "1")] == [("near", "tie")]
+    # across criteria: only l1's fastest point (2.2×) is beaten by no ccpcsa point at batch 32
+    assert [p.key for p in pareto(points, "32")] == ["ccpcsa-t20", "ccpcsa-t45-asensitivity", "ccpcsa-t50-scall", "ccpcsa-t60",
+                                                     "l1-t60"]
 
 
 def test_targets_say_met_or_by_how_much_missed():
@@ -79,6 +115,10 @@ def test_summary_and_plot_are_written(tmp_path):
     data = _results()
     data["results"]["criteria"]["runs"][3]["speedup"]["32"]["other_load"] = 0.55  # l1 −20 % timed beside a training run
     data["results"]["criteria"]["runs"][0]["speedup"]["32"]["other_load"] = 0.02  # quiet enough
+    data["results"]["criteria"]["runs"][0].update(revalidated={"date": "2026-12-03"})  # re-timed: b1 pooled over 2 passes
+    data["results"]["criteria"]["runs"][0]["speedup"]["1"]["passes"] = 2
+    # a ccpcsa run slower and less accurate than ccpcsa −40 % at both batches: off ccpcsa's frontier, so not compared
+    data["results"]["criteria"]["runs"].append({**_row("ccpcsa", 0.35, 84.5, 1.45, 1.55), "scope": "all", "key": "ccpcsa-t35-scall"})
     path.write_text(json.dumps(data))
     md, png = write_summary(path)
     text = md.read_text()
@@ -88,7 +128,12 @@ def test_summary_and_plot_are_written(tmp_path):
             "(2026-12-03-vm-frontier-test.json); machine: test CPU (AVX2, no VNNI), 2 cores, 2026-12-03; widths in blocks "
             "of 8;") in text
     assert "| ccpcsa | −40.0 % (−40 %) | 1.67× | 86.20 ± 0.30 | -1.28 | 1.50 ± 0.02 | 1.60 ± 0.03 | 1.40 ± 0.02 | — | 86.10 | 10.0 |" in text
-    assert "batch 1, vs l1: **on or above**" in text
+    assert "batch 1, vs l1: **on or above**" in text and "batch 32, vs l1: **on or above**" in text
+    for b in ("1", "32"):
+        assert f"- batch {b}: off ccpcsa's frontier (a more accurate ccpcsa run is as fast within the speeds' SE, or faster): " \
+               "ccpcsa-t35-scall" in text
+    assert "| ccpcsa (scope all) | −35.0 % (−35 %) |" in text
+    assert "Re-timed runs (`--revalidate`, one at a time): speedups the mean of 1–2 quiet passes on this machine" in text
     assert "| l1 † | −20.0 % (−20 %) |" in text and "| ccpcsa | −20.0 % (−20 %) |" in text
     assert "† timed while other processes used up to 55 % of the machine's CPU" in text
     result, points = load_frontier(path)
@@ -127,3 +172,54 @@ def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
     assert not (run / "plots" / "frontier.png").exists()
     manifest = json.loads((run / "manifest.json").read_text())
     assert manifest["stages"]["prune"]["status"] == "ok"  # only the report re-ran for the new frontier file
+
+
+def test_revalidate_re_times_every_finished_run_pools_quiet_passes_and_warns_when_not_quiet(tmp_path, monkeypatch, capsys):
+    """``--revalidate``: validate re-run for each finished run of the preset (never for a failed one), its row
+    re-collected with the date and seconds of the re-timing; the speedups of the quiet passes on this machine pooled
+    (mean, SE the larger of within- and between-pass); a warning when other processes took more than OTHER_LOAD_WARN
+    of the CPU while it was re-timed, and that pass left out of the mean."""
+    import bench.frontier as bf
+    from bench.common import machine_info
+    from bench.criteria_presets import PRESETS, Preset, RunSpec
+
+    preset = Preset(name="frontier-test", config="configs/default.yaml", model="resnet20", criteria=("ccpcsa",),
+                    targets=(0.3, 0.5), seeds=(0,), side_criteria=(), anchor=False)
+    monkeypatch.setitem(PRESETS, "frontier-test", preset)
+    keys = [s.key for s in preset.runs()]
+    rows = [{"key": keys[0], "status": "ok", "run_dir": str(tmp_path / keys[0]), "wall_seconds": 600.0,
+             "speedup": {"1": {"speedup": 1.9, "speedup_se": 0.01, "other_load": 0.6}}},  # timed beside training: no pass
+            {"key": keys[1], "status": "failed", "run_dir": str(tmp_path / keys[1])}]
+    out = tmp_path / "f.json"
+    out.write_text(json.dumps({"command": "python -m bench.frontier --preset frontier-test", "machine": machine_info(),
+                               "results": {"criteria": {"overrides": [], "baseline": {"accuracy": 87.48}, "runs": rows}}}))
+    stages: list[tuple[str, str]] = []
+    monkeypatch.setattr(bf, "run_pipeline", lambda p, run_dir, ov, from_stage: stages.append((Path(run_dir).name, from_stage)))
+    timed = {"speed": 0.0, "load": 0.0}
+
+    def collect(run_dir: Path, spec: RunSpec, base: dict, until: str | None) -> dict:
+        return {"key": spec.key, "status": "ok", "run_dir": str(run_dir),
+                "speedup": {"1": {"speedup": timed["speed"], "speedup_se": 0.01, "other_load": timed["load"]}}}
+
+    monkeypatch.setattr(bf, "collect_run", collect)
+    # pass 1 (1.50×), pass 2 (1.60×), pass 3 beside another job (2.0×, 30 % of the CPU to others)
+    for n, (speed, load, mean, se) in enumerate(((1.5, 0.02, 1.5, 0.01), (1.6, 0.0, 1.55, 0.05), (2.0, 0.3, 1.55, 0.05)), 1):
+        timed.update(speed=speed, load=load)
+        assert bf.revalidate("frontier-test", out) == 1
+        assert stages == [(keys[0], "validate")] * n
+        row = json.loads(out.read_text())["results"]["criteria"]["runs"][0]
+        assert row["wall_seconds"] == 600.0 and row["revalidated"]["seconds"] >= 0 and len(row["retimings"]) == n
+        m = row["speedup"]["1"]
+        assert m["speedup"] == pytest.approx(mean) and m["speedup_se"] == pytest.approx(se) and m["passes"] == min(n, 2)
+        said = capsys.readouterr().out
+        assert f"re-timed {keys[0]}: b1 {speed:.2f}×" in said
+        assert ("(mean of 2 quiet passes: b1 1.55 ± 0.05×)" in said) == (n > 1)
+        assert ("other processes used 30 % of the CPU" in said) == (load > 0.1)
+    # a pass on another machine is kept but not pooled with this one's
+    data = json.loads(out.read_text())
+    data["results"]["criteria"]["runs"][0]["retimings"][0]["machine"] = "another CPU"
+    out.write_text(json.dumps(data))
+    timed.update(speed=1.7, load=0.0)
+    bf.revalidate("frontier-test", out)
+    m = json.loads(out.read_text())["results"]["criteria"]["runs"][0]["speedup"]["1"]
+    assert m["passes"] == 2 and m["speedup"] == pytest.approx(1.65)  # 1.6 and 1.7; 1.5 was "another CPU"'s

@@ -4,7 +4,8 @@ A frontier file is the results JSON of ``python -m bench.frontier`` (the criteri
 its method (criterion, or the Torch-Pruning anchor), MACs target and ratio, the pruned model's top-1 on the test
 images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups measured by the paired timer
 (:func:`export.latency.paired_speedup`: median of per-round ratios ± SE) for FP32 and INT8 (U8S8) at each batch size.
-A method's frontier is its points ordered by speedup; :func:`interpolate` reads it at any speed between two points.
+A method's line is its points ordered by speedup; a criterion's frontier is the :func:`pareto` front of all its runs
+(every allocation and scope); :func:`interpolate` reads either at any speed between two points.
 The pipeline's report draws the run's own point over the frontier of the same model (``report.frontier``).
 """
 
@@ -56,10 +57,12 @@ def _pairs(sp: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
 
 
 def method_of(run: dict[str, Any]) -> str:
-    """A run's method as the frontier groups it: its criterion, with a non-global allocation named after it
-    (``ccpcsa (sensitivity)``) so that one allocation's points never join another's line."""
-    alloc = run.get("allocation")
-    return run["criterion"] if alloc in (None, "", "global") else f"{run['criterion']} ({alloc})"
+    """A run's method as the frontier draws it: its criterion, with a non-global allocation and a ``scope`` the run sets
+    itself (``RunSpec.scope``; unset, the preset's) named after it (``ccpcsa (sensitivity)``, ``l1 (scope all)``), so
+    that one recipe's points never join another's line."""
+    alloc, scope = run.get("allocation"), run.get("scope")
+    parts = ([] if alloc in (None, "", "global") else [str(alloc)]) + ([f"scope {scope}"] if scope else [])
+    return f"{run['criterion']} ({', '.join(parts)})" if parts else run["criterion"]
 
 
 def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
@@ -73,11 +76,11 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
                                  float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
                                  _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
                                  secs / 60 if secs else None, r.get("key", ""), r["criterion"],
-                                 r.get("allocation") or "global", _other_load(r)))
+                                 r.get("allocation") or "global", run_other_load(r)))
     return out
 
 
-def _other_load(run: dict[str, Any]) -> float | None:
+def run_other_load(run: dict[str, Any]) -> float | None:
     """The largest ``other_load`` recorded with any of a run's FP32 / INT8 speedups (None when none was recorded)."""
     loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in (run.get(key) or {}).values()
              if isinstance(m, dict) and m.get("other_load") is not None]
@@ -118,35 +121,87 @@ def by_method(points: Iterable[FrontierPoint], batch: str) -> dict[str, list[Fro
     return {m: sorted(ps, key=lambda p: p.speedup[batch][0]) for m, ps in out.items()}
 
 
-def interpolate(points: Sequence[FrontierPoint], speed: float, batch: str) -> tuple[float, float] | None:
-    """The accuracy (and its SE) of the frontier ``points`` (one method, ordered by speedup at ``batch``) at ``speed``:
-    linear between the two points around it, ``None`` outside their range. SE interpolated the same way."""
+def pareto(points: Iterable[FrontierPoint], batch: str) -> list[FrontierPoint]:
+    """The Pareto frontier of ``points`` at ``batch``, ordered by speedup there: the points with a speedup at ``batch``
+    that no other point dominates. ``q`` dominates ``p`` when it is more accurate and not slower than ``p`` by more
+    than their combined speed SE ``√(se_p² + se_q²)`` — two speeds within the timer's noise are one speed, as two
+    accuracies within their SE are a tie in :func:`compare_at_speed` (with zero speed SEs: the plain Pareto front).
+    Over every run of one criterion (all its allocations and scopes) it is the criterion's frontier: the most accurate
+    model it gave at each speed. Every extra run is one more draw, so runs of one recipe that differ only in seed
+    belong averaged into one point first (the frontier presets run one seed)."""
+    ps = [p for p in points if batch in p.speedup]
+
+    def beaten(p: FrontierPoint) -> bool:
+        (s, se) = p.speedup[batch]
+        return any(q.accuracy > p.accuracy and q.speedup[batch][0] >= s - math.hypot(se, q.speedup[batch][1]) for q in ps)
+
+    return sorted((p for p in ps if not beaten(p)), key=lambda p: (p.speedup[batch][0], p.accuracy))
+
+
+def by_criterion(points: Iterable[FrontierPoint], batch: str) -> dict[str, list[FrontierPoint]]:
+    """Criterion (the Torch-Pruning anchor counts as one) → the :func:`pareto` frontier of all its points at ``batch``."""
+    groups: dict[str, list[FrontierPoint]] = {}
+    for p in points:
+        groups.setdefault(p.criterion or p.method, []).append(p)
+    return {c: front for c, ps in groups.items() if (front := pareto(ps, batch))}
+
+
+def _bracket(points: Sequence[FrontierPoint], speed: float, batch: str,
+             slack: float = 0.0) -> tuple[FrontierPoint, FrontierPoint, float] | None:
+    """``(a, b, t)``: the two neighbouring points of ``points`` (ordered by speedup at ``batch``) around ``speed`` and
+    its fraction ``t`` of the way from ``a`` to ``b``; at or beyond an end by at most ``slack``, the end segment with
+    ``t`` 0 or 1 (one point: ``a`` is ``b``); ``None`` outside."""
     xs = [p.speedup[batch][0] for p in points]
-    if not xs or speed < xs[0] - 1e-9 or speed > xs[-1] + 1e-9:
+    if not xs or speed < xs[0] - slack - 1e-9 or speed > xs[-1] + slack + 1e-9:
         return None
-    for a, b in zip(points, points[1:], strict=False):
-        xa, xb = a.speedup[batch][0], b.speedup[batch][0]
-        if xa - 1e-9 <= speed <= xb + 1e-9:
-            t = 0.0 if xb - xa < 1e-12 else (speed - xa) / (xb - xa)
-            return a.accuracy + t * (b.accuracy - a.accuracy), a.accuracy_se + t * (b.accuracy_se - a.accuracy_se)
-    return points[-1].accuracy, points[-1].accuracy_se  # one point, at exactly its speed
+    if len(points) == 1:
+        return points[0], points[0], 0.0
+    if speed <= xs[0]:
+        return points[0], points[1], 0.0
+    if speed >= xs[-1]:
+        return points[-2], points[-1], 1.0
+    i = next(i for i in range(1, len(xs)) if speed <= xs[i] + 1e-9)
+    xa, xb = xs[i - 1], xs[i]
+    return points[i - 1], points[i], 0.0 if xb - xa < 1e-12 else (speed - xa) / (xb - xa)
+
+
+def interpolate(points: Sequence[FrontierPoint], speed: float, batch: str, slack: float = 0.0) -> tuple[float, float] | None:
+    """The accuracy (and its SE) of the frontier ``points`` (one method, ordered by speedup at ``batch``) at ``speed``:
+    linear between the two points around it; an end point's own for a speed beyond that end by at most ``slack``
+    (e.g. the speeds' SE); ``None`` outside. SE interpolated the same way."""
+    got = _bracket(points, speed, batch, slack)
+    if got is None:
+        return None
+    a, b, t = got
+    return a.accuracy + t * (b.accuracy - a.accuracy), a.accuracy_se + t * (b.accuracy_se - a.accuracy_se)
 
 
 def compare_at_speed(ref: Sequence[FrontierPoint], other: Sequence[FrontierPoint], batch: str) -> list[dict[str, Any]]:
-    """For every point of ``ref`` (one method) whose speed ``other``'s frontier spans: ``other``'s interpolated accuracy
-    there and the verdict — ``above`` (ref more accurate by more than one combined SE ``√(se_r² + se_o²)``), ``tie``
-    (within it) or ``below``."""
+    """For every point of ``ref`` (one frontier) whose speed ``other``'s frontier spans — or lies beyond its nearer end
+    by no more than the two speeds' combined SE (read there at that end point) — ``other``'s interpolated accuracy
+    there and the verdict: ``above`` (ref more accurate by more than one combined SE), ``tie`` (within it) or
+    ``below``. The combined SE ``√(se_r² + se_o² + (slope · σ_s)²)`` holds both accuracies' SEs and the speeds' error
+    carried through ``other``'s slope there (pp per ×, of the segment read; ``σ_s`` = √(ref's speed SE² + ``other``'s
+    interpolated speed SE²)): where the frontier is steep a speed known to ±0.03× is an accuracy known to ± slope·0.03."""
     rows = []
     for p in ref:
-        s = p.speedup[batch][0]
-        got = interpolate(other, s, batch)
+        s, s_se = p.speedup[batch]
+        if not other:
+            break
+        end = other[0] if s < other[0].speedup[batch][0] else other[-1]
+        got = _bracket(other, s, batch, slack=math.hypot(s_se, end.speedup[batch][1]))
         if got is None:
             continue
-        acc, se = got
-        band = math.hypot(p.accuracy_se, se)
+        a, b, t = got
+        acc, se = a.accuracy + t * (b.accuracy - a.accuracy), a.accuracy_se + t * (b.accuracy_se - a.accuracy_se)
+        (xa, xa_se), (xb, xb_se) = a.speedup[batch], b.speedup[batch]
+        slope = (b.accuracy - a.accuracy) / (xb - xa) if xb - xa > 1e-12 else 0.0
+        sigma = math.hypot(s_se, xa_se + t * (xb_se - xa_se))
+        band = math.sqrt(p.accuracy_se ** 2 + se ** 2 + (slope * sigma) ** 2)
         d = p.accuracy - acc
         rows.append({"key": p.key, "speedup": s, "accuracy": p.accuracy, "other_accuracy": acc, "difference_pp": d,
-                     "se_pp": band, "verdict": "above" if d > band else ("tie" if d >= -band else "below")})
+                     "se_pp": band, "slope_pp_per_x": slope,
+                     "verdict": "above" if d > band else ("tie" if d >= -band else "below")})
     return rows
 
 
