@@ -149,7 +149,9 @@ def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
     assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", f"report.frontier={frontier}"]) == 0
     md = (run / "report.md").read_text()
     assert "## Frontier" in md and (run / "plots" / "frontier.png").is_file()
-    assert "- batch 1: this run" in md and "l1" in md
+    # the tiny net runs at ≈ 0.5×, outside the frontier (1.2–2.2×); batch 8 is not in the frontier at all
+    assert "each criterion's frontier there: ccpcsa outside its range; l1 outside its range" in md
+    assert "- batch 8: this run" in md and "the frontier has no speedup at this batch" in md
     # the frontier's widths are 8-blocks, the smoke run's 4-blocks (round_to 4): another CPU's speeds, said so
     assert "Not like for like: the frontier's widths are in blocks of 8, this run's in blocks of 4" in md
     # a list (one frontier per kind of CPU): the one in the run's blocks is drawn, whatever its place; an unreadable
@@ -223,3 +225,26 @@ def test_revalidate_re_times_every_finished_run_pools_quiet_passes_and_warns_whe
     bf.revalidate("frontier-test", out)
     m = json.loads(out.read_text())["results"]["criteria"]["runs"][0]["speedup"]["1"]
     assert m["passes"] == 2 and m["speedup"] == pytest.approx(1.65)  # 1.6 and 1.7; 1.5 was "another CPU"'s
+
+
+def test_report_reads_the_run_against_each_criterions_frontier_with_a_verdict(tmp_path):
+    """The report's Frontier lines: per batch, each criterion's Pareto front read at the run's own speed, the
+    difference ± the combined SE and the verdict (the run itself is a point of neither front)."""
+    from pipeline.report import frontier_section
+
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(_results()))
+    manifest = {"config": {"report": {"frontier": str(path)}, "model": {"name": "resnet20"}},
+                "stages": {"prune": {"metrics": {"alignment": 8, "method": "ccpcsa"}}}}
+    report = {"run": "mine", "baseline": {"flops": 100.0, "accuracy": 87.48},
+              "formats": [{"name": "pytorch_pruned", "accuracy": 86.5, "accuracy_se": 0.3, "flops": 60.0}],
+              "speedup": {"1": {"speedup": 1.5, "speedup_se": 0.02}, "32": {"speedup": 3.0, "speedup_se": 0.02}}}
+    plots: list[Path] = []
+    lines = frontier_section(tmp_path, manifest, report, plots)
+    assert plots == [tmp_path / "plots" / "frontier.png"] and plots[0].is_file()
+    # batch 1 at 1.5×: ccpcsa's front has 86.2 there (+0.30, tie); l1's 85.27 (+1.23: above its band of ≈ 0.45)
+    b1 = next(ln for ln in lines if ln.startswith("- batch 1: this run 86.50 ± 0.30 % at 1.50× ± 0.02"))
+    assert "ccpcsa 86.20 % (this run +0.30 ± 0.43 pp: tie)" in b1  # 0.42 with the slope (−2.7 pp/×) · 0.028×
+    assert "l1 85.27 % (this run +1.23 ± 0.45 pp: above)" in b1
+    b32 = next(ln for ln in lines if ln.startswith("- batch 32:"))
+    assert "ccpcsa outside its range; l1 outside its range" in b32  # 3.0× is past both fronts (≤ 2.2×)

@@ -189,15 +189,17 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
 
 def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
     """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
-    (``plots/frontier.png``, appended to ``plots``) and where it sits — its accuracy against each method's frontier read at
-    its own FP32 speedup. Of several files, the first readable one of this model whose widths are in this run's channel
+    (``plots/frontier.png``, appended to ``plots``) and where it sits. Of several files, the first readable one of this model whose widths are in this run's channel
     block (:func:`pipeline.frontier.alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
-    another kind of CPU. A missing or other-model frontier file is said in one line; nothing when unset."""
+    another kind of CPU; per batch the run against each criterion's frontier at its own speed
+    (:func:`pipeline.frontier.compare_at_speed`: the frontier's accuracy there, the difference ± SE, above / tie /
+    below). A missing or other-model frontier file is said in one line; nothing when unset."""
     from .frontier import (
+        LABELS,
         alignments,
-        by_method,
+        by_criterion,
+        compare_at_speed,
         frontier_paths,
-        interpolate,
         load_frontier,
         plot_frontier,
         run_point,
@@ -243,12 +245,17 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
         return lines + ["This run has no measured speedup yet (validate did not run).", ""]
     for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
         reads = []
-        for _m, ps in sorted(by_method(points, b).items()):
-            got = interpolate(ps, s, b)
-            reads.append(f"{ps[0].label} {got[0]:.2f} ± {got[1]:.2f} %" if got else f"{ps[0].label} outside its range")
-        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
-                     f"there: {'; '.join(reads)}")
-    return lines + [""]
+        for crit, front in sorted(by_criterion(points, b).items()):
+            row = next(iter(compare_at_speed([me], front, b)), None)
+            name = LABELS.get(crit, crit)
+            reads.append(f"{name} {row['other_accuracy']:.2f} % (this run {row['difference_pp']:+.2f} ± {row['se_pp']:.2f} pp: "
+                         f"{row['verdict']})" if row else f"{name} outside its range")
+        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; each "
+                     f"criterion's frontier there: {'; '.join(reads)}" if reads else
+                     f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
+                     "has no speedup at this batch")
+    return lines + ["", "(A criterion's frontier: the Pareto front of its runs; a tie is within one combined SE of both "
+                    "accuracies and of the speeds through the frontier's slope — `pipeline.frontier.compare_at_speed`.)", ""]
 
 
 def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any]) -> list[Path]:
