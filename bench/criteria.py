@@ -322,7 +322,7 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
         return result
     result.update(collect_shared(shared))
     hashes = {s.key: expected_config_hash(p, common + run_overrides(p, s)) for s in specs}
-    earlier: dict[str, dict[str, Any]] = {}  # rows of an interrupted session: keep their wall time
+    earlier: dict[str, dict[str, Any]] = {}  # rows of an earlier session: keep their wall time and re-timed speeds
     try:
         prev = json.loads(out_json.read_text())["results"]["criteria"]
         earlier = {r["key"]: r for r in prev.get("runs") or [] if prev.get("root") == result["root"]}
@@ -336,6 +336,9 @@ def run_benchmark(p: Preset, *, root: Path | None = None, out_json: Path | None 
         row["wall_seconds"] = wall if wall is not None else (earlier.get(spec.key) or {}).get("wall_seconds")
         row["load_avg_1min"] = os.getloadavg()[0] if wall is not None and hasattr(os, "getloadavg") else \
             (earlier.get(spec.key) or {}).get("load_avg_1min")
+        before = earlier.get(spec.key) or {}
+        if wall is None and before.get("revalidated"):  # keep the speeds pooled over quiet re-timing passes
+            row.update({k: before[k] for k in ("speedup", "speedup_int8", "retimings", "revalidated") if k in before})
         rows[spec.key] = row
         result["runs"] = [rows[s.key] for s in specs if s.key in rows]
         left = sum(1 for s in specs if s.key not in rows)

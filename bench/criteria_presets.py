@@ -244,7 +244,8 @@ PRESETS: dict[str, Preset] = {
                                side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
                                distill_teacher="baseline", iterations=1, steps_per_epoch=200, final_finetune_epochs=10,
                                attention_steps=100, drop_blocks=("layer1.1", "layer2.2"), scope="internal", jobs=2,
-                               speed_runs=tuple(RunSpec(c, 0.5, "auto", scope="all") for c in ("ccpcsa", "l1")),
+                               speed_runs=(*(RunSpec(c, 0.5, "auto", seed=s, scope="all") for s in (0, 1) for c in ("ccpcsa", "l1")),
+                                           RunSpec(ANCHOR, 0.5, "auto", seed=1)),
                                train_threads=1, budget_minutes=120.0),
     # frontier-r20 for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
     # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import replace
@@ -39,6 +37,7 @@ from pipeline.frontier import (
     compare_at_speed,
     load_frontier,
     plot_frontier,
+    pool,
     run_other_load,
 )
 from pipeline.stages_export import OTHER_LOAD_WARN
@@ -83,9 +82,9 @@ def pool_passes(previous: dict[str, Any], new: dict[str, Any], machine: str, pre
     passes on that machine pooled. ``previous`` is the row it replaces: its passes (``retimings``, or its own speeds,
     timed on ``previous_machine``, when they came from an earlier ``--revalidate``) are kept with the new one in
     ``new["retimings"]``. Per kind and batch, over the passes on ``machine`` whose other processes stayed under
-    :data:`OTHER_LOAD_WARN` (all of its passes when none did): speedup = mean of the n passes' medians; SE = the larger
-    of the within-pass ``√(Σ se_i²) / n`` and the between-pass ``sd / √n`` — the paired timer's SE sees the noise inside
-    one pass, not the drift between passes (≈ 0.03× at batch 1 on the 2-core VM, 2026-12-05); ``passes`` = n. The row's
+    :data:`OTHER_LOAD_WARN` (all of its passes when none did): speedup ± SE :func:`pipeline.frontier.pool`-ed over the
+    n passes (mean; the larger of the within-pass and between-pass SE — the paired timer's SE sees the noise inside one
+    pass, not the drift between passes, ≈ 0.03× at batch 1 on the 2-core VM, 2026-12-05); ``passes`` = n. The row's
     latencies and efficiency stay the new pass's."""
     passes = list(previous.get("retimings") or ([_timing(previous, previous_machine)] if previous.get("revalidated") else []))
     passes.append(_timing(new, machine))
@@ -95,12 +94,9 @@ def pool_passes(previous: dict[str, Any], new: dict[str, Any], machine: str, pre
             got = [ps[kind][b] for ps in passes
                    if ps.get("machine") == machine and (ps.get(kind) or {}).get(b, {}).get("speedup") is not None]
             quiet = [g for g in got if (g.get("other_load") or 0.0) <= OTHER_LOAD_WARN] or got
-            n = len(quiet)
-            xs = [g["speedup"] for g in quiet]
-            within = math.sqrt(sum((g.get("speedup_se") or 0.0) ** 2 for g in quiet)) / n
-            between = statistics.stdev(xs) / math.sqrt(n) if n > 1 else 0.0
+            mean, se = pool([g["speedup"] for g in quiet], [g.get("speedup_se") or 0.0 for g in quiet])
             loads = [g["other_load"] for g in quiet if g.get("other_load") is not None]
-            m.update({"speedup": sum(xs) / n, "speedup_se": max(within, between), "passes": n,
+            m.update({"speedup": mean, "speedup_se": se, "passes": len(quiet),
                       "other_load": max(loads) if loads else m.get("other_load")})
     return new
 
@@ -199,7 +195,7 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in sorted(points, key=lambda p: (p.method != REFERENCE, p.method, p.target)):
         removed = f"−{100 * (1 - 1 / p.macs_ratio):.1f} % (−{100 * p.target:.0f} %)"
-        lines.append(f"| {p.label}{' †' if _noisy(p) else ''} | {removed} | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
+        lines.append(f"| {p.label}{f' (mean of {p.seeds} seeds)' if p.seeds > 1 else ''}{' †' if _noisy(p) else ''} | {removed} | {p.macs_ratio:.2f}× | {p.accuracy:.2f} ± {p.accuracy_se:.2f} | "
                      f"{_f(None if base is None else p.accuracy - base, '+.2f')} | {_sp(p, 'fp32', '1')} | {_sp(p, 'fp32', '32')} | "
                      f"{_sp(p, 'int8', '1')} | {_sp(p, 'int8', '32')} | {_f(p.int8_accuracy)} | {_f(p.minutes, '.1f')} |")
     passes = [m.get("passes") or 1 for r in result.get("runs") or [] if r.get("revalidated")

@@ -96,6 +96,13 @@ def test_points_interpolation_and_comparison_at_equal_speed(tmp_path):
     near = [FrontierPoint("ccpcsa", 0.6, 2.5, 84.0, 0.3, {"1": (2.12, 0.02)}, key="near"),
             FrontierPoint("ccpcsa", 0.7, 3.3, 80.0, 0.3, {"1": (2.2, 0.02)}, key="far")]
     assert [(r["key"], r["verdict"]) for r in compare_at_speed(near, l1, "1")] == [("near", "tie")]
+    # two seeds of one recipe are one point — their mean, ± the larger of the runs' SE and the between-seed SE — never
+    # two draws at the front
+    seeds = [{**_row("l1", 0.4, acc, s1, 1.6), "key": f"l1-t40-s{n}", "seed": n} for n, acc, s1 in ((0, 85.0, 1.55), (1, 85.6, 1.57))]
+    two = [p for p in points_from_runs([*_results()["results"]["criteria"]["runs"][:3], *seeds]) if p.criterion == "l1"]
+    assert len(two) == 1 and two[0].key == "l1-t40-s0+1" and two[0].seeds == 2
+    assert two[0].accuracy == pytest.approx(85.3) and two[0].accuracy_se == pytest.approx(0.3)  # sd 0.42 / √2 > 0.21
+    assert two[0].speedup["1"] == pytest.approx((1.56, math.sqrt(2 * 0.02**2) / 2))  # within (0.014) > between (0.010)
     # across criteria: only l1's fastest point (2.2×) is beaten by no ccpcsa point at batch 32
     assert [p.key for p in pareto(points, "32")] == ["ccpcsa-t20", "ccpcsa-t45-asensitivity", "ccpcsa-t50-scall", "ccpcsa-t60",
                                                      "l1-t60"]
@@ -248,3 +255,32 @@ def test_report_reads_the_run_against_each_criterions_frontier_with_a_verdict(tm
     assert "l1 85.27 % (this run +1.23 ± 0.45 pp: above)" in b1
     b32 = next(ln for ln in lines if ln.startswith("- batch 32:"))
     assert "ccpcsa outside its range; l1 outside its range" in b32  # 3.0× is past both fronts (≤ 2.2×)
+
+
+def test_a_resumed_sweep_keeps_the_speeds_of_its_re_timed_runs(tmp_path, monkeypatch):
+    """bench.frontier after --revalidate (e.g. to add runs): a finished run is re-collected from its folder, but its
+    speedups pooled over the quiet re-timing passes (and the passes) are kept — not replaced by its last pass."""
+    import bench.criteria as bc
+    from bench.criteria_presets import Preset
+
+    p = Preset(name="frontier-test", config="configs/default.yaml", model="resnet20", criteria=("ccpcsa",), targets=(0.3,),
+               seeds=(0,), side_criteria=(), anchor=False)
+    key = p.runs()[0].key
+    out = tmp_path / "f.json"
+    pooled = {"1": {"speedup": 1.55, "speedup_se": 0.05, "passes": 2}}
+    root = tmp_path / "root"
+    out.write_text(json.dumps({"results": {"criteria": {"root": str(root), "runs": [
+        {"key": key, "status": "ok", "wall_seconds": 600.0, "speedup": pooled, "retimings": [{}, {}],
+         "revalidated": {"date": "2026-12-05"}}]}}}))
+    monkeypatch.setattr(bc, "ensure_baseline", lambda *a, **k: "ckpt.pt")
+    monkeypatch.setattr(bc, "run_pipeline", lambda *a, **k: 0)
+    monkeypatch.setattr(bc, "collect_shared", lambda shared: {"baseline": {"accuracy": 87.48}})
+    monkeypatch.setattr(bc, "expected_config_hash", lambda *a: "h")
+    monkeypatch.setattr(bc, "run_is_complete", lambda *a: True)
+    monkeypatch.setattr(bc, "collect_run", lambda run_dir, spec, base, until: {
+        "key": spec.key, "status": "ok", "accuracy": 87.0, "accuracy_drop_pp": 0.48, "flops_reduction": 0.3, "flops_ratio": 1.43,
+        "speedup": {"1": {"speedup": 1.6, "speedup_se": 0.01}}})
+    bc.run_benchmark(p, root=root, out_json=out, summary=False)
+    row = json.loads(out.read_text())["results"]["criteria"]["runs"][0]
+    assert row["speedup"] == pooled and len(row["retimings"]) == 2 and row["wall_seconds"] == 600.0
+    assert row["accuracy"] == 87.0  # the rest re-collected

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,8 @@ class FrontierPoint:
     """One pruned model: ``method`` (the line it belongs to: :func:`method_of` its ``criterion`` and ``allocation``),
     MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned), test ``accuracy`` ± ``accuracy_se`` (pp),
     FP32 and INT8 speedups per batch as ``(speedup, se)``; ``other_load``: the largest CPU share other processes took
-    while they were timed (above :data:`pipeline.stages_export.OTHER_LOAD_WARN` the speeds are flagged as noisy)."""
+    while they were timed (above :data:`pipeline.stages_export.OTHER_LOAD_WARN` the speeds are flagged as noisy);
+    ``seeds``: how many training seeds of one recipe the point averages."""
 
     method: str
     target: float
@@ -44,6 +45,7 @@ class FrontierPoint:
     criterion: str = ""
     allocation: str = "global"
     other_load: float | None = None  # most CPU share other processes used while any of its speedups was timed
+    seeds: int = 1  # training seeds averaged into this point
 
     @property
     def label(self) -> str:
@@ -65,18 +67,63 @@ def method_of(run: dict[str, Any]) -> str:
     return f"{run['criterion']} ({', '.join(parts)})" if parts else run["criterion"]
 
 
+def pool(values: Sequence[float], ses: Sequence[float]) -> tuple[float, float]:
+    """``(mean, se)`` of ``n`` measurements of one quantity, each with its own SE: the mean, and the larger of the
+    within SE ``√(Σ se_i²) / n`` and the between SE ``sd / √n`` (0 for one value) — one measurement's SE misses what
+    varies between measurements (another timing pass, another training seed)."""
+    n = len(values)
+    mean = sum(values) / n
+    within = math.sqrt(sum(se * se for se in ses)) / n
+    between = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return mean, max(within, between)
+
+
+def _recipe(run: dict[str, Any]) -> str:
+    """A run's key without its seed (``ccpcsa-t50-rauto-s1-scall`` → ``ccpcsa-t50-rauto-s*-scall``)."""
+    key, seed = run.get("key", ""), run.get("seed")
+    return key.replace(f"-s{seed}", "-s*", 1) if seed is not None else key
+
+
+def _mean_of_seeds(points: Sequence[FrontierPoint], seeds: Sequence[int]) -> FrontierPoint:
+    """One point for the runs of one recipe that differ only in seed: accuracy and each speedup :func:`pool`-ed
+    (mean ± the larger of the runs' SE and the between-seed SE), MACs ratio, INT8 accuracy and minutes averaged,
+    the largest other load; key with the seeds (``…-s0+1-…``)."""
+    first = points[0]
+
+    def pooled(kind: str) -> dict[str, tuple[float, float]]:
+        common = set.intersection(*(set(getattr(p, kind)) for p in points))
+        return {b: pool([getattr(p, kind)[b][0] for p in points], [getattr(p, kind)[b][1] for p in points]) for b in common}
+
+    acc, acc_se = pool([p.accuracy for p in points], [p.accuracy_se for p in points])
+    int8 = [p.int8_accuracy for p in points if p.int8_accuracy is not None]
+    mins = [p.minutes for p in points if p.minutes is not None]
+    loads = [p.other_load for p in points if p.other_load is not None]
+    key = first.key.replace(f"-s{seeds[0]}", "-s" + "+".join(map(str, seeds)), 1)
+    return replace(first, macs_ratio=sum(p.macs_ratio for p in points) / len(points), accuracy=acc, accuracy_se=acc_se,
+                   speedup=pooled("speedup"), speedup_int8=pooled("speedup_int8"),
+                   int8_accuracy=sum(int8) / len(int8) if int8 else None, minutes=sum(mins) / len(mins) if mins else None,
+                   key=key, other_load=max(loads) if loads else None, seeds=len(points))
+
+
 def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
-    """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup."""
-    out = []
+    """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup —
+    runs of one recipe that differ only in seed as one point (:func:`_mean_of_seeds`), so that more seeds are a
+    better estimate, never more draws at the Pareto front."""
+    groups: dict[str, list[tuple[int, FrontierPoint]]] = {}
     for r in runs:
         if r.get("status") != "ok" or r.get("accuracy") is None or not r.get("speedup"):
             continue
         secs = r.get("wall_seconds")
-        out.append(FrontierPoint(method_of(r), float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
-                                 float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
-                                 _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
-                                 secs / 60 if secs else None, r.get("key", ""), r["criterion"],
-                                 r.get("allocation") or "global", run_other_load(r)))
+        point = FrontierPoint(method_of(r), float(r.get("target") or 0.0), float(r.get("flops_ratio") or 1.0),
+                              float(r["accuracy"]), float(r.get("accuracy_se") or 0.0), _pairs(r.get("speedup")),
+                              _pairs(r.get("speedup_int8")), r.get("int8_cpu_accuracy"),
+                              secs / 60 if secs else None, r.get("key", ""), r["criterion"],
+                              r.get("allocation") or "global", run_other_load(r))
+        groups.setdefault(_recipe(r), []).append((int(r.get("seed") or 0), point))
+    out = []
+    for members in groups.values():
+        members.sort(key=lambda m: m[0])
+        out.append(members[0][1] if len(members) == 1 else _mean_of_seeds([m[1] for m in members], [m[0] for m in members]))
     return out
 
 
@@ -127,8 +174,8 @@ def pareto(points: Iterable[FrontierPoint], batch: str) -> list[FrontierPoint]:
     than their combined speed SE ``√(se_p² + se_q²)`` — two speeds within the timer's noise are one speed, as two
     accuracies within their SE are a tie in :func:`compare_at_speed` (with zero speed SEs: the plain Pareto front).
     Over every run of one criterion (all its allocations and scopes) it is the criterion's frontier: the most accurate
-    model it gave at each speed. Every extra run is one more draw, so runs of one recipe that differ only in seed
-    belong averaged into one point first (the frontier presets run one seed)."""
+    model it gave at each speed. Every extra run is one more draw: runs of one recipe that differ only in seed come
+    in averaged into one point (:func:`points_from_runs`)."""
     ps = [p for p in points if batch in p.speedup]
 
     def beaten(p: FrontierPoint) -> bool:
