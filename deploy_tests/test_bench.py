@@ -247,9 +247,11 @@ def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_pa
     assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
     assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.lr_schedule, default.prune.recalibrate_bn,
                                                                      default.prune.distill_teacher)
-    # at −50 % ccpcsa and l1 also rank globally (scope all, the anchor's mode): their own runs, with the preset's recipe
+    # at −50 % ccpcsa and l1 also rank globally (scope all, the anchor's mode): their own runs, with the preset's recipe,
+    # two seeds each, as the anchor there
     scall = [r for r in p.runs() if r.scope]
-    assert [(r.key, r.target) for r in scall] == [("ccpcsa-t50-rauto-s0-scall", 0.5), ("l1-t50-rauto-s0-scall", 0.5)]
+    assert [(r.key, r.target) for r in scall] == [(f"{c}-t50-rauto-s{s}-scall", 0.5) for s in (0, 1) for c in ("ccpcsa", "l1")]
+    assert {r.seed for r in p.runs() if r.criterion == ANCHOR and r.target == 0.5} == {0, 1}
     kv = dict(o.split("=", 1) for o in run_overrides(p, scall[1]))
     assert (kv["prune.scope"], kv["prune.method"], kv["prune.drop_blocks"]) == ("all", "l1", "[layer1.1,layer2.2]")
     assert dict(o.split("=", 1) for o in run_overrides(p, spec))["prune.scope"] == "internal"
