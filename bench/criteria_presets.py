@@ -238,8 +238,9 @@ PRESETS: dict[str, Preset] = {
     # the residual streams kept whole (prune.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
     # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours; at −50 %
     # ccpcsa and l1 also with scope all (global ranking, the anchor's mode: like for like with it where it cuts the
-    # residual streams). Measured on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by
-    # side, 2 h for the 11 runs, then 9–10 min a `--revalidate` pass.
+    # residual streams), and the three −50 % recipes again with seed 1 (a frontier point is the seeds' mean). Measured
+    # on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by side, 2 h for the first 11 runs,
+    # 37 min for the three seed-1 runs, then 9–10 min a `--revalidate` pass of 11 runs.
     "frontier-r20-depth": _r20(name="frontier-r20-depth", criteria=("ccpcsa", "l1"), targets=(0.3, 0.4, 0.5), seeds=(0,),
                                side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
                                distill_teacher="baseline", iterations=1, steps_per_epoch=200, final_finetune_epochs=10,
