@@ -91,6 +91,15 @@ def test_merge_results_keeps_other_benchmarks_and_is_readable(tmp_path: Path) ->
     assert results_stem(True, "2026-01-02", "h") == "2026-01-02-h-quick" and results_stem(False, "d", "h") == "d-h"
 
 
+def test_results_name_the_simd_level_that_sets_the_widths_and_the_int8_kernels() -> None:
+    """AVX2 / AVX-512 (the float lanes behind round_to auto), VNNI or not, and AMX where onnxruntime has INT8 tiles."""
+    from bench.common import simd_label
+
+    assert simd_label(frozenset({"sse2", "avx", "avx2"})) == "AVX2, no VNNI"
+    assert simd_label(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "AVX-512, VNNI"
+    assert simd_label(frozenset({"avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"})) == "AVX-512, VNNI, AMX"
+
+
 def test_export_formats_writes_the_pipelines_fp32_and_both_int8_flavours(tmp_path: Path) -> None:
     """bench.common.export_formats: simplified FP32, S8S8 (signed activations) and U8S8 (unsigned) QDQ files that run
     and agree with the PyTorch model; an unknown flavour is refused."""
