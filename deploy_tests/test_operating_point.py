@@ -74,3 +74,16 @@ def test_a_command_line_prune_key_takes_the_operating_point_over():
     assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.lr) == (0.3, 0.15, 0.05) and note
     default = load_config(ROOT / "configs" / "default.yaml", ["prune.target_flops_reduction=0.6"])
     assert default.prune.by_alignment == {}
+
+
+def test_resnet56_configs_16_block_entry_is_the_measured_run():
+    """configs/resnet56_cifar10.yaml in 16-blocks runs what was measured there (README "resnet56 in 16-blocks"): six
+    blocks removed whole, then one step to −50 % MACs and 10 final epochs; in 8-blocks its own −65 % in three steps."""
+    cfg = load_config(ROOT / "configs" / "resnet56_cifar10.yaml", ["prune.round_to=16"])
+    eff, note = apply_by_alignment(cfg.prune)
+    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.final_finetune_epochs) == (0.5, 0.5, 10)
+    assert eff.drop_blocks == ["layer1.3", "layer1.4", "layer1.5", "layer1.6", "layer2.2", "layer2.6"] and note
+    cfg = load_config(ROOT / "configs" / "resnet56_cifar10.yaml", ["prune.round_to=8"])
+    eff, note = apply_by_alignment(cfg.prune)
+    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.final_finetune_epochs, note) == (0.65, 0.22, 6, "")
+    assert not eff.drop_blocks
