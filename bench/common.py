@@ -54,19 +54,6 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
-def simd_label(flags: frozenset[str]) -> str:
-    """The CPU's SIMD level as results name it: the float lanes of a vector register (``AVX-512`` = 16, ``AVX2`` = 8:
-    what sets ``round_to: auto``), whether INT8 dot products accumulate in 32 bits (``VNNI``: avx512_vnni, avx_vnni or
-    AMX; ``no VNNI``: onnxruntime's u8·s8 pairs saturate in int16) and ``AMX`` where the CPU has AMX tiles for INT8
-    (onnxruntime's x86 INT8 GEMM has an AMX kernel, so INT8 speedups from such a CPU are not those of a VNNI-only one)."""
-    from ccpcsa.surgery.alignment import cpu_float_lanes
-    from export.quantize import VNNI_FLAGS
-
-    lanes = cpu_float_lanes(flags)[0]
-    simd = {16: "AVX-512", 8: "AVX2"}.get(lanes, f"{lanes} floats per SIMD register")
-    return simd + (", VNNI" if flags & VNNI_FLAGS else ", no VNNI") + (", AMX" if "amx_int8" in flags else "")
-
-
 def machine_info() -> dict[str, Any]:
     """Host, cores (logical and usable by this process), CPU model, its SIMD level (AVX-512 / AVX2, VNNI or not: what
     sets ``round_to: auto`` and the INT8 kernels), memory, GPU (if torch sees one), Python, libraries."""
@@ -82,9 +69,9 @@ def machine_info() -> dict[str, Any]:
         "libraries": library_versions(),
         "gpu": None,
     }
-    from ccpcsa.surgery.alignment import cpu_flags
+    from ccpcsa.surgery.alignment import simd_label
 
-    info["simd"] = simd_label(cpu_flags())
+    info["simd"] = simd_label()
     try:
         import torch
 

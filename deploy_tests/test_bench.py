@@ -93,7 +93,7 @@ def test_merge_results_keeps_other_benchmarks_and_is_readable(tmp_path: Path) ->
 
 def test_results_name_the_simd_level_that_sets_the_widths_and_the_int8_kernels() -> None:
     """AVX2 / AVX-512 (the float lanes behind round_to auto), VNNI or not, and AMX where onnxruntime has INT8 tiles."""
-    from bench.common import simd_label
+    from ccpcsa.surgery.alignment import simd_label
 
     assert simd_label(frozenset({"sse2", "avx", "avx2"})) == "AVX2, no VNNI"
     assert simd_label(frozenset({"avx2", "avx512f", "avx512_vnni"})) == "AVX-512, VNNI"

@@ -166,12 +166,17 @@ def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
     same = _results("deploy_tests.byo_model:tiny_net")
     for r in same["results"]["criteria"]["runs"]:
         r["alignment"] = 4
+    # the same blocks, timed on a CPU of another SIMD level (AMX or not, say): said too
+    from ccpcsa.surgery.alignment import simd_label
+
+    same["machine"]["simd"] = other_simd = next(x for x in ("AVX2, no VNNI", "AVX-512, VNNI") if x != simd_label())
     (tmp_path / "blocks4.json").write_text(json.dumps(same))
     listed = f"report.frontier=[{frontier},{tmp_path / 'absent.json'},{tmp_path / 'blocks4.json'}]"
     assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", listed]) == 0
     md = (run / "report.md").read_text()
     assert f"frontier of `{tmp_path / 'blocks4.json'}`" in md and "- batch 1: this run" in md
-    assert "Not like for like" not in md and f"`report.frontier` {tmp_path / 'absent.json'} could not be read" in md
+    assert "widths are in blocks" not in md and f"`report.frontier` {tmp_path / 'absent.json'} could not be read" in md
+    assert f"Not like for like: the frontier was timed on a CPU with {other_simd}, this run on one with {simd_label()}" in md
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_results("resnet56")))
     shutil.rmtree(run / "plots")

@@ -63,7 +63,7 @@ from onnxruntime.quantization import (
 
 from ccpcsa.errors import UserError, write_error
 from ccpcsa.io.artifacts import atomic_path, sha256_file
-from ccpcsa.surgery.alignment import cpu_flags
+from ccpcsa.surgery.alignment import VNNI_FLAGS, cpu_flags
 
 from .metadata import carry_metadata, get_props
 from .onnx_io import (
@@ -87,8 +87,6 @@ CALIBRATION_METHODS = {
 }
 
 
-#: x86 CPU flags with which onnxruntime's INT8 kernels accumulate u8·s8 products in 32 bits (no int16 pair saturation).
-VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
 X86_MACHINES = ("x86_64", "amd64", "i386", "i686")
 REDUCE_RANGE_CHOICES = ("auto", True, False)
 

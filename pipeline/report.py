@@ -191,7 +191,8 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
     """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
     (``plots/frontier.png``, appended to ``plots``) and where it sits. Of several files, the first readable one of this model whose widths are in this run's channel
     block (:func:`pipeline.frontier.alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
-    another kind of CPU; per batch the run against each criterion's frontier at its own speed
+    another kind of CPU (also when the blocks agree but the frontier file's SIMD level —
+    :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not this machine's); per batch the run against each criterion's frontier at its own speed
     (:func:`pipeline.frontier.compare_at_speed`: the frontier's accuracy there, the difference ± SE, above / tie /
     below). A missing or other-model frontier file is said in one line; nothing when unset."""
     from .frontier import (
@@ -241,6 +242,14 @@ def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, 
                   f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were measured "
                   "on another kind of CPU. Point `report.frontier` at a frontier measured on this one "
                   "(`python -m bench.frontier`).", ""]
+    else:
+        from ccpcsa.surgery.alignment import simd_label
+
+        theirs_simd, here = (result.get("machine") or {}).get("simd"), simd_label()
+        if theirs_simd and theirs_simd != here:
+            lines += [f"Not like for like: the frontier was timed on a CPU with {theirs_simd}, this run on one with "
+                      f"{here}; the same channel blocks, but the runtime's kernels differ, and so do speedups. Point "
+                      "`report.frontier` at a frontier measured on this kind of CPU (`python -m bench.frontier`).", ""]
     if me is None:
         return lines + ["This run has no measured speedup yet (validate did not run).", ""]
     for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):

@@ -50,6 +50,22 @@ def cpu_float_lanes(flags: frozenset[str] | None = None, machine: str | None = N
     return 4, f"no AVX on this {arch} CPU (128-bit SIMD, 4 floats per register)"
 
 
+#: x86 CPU flags with which onnxruntime's INT8 kernels accumulate u8·s8 products in 32 bits (no int16 pair saturation).
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
+
+
+def simd_label(flags: frozenset[str] | None = None) -> str:
+    """The CPU's SIMD level as results name it: the float lanes of a vector register (``AVX-512`` = 16, ``AVX2`` = 8:
+    what sets ``round_to: auto``), whether INT8 dot products accumulate in 32 bits (``VNNI``: avx512_vnni, avx_vnni or
+    AMX; ``no VNNI``: onnxruntime's u8·s8 pairs saturate in int16) and ``AMX`` where the CPU has AMX tiles for INT8
+    (onnxruntime's x86 INT8 GEMM has an AMX kernel, so INT8 speedups from such a CPU are not those of a VNNI-only one).
+    ``flags``: this machine's (:func:`cpu_flags`) when omitted."""
+    f = cpu_flags() if flags is None else flags
+    lanes = cpu_float_lanes(f)[0]
+    simd = {16: "AVX-512", 8: "AVX2"}.get(lanes, f"{lanes} floats per SIMD register")
+    return simd + (", VNNI" if f & VNNI_FLAGS else ", no VNNI") + (", AMX" if "amx_int8" in f else "")
+
+
 def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu") -> tuple[int, str]:
     """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``."""
     if runtime not in RUNTIMES:
