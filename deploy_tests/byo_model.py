@@ -28,3 +28,28 @@ class TinyNet(nn.Module):
 def tiny_net(num_classes: int = 10, width: int = 16) -> TinyNet:
     """Factory in ``package.module:factory`` form."""
     return TinyNet(num_classes, width)
+
+
+class Residual(nn.Sequential):
+    """``relu(x + body(x))``: a block that carries its own skip connection, so ``prune.drop_blocks`` can remove it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 — the class docstring states it
+        return torch.relu(x + super().forward(x))
+
+
+class TinyResNet(TinyNet):
+    """TinyNet with its residual add inside ``block`` (same weights and names: ``block.0``, ``block.1``)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__(num_classes, width)
+        self.block = Residual(*self.block)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 — TinyNet's computation
+        x = self.block(self.stem(x))
+        x = self.head(self.down(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+def tiny_resnet(num_classes: int = 10, width: int = 16) -> TinyResNet:
+    """Factory in ``package.module:factory`` form (TinyNet whose block holds its own skip)."""
+    return TinyResNet(num_classes, width)

@@ -1,4 +1,4 @@
-"""``prune.drop_blocks``: whole residual blocks removed (ccpcsa/surgery/depth.py), through the loop, the checkpoint and
+"""``prune.drop_blocks``: whole residual blocks removed (ccpcsa/models/depth.py), through the loop, the checkpoint and
 the pipeline."""
 
 from __future__ import annotations
@@ -125,13 +125,15 @@ def test_drop_blocks_key_and_its_errors():
 
 
 def test_pipeline_drops_a_block_exports_it_and_a_bad_name_stops_the_stage(tmp_path, capsys):
-    """The smoke pipeline (tiny_net, BAM attached) with prune.drop_blocks=[block]: the stage says so, the manifest and the
-    checkpoint record it, the report names it, and the ONNX graph has one conv fewer; a bad name ends the run with one line, exit 1."""
+    """The smoke pipeline on tiny_resnet (tiny_net whose block holds its residual add; BAM attached) with
+    prune.drop_blocks=[block]: the stage says so, the manifest and the checkpoint record it, the report names it, and the
+    ONNX graph has one conv fewer; a bad name ends the run with one line, exit 1."""
     import onnx
 
     run_dir = tmp_path / "run"
     rc = main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "report",
-               "--set", "prune.drop_blocks=[block]", "--set", "prune.remove_attention=true"])
+               "--set", "model.name=deploy_tests.byo_model:tiny_resnet", "--set", "prune.drop_blocks=[block]",
+               "--set", "prune.remove_attention=true"])
     assert rc == 0
     assert "removed 1 block(s) whole (block)" in capsys.readouterr().out
     prune = json.loads((run_dir / "manifest.json").read_text())["stages"]["prune"]["metrics"]
@@ -140,7 +142,7 @@ def test_pipeline_drops_a_block_exports_it_and_a_bad_name_stops_the_stage(tmp_pa
     assert "Removed whole (`prune.drop_blocks`): `block`." in (run_dir / "report.md").read_text()
     assert load_checkpoint(run_dir / "pruned.pt").spec.dropped == ["block"]
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(run_dir / "model.onnx")).graph.node)
-    assert convs == 3  # tiny_net's stem, down and head; its block's conv is gone
+    assert convs == 3  # tiny_resnet's stem, down and head; its block's conv is gone
     bad = tmp_path / "bad"
     rc = main(["run", "--config", SMOKE, "--run-dir", str(bad), "--no-progress", "--until", "prune",
                "--set", "prune.drop_blocks=[blok]"])
@@ -148,9 +150,10 @@ def test_pipeline_drops_a_block_exports_it_and_a_bad_name_stops_the_stage(tmp_pa
     assert rc != 0 and "the model has no module 'blok'" in err and "Traceback" not in err
 
 
-def test_candidates_are_shape_keeping_blocks_of_two_or_more_convs():
-    """resnet20: every block but the two strided ones (layer2.0, layer3.0), BAM or not; tiny_net: none (its only
-    shape-keeping Sequential holds one conv); mobilenet_v2: the inverted residuals with a skip."""
+def test_candidates_are_shape_keeping_blocks_that_carry_their_skip():
+    """resnet20: every block but the two strided ones (layer2.0, layer3.0), BAM or not (layer2.2 is then a BAM wrapper
+    whose body is the block); tiny_net: none (its block's residual add is in the model's forward); mobilenet_v2: the
+    inverted residuals with a skip, not their inner depthwise convs (shape-keeping, no skip)."""
     from ccpcsa.models.depth import candidate_blocks
 
     want = ["layer1.0", "layer1.1", "layer1.2", "layer2.1", "layer2.2", "layer3.1", "layer3.2"]
@@ -159,7 +162,45 @@ def test_candidates_are_shape_keeping_blocks_of_two_or_more_convs():
     attach_bam(model, input_size=32)
     assert candidate_blocks(model) == want
     assert candidate_blocks(build_model("deploy_tests.byo_model:tiny_net", 10)) == []
-    assert candidate_blocks(build_model("mobilenet_v2", 10))[:3] == ["features.3", "features.5", "features.6"]
+    assert candidate_blocks(build_model("mobilenet_v2", 10)) == [
+        "features.3", "features.5", "features.6", "features.8", "features.9", "features.10", "features.12",
+        "features.13", "features.15", "features.16"]
+
+
+def test_the_skip_test_tells_a_residual_block_from_a_branch_or_a_plain_stack():
+    """carries_its_skip: a resnet20 block and an inverted residual (no ReLU after the add) return their input at zero
+    weights; a plain conv-BN-ReLU stack and a depthwise conv of the same shape do not; the module is left as it was."""
+    from ccpcsa.models.depth import carries_its_skip
+
+    block = _resnet20().layer1[1]
+    before = {k: v.clone() for k, v in block.state_dict().items()}
+    assert carries_its_skip(block, (1, 16, 32, 32))
+    assert all(torch.equal(v, before[k]) for k, v in block.state_dict().items())
+    inverted = build_model("mobilenet_v2", 10).features[3]
+    assert carries_its_skip(inverted, (1, 24, 8, 8))
+    assert not carries_its_skip(inverted.conv[1], (1, 144, 8, 8))  # its depthwise conv-BN-ReLU6: same shape, no skip
+    stack = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+    assert not carries_its_skip(stack, (1, 16, 8, 8))
+
+
+def test_a_branch_whose_add_is_in_the_parent_is_refused_and_one_that_holds_its_add_is_removed():
+    """tiny_net computes relu(x + block(x)) in its own forward: an identity for block would give relu(2x), so
+    drop_blocks refuses it in one line and leaves the model whole; tiny_resnet holds the same add inside block (same
+    weights), and without block it computes head(down(stem(x)))."""
+    net = build_model("deploy_tests.byo_model:tiny_net", 10).eval()
+    keys = list(net.state_dict())
+    with pytest.raises(UserError) as err:
+        drop_blocks(net, ["block"])
+    assert "block does not carry its own skip connection" in str(err.value) and "\n" not in str(err.value)
+    assert list(net.state_dict()) == keys and not isinstance(net.block, nn.Identity)
+    res = build_model("deploy_tests.byo_model:tiny_resnet", 10).eval()
+    res.load_state_dict(net.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(res(x), net(x), atol=1e-6)
+        want = res.fc(res.pool(res.head(res.down(res.stem(x)))).flatten(1))
+        assert drop_blocks(res, ["block"]) == ["block"]
+        assert torch.allclose(res(x), want)
 
 
 def _block_drop(tmp_path: Path, *args: str) -> dict:

@@ -8,13 +8,17 @@ do this: it keeps at least one aligned block of channels per layer. On a CPU who
 slowly (resnet20's 16-wide first stage on AVX-512 VNNI), a whole block of that stage buys more latency per
 percentage point of accuracy than narrowing the later stages further (bench/README.md "Default deploy").
 
-Only a module whose output has its input's shape can be removed (the identity must fit); blocks are named as in the
-plain model (``layer1.1``) and found through BAM wrappers (``layer1`` → ``layer1.body``). The removal is recorded in the
+Only a module whose output has its input's shape can be removed (the identity must fit), and only one that carries its
+own skip connection (:func:`carries_its_skip`: with its weights at zero it returns its input) — where the residual add
+sits in the parent's forward (``x + self.block(x)``), an identity in the block's place would double the input instead of
+skipping the branch. Blocks are named as in the plain model (``layer1.1``) and found through BAM wrappers (``layer1`` → ``layer1.body``). The removal is recorded in the
 checkpoint's model entry (:class:`ccpcsa.io.checkpoint.ModelSpec` ``dropped``), so the slim model is rebuilt from it.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 from collections.abc import Sequence
 
 import torch
@@ -29,6 +33,12 @@ def _wrapper_body(module: nn.Module) -> nn.Module | None:
     from .attention import WithAttention
 
     return module.body if isinstance(module, WithAttention) else None
+
+
+def _unwrapped(module: nn.Module) -> nn.Module:
+    """The block a BAM wrapper holds (its attention sits on the block's output), else ``module``."""
+    body = _wrapper_body(module)
+    return module if body is None else body
 
 
 def resolve_block(model: nn.Module, name: str) -> tuple[nn.Module, str]:
@@ -75,12 +85,38 @@ def _io_shapes(model: nn.Module, modules: dict[str, nn.Module], input_size: int)
     return shapes
 
 
-def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32) -> list[str]:
+def carries_its_skip(module: nn.Module, input_shape: Sequence[int]) -> bool:
+    """Whether ``module`` holds its own residual sum: a copy of it in eval mode with every parameter and floating
+    buffer set to zero maps a strictly positive random ``x`` of ``input_shape`` to ``x`` (``allclose``).
+
+    A residual block ``y = σ(x + F(x))`` whose branch ``F`` is built of convolutions, BatchNorms and activations with
+    ``act(0) = 0`` has ``F ≡ 0`` at zero weights, so ``y = σ(x) = x`` for ``x > 0`` (ReLU) and ``y = x`` without σ
+    (a linear bottleneck): the identity is that block without its branch. A module with no skip of its own (a plain
+    conv stack, or a branch whose add sits in the parent's forward) returns a constant at zero weights instead. A
+    module that cannot be run that way counts as not carrying a skip. ``module`` itself is not changed."""
+    try:
+        probe = copy.deepcopy(module).eval()
+        with torch.no_grad():
+            floating = [t for t in itertools.chain(probe.parameters(), probe.buffers()) if t.is_floating_point()]
+            for t in floating:
+                t.zero_()
+            x = torch.rand(tuple(input_shape), generator=torch.Generator().manual_seed(0)) + 0.5
+            if floating:
+                x = x.to(device=floating[0].device, dtype=floating[0].dtype)
+            y = probe(x)
+    except Exception:  # noqa: BLE001 — any module that cannot run on a zeroed copy is not verified as a skip
+        return False
+    return isinstance(y, torch.Tensor) and y.shape == x.shape and torch.allclose(y, x, rtol=1e-3, atol=1e-4)
+
+
+def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32, verify_skip: bool = True) -> list[str]:
     """Replace each module of ``names`` in ``model`` by ``nn.Identity`` (in place) and return the names.
 
-    Contract: every name resolves (:func:`resolve_block`), appears once, is not inside another named block, and its
-    module takes and returns one tensor of the same shape on a probe forward pass at ``input_size`` — otherwise a
-    :class:`UserError` names the block and why, and ``model`` is left unchanged."""
+    Contract: every name resolves (:func:`resolve_block`), appears once, is not inside another named block, its
+    module takes and returns one tensor of the same shape on a probe forward pass at ``input_size``, and (with
+    ``verify_skip``) it carries its own skip connection (:func:`carries_its_skip`) — otherwise a :class:`UserError`
+    names the block and why, and ``model`` is left unchanged. A checkpoint that records removed blocks rebuilds them
+    with ``verify_skip=False``: it repeats a removal made (and checked) before."""
     names = list(names)
     if not names:
         return []
@@ -104,6 +140,11 @@ def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32) ->
         if shape_in != shape_out:
             raise UserError(f"prune.drop_blocks: {n} maps {list(shape_in)} to {list(shape_out)}; only a block whose "
                             "output has its input's shape (no stride, no width change) can be removed")
+        if verify_skip and not carries_its_skip(_unwrapped(modules[n]), shape_in):
+            raise UserError(f"prune.drop_blocks: {n} does not carry its own skip connection (with its weights at zero "
+                            "it does not return its input; a residual add in its parent's forward is outside it), so "
+                            "an identity in its place would not skip it; name a residual block whose forward adds its "
+                            "input, e.g. layer1.1 of resnet20 (python -m bench.block_drop lists them)")
     for parent, attr in where.values():
         setattr(parent, attr, nn.Identity())
     return names
@@ -111,10 +152,9 @@ def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32) ->
 
 def candidate_blocks(model: nn.Module, input_size: int = 32) -> list[str]:
     """The modules :func:`drop_blocks` could remove, in execution order: children of an ``nn.Sequential`` (the way
-    stages hold their blocks) that hold at least two convolutions (a block, not one conv-BN-ReLU) and return a tensor
-    of their input's shape, named as in the plain model (BAM wrappers' ``body`` left out of the name). Whether a
-    candidate holds its own residual sum (so that the identity is a skip, not a cut) is not checked: the probe's
-    accuracy after removal says it (``python -m bench.block_drop``)."""
+    stages hold their blocks) that hold a convolution, return a tensor of their input's shape and carry their own
+    skip connection (:func:`carries_its_skip`), named as in the plain model (BAM wrappers' ``body`` left out of the
+    name)."""
     from .attention import WithAttention
 
     found: dict[str, nn.Module] = {}
@@ -124,10 +164,11 @@ def candidate_blocks(model: nn.Module, input_size: int = 32) -> list[str]:
             if isinstance(module, WithAttention) and name == "bam":
                 continue
             plain = prefix if isinstance(module, WithAttention) else f"{prefix}{name}."
-            if isinstance(module, nn.Sequential) and sum(isinstance(m, nn.Conv2d) for m in child.modules()) >= 2:
+            if isinstance(module, nn.Sequential) and any(isinstance(m, nn.Conv2d) for m in child.modules()):
                 found[plain.rstrip(".")] = child
             visit(child, plain)
 
     visit(model, "")
     shapes = _io_shapes(model, found, input_size)
-    return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1]]
+    return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1] 
+            and carries_its_skip(_unwrapped(found[n]), shapes[n][0])]
