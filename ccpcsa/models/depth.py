@@ -170,5 +170,5 @@ def candidate_blocks(model: nn.Module, input_size: int = 32) -> list[str]:
 
     visit(model, "")
     shapes = _io_shapes(model, found, input_size)
-    return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1] 
+    return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1]
             and carries_its_skip(_unwrapped(found[n]), shapes[n][0])]
