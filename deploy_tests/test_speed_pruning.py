@@ -23,6 +23,13 @@ def test_alignment_follows_the_cpu_and_the_runtime():
     assert resolve_alignment("auto", "tensorrt-fp16")[0] == 8
     assert resolve_alignment("auto", "tensorrt-int8")[0] == 16
     assert resolve_alignment(12, "tensorrt-int8") == (12, "set by prune.round_to")
+    avx512, avx2 = frozenset({"avx2", "avx512f"}), frozenset({"avx2"})
+    align, why = resolve_alignment(8, flags=avx512)  # kept, with what it costs on this CPU
+    assert align == 8 and why.startswith("set by prune.round_to; note: this CPU runs onnxruntime in blocks of 16 (AVX-512)")
+    assert "round_to: auto picks 16 here" in why and "\n" not in why
+    assert resolve_alignment(8, flags=avx2) == (8, "set by prune.round_to")
+    assert resolve_alignment(16, flags=avx2) == (16, "set by prune.round_to")  # a multiple of the lanes: nothing to say
+    assert resolve_alignment("auto", flags=avx2)[0] == 8 and resolve_alignment("auto", flags=avx512)[0] == 16
     assert resolve_alignment("auto")[0] in (4, 8, 16)
     with pytest.raises(UserError, match="prune.round_to must be 'auto' or an integer"):
         resolve_alignment("fast")

@@ -66,8 +66,14 @@ def simd_label(flags: frozenset[str] | None = None) -> str:
     return simd + (", VNNI" if f & VNNI_FLAGS else ", no VNNI") + (", AMX" if "amx_int8" in f else "")
 
 
-def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu") -> tuple[int, str]:
-    """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``."""
+def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
+                      flags: frozenset[str] | None = None) -> tuple[int, str]:
+    """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``.
+
+    A number for ``onnxruntime-cpu`` that is not a multiple of this CPU's float lanes (:func:`cpu_float_lanes` of
+    ``flags``, this machine's when omitted) is kept, and ``why`` says what it costs there: onnxruntime's NCHWc
+    convolutions and x86 INT8 kernels work in blocks of the lanes, so widths off them buy little speed (resnet20 in
+    8-blocks on an AVX-512 CPU, −45 % MACs: FP32 1.06× / 1.19×, INT8 0.98× / 0.71× at batch 1 / 32, bench/README.md)."""
     if runtime not in RUNTIMES:
         from ..errors import unknown
 
@@ -78,8 +84,15 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu") -> 
         if runtime in TENSORRT_ALIGNMENT:
             a = TENSORRT_ALIGNMENT[runtime]
             return a, f"{runtime}: Tensor Core channel multiple {a} (NVIDIA DL Performance Guide, convolutional layers)"
-        lanes, why = cpu_float_lanes()
+        lanes, why = cpu_float_lanes(flags)
         return lanes, f"onnxruntime-cpu on {why}"
     if isinstance(round_to, bool) or round_to < 1:
         raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
-    return int(round_to), "set by prune.round_to"
+    why = "set by prune.round_to"
+    if runtime == "onnxruntime-cpu":
+        lanes, cpu = cpu_float_lanes(flags)
+        if round_to % lanes:
+            why += (f"; note: this CPU runs onnxruntime in blocks of {lanes} ({cpu.split(' (')[0]}), so widths in "
+                    f"multiples of {round_to} may be no faster than the unpruned model (INT8 even slower); "
+                    f"round_to: auto picks {lanes} here")
+    return int(round_to), why
