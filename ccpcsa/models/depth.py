@@ -10,9 +10,10 @@ percentage point of accuracy than narrowing the later stages further (bench/READ
 
 Only a module whose output has its input's shape can be removed (the identity must fit), and only one that carries its
 own skip connection (:func:`carries_its_skip`: with its weights at zero it returns its input) — where the residual add
-sits in the parent's forward (``x + self.block(x)``), an identity in the block's place would double the input instead of
-skipping the branch. Blocks are named as in the plain model (``layer1.1``) and found through BAM wrappers (``layer1`` → ``layer1.body``). The removal is recorded in the
-checkpoint's model entry (:class:`ccpcsa.io.checkpoint.ModelSpec` ``dropped``), so the slim model is rebuilt from it.
+sits in the parent's forward (``x + self.block(x)``), an identity in the block's place would double the input instead
+of skipping the branch. Blocks are named as in the plain model (``layer1.1``) and found through BAM wrappers
+(``layer1`` → ``layer1.body``). The removal is recorded in the checkpoint's model entry
+(:class:`ccpcsa.io.checkpoint.ModelSpec` ``dropped``), so the slim model is rebuilt from it.
 """
 
 from __future__ import annotations

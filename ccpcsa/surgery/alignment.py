@@ -54,6 +54,10 @@ def cpu_float_lanes(flags: frozenset[str] | None = None, machine: str | None = N
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8", "avx_vnni_int8"})
 
 
+#: The x86 SIMD level by its float lanes (what ``round_to: auto`` follows).
+_SIMD_NAMES = {16: "AVX-512", 8: "AVX2"}
+
+
 def simd_label(flags: frozenset[str] | None = None) -> str:
     """The CPU's SIMD level as results name it: the float lanes of a vector register (``AVX-512`` = 16, ``AVX2`` = 8:
     what sets ``round_to: auto``), whether INT8 dot products accumulate in 32 bits (``VNNI``: avx512_vnni, avx_vnni or
@@ -62,7 +66,7 @@ def simd_label(flags: frozenset[str] | None = None) -> str:
     ``flags``: this machine's (:func:`cpu_flags`) when omitted."""
     f = cpu_flags() if flags is None else flags
     lanes = cpu_float_lanes(f)[0]
-    simd = {16: "AVX-512", 8: "AVX2"}.get(lanes, f"{lanes} floats per SIMD register")
+    simd = _SIMD_NAMES.get(lanes, f"{lanes} floats per SIMD register")
     return simd + (", VNNI" if f & VNNI_FLAGS else ", no VNNI") + (", AMX" if "amx_int8" in f else "")
 
 
@@ -90,9 +94,9 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
         raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
     why = "set by prune.round_to"
     if runtime == "onnxruntime-cpu":
-        lanes, cpu = cpu_float_lanes(flags)
+        lanes = cpu_float_lanes(flags)[0]
         if round_to % lanes:
-            why += (f"; note: this CPU runs onnxruntime in blocks of {lanes} ({cpu.split(' (')[0]}), so widths in "
+            why += (f"; note: this CPU runs onnxruntime in blocks of {lanes} ({_SIMD_NAMES.get(lanes, 'no AVX')}), so widths in "
                     f"multiples of {round_to} may be no faster than the unpruned model (INT8 even slower); "
                     f"round_to: auto picks {lanes} here")
     return int(round_to), why
