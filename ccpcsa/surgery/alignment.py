@@ -76,8 +76,9 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
 
     A number for ``onnxruntime-cpu`` that is not a multiple of this CPU's float lanes (:func:`cpu_float_lanes` of
     ``flags``, this machine's when omitted) is kept, and ``why`` says what it costs there: onnxruntime's NCHWc
-    convolutions and x86 INT8 kernels work in blocks of the lanes, so widths off them buy little speed (resnet20 in
-    8-blocks on an AVX-512 CPU, −45 % MACs: FP32 1.06× / 1.19×, INT8 0.98× / 0.71× at batch 1 / 32, bench/README.md)."""
+    convolutions and x86 INT8 kernels work in blocks of the lanes, so widths off them buy little speed (resnet20
+    in 8-blocks on an AVX-512 CPU, −45 % MACs: FP32 1.06× / 1.19×, INT8 0.98× / 0.71× at batch 1 / 32,
+    bench/README.md)."""
     if runtime not in RUNTIMES:
         from ..errors import unknown
 
@@ -96,7 +97,8 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
     if runtime == "onnxruntime-cpu":
         lanes = cpu_float_lanes(flags)[0]
         if round_to % lanes:
-            why += (f"; note: this CPU runs onnxruntime in blocks of {lanes} ({_SIMD_NAMES.get(lanes, 'no AVX')}), so widths in "
-                    f"multiples of {round_to} may be no faster than the unpruned model (INT8 even slower); "
+            simd = _SIMD_NAMES.get(lanes, "no AVX")
+            why += (f"; note: this CPU runs onnxruntime in blocks of {lanes} ({simd}), so widths in multiples of "
+                    f"{round_to} may be no faster than the unpruned model (INT8 even slower); "
                     f"round_to: auto picks {lanes} here")
     return int(round_to), why
