@@ -189,10 +189,11 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
 
 def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
     """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
-    (``plots/frontier.png``, appended to ``plots``) and where it sits. Of several files, the first readable one of this model whose widths are in this run's channel
-    block (:func:`pipeline.frontier.alignments`; the run's CPU), else the first readable one, with a line saying its speeds come from
-    another kind of CPU (also when the blocks agree but the frontier file's SIMD level —
-    :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not this machine's); per batch the run against each criterion's frontier at its own speed
+    (``plots/frontier.png``, appended to ``plots``) and where it sits. Of several files, the first readable one of
+    this model whose widths are in this run's channel block (:func:`pipeline.frontier.alignments`; the run's CPU),
+    else the first readable one, with a line saying its speeds come from another kind of CPU (also when the blocks
+    agree but the frontier file's SIMD level — :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not
+    this machine's); per batch the run against each criterion's frontier at its own speed
     (:func:`pipeline.frontier.compare_at_speed`: the frontier's accuracy there, the difference ± SE, above / tie /
     below). A missing or other-model frontier file is said in one line; nothing when unset."""
     from .frontier import (
