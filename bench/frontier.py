@@ -40,7 +40,7 @@ from pipeline.frontier import (
     pool,
     run_other_load,
 )
-from pipeline.stages_export import OTHER_LOAD_WARN
+from pipeline.stages_validate import OTHER_LOAD_WARN
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "ccpcsa"

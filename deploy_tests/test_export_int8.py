@@ -93,8 +93,8 @@ def _ort_optimized_ops(path: Path, tmp_path: Path) -> dict[str, int]:
 
 def test_cpu_flavour_runs_every_conv_as_int8_on_onnxruntime(fp32_model: Path, tmp_path: Path) -> None:
     """U8S8 (uint8 asymmetric activations) fuses every Conv into QLinearConv on onnxruntime's CPU provider; the
-    TensorRT flavour (int8 symmetric) leaves convolutions in float between Dequantize/Quantize — the reason the
-    pipeline writes both."""
+    TensorRT flavour (int8 symmetric, TensorRT's placement: no Q on Conv outputs) leaves every convolution in float
+    after its DequantizeLinear inputs — the reason the pipeline writes both."""
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(fp32_model)).graph.node)
     cpu = quantize_int8(fp32_model, tmp_path / "m.int8.cpu.onnx", calib(32), activations="uint8")
     trt = quantize_int8(fp32_model, tmp_path / "m.int8.onnx", calib(32))
@@ -107,12 +107,23 @@ def test_cpu_flavour_runs_every_conv_as_int8_on_onnxruntime(fp32_model: Path, tm
     assert zps and all(z.dtype == np.uint8 for z in zps)
     ops_cpu, ops_trt = _ort_optimized_ops(cpu.path, tmp_path), _ort_optimized_ops(trt.path, tmp_path)
     assert ops_cpu.get("QLinearConv", 0) == convs and ops_cpu.get("Conv", 0) == 0, ops_cpu
-    assert ops_trt.get("QLinearConv", 0) < convs, ops_trt
+    assert ops_trt.get("QLinearConv", 0) == 0 and ops_trt.get("Conv", 0) + ops_trt.get("FusedConv", 0) == convs, ops_trt
     x = calib(8, seed=2)
     ref = OrtRunner(fp32_model, threads=1).run(x)
     assert np.abs(OrtRunner(cpu.path, threads=1).run(x) - ref).max() < 0.5 * np.abs(ref).max()  # quantized, not broken
     with pytest.raises(UserError, match="unknown INT8 activation type"):
         quantize_int8(fp32_model, tmp_path / "x.onnx", calib(4), activations="int4")
+
+
+def test_tensorrt_flavour_placement_on_resnet20(fp32_model: Path, tmp_path: Path) -> None:
+    """resnet20 (option-B shortcuts): Q/DQ on the 21 Conv inputs and weights, the skip input of the 9 residual Adds
+    and the pool input; none on Conv/Relu/Add outputs, Flatten, the Gemm or the logits (ModelOpt's placement; it
+    also quantizes Flatten's input — export.qdq_placement); only the default opset domain imported."""
+    res = quantize_int8(fp32_model, tmp_path / "m.int8.onnx", calib(16))
+    assert res.qdq_placement == {"Add[1]:act": 9, "Conv[0]:act": 21, "Conv[1]:weight": 21, "GlobalAveragePool[0]:act": 1}
+    assert res.op_counts["QuantizeLinear"] == 22 and res.op_counts["DequantizeLinear"] == 43, res.op_counts
+    assert [o.domain for o in onnx.load(str(res.path)).opset_import] == [""]
+    assert json.loads(read_metadata(res.path)["quantization"])["placement"] == "tensorrt"
 
 
 def test_calibration_uses_at_most_n_images(fp32_model: Path, tmp_path: Path) -> None:

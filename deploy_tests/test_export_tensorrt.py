@@ -167,7 +167,8 @@ def test_trtexec_commands_share_profile(tmp_path: Path) -> None:
     cmds = trtexec_commands("bundle/m.sim.onnx", "bundle/m.int8.onnx", profile=BatchProfile(1, 16, 32), workspace_mb=2048)
     assert set(cmds) == {"fp16", "int8"}
     fp16, int8 = cmds["fp16"], cmds["int8"]
-    assert fp16.startswith("trtexec --onnx=bundle/m.sim.onnx ") and "--saveEngine=bundle/m.sim_fp16.engine" in fp16
+    assert fp16.startswith("trtexec --onnx=bundle/m.sim.onnx ") and "--saveEngine=bundle/model.fp16.engine" in fp16
+    assert "--saveEngine=bundle/model.int8.engine" in int8
     assert "--int8" in int8 and "--onnx=bundle/m.int8.onnx" in int8 and "--int8" not in fp16 and "--fp16" in fp16
     for flag in ("--minShapes=input:1x3x32x32", "--optShapes=input:16x3x32x32", "--maxShapes=input:32x3x32x32",
                  "--memPoolSize=workspace:2048M", "--timingCacheFile=timing.cache"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import export.edge.timing as timing
 import export.latency as lat
 from export.runtime import OrtRunner, Runner, RunnerInfo
 
@@ -44,7 +45,8 @@ class FakeRunner(Runner):
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     c = FakeClock()
-    monkeypatch.setattr(lat, "time", types.SimpleNamespace(perf_counter_ns=c.perf_counter_ns, perf_counter=c.perf_counter))
+    # the protocol lives in export.edge.timing (the same code the edge bundle runs); export.latency re-exports it
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter_ns=c.perf_counter_ns, perf_counter=c.perf_counter))
     return c
 
 
@@ -147,9 +149,9 @@ def test_other_load_counts_the_machine_minus_this_process(monkeypatch: pytest.Mo
     # busy 3.0 s, 1.8 s of it this process → other processes used 1.2 / (2 × 2) = 30 % of the capacity
     readings = iter([(100.0, 10.0), (103.0, 11.8)])
     clock = iter([0.0, 2.0])
-    monkeypatch.setattr(lat, "_cpu_jiffies", lambda: next(readings))
-    monkeypatch.setattr(lat, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
-    monkeypatch.setattr(lat.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(timing, "_cpu_jiffies", lambda: next(readings))
+    monkeypatch.setattr(timing, "time", types.SimpleNamespace(perf_counter=lambda: next(clock)))
+    monkeypatch.setattr(timing.os, "cpu_count", lambda: 2)
     with lat.OtherLoad() as load:
         pass
     assert load.share == pytest.approx(0.30)
@@ -157,7 +159,7 @@ def test_other_load_counts_the_machine_minus_this_process(monkeypatch: pytest.Mo
     with lat.OtherLoad() as load:
         pass
     assert load.share == 0.0
-    monkeypatch.setattr(lat, "_cpu_jiffies", lambda: None)  # no /proc/stat: unknown, not 0
+    monkeypatch.setattr(timing, "_cpu_jiffies", lambda: None)  # no /proc/stat: unknown, not 0
     clock = iter([0.0, 1.0])
     with lat.OtherLoad() as load:
         pass
@@ -167,7 +169,7 @@ def test_other_load_counts_the_machine_minus_this_process(monkeypatch: pytest.Mo
 def test_other_load_reads_this_machine() -> None:
     import sys
 
-    got = lat._cpu_jiffies()
+    got = timing._cpu_jiffies()
     if not sys.platform.startswith("linux"):
         assert got is None
         return

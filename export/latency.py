@@ -10,7 +10,6 @@ percentiles), mean, min and max in milliseconds, and ``images_per_s = batch_size
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -21,7 +20,10 @@ import numpy as np
 
 from ccpcsa.errors import UserError
 
+from .edge.timing import OtherLoad, calls_for_seconds, interleaved_rounds, paired_calls, paired_ratio
 from .runtime import Runner
+
+__all__ = ["OtherLoad", "calls_for_seconds", "interleaved_rounds", "paired_ratio"]  # the timing protocol lives in edge.timing
 
 DEFAULT_BATCH_SIZES = (1, 32)
 
@@ -129,73 +131,6 @@ def measure_latency(
     return LatencyReport(runner=runner.info.to_dict(), threads=runner.info.threads, results=results)
 
 
-def interleaved_rounds(calls: Sequence[Callable[[], object]], *, rounds: int, per_round: Sequence[int],
-                       warmup: int = 2) -> list[list[list[float]]]:
-    """The one interleaved timer (pipeline speed gates, latency tables, probes): ``rounds`` rounds, in each every
-    ``calls[i]`` runs ``warmup`` untimed then ``per_round[i]`` timed times in turn — forward order in even rounds,
-    reverse in odd ones, so neither side always runs first after the other. Returns ``samples[i][r]``: the
-    milliseconds of each timed call of ``calls[i]`` in round ``r``. Drifting machine load hits every call alike
-    within a round; compare them per round (:func:`paired_speedup`)."""
-    if rounds < 1 or any(n < 1 for n in per_round) or len(per_round) != len(calls):
-        raise UserError(f"latency: need rounds >= 1 and one per-round count >= 1 per call (got {rounds}, {list(per_round)})")
-    samples: list[list[list[float]]] = [[] for _ in calls]
-    for r in range(rounds):
-        order = range(len(calls)) if r % 2 == 0 else range(len(calls) - 1, -1, -1)
-        for i in order:
-            for _ in range(warmup):
-                calls[i]()
-            got = []
-            for _ in range(per_round[i]):
-                t0 = time.perf_counter_ns()
-                calls[i]()
-                got.append((time.perf_counter_ns() - t0) / 1e6)
-            samples[i].append(got)
-    return samples
-
-
-def calls_for_seconds(call: Callable[[], object], seconds: float, warmup: int = 3) -> int:
-    """How many calls of ``call`` fill about ``seconds`` (at least 1), after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        call()
-    t0 = time.perf_counter()
-    call()
-    return max(1, int(seconds / max(time.perf_counter() - t0, 1e-6)))
-
-
-def _cpu_jiffies() -> tuple[float, float] | None:
-    """(busy seconds of the whole machine, seconds of this process) from /proc/stat and os.times(); None off Linux."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [float(v) for v in f.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
-    t = os.times()
-    return (sum(fields[:8]) - idle) / hz, t.user + t.system
-
-
-class OtherLoad:
-    """Context manager: the share of the machine's CPU capacity used by *other* processes while it was open,
-    ``(Δ busy CPU seconds of the machine − Δ CPU seconds of this process) / (Δ wall seconds × cores)`` from
-    ``/proc/stat`` (``share`` is None where that file does not exist). 0 on a quiet machine; 0.5 on 2 cores means
-    one core was busy with something else — timings taken then compare models on a shared machine."""
-
-    def __init__(self) -> None:
-        self.share: float | None = None
-
-    def __enter__(self) -> OtherLoad:
-        self._t0, self._c0 = time.perf_counter(), _cpu_jiffies()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        c1, wall = _cpu_jiffies(), time.perf_counter() - self._t0
-        if self._c0 is None or c1 is None or wall <= 0:
-            return
-        other = (c1[0] - self._c0[0]) - (c1[1] - self._c0[1])
-        self.share = min(1.0, max(0.0, other / (wall * (os.cpu_count() or 1))))
-
-
 @dataclass(frozen=True)
 class PairedSpeedup:
     """Reference vs new latency at one batch size from interleaved rounds: per round r the ratio
@@ -218,14 +153,6 @@ class PairedSpeedup:
         return asdict(self)
 
 
-def paired_ratio(ref_rounds: Sequence[Sequence[float]], new_rounds: Sequence[Sequence[float]]) -> tuple[float, float]:
-    """``(median_r s_r, SE)`` of the per-round ratios ``s_r = median(ref_r) / median(new_r)`` (see :class:`PairedSpeedup`);
-    SE 0 with a single round."""
-    s = np.array([np.median(a) / np.median(b) for a, b in zip(ref_rounds, new_rounds, strict=True)], dtype=np.float64)
-    se = 1.2533 * float(s.std(ddof=1)) / np.sqrt(len(s)) if len(s) > 1 else 0.0
-    return float(np.median(s)), se
-
-
 def paired_speedup(ref: Runner, new: Runner, *, batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 15,
                    round_seconds: float = 0.03, warmup: int = 5, seed: int = 0) -> dict[int, PairedSpeedup]:
     """How much faster ``new`` runs than ``ref`` at each batch size: :func:`interleaved_rounds` with about
@@ -239,17 +166,10 @@ def paired_speedup(ref: Runner, new: Runner, *, batch_sizes: Sequence[int] = DEF
     out = {}
     for bs in batch_sizes:
         x = rng.standard_normal((bs, c, h, w), dtype=np.float32)
-        calls = [_timed_call(ref, x), _timed_call(new, x)]
-        for _ in range(warmup):
-            calls[1]()
-        n = max(3, calls_for_seconds(calls[0], round_seconds, warmup))
-        with OtherLoad() as load:
-            ref_s, new_s = interleaved_rounds(calls, rounds=rounds, per_round=[n, n])
-        speed, se = paired_ratio(ref_s, new_s)
-        out[bs] = PairedSpeedup(batch_size=bs, rounds=rounds, calls_per_round=n,
-                                ref_ms=float(np.median([np.median(v) for v in ref_s])),
-                                new_ms=float(np.median([np.median(v) for v in new_s])), speedup=speed, se=se,
-                                other_load=load.share)
+        m = paired_calls(_timed_call(ref, x), _timed_call(new, x), rounds=rounds, round_seconds=round_seconds, warmup=warmup)
+        out[bs] = PairedSpeedup(batch_size=bs, rounds=rounds, calls_per_round=int(m["calls_per_round"] or 0),
+                                ref_ms=float(m["ref_ms"] or 0), new_ms=float(m["new_ms"] or 0), speedup=float(m["speedup"] or 0),
+                                se=float(m["se"] or 0), other_load=m["other_load"])
     return out
 
 
@@ -260,15 +180,24 @@ def _timed_call(runner: Runner, batch: np.ndarray) -> Callable[[], None]:
     return call
 
 
-def ort_speedups(ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
-                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
-    """The ONNX model ``new`` vs ``ref`` on onnxruntime CPU (``threads`` intra-op threads, spinning off in both
-    sessions), by :func:`paired_speedup`: ``{batch: {unpruned_ms, pruned_ms, speedup, speedup_se, rounds, other_load,
-    flops_ratio, efficiency}}`` with efficiency = speedup / ``macs_ratio`` (1.0: the latency fell exactly as the MACs did)."""
-    from .runtime import OrtRunner
+def runtime_speedups(runtime: str, ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
+                     batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """The ONNX model ``new`` vs ``ref`` on ``runtime`` (:data:`export.runtime.CPU_RUNTIMES`; ``threads`` threads,
+    onnxruntime's spinning off in both sessions), by :func:`paired_speedup`: ``{batch: {unpruned_ms, pruned_ms, speedup,
+    speedup_se, rounds, other_load, flops_ratio, efficiency}}`` with efficiency = speedup / ``macs_ratio`` (1.0: the
+    latency fell exactly as the MACs did)."""
+    from .runtime import onnx_runner
 
-    t = paired_speedup(OrtRunner(ref, threads=threads, spinning=False), OrtRunner(new, threads=threads, spinning=False),
+    t = paired_speedup(onnx_runner(runtime, ref, threads=threads, spinning=False),
+                       onnx_runner(runtime, new, threads=threads, spinning=False),
                        batch_sizes=batch_sizes, warmup=warmup, rounds=rounds)
     return {str(b): {"unpruned_ms": m.ref_ms, "pruned_ms": m.new_ms, "speedup": m.speedup, "speedup_se": m.se,
                      "rounds": m.rounds, "other_load": m.other_load, "flops_ratio": macs_ratio,
                      "efficiency": m.speedup / macs_ratio} for b, m in t.items()}
+
+
+def ort_speedups(ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
+                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
+    """:func:`runtime_speedups` on onnxruntime CPU."""
+    return runtime_speedups("onnxruntime-cpu", ref, new, macs_ratio, threads=threads, batch_sizes=batch_sizes,
+                            rounds=rounds, warmup=warmup)

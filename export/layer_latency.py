@@ -40,15 +40,18 @@ from ccpcsa.io.artifacts import atomic_write_json
 from ccpcsa.surgery.cost import LatencyCost, LayerShape
 from ccpcsa.surgery.prune import ChannelPruner
 
+from .edge.sessions import open_session, runtime_identity
+from .edge.timing import own_times
 from .latency import calls_for_seconds, interleaved_rounds, paired_ratio
 from .runtime import ort_session_options
 
 MAX_GRID = 9
 
 
-def machine_id(threads: int) -> dict[str, Any]:
-    """What a latency measurement depends on besides the model: CPU model, core count, onnxruntime version, threads,
-    and the timing protocol (interleaved rounds, thread spinning off: tables from an older protocol are re-measured)."""
+def machine_id(threads: int, runtime: str = "onnxruntime-cpu") -> dict[str, Any]:
+    """What a latency measurement depends on besides the model: CPU model, core count, the runtime and its version,
+    threads, and the timing protocol (interleaved rounds, thread spinning off: tables from an older protocol are
+    re-measured). onnxruntime's record keeps its historical keys, so cached tables stay valid."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -57,8 +60,9 @@ def machine_id(threads: int) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"runtime": "onnxruntime-cpu", "onnxruntime": ort.__version__, "cpu": cpu, "cores": os.cpu_count(),
-            "threads": threads, "protocol": "interleaved-rounds/no-spinning"}
+    version = {"runtime": runtime, "onnxruntime": ort.__version__} if runtime == "onnxruntime-cpu" else \
+        {"runtime": runtime, "version": runtime_identity(runtime)["version"]}
+    return {**version, "cpu": cpu, "cores": os.cpu_count(), "threads": threads, "protocol": "interleaved-rounds/no-spinning"}
 
 
 def ort_session(model: bytes | str | Path, threads: int) -> ort.InferenceSession:
@@ -73,14 +77,36 @@ def _session_call(session: ort.InferenceSession, x: np.ndarray) -> Callable[[], 
     return lambda: session.run(None, feed)
 
 
-def time_interleaved(sessions: Sequence[ort.InferenceSession], inputs: Sequence[np.ndarray], *, rounds: int = 5,
-                     min_seconds: float = 0.02, warmup: int = 3) -> list[list[float]]:
-    """Per session, the mean milliseconds per run in each of ``rounds`` interleaved rounds
-    (:func:`export.latency.interleaved_rounds`; every session runs for about ``min_seconds`` per round)."""
-    calls = [_session_call(s, x) for s, x in zip(sessions, inputs, strict=True)]
+def model_call(runtime: str, model: bytes, x: np.ndarray, threads: int, work_dir: str | Path | None = None) -> Callable[[], object]:
+    """A no-argument call that runs the ONNX ``model`` (bytes) on ``x`` with a session of ``runtime`` configured for
+    interleaved timing (onnxruntime: :func:`ort_session`; OpenVINO: :func:`export.edge.sessions.open_session`, from a
+    temporary file in ``work_dir`` that is deleted once compiled)."""
+    if runtime == "onnxruntime-cpu":
+        return _session_call(ort_session(model, threads), x)
+    fd, tmp = tempfile.mkstemp(prefix=".latency-", suffix=".onnx", dir=work_dir)
+    os.close(fd)
+    try:
+        Path(tmp).write_bytes(model)
+        sess = open_session(runtime, tmp, threads=threads)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return lambda: sess.run(x)
+
+
+def time_calls(calls: Sequence[Callable[[], object]], *, rounds: int = 5, min_seconds: float = 0.02,
+               warmup: int = 3) -> list[list[float]]:
+    """Per call, the mean milliseconds per run in each of ``rounds`` interleaved rounds
+    (:func:`export.latency.interleaved_rounds`; every call runs for about ``min_seconds`` per round)."""
     per_round = [calls_for_seconds(c, min_seconds, warmup) for c in calls]
     samples = interleaved_rounds(calls, rounds=rounds, per_round=per_round, warmup=0)
     return [[float(np.mean(r)) for r in per] for per in samples]
+
+
+def time_interleaved(sessions: Sequence[ort.InferenceSession], inputs: Sequence[np.ndarray], *, rounds: int = 5,
+                     min_seconds: float = 0.02, warmup: int = 3) -> list[list[float]]:
+    """:func:`time_calls` of onnxruntime ``sessions`` on their ``inputs``."""
+    calls = [_session_call(s, x) for s, x in zip(sessions, inputs, strict=True)]
+    return time_calls(calls, rounds=rounds, min_seconds=min_seconds, warmup=warmup)
 
 
 def conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
@@ -101,6 +127,32 @@ def conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
     h, w_ = layer.in_hw
     graph = helper.make_graph([conv, relu], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c_in, h, w_])],
                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def qdq_conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
+    """The INT8 counterpart of :func:`conv_model`, as the onnxruntime-CPU flavour quantizes a convolution: uint8
+    activations through QuantizeLinear/DequantizeLinear, int8 per-channel weights through DequantizeLinear, the
+    output quantized again — the DQ → Conv → Q pattern onnxruntime fuses into ``QLinearConv`` and OpenVINO into an
+    INT8 convolution (the Relu is folded into the output's quantization range, as in the quantized model)."""
+    groups = c_in if layer.depthwise else layer.groups
+    if layer.depthwise:
+        c_out = c_in
+    rng = np.random.default_rng(0)
+    w = rng.integers(-127, 128, size=(c_out, c_in // groups, *layer.kernel), dtype=np.int8)
+    inits = [numpy_helper.from_array(w, "wq"), numpy_helper.from_array(np.full(c_out, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(c_out, np.int8), "wz"), numpy_helper.from_array(np.array(0.05, np.float32), "s"),
+             numpy_helper.from_array(np.array(128, np.uint8), "z")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wz"], ["wd"], axis=0),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], kernel_shape=list(layer.kernel), strides=list(layer.stride),
+                              dilations=list(layer.dilation), pads=[*layer.padding, *layer.padding], group=groups),
+             helper.make_node("QuantizeLinear", ["y", "s", "z"], ["yq"]), helper.make_node("DequantizeLinear", ["yq", "s", "z"], ["z_out"])]
+    h, w_ = layer.in_hw
+    graph = helper.make_graph(nodes, "layer_int8", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, c_in, h, w_])],
+                              [helper.make_tensor_value_info("z_out", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     return model.SerializeToString()
@@ -137,15 +189,19 @@ def _interp(xs: Sequence[int], x: float) -> tuple[int, int, float]:
     return j - 1, j, (x - lo) / (hi - lo)
 
 
-class OrtLayerTable:
-    """Per-layer latency table on onnxruntime CPU (see the module docstring). ``cache`` is a JSON file (optional)."""
+class LayerTable:
+    """Per-layer latency table on ``runtime`` (``onnxruntime-cpu`` or ``openvino-cpu``; see the module docstring).
+    ``cache`` is a JSON file (optional). ``points`` given: a table measured elsewhere (a target profile) — looked up,
+    never measured here."""
 
     def __init__(self, batch: int, threads: int, alignment: int, cache: str | Path | None = None, rounds: int = 5,
-                 progress: Callable[[str], None] | None = None) -> None:
-        self.batch, self.threads, self.alignment, self.rounds = batch, threads, alignment, rounds
-        self.machine = machine_id(threads)
+                 progress: Callable[[str], None] | None = None, runtime: str = "onnxruntime-cpu",
+                 points: dict[str, float] | None = None) -> None:
+        self.batch, self.threads, self.alignment, self.rounds, self.runtime = batch, threads, alignment, rounds, runtime
+        self.frozen = points is not None
+        self.machine = {} if self.frozen else machine_id(threads, runtime)
         self.cache = Path(cache) if cache else None
-        self.points: dict[str, float] = {}
+        self.points: dict[str, float] = dict(points or {})
         self.measured = 0
         self.progress = progress
         if self.cache and self.cache.is_file():
@@ -156,11 +212,25 @@ class OrtLayerTable:
             except (OSError, ValueError):
                 self.points = {}
 
-    def _key(self, layer: LayerShape, c_in: int, c_out: int) -> str:
+    def _sig(self, layer: LayerShape) -> str:
         sig = json.dumps([list(layer.signature), self.batch], default=list)
-        return f"{hashlib.sha256(sig.encode()).hexdigest()[:16]}:{c_in}:{c_out}"
+        return hashlib.sha256(sig.encode()).hexdigest()[:16]
+
+    def _key(self, layer: LayerShape, c_in: int, c_out: int) -> str:
+        return f"{self._sig(layer)}:{c_in}:{c_out}"
 
     def _grid(self, layer: LayerShape) -> tuple[list[int], list[int]]:
+        if self.frozen:  # a profile's points: the grid the device measured (the unpruned widths'), whatever the widths now
+            ins: set[int] = set()
+            outs: set[int] = set()
+            sig = self._sig(layer)
+            for k in self.points:
+                h, ci, co = k.split(":")
+                if h == sig:
+                    ins.add(int(ci))
+                    outs.add(int(co))
+            if ins:
+                return sorted(ins), sorted(outs)
         outs = width_grid(layer.c_out, self.alignment)
         ins = outs if layer.depthwise else width_grid(layer.c_in, self.alignment)
         if layer.groups > 1 and not layer.depthwise:
@@ -172,8 +242,9 @@ class OrtLayerTable:
             outs = [layer.c_out]
         return ins, outs
 
-    def prepare(self, layers: Iterable[LayerShape]) -> None:
-        """Measure every grid point of ``layers`` not in the cache (interleaved per layer shape) and save the cache."""
+    def grid_points(self, layers: Iterable[LayerShape]) -> dict[str, tuple[LayerShape, int, int]]:
+        """``{key: (layer, c_in, c_out)}`` of every grid point of the conv ``layers`` (what :meth:`prepare` measures and a
+        probe pack ships)."""
         todo: dict[str, tuple[LayerShape, int, int]] = {}
         for layer in layers:
             if layer.kind != "conv":
@@ -181,26 +252,25 @@ class OrtLayerTable:
             ins, outs = self._grid(layer)
             for ci in ins:
                 for co in ([ci] if layer.depthwise else outs):
-                    k = self._key(layer, ci, co)
-                    if k not in self.points:
-                        todo[k] = (layer, ci, co)
-        if not todo:
+                    todo[self._key(layer, ci, co)] = (layer, ci, co)
+        return todo
+
+    def prepare(self, layers: Iterable[LayerShape]) -> None:
+        """Measure every grid point of ``layers`` not in the cache (interleaved per layer shape) and save the cache;
+        a table from a profile measures nothing (its points are the device's)."""
+        todo = {k: v for k, v in self.grid_points(layers).items() if k not in self.points}
+        if not todo or self.frozen:
             return
         if self.progress:
-            self.progress(f"latency table: measuring {len(todo)} layer shapes on onnxruntime CPU "
+            self.progress(f"latency table: measuring {len(todo)} layer shapes on {self.runtime} "
                           f"(batch {self.batch}, {self.threads} threads)")
         items = list(todo.items())
-        chunk = 16
-        empty = ort_session(empty_model(), self.threads)
-        for i in range(0, len(items), chunk):
-            part = items[i:i + chunk]
-            sessions = [ort_session(conv_model(lay, ci, co, self.batch), self.threads) for _, (lay, ci, co) in part]
-            xs = [np.random.default_rng(1).standard_normal((self.batch, ci, *lay.in_hw), dtype=np.float32)
-                  for _, (lay, ci, co) in part]
-            *rounds, call_rounds = time_interleaved([*sessions, empty], [*xs, np.zeros((1, 1), np.float32)], rounds=self.rounds)
-            call = float(np.median(call_rounds))
-            for (k, _), ms in zip(part, (float(np.median(r)) for r in rounds), strict=True):
-                self.points[k] = max(ms - call, 0.0)  # the layer's own time: the per-call overhead is the model's constant
+        empty = model_call(self.runtime, empty_model(), np.zeros((1, 1), np.float32), self.threads)
+        calls = [model_call(self.runtime, conv_model(lay, ci, co, self.batch),
+                            np.random.default_rng(1).standard_normal((self.batch, ci, *lay.in_hw), dtype=np.float32),
+                            self.threads) for _, (lay, ci, co) in items]
+        # the layer's own time: the per-call overhead is the model's constant
+        self.points.update(zip((k for k, _ in items), own_times(calls, empty, rounds=self.rounds), strict=True))
         self.measured += len(todo)
         if self.cache:
             atomic_write_json(self.cache, {"machine": self.machine, "batch": self.batch, "points": self.points})
@@ -230,19 +300,25 @@ class OrtLayerTable:
         return (1 - ti) * vals[0] + ti * vals[1]
 
 
-class OrtLatencyProbe:
-    """End-to-end latency of a PyTorch model on onnxruntime CPU at ``batch`` (the deployed graph: BAM detached),
-    plus the calibrated :class:`LatencyCost` of a pruner. Temporary ONNX files live in ``work_dir``."""
+OrtLayerTable = LayerTable  # the name of older callers
+
+
+class RuntimeLatencyProbe:
+    """End-to-end latency of a PyTorch model on ``runtime`` (``onnxruntime-cpu`` or ``openvino-cpu``) at ``batch`` (the
+    deployed graph: BAM detached), plus the calibrated :class:`LatencyCost` of a pruner. Temporary ONNX files live in
+    ``work_dir``; the layer table is cached there as ``latency_table.b<batch>.t<threads>.json`` (onnxruntime) or
+    ``latency_table.<runtime>.b<batch>.t<threads>.json``."""
 
     def __init__(self, batch: int, threads: int, alignment: int, work_dir: str | Path, input_size: int,
-                 rounds: int = 11, progress: Callable[[str], None] | None = None) -> None:
-        self.batch, self.threads, self.input_size, self.rounds = batch, threads, input_size, rounds
+                 rounds: int = 11, progress: Callable[[str], None] | None = None, runtime: str = "onnxruntime-cpu") -> None:
+        self.batch, self.threads, self.input_size, self.rounds, self.runtime = batch, threads, input_size, rounds, runtime
         self.work_dir = Path(work_dir)
-        self.table = OrtLayerTable(batch, threads, alignment, self.work_dir / f"latency_table.b{batch}.t{threads}.json",
-                                   progress=progress)
-        self._reference: ort.InferenceSession | None = None
+        tag = "" if runtime == "onnxruntime-cpu" else f"{runtime}."
+        self.table = LayerTable(batch, threads, alignment, self.work_dir / f"latency_table.{tag}b{batch}.t{threads}.json",
+                                progress=progress, runtime=runtime)
+        self._reference: Callable[[], object] | None = None
 
-    def _session(self, model: nn.Module) -> ort.InferenceSession:
+    def _session(self, model: nn.Module) -> Callable[[], object]:
         from ccpcsa.models.attention import detach_bam
         from ccpcsa.placement import cpu_copy
 
@@ -258,7 +334,8 @@ class OrtLatencyProbe:
         os.close(fd)
         try:
             export_onnx(m, tmp, meta)
-            return ort_session(onnx.load(tmp).SerializeToString(), self.threads)
+            x = np.random.default_rng(0).standard_normal((self.batch, 3, self.input_size, self.input_size), dtype=np.float32)
+            return model_call(self.runtime, onnx.load(tmp).SerializeToString(), x, self.threads, self.work_dir)
         finally:
             Path(tmp).unlink(missing_ok=True)
 
@@ -273,8 +350,7 @@ class OrtLatencyProbe:
         (:func:`export.latency.paired_ratio`), so ``ref / model`` is the paired speedup."""
         assert self._reference is not None, "call set_reference first"
         s = self._reference if model is None else self._session(model)
-        x = np.random.default_rng(0).standard_normal((self.batch, 3, self.input_size, self.input_size), dtype=np.float32)
-        ref_r, got_r = time_interleaved([self._reference, s], [x, x], rounds=self.rounds, min_seconds=0.05)
+        ref_r, got_r = time_calls([self._reference, s], rounds=self.rounds, min_seconds=0.05)
         ref = float(np.median(ref_r))
         return ref, ref / paired_ratio([[v] for v in ref_r], [[v] for v in got_r])[0]
 
@@ -284,6 +360,9 @@ class OrtLatencyProbe:
         self.table.prepare(cost.layers)
         cost.calibrate(measured_ms)
         return cost
+
+
+OrtLatencyProbe = RuntimeLatencyProbe  # the name of older callers
 
 
 def _num_outputs(model: nn.Module, input_size: int) -> int:

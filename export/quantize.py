@@ -21,7 +21,10 @@ symmetric per channel (U8S8). Measured with onnxruntime 1.31 on x86 (``bench/res
 fusion turns every Conv/Add of a CIFAR ResNet into ``QLinearConv``/``QLinearAdd`` with U8
 activations, but leaves 11 of 21 convolutions in float between Dequantize/Quantize nodes with S8
 activations — which is why the TensorRT flavour runs at about half the speed of FP32 on the CPU.
-TensorRT cannot use the U8 flavour (no zero points).
+TensorRT cannot use the U8 flavour (no zero points). The TensorRT flavour's Q/DQ placement follows TensorRT's rules
+as NVIDIA ModelOpt applies them (:mod:`export.qdq_placement`: Conv inputs and weights, the skip input of residual Adds,
+pooling inputs; no Q on layer outputs, classifier head in float), so onnxruntime fuses none of its convolutions.
+Both flavours import only the opset domains their nodes use.
 
 **Saturation on x86 CPUs without VNNI.** onnxruntime's fused integer convolutions (``QLinearConv``, and the S8S8
 flavour, which it runs as U8S8 with the activations shifted by 128) multiply with ``vpmaddubsw`` on AVX2 / AVX-512
@@ -77,6 +80,13 @@ from .onnx_io import (
     node_count,
     op_counts,
 )
+from .qdq_placement import (
+    apply_residual_add_rule,
+    drop_unused_opsets,
+    non_residual_add_inputs,
+    qdq_placement,
+    tensorrt_quantize_options,
+)
 
 DEFAULT_CALIBRATION_IMAGES = 512
 ACTIVATION_TYPES = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
@@ -105,13 +115,15 @@ def int8_saturates(flags: frozenset[str] | None = None, machine: str | None = No
     return True, "x86 CPU without VNNI/AMX: INT8 dot products add pairs into int16 and saturate with 8-bit weights"
 
 
-def resolve_reduce_range(setting: bool | str) -> tuple[bool, str]:
-    """``(reduce_range, why)`` for ``export.int8_reduce_range`` (``auto``: 7-bit weights where :func:`int8_saturates`)."""
+def resolve_reduce_range(setting: bool | str, flags: frozenset[str] | None = None,
+                         machine: str | None = None) -> tuple[bool, str]:
+    """``(reduce_range, why)`` for ``export.int8_reduce_range`` (``auto``: 7-bit weights where :func:`int8_saturates` of
+    ``flags`` / ``machine`` — the target device's when it was measured, else this machine's)."""
     if isinstance(setting, bool):
         return setting, "set by export.int8_reduce_range"
     if setting != "auto":
         raise UserError(f"export.int8_reduce_range must be auto, true or false, got {setting!r}")
-    sat, why = int8_saturates()
+    sat, why = int8_saturates(flags, machine)
     return sat, f"auto: {why}"
 
 
@@ -169,6 +181,8 @@ class QuantizeResult(ArtifactRecord):
     reduce_range: bool
     sha256: str
     seconds: float
+    placement: str = "onnxruntime-cpu"  # "tensorrt" (export.qdq_placement) or "onnxruntime-cpu" (the uint8 flavour)
+    qdq_placement: dict[str, int] | None = None  # export.qdq_placement.qdq_placement of the written model
 
 
 def _calibration_array(images: object, chw: tuple[int, int, int], limit: int) -> np.ndarray:
@@ -209,6 +223,11 @@ def quantize_int8(
     for a representative subset). ``activations``: ``"int8"`` (signed; symmetric unless
     ``symmetric_activations`` is false — the TensorRT flavour) or ``"uint8"`` (unsigned asymmetric
     U8S8 — the onnxruntime-CPU flavour, where every convolution fuses into ``QLinearConv``).
+    The TensorRT flavour places Q/DQ by TensorRT's rules as NVIDIA ModelOpt applies them
+    (:mod:`export.qdq_placement`): on Conv activation inputs and weights, on the skip input of each residual Add
+    and on pooling inputs — never on layer outputs, the classifier Gemm or the logits; ``op_types`` replaces its
+    list of quantized op types. The uint8 flavour quantizes every supported op (or ``op_types``), outputs included,
+    as onnxruntime's integer kernels need. Both files declare only the opset domains their nodes use.
     ``nodes_to_exclude`` names nodes (of the *preprocessed* graph
     when ``preprocess``; check :func:`export.onnx_io.op_counts` / node names) kept in float, e.g.
     a sensitive classifier head. ``reduce_range``: 7-bit weights (``|q| ≤ 64``), for x86 CPUs without VNNI
@@ -235,6 +254,7 @@ def quantize_int8(
     input_name, _, chw = input_signature(model, what=f"'{src}'")
     images = _calibration_array(calibration, chw, num_calibration)
     start = time.perf_counter()
+    placement = "tensorrt" if activations == "int8" else "onnxruntime-cpu"
     settings = {
         "format": "QDQ",
         "activation_type": activations,
@@ -248,6 +268,7 @@ def quantize_int8(
         "num_calibration": len(images),
         "nodes_to_exclude": list(nodes_to_exclude),
         "op_types": list(op_types) if op_types else "all",
+        "placement": placement,
     }
     # Scratch files (the preprocessed model, onnxruntime's augmented calibration model) live in a hidden folder
     # beside ``dest``, ``.<dest name>.<random>.quant.tmp``: inside the run directory, where the runner's
@@ -261,6 +282,15 @@ def quantize_int8(
             except Exception as exc:
                 raise UserError(f"quant_pre_process failed on '{src}': {first_line(exc)}") from exc
             fp32_path = pre
+        quant_types: list[str] | None = list(op_types) if op_types else None
+        extra: dict = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QuantizeBias": False}
+        non_residual: dict[str, int | None] = {}
+        if activations == "int8":  # TensorRT placement (export.qdq_placement)
+            fp32_graph = load_onnx(fp32_path, check=False)
+            quant_types, trt_extra = tensorrt_quantize_options(fp32_graph, op_types)
+            extra = {**trt_extra, "ActivationSymmetric": symmetric_activations}
+            non_residual = non_residual_add_inputs(fp32_graph)
+            settings["op_types"] = quant_types
         with atomic_path(dest) as tmp:
             reader = NumpyCalibrationReader(images, input_name, batch_size)
             # The quantizer logs a line per tensor at INFO; keep the console readable.
@@ -277,16 +307,14 @@ def quantize_int8(
                         reduce_range=bool(reduce_range),
                         calibrate_method=CALIBRATION_METHODS[calibrate_method],
                         nodes_to_exclude=list(nodes_to_exclude) or None,
-                        op_types_to_quantize=list(op_types) if op_types else None,
-                        extra_options={
-                            "ActivationSymmetric": symmetric_activations,
-                            "WeightSymmetric": True,
-                            "QuantizeBias": False,
-                        },
+                        op_types_to_quantize=quant_types,
+                        extra_options=extra,
                     )
                 except Exception as exc:
                     raise UserError(f"INT8 quantization of '{src}' failed: {first_line(exc)}") from exc
             qmodel = load_onnx(tmp)
+            apply_residual_add_rule(qmodel, non_residual)
+            drop_unused_opsets(qmodel)
             carry_metadata(
                 model,
                 qmodel,
@@ -310,6 +338,8 @@ def quantize_int8(
         reduce_range=bool(reduce_range),
         sha256=sha256_file(dest),
         seconds=round(time.perf_counter() - start, 3),
+        placement=placement,
+        qdq_placement=qdq_placement(qmodel),
     )
 
 

@@ -1,4 +1,4 @@
-"""Runners: one interface to run a classifier from PyTorch, onnxruntime or TensorRT.
+"""Runners: one interface to run a classifier from PyTorch, onnxruntime, OpenVINO or TensorRT.
 
 Every runner has ``run(batch) -> logits``, ``synchronize()`` and an ``info`` record (format,
 precision, device, threads). :class:`TrtRunner` lives in :mod:`export.tensorrt.runner` (it imports
@@ -30,6 +30,7 @@ from torch import nn
 from ccpcsa import placement
 from ccpcsa.errors import UserError
 
+from .edge.sessions import EdgeError, open_session, ort_options
 from .metadata import get_props
 from .onnx_io import PathLike, first_line, input_signature, is_qdq, load_onnx
 
@@ -264,17 +265,11 @@ def _ort_providers(device: str) -> list[str]:
 
 
 def ort_session_options(threads: int, *, spinning: bool = True) -> ort.SessionOptions:
-    """The CPU session options every onnxruntime session of the project uses: ``threads`` intra-op threads,
-    one inter-op thread (sequential execution), warnings off, full graph optimization; ``spinning=False`` sets
-    ``session.intra_op.allow_spinning = 0`` (idle pool threads sleep instead of busy-waiting)."""
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    opts.log_severity_level = 3
-    if not spinning:
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return opts
+    """The CPU session options every onnxruntime session of the project uses (:func:`export.edge.sessions.ort_options`,
+    the same a bundled script uses on the target): ``threads`` intra-op threads, one inter-op thread (sequential
+    execution), warnings off, full graph optimization; ``spinning=False`` sets ``session.intra_op.allow_spinning = 0``
+    (idle pool threads sleep instead of busy-waiting)."""
+    return ort_options(threads, spinning=spinning)
 
 
 class OrtRunner(Runner):
@@ -334,3 +329,56 @@ class OrtRunner(Runner):
     def _run(self, batch: np.ndarray) -> np.ndarray:
         out = self.session.run([self.output_name], {self.input_name: batch})[0]
         return np.asarray(out, dtype=np.float32)
+
+
+class OvRunner(Runner):
+    """Runs an ONNX (or OpenVINO IR) model on OpenVINO (``device`` ``cpu`` by default) through
+    :func:`export.edge.sessions.open_session` — the very session a bundled script opens on the target: LATENCY hint,
+    one stream, ``threads`` inference threads, FP32 execution for FP32 graphs (``INFERENCE_PRECISION_HINT f32``), the
+    model reshaped to each call's batch size. INT8 QDQ files run on OpenVINO's own INT8 kernels where its
+    transformations fuse the Q/DQ pairs."""
+
+    def __init__(self, path: PathLike, *, threads: int | None = None, device: str = "cpu") -> None:
+        threads = threads if threads is not None else (os.cpu_count() or 1)
+        if threads < 1:
+            raise UserError(f"OvRunner: threads must be >= 1, got {threads}")
+        self.path = Path(path)
+        model = load_onnx(self.path) if self.path.suffix == ".onnx" else None
+        chw: tuple[int, int, int]
+        precision = "fp32"
+        if model is not None:
+            _, _, chw = input_signature(model, what=f"'{self.path}'")
+            precision = get_props(model).get("precision") or ("int8-qdq" if is_qdq(model) else "fp32")
+        try:
+            self.session = open_session(f"openvino-{device}", self.path, threads=threads)
+        except EdgeError as exc:
+            raise UserError(str(exc)) from exc
+        if model is None:
+            c, h, w = (int(d or 0) for d in self.session.input_shape[1:4])
+            chw = (c, h, w)
+        self.info = RunnerInfo(format="onnx", precision=precision, device=f"openvino-{device}", threads=threads,
+                               input_chw=chw, name=f"OvRunner({self.path.name})",
+                               extra={"runtime": f"openvino-{device}", "path": str(self.path), **self.session.properties})
+
+    def _run(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(batch)
+
+    def close(self) -> None:
+        """Drop the compiled models."""
+        self.session.close()
+
+
+#: The runtimes ``export.runtimes`` may name: every ONNX artifact is evaluated and timed on each.
+CPU_RUNTIMES = ("onnxruntime-cpu", "openvino-cpu")
+
+
+def onnx_runner(runtime: str, path: PathLike, *, threads: int, spinning: bool = True) -> Runner:
+    """A runner of the ONNX file ``path`` on ``runtime`` (:data:`CPU_RUNTIMES`): a plain session of that runtime, the
+    way a user runs the file (onnxruntime with full graph optimization: INT8 QDQ on its integer kernels)."""
+    if runtime == "onnxruntime-cpu":
+        return OrtRunner(path, threads=threads, spinning=spinning)
+    if runtime == "openvino-cpu":
+        return OvRunner(path, threads=threads)
+    from ccpcsa.errors import unknown
+
+    raise unknown("export.runtimes", runtime, CPU_RUNTIMES)

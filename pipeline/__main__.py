@@ -4,6 +4,8 @@
     python -m pipeline stages            # list the stages
     python -m pipeline keys              # list every config key
     python -m pipeline report --run-dir DIR
+    python -m pipeline probe-pack --config CONFIG --out DIR   # then target_probe.py on the device → target.json
+    python -m pipeline report --run-dir DIR --device-result result.json   # add a result measured on the target
 
 User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0; Ctrl-C exits
 130 and SIGTERM 143, both after releasing the lock (rerun the same command to resume).
@@ -52,6 +54,20 @@ def _run_dir(args: argparse.Namespace, run_name: str) -> Path:
     return Path(args.run_dir) if args.run_dir else Path("runs") / run_name
 
 
+def _add_device_result(args: argparse.Namespace) -> int:
+    """``report --device-result``: check the result against the run, store it, re-render the report (no stage runs)."""
+    from ccpcsa.errors import UserError
+
+    from .device_result import add_device_result
+    from .report import write_report
+
+    if not args.run_dir:
+        raise UserError("report --device-result needs --run-dir: the run the bundle came from")
+    dest = add_device_result(Path(args.run_dir), Path(args.device_result), write_report)
+    print(f"stored {dest}; report re-rendered: {Path(args.run_dir) / 'report.md'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit code."""
     from .stages import STAGES
@@ -69,6 +85,14 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--config", default=None)
     rep.add_argument("--run-dir", default=None)
     rep.add_argument("--set", dest="overrides", action="append", default=[])
+    rep.add_argument("--device-result", default=None, metavar="RESULT_JSON",
+                     help="result.json of the bundle's validate_on_device.py: check it against the run, store it under "
+                          "device_results/ and re-render the report (needs --run-dir; nothing else re-runs)")
+    pp = sub.add_parser("probe-pack", help="write the probe pack of the config's model, for target_probe.py on the device")
+    pp.add_argument("--config", default=None)
+    pp.add_argument("--run-dir", default=None, help="take the model from this run's baseline.pt")
+    pp.add_argument("--set", dest="overrides", action="append", default=[])
+    pp.add_argument("--out", required=True, help="folder to write (copy it to the device)")
     sub.add_parser("stages", help="list stages")
     sub.add_parser("keys", help="list config keys")
     args = p.parse_args(argv)
@@ -80,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "keys":
             print("\n".join(valid_keys()))
             return 0
+        if args.cmd == "probe-pack":
+            from .probe_pack import write_pack
+
+            write_pack(load_config(args.config, args.overrides), Path(args.out), Path(args.run_dir) if args.run_dir else None)
+            return 0
+        if args.cmd == "report" and args.device_result:
+            return _add_device_result(args)
         from .runner import run_stages
 
         cfg = load_config(args.config, args.overrides)

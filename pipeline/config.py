@@ -21,6 +21,8 @@ from ccpcsa.errors import UserError, closest
 from ccpcsa.pruning.loop import PruneConfig
 from ccpcsa.training.engine import TrainConfig
 
+from .target import TargetConfig
+
 
 @dataclass
 class RunConfig:
@@ -130,7 +132,8 @@ class ReportConfig:
 
 #: Keys added after run directories existed, with the value that means "not used": a key at that value stays out of
 #: the stage keys (:meth:`PipelineConfig.section_hash`), so upgrading does not re-run finished stages of old runs.
-KEYED_ONLY_WHEN_SET: dict[str, Any] = {"prune.round_to_wide": None, "prune.by_alignment": {}}
+KEYED_ONLY_WHEN_SET: dict[str, Any] = {"prune.round_to_wide": None, "prune.by_alignment": {}, "target.profile": "onnxruntime-cpu",
+                                       "target.precision": "fp32", "target.runtimes": ["onnxruntime-cpu"]}
 
 
 @dataclass
@@ -147,6 +150,7 @@ class PipelineConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     checks: ChecksConfig = field(default_factory=ChecksConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
+    target: TargetConfig = field(default_factory=TargetConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -162,6 +166,10 @@ class PipelineConfig:
         picked: dict[str, Any] = {}
         for s in sections or tuple(d):
             top, _, key = s.partition(".")
+            if not key and d[top] == {} and all(k.startswith(f"{top}.") for k in KEYED_ONLY_WHEN_SET if k.startswith(top)):
+                continue  # a section added later, all at its "not used" values: old runs keep their keys
+            if key and key not in d[top]:
+                continue
             picked[s] = d[top][key] if key else d[top]
         return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -169,6 +177,7 @@ class PipelineConfig:
         """Range checks; :class:`UserError` naming the key for any bad value."""
         self.train.validate()
         self.prune.validate()
+        self.target.validate()
         from ccpcsa.criteria import list_criteria
 
         if self.prune.method not in list_criteria():
@@ -224,6 +233,7 @@ class PipelineConfig:
 
         check_device(self.run.device, "run.device")
         self._validate_model()
+        self._validate_target()
         self._validate_data()
         self._validate_baseline()
 
@@ -244,6 +254,20 @@ class PipelineConfig:
         from ccpcsa.models import build_model
 
         build_model(name, self.model.num_classes, **self.model.kwargs)  # a factory that raises: one line, now
+
+    def _validate_target(self) -> None:
+        """A ``target.profile`` file must be a profile with ``target.precision`` measured for this config's model
+        (checked here, before the run directory is touched)."""
+        from export.runtime import CPU_RUNTIMES
+
+        if self.target.profile in CPU_RUNTIMES:
+            return
+        from ccpcsa.models import build_model
+        from export.target_profile import load_profile
+
+        prof = load_profile(self.target.profile)
+        prof.need(self.target.precision)
+        prof.check_model(build_model(self.model.name, self.model.num_classes, **self.model.kwargs), self.model.input_size)
 
     def _validate_data(self) -> None:
         """``data.spec`` (or, when its path is absent, ``data.fallback``) must be a valid spec whose path exists."""

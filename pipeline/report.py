@@ -24,8 +24,8 @@ from .accuracy import format_accuracy
 STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
                 "int8": "int8", "int8_cpu": "int8_cpu"}
 FORMAT_TITLES = {"pytorch_baseline": "PyTorch baseline", "pytorch_pruned": "PyTorch pruned", "onnx": "ONNX",
-                 "onnx_simplified": "ONNX simplified", "int8": "INT8 QDQ (TensorRT, S8S8)",
-                 "int8_cpu": "INT8 QDQ (ORT CPU, U8S8)", "tensorrt_fp32": "TensorRT FP32",
+                 "onnx_simplified": "ONNX simplified", "int8": "INT8 QDQ for TensorRT (S8S8)",
+                 "int8_cpu": "INT8 QDQ for CPU (U8S8)", "tensorrt_fp32": "TensorRT FP32",
                  "tensorrt_fp16": "TensorRT FP16", "tensorrt_int8": "TensorRT INT8"}
 SCHEMA_KEYS = ("accuracy", "accuracy_n", "accuracy_se", "params", "flops", "size_bytes", "latency_ms", "max_abs_diff",
                "top1_agreement")
@@ -67,6 +67,11 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
             "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
             "speedup_int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {}),
             "speedup_reference": (stages.get("validate", {}).get("metrics") or {}).get("speedup_reference", {}),
+            "speedups": (stages.get("validate", {}).get("metrics") or {}).get("speedups")
+            or {"onnxruntime-cpu": {"fp32": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
+                                    "int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {})}},
+            "runtimes": (stages.get("validate", {}).get("metrics") or {}).get("runtimes", {}),
+            "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
                                                   "dropped_blocks")}}
 
@@ -75,30 +80,48 @@ def _se(s: dict[str, Any]) -> str:
     return f" ± {s['speedup_se']:.2f}" if s.get("speedup_se") is not None else ""
 
 
+def runtime_label(runtime: str, ident: dict[str, Any] | None) -> str:
+    """``openvino-cpu 2026.4.1 on AMD EPYC (avx2, avx512f, avx512_vnni), 2 threads``: what a speed number belongs to."""
+    if not ident:
+        return runtime
+    ver = str(ident.get("version", "")).split("-")[0]
+    simd = f" ({', '.join(ident['simd'])})" if ident.get("simd") else ""
+    threads = f", {ident['threads']} threads" if ident.get("threads") else ""
+    return f"{runtime} {ver} on {ident.get('device') or ident.get('cpu')}{simd}{threads}"
+
+
 def speedup_section(report: dict[str, Any]) -> list[str]:
-    """Markdown: pruned vs unpruned on onnxruntime CPU (FP32 and INT8 U8S8, interleaved timing) — speedup, MACs ratio
-    and efficiency (speedup / MACs ratio) per batch — and how the widths were chosen."""
-    rows = [(kind, b, s) for kind, sp in (("FP32", report.get("speedup") or {}), ("INT8 (U8S8)", report.get("speedup_int8") or {}))
-            for b, s in sp.items()]
+    """Markdown: pruned vs unpruned on each runtime of this machine (FP32 and INT8 U8S8, interleaved timing) — speedup,
+    MACs ratio and efficiency (speedup / MACs ratio) per batch, each runtime named with its version, CPU and threads —
+    and how the widths were chosen (for which target)."""
+    per = report.get("speedups") or {"onnxruntime-cpu": {"fp32": report.get("speedup"), "int8": report.get("speedup_int8")}}
+    rows = [(rt, kind, b, s) for rt, kinds in per.items()
+            for kind, sp in (("FP32", kinds.get("fp32") or {}), ("INT8 (U8S8)", kinds.get("int8") or {})) for b, s in sp.items()]
     if not rows:
         return []
-    md = ["## Pruned vs unpruned (onnxruntime CPU, interleaved timing)", "",
-          "| precision | batch | unpruned ms | pruned ms | speedup ± SE | MACs ratio | efficiency (speedup / MACs ratio) |",
-          "|---|---|---|---|---|---|---|"]
-    md += [f"| {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}×{_se(s)} | {s['flops_ratio']:.2f}× | "
-           f"{s['efficiency']:.2f} |" for kind, b, s in rows]
-    rounds = {s.get("rounds") for _, _, s in rows} - {None}
+    md = ["## Pruned vs unpruned, per runtime (interleaved timing)", "",
+          "| runtime | precision | batch | unpruned ms | pruned ms | speedup ± SE | MACs ratio | efficiency (speedup / MACs ratio) |",
+          "|---|---|---|---|---|---|---|---|"]
+    md += [f"| {rt} | {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}×{_se(s)} | "
+           f"{s['flops_ratio']:.2f}× | {s['efficiency']:.2f} |" for rt, kind, b, s in rows]
+    idents = report.get("runtimes") or {}
+    md += ["", "Runtimes: " + "; ".join(runtime_label(rt, idents.get(rt)) for rt in per) + "."]
+    rounds = {s.get("rounds") for *_, s in rows} - {None}
     if rounds:
         md += ["", f"Speedup: median over {'/'.join(map(str, sorted(rounds)))} interleaved rounds of the per-round ratio "
-               "unpruned / pruned (thread spinning off in both sessions), ± its standard error."]
+               "unpruned / pruned (onnxruntime's thread spinning off in both sessions), ± its standard error."]
         ref = report.get("speedup_reference") or {}
         if ref:
             md[-1] += (" Unpruned reference: the unpruned model through the same export path ("
                        + ", ".join(f"{k.upper()} `{v}`" for k, v in ref.items()) + ").")
-    busy = [s["other_load"] for _, _, s in rows if s.get("other_load") is not None]
+    busy = [s["other_load"] for *_, s in rows if s.get("other_load") is not None]
     if busy:
         md[-1] += (f" Other processes used at most {100 * max(busy):.0f} % of the machine's CPU while it was timed"
                    + (" — **these speedups were measured on a busy machine**." if max(busy) > 0.1 else "."))
+    target = report.get("target") or {}
+    if target:
+        md += ["", f"Target the widths and latency steps were chosen for: {target.get('label') or target.get('name')}"
+               + (f" (measured on the device, `{target['file']}`)" if target.get("file") else " (measured on this machine)") + "."]
     p = report.get("pruning") or {}
     if p.get("alignment"):
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "
@@ -125,7 +148,7 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 def format_table(report: dict[str, Any]) -> str:
     """The per-format Markdown table (also printed at the end of a run)."""
     batches = sorted({b for f in report["formats"] for b in (f.get("latency_ms") or {})}, key=int)
-    head = ["format", "file", "size", "params", "MACs", "accuracy % ± SE", "n", "Δacc pp"]
+    head = ["format", "file", "runtime", "size", "params", "MACs", "accuracy % ± SE", "n", "Δacc pp"]
     for b in batches:
         head += [f"p50 ms b{b}", f"p95 ms b{b}", f"img/s b{b}"]
     head += ["parity", "status"]
@@ -134,7 +157,11 @@ def format_table(report: dict[str, Any]) -> str:
     for f in report["formats"]:
         lat = f.get("latency_ms") or {}
         acc = f.get("accuracy")
-        row = [FORMAT_TITLES.get(f["name"], f["name"]), f.get("file") or "—",
+        title = FORMAT_TITLES.get(f["name"].split("@")[0], f["name"])
+        runtime = f.get("runtime") or ("onnxruntime-cpu" if f.get("file", "").endswith(".onnx") else "—")
+        if f.get("gated") is False:
+            runtime += " (not its runtime: made for " + ", ".join(f.get("made_for") or []) + "; not gated)"
+        row = [title, f.get("file") or "—", runtime,
                _fmt(f.get("size_bytes") / 1024, ".0f") + " KiB" if f.get("size_bytes") else "—",
                _fmt(f.get("params"), ",d") if isinstance(f.get("params"), int) else "—",
                _fmt(f.get("flops") / 1e6, ".1f") + " M" if f.get("flops") else "—",
@@ -171,12 +198,18 @@ def evaluation_note(report: dict[str, Any]) -> str:
 
 def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     """Write report.json, report.md and plots/*.png atomically; return the paths written."""
+    from .device_result import device_report
+
     report = build_report(manifest)
+    measured, device_md = device_report(run_dir)  # results brought back from the target (report --device-result)
+    if measured:
+        report["device_results"] = measured
     paths = [atomic_write_json(run_dir / "report.json", report)]
     plots = write_plots(run_dir, manifest, report)
     md = [f"# Run `{report['run']}`", "", f"config hash `{report['config_hash']}`", "", "## Formats", "", format_table(report), "",
           evaluation_note(report), ""]
     md += speedup_section(report)
+    md += device_md
     md += ["## Stages", "", "| stage | status | reason | seconds | checks |", "|---|---|---|---|---|"]
     for s in report["stages"]:
         checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])

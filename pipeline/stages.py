@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+from .bundle import bundle_inputs, stage_bundle
 from .runner import Stage
 from .stages_export import (
-    stage_bundle,
     stage_engine,
     stage_int8,
     stage_int8_cpu,
     stage_onnx,
     stage_report,
     stage_simplify,
-    stage_validate,
 )
 from .stages_train import (
     baseline_inputs,
@@ -21,6 +20,7 @@ from .stages_train import (
     stage_baseline,
     stage_prune,
 )
+from .stages_validate import stage_validate
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier — except the
 # prune stage, whose work is kept and only its checks re-evaluated (Stage.gates / Stage.regate).
@@ -33,16 +33,18 @@ STAGES: list[Stage] = [
           external=baseline_inputs),
     Stage("attention", stage_attention, ("attention", "checks.eval_images"), "attach BAM, retrain → attention.pt"),
     # Its gates are re-evaluated on the recorded metrics when only they change: no re-training for a new threshold.
-    Stage("prune", stage_prune, ("prune", "export.threads", "checks.eval_images"),
+    Stage("prune", stage_prune, ("prune", "export.threads", "checks.eval_images", "target.profile", "target.precision"),
           "CCPCSA loop (any criterion) → pruned.pt, history.json",
           gates=("checks.max_accuracy_drop", "checks.require_flops_target"), regate=prune_checks),
     Stage("onnx", stage_onnx, ("export.opset", *_PARITY), "export ONNX, parity vs PyTorch → model.onnx"),
     Stage("simplify", stage_simplify, ("export.simplify", *_PARITY), "onnxsim → model.sim.onnx"),
     Stage("int8", stage_int8, ("export.int8", "export.calibration_images", *_PARITY), "INT8 QDQ for TensorRT (S8S8) → model.int8.onnx"),
-    Stage("int8_cpu", stage_int8_cpu, ("export.int8_cpu", "export.int8_reduce_range", "export.calibration_images", *_PARITY),
+    Stage("int8_cpu", stage_int8_cpu, ("export.int8_cpu", "export.int8_reduce_range", "export.calibration_images", "target.profile",
+                                         *_PARITY),
           "INT8 QDQ for onnxruntime CPU (U8S8) → model.int8.cpu.onnx"),
     Stage("engine", stage_engine, ("export", *_PARITY), "TensorRT engines (skipped without TensorRT/GPU) → model.<prec>.engine"),
-    Stage("validate", stage_validate, ("export", "checks"), "accuracy, parity, latency of every format; speedup gate"),
+    Stage("validate", stage_validate, ("export", "checks", "target.runtimes"), "accuracy, parity, latency of every format; speedup gate"),
     Stage("report", stage_report, ("report",), "report.json, report.md, plots/", external=frontier_inputs),
-    Stage("bundle", stage_bundle, (), "bundle.tar.gz for the edge device"),
+    Stage("bundle", stage_bundle, (), "bundle.tar.gz for the edge device (models, promise.json, on-device scripts)",
+          external=bundle_inputs),
 ]

@@ -10,7 +10,6 @@ its image count and standard error.
 from __future__ import annotations
 
 import json
-import tarfile
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,12 +17,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ccpcsa.data import ArrayDataset, normalize_batch
-from ccpcsa.io.artifacts import atomic_path, atomic_write_json
 from ccpcsa.io.checkpoint import load_checkpoint
-from ccpcsa.models import count_complexity
 
 from .accuracy import accuracy_record
-from .checks import accuracy_drop, at_least, at_most, parity, speedup
+from .checks import accuracy_drop, parity
 from .report import format_table, load_manifest, write_report
 from .runner import StageContext, StageOutcome
 from .stages_train import data_splits, eval_split, evaluation_sample, input_size
@@ -58,8 +55,11 @@ def _metadata(ctx: StageContext, precision: str = "fp32") -> Any:
                           run_id=ctx.cfg.run.name, config_hash=ctx.cfg.section_hash())
 
 
-def _runner(ctx: StageContext, what: str | Path) -> Any:
-    """A Torch runner for a checkpoint, a TensorRT runner for an engine, an onnxruntime CPU runner for an ONNX file."""
+def _runner(ctx: StageContext, what: str | Path, *, simulate_tensorrt: bool = False) -> Any:
+    """A Torch runner for a checkpoint, a TensorRT runner for an engine, a plain onnxruntime CPU session for an ONNX
+    file. ``simulate_tensorrt``: the TensorRT INT8 flavour with graph optimizations off, so its Q/DQ pairs run as
+    float operations — what TensorRT computes, for the int8 stage's gate on a machine without TensorRT (labelled so
+    in its metrics; never reported as the file's accuracy on onnxruntime)."""
     from export.runtime import OrtRunner, TorchRunner
 
     p = Path(what)
@@ -71,8 +71,7 @@ def _runner(ctx: StageContext, what: str | Path) -> Any:
         return TorchRunner(load_checkpoint(p).model, input_size=input_size(ctx), device=str(ctx.device), threads=ctx.cfg.export.threads)
     from export.quantize import tensorrt_flavour
 
-    # the TensorRT INT8 flavour runs as TensorRT computes it (Q/DQ in float), not through the CPU's integer kernels
-    return OrtRunner(p, threads=ctx.cfg.export.threads, graph_optimization=not tensorrt_flavour(p))
+    return OrtRunner(p, threads=ctx.cfg.export.threads, graph_optimization=not (simulate_tensorrt and tensorrt_flavour(p)))
 
 
 def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, Any]:
@@ -80,7 +79,7 @@ def _compare(ctx: StageContext, ref: str | Path, new: str | Path) -> dict[str, A
     from export.compare import compare_runners
 
     x, y = eval_arrays(ctx)
-    c = compare_runners(_runner(ctx, ref), _runner(ctx, new), x, y, batch_size=250)
+    c = compare_runners(_runner(ctx, ref), _runner(ctx, new, simulate_tensorrt=True), x, y, batch_size=250)
     return {"max_abs_diff": c.max_abs_diff, "mean_abs_diff": c.mean_abs_diff, "top1_agreement": c.top1_agreement_pct,
             "accuracy_a": c.accuracy_a_pct, "accuracy_b": c.accuracy_b_pct, "logit_scale": c.logit_scale}
 
@@ -108,12 +107,14 @@ def final_accuracy(ctx: StageContext, runner: Any, chunk: int = 1000) -> dict[st
 def final_accuracy_checks(rows: dict[str, Any], max_drop: float) -> list[Any]:
     """The final accuracy gates: every measured format's drop against the baseline measured on the same images
     in the same stage (``<format>_accuracy_drop_pp`` ≤ ``max_drop``). The intermediate stages gate on the cheap
-    sample (``checks.eval_images``); this re-checks the numbers the report states."""
+    sample (``checks.eval_images``); this re-checks the numbers the report states. A row with ``gated`` false (a file on
+    a runtime it is not made for: the TensorRT flavour on a CPU runtime) is reported, not gated."""
     base = (rows.get("pytorch_baseline") or {}).get("accuracy")
     if base is None:
         return []
     return [replace(accuracy_drop(base, r["accuracy"], max_drop), name=f"{name}_accuracy_drop_pp")
-            for name, r in rows.items() if name != "pytorch_baseline" and r.get("status") == "ok" and r.get("accuracy") is not None]
+            for name, r in rows.items()
+            if name != "pytorch_baseline" and r.get("status") == "ok" and r.get("accuracy") is not None and r.get("gated", True)]
 
 
 def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str) -> tuple[dict[str, Any], list[Any]]:
@@ -183,29 +184,44 @@ def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
     return [base_onnx, base_sim]
 
 
+def cpu_reduce_range(ctx: StageContext) -> tuple[bool, str]:
+    """``export.int8_reduce_range`` resolved for the target: the device's CPU features when ``target.profile`` is a
+    measured ``target.json`` (7-bit weights on an x86 device without VNNI), else this machine's."""
+    from export.quantize import resolve_reduce_range
+    from export.runtime import CPU_RUNTIMES
+
+    if ctx.cfg.target.profile in CPU_RUNTIMES:
+        return resolve_reduce_range(ctx.cfg.export.int8_reduce_range)
+    from export.target_profile import load_profile
+
+    ident = load_profile(ctx.cfg.target.profile).identity
+    return resolve_reduce_range(ctx.cfg.export.int8_reduce_range, frozenset(ident.get("simd") or []), ident.get("machine"))
+
+
 def quantize_cpu_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
     """The onnxruntime-CPU INT8 flavour (U8S8) of ``src`` at ``out``, with 7-bit weights where
-    ``export.int8_reduce_range`` says so (``auto``: x86 CPUs without VNNI) — one recipe for the pruned model and the
-    unpruned reference it is timed against."""
-    from export.quantize import quantize_int8, resolve_reduce_range
+    ``export.int8_reduce_range`` says so (``auto``: x86 CPUs without VNNI, the target's: :func:`cpu_reduce_range`) —
+    one recipe for the pruned model and the unpruned reference it is timed against."""
+    from export.quantize import quantize_int8
 
     n = ctx.cfg.export.calibration_images
-    reduce, _ = resolve_reduce_range(ctx.cfg.export.int8_reduce_range)
+    reduce, _ = cpu_reduce_range(ctx)
     return quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations="uint8", reduce_range=reduce)
 
 
 def _quantize(ctx: StageContext, out: Path, activations: str) -> StageOutcome:
-    from export.quantize import quantize_int8, resolve_reduce_range
+    from export.quantize import quantize_int8
 
     n = ctx.cfg.export.calibration_images
     src = _fp32_onnx(ctx)
     extra: dict[str, Any] = {}
     if activations == "uint8":
         res = quantize_cpu_flavour(ctx, src, out)
-        extra["reduce_range_reason"] = resolve_reduce_range(ctx.cfg.export.int8_reduce_range)[1]
+        extra["reduce_range_reason"] = cpu_reduce_range(ctx)[1]
     else:
         res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations=activations)
-        extra["evaluated_as"] = "QDQ as float operations (what TensorRT computes), not the CPU's integer kernels"
+        extra["evaluated_as"] = ("simulated TensorRT: QDQ as float operations on onnxruntime with graph optimizations off; "
+                                 "validate measures the file on each runtime with plain sessions")
     return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration,
                                                    "activations": res.activations, "reduce_range": res.reduce_range,
                                                    "op_counts": res.op_counts, **extra})
@@ -265,129 +281,6 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
     return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
 
 
-def _latency(ctx: StageContext, runner: Any) -> dict[str, Any]:
-    """``{"latency_ms": {"<batch>": {"p50", "p90", "p95", "p99", "mean"}}, "images_per_s": {"<batch>": ...}}``."""
-    from export.latency import measure_latency
-
-    e = ctx.cfg.export
-    rep = measure_latency(runner, batch_sizes=e.latency_batches, warmup=e.latency_warmup, iters=e.latency_iters)
-    lat = {str(r.batch_size): {"p50": r.p50_ms, "p90": r.p90_ms, "p95": r.p95_ms, "p99": r.p99_ms, "mean": r.mean_ms}
-           for r in rep.results}
-    return {"latency_ms": lat, "images_per_s": {str(r.batch_size): r.images_per_s for r in rep.results}}
-
-
-def stage_validate(ctx: StageContext) -> StageOutcome:
-    """Every format — PyTorch baseline and pruned, ONNX, simplified, both INT8, built engines — on the whole test
-    split (:func:`final_split`): accuracy with its image count and standard error, parity, size, latency; gates:
-    speedup, latency budget, each format's accuracy drop vs the baseline on those same images."""
-    cfg = ctx.cfg
-    base_ck = load_checkpoint(ctx.path("baseline.pt"))
-    outputs = reference_onnx(ctx, base_ck.model)
-    manifest = ctx.manifest.data["stages"]
-    rows: dict[str, Any] = {}
-    files = {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt"), "onnx": ctx.path("model.onnx"),
-             "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx"),
-             "int8_cpu": ctx.path("model.int8.cpu.onnx")}
-    parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8", "int8_cpu": "int8_cpu"}
-
-    # every exported format is the pruned architecture: count it once
-    base_c = count_complexity(base_ck.model, input_size(ctx))
-    pruned_c = count_complexity(load_checkpoint(ctx.path("pruned.pt")).model, input_size(ctx))
-    for name, path in files.items():
-        if not path.exists():
-            continue
-        runner = _runner(ctx, path)
-        acc = final_accuracy(ctx, runner)
-        c = base_c if name == "pytorch_baseline" else pruned_c
-        lat = _latency(ctx, runner)
-        row = {"file": path.name, "precision": "int8" if name.startswith("int8") else "fp32", "size_bytes": path.stat().st_size,
-               "params": c.params, "flops": c.macs, **acc, "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
-               "threads": cfg.export.threads, "status": "ok"}
-        st = manifest.get(parity_of.get(name, ""), {}).get("metrics") or {}
-        if st:
-            row["max_abs_diff"], row["top1_agreement"] = st.get("max_abs_diff"), st.get("top1_agreement")
-            row["parity"] = (f"max|Δ| {st['max_abs_diff']:.2e}, " if st.get("max_abs_diff") is not None and not name.startswith("int8") else "") + \
-                f"top-1 {st.get('top1_agreement', 0):.2f}% vs {st.get('parity_vs')}"
-        rows[name] = row
-    eng = manifest.get("engine", {})
-    for prec in cfg.export.engine_precisions:
-        m = (eng.get("metrics") or {}).get(prec) or {}
-        row = {"file": f"model.{prec}.engine", "precision": prec, "status": m.get("status", eng.get("status", "skipped")),
-               "reason": m.get("reason", eng.get("reason", ""))}
-        path = ctx.path(row["file"])
-        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): measured like every other format
-            runner = _runner(ctx, path)
-            lat = _latency(ctx, runner)
-            par = m.get("parity") or {}
-            row.update({"size_bytes": path.stat().st_size, "params": pruned_c.params, "flops": pruned_c.macs,
-                        **final_accuracy(ctx, runner), "latency_ms": lat["latency_ms"], "images_per_s": lat["images_per_s"],
-                        "max_abs_diff": par.get("max_abs_diff"), "top1_agreement": par.get("top1_agreement"),
-                        "parity": f"top-1 {par.get('top1_agreement', 0):.2f}% vs {par.get('parity_vs')}" if par else ""})
-        rows[f"tensorrt_{prec}"] = row
-    if ctx.device.type == "cuda":  # GPU latency rows (PyTorch eager / CUDA graph, onnxruntime CUDA): only on a CUDA run
-        from .gpu_latency import cuda_rows
-
-        rows.update(cuda_rows(ctx.path("pruned.pt"), _fp32_onnx(ctx), ctx.device, input_size(ctx), eval_arrays(ctx)[0],
-                              lambda r: _latency(ctx, r), lambda r: final_accuracy(ctx, r), pruned_c.params, pruned_c.macs))
-    # the pruned model must be really faster: ORT CPU, pruned vs unpruned, FP32 and INT8 (U8S8), timed interleaved
-    fp32_ref = outputs[-1]
-    sp, sp_int8, checks = speedups(ctx, base_c.macs / pruned_c.macs, fp32_ref, outputs)
-    reference = {"fp32": fp32_ref.name, **({"int8": BASELINE_INT8_CPU} if sp_int8 else {})}
-    if cfg.checks.latency_budget_ms is not None:
-        b = str(cfg.checks.latency_budget_batch)
-        best = min(r["latency_ms"][b]["p50"] for r in rows.values() if r.get("status") == "ok" and b in (r.get("latency_ms") or {}))
-        checks.append(at_most(f"latency_p50_ms_b{b}", best, cfg.checks.latency_budget_ms))
-    checks += final_accuracy_checks(rows, cfg.checks.max_accuracy_drop)
-    evaluation = {"final_images": len(final_split(ctx)), "test_images": len(data_splits(ctx).test), "gate_images": len(eval_split(ctx))}
-    out = atomic_write_json(ctx.path("validation.json"), {"formats": rows, "speedup": sp, "speedup_int8": sp_int8,
-                                                          "speedup_reference": reference, "evaluation": evaluation})
-    return StageOutcome(outputs=[out, *outputs], checks=checks,
-                        metrics={"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "speedup_reference": reference,
-                                 "evaluation": evaluation})
-
-
-BASELINE_INT8_CPU = "baseline.int8.cpu.onnx"  # the unpruned INT8 reference (onnxruntime-CPU flavour) validate times against
-OTHER_LOAD_WARN = 0.1  # share of the machine's CPU used by other processes above which timed speedups are flagged
-
-
-def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path,
-             outputs: list[Path]) -> tuple[dict[str, Any], dict[str, Any], list[Any]]:
-    """Pruned vs unpruned latency on onnxruntime CPU, per ``export.latency_batches``: FP32 (the pruned model's FP32
-    ONNX vs ``base_onnx``, the unpruned model through the same export path: :func:`reference_onnx`) and, with
-    ``export.int8_cpu``, INT8 U8S8 (``model.int8.cpu.onnx`` vs ``base_onnx`` quantized the same way,
-    ``baseline.int8.cpu.onnx``, added to ``outputs``). Timed by :func:`export.latency.ort_speedups`
-    (``export.speedup_rounds`` interleaved rounds, thread spinning off in both sessions): speedup = median over rounds
-    of the per-round ratio unpruned / pruned, with its standard error. Each ``{batch: {unpruned_ms, pruned_ms, speedup,
-    speedup_se, rounds, flops_ratio, efficiency}}`` with efficiency = speedup / MACs ratio (1.0: the latency fell
-    exactly as the MACs did). Gates: FP32 and INT8 speedup > 1 (``checks.require_speedup``) and FP32 efficiency ≥
-    ``checks.min_speedup_efficiency`` (null: off), both on the point estimate."""
-    from export.latency import ort_speedups
-
-    cfg, e = ctx.cfg, ctx.cfg.export
-    pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
-    int8 = ctx.path("model.int8.cpu.onnx")
-    if e.int8_cpu and int8.exists():
-        base_int8 = ctx.path(BASELINE_INT8_CPU)
-        quantize_cpu_flavour(ctx, base_onnx, base_int8)
-        outputs.append(base_int8)
-        pairs["int8"] = (base_int8, int8)
-    result: dict[str, dict[str, Any]] = {}
-    checks = []
-    for kind, (ref, new) in pairs.items():
-        result[kind] = ort_speedups(ref, new, macs_ratio, threads=e.threads, batch_sizes=e.latency_batches,
-                                    warmup=e.latency_warmup, rounds=e.speedup_rounds)
-        for b, m in result[kind].items():
-            if cfg.checks.require_speedup:
-                checks.append(speedup(m["speedup"], name=f"pruned_speedup_{kind}_b{b}"))
-            if kind == "fp32" and cfg.checks.min_speedup_efficiency is not None:
-                checks.append(at_least(f"speedup_efficiency_fp32_b{b}", m["efficiency"], cfg.checks.min_speedup_efficiency))
-    busy = max((m["other_load"] for r in result.values() for m in r.values() if m.get("other_load") is not None), default=0.0)
-    if busy > OTHER_LOAD_WARN:
-        print(f"warning: other processes used {100 * busy:.0f}% of this machine's CPU while the speedups were timed; "
-              f"they may be off — rerun with `--from validate` on a quiet machine", flush=True)
-    return result["fp32"], result.get("int8", {}), checks
-
-
 def stage_report(ctx: StageContext) -> StageOutcome:
     """report.json, report.md and plots from the manifest; prints the per-format table."""
     paths = write_report(ctx.run_dir, load_manifest(ctx.run_dir))
@@ -395,30 +288,3 @@ def stage_report(ctx: StageContext) -> StageOutcome:
     print(format_table(report), flush=True)
     return StageOutcome(outputs=paths)
 
-
-def stage_bundle(ctx: StageContext) -> StageOutcome:
-    """``bundle.tar.gz`` for the edge device: ONNX FP32 (simplified), INT8 for TensorRT and for onnxruntime CPU,
-    labels.json, build_engine.sh, infer.py."""
-    from export.metadata import read_metadata
-
-    fp32 = _fp32_onnx(ctx)
-    meta = read_metadata(fp32)
-    labels = {"classes": list(meta.get("class_names", [])), "input_size": list(_metadata(ctx).input_size),
-              "mean": list(meta.get("mean", [])), "std": list(meta.get("std", [])), "channel_order": meta.get("channel_order", "RGB"),
-              "layout": "NCHW", "default_model": fp32.name, "run": ctx.cfg.run.name, "config_hash": ctx.cfg.section_hash()}
-    members: dict[str, bytes] = {"labels.json": json.dumps(labels, indent=2).encode(),
-                                 "infer.py": (Path(__file__).parent / "bundle_infer.py").read_bytes()}
-    for p in (fp32, ctx.path("model.int8.onnx"), ctx.path("model.int8.cpu.onnx"), ctx.path("build_engine.sh")):
-        if p.exists():
-            members[p.name] = p.read_bytes()
-    out = ctx.path("bundle.tar.gz")
-    with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
-        import io
-        import time
-
-        for name, data in sorted(members.items()):
-            info = tarfile.TarInfo(f"bundle/{name}")
-            info.size, info.mtime = len(data), int(time.time())
-            info.mode = 0o755 if name.endswith((".py", ".sh")) else 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return StageOutcome(outputs=[out], metrics={"files": sorted(members)})

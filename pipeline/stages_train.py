@@ -9,6 +9,7 @@ from typing import Any
 
 from ccpcsa.criteria import get_criterion
 from ccpcsa.data import ArrayDataset, DataSplits, load_data
+from ccpcsa.errors import UserError
 from ccpcsa.io.artifacts import sha256_file
 from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity, native_input_size
@@ -158,14 +159,15 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
     ck = load_checkpoint(src, device=ctx.device)
     base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
-    pcfg, note = apply_by_alignment(cfg.prune)  # the settings of the CPU's channel block (prune.by_alignment)
+    pcfg, target = aim_at_target(cfg.prune, cfg.target)
+    pcfg, note = apply_by_alignment(pcfg)  # the settings of the target's channel block (prune.by_alignment)
     if note:
         ctx.say(note)
     criterion = get_criterion(pcfg.method, **pcfg.criterion_options)
     plain = copy.deepcopy(ck.model)
     detach_bam(plain)
     before = channels_per_layer(plain)  # named as the pruned model's layers are (no BAM wrappers)
-    probe = latency_probe(ctx, pcfg)
+    probe = latency_probe(ctx, pcfg, target)
     seed = pcfg.seed if pcfg.seed is not None else cfg.run.seed
     teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.distill_teacher == "baseline" else None
     result = run_pruning(ck.model, data, criterion, replace(pcfg, seed=seed), cfg.train, input_size=input_size(ctx),
@@ -181,6 +183,7 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     checks = prune_checks(cfg, metrics)
     metrics["history"] = [{k: v for k, v in r.items() if k != "channels"} for r in result.history]
     metrics["prune_config"] = asdict(pcfg)  # what the loop ran: prune.by_alignment applied
+    metrics["target"] = {k: v for k, v in target.items() if k != "profile"}
     if note:
         metrics["by_alignment"] = note
     metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
@@ -201,20 +204,52 @@ def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     if lat.get("target_speedup"):  # a latency target: gate the measured speedup
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     else:
-        checks.append(flops_target(metrics["flops_reduction"], apply_by_alignment(cfg.prune)[0].target_flops_reduction))
+        aimed = aim_at_target(cfg.prune, cfg.target)[0]
+        checks.append(flops_target(metrics["flops_reduction"], apply_by_alignment(aimed)[0].target_flops_reduction))
     return checks
 
 
-def latency_probe(ctx: StageContext, p: PruneConfig) -> Any:
-    """The onnxruntime-CPU latency probe for ``prune.target_speedup`` / ``prune.target_latency_ms`` /
-    ``prune.allocation=latency`` of the effective prune settings ``p`` (None without). Its per-layer table is cached in
-    the run directory (``latency_table.b<batch>.t<threads>.json``)."""
+def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, Any]]:
+    """The prune settings aimed at ``target`` (the config's ``target`` section) and a record of that target. A built-in
+    target (``onnxruntime-cpu``, ``openvino-cpu``) becomes ``prune.target_runtime`` when that key is at its default; a
+    profile file (``target.json``) sets ``prune.round_to`` (when ``auto``) to the channel block of the staircase the
+    device measured for ``target.precision`` and the target runtime to ``device-profile``."""
+    from export.runtime import CPU_RUNTIMES
+
+    if target.profile in CPU_RUNTIMES:
+        if p.target_runtime == "onnxruntime-cpu":
+            p = replace(p, target_runtime=target.profile)
+        return p, {"name": p.target_runtime, "label": f"{p.target_runtime} on this machine", "file": None,
+                   "precision": target.precision}
+    from export.target_profile import load_profile
+
+    prof = load_profile(target.profile)
+    block = prof.block(target.precision)
+    if p.round_to == "auto":
+        p = replace(p, round_to=block, target_runtime="device-profile")
+    return p, {"name": prof.identity.get("runtime"), "label": prof.label, "file": str(prof.path), "precision": target.precision,
+               "block": block, "identity": prof.identity, "profile": prof}
+
+
+def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | None = None) -> Any:
+    """The latency source for ``prune.target_speedup`` / ``prune.target_latency_ms`` / ``prune.allocation=latency`` of
+    the effective prune settings ``p`` (None without): the device's profile (:class:`export.target_profile.
+    ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine measured on the
+    fly (:class:`export.layer_latency.RuntimeLatencyProbe`; its per-layer table cached in the run directory)."""
     from ccpcsa.pruning.allocation import NEEDS_LATENCY
 
     if p.target_speedup is None and p.target_latency_ms is None and p.allocation not in NEEDS_LATENCY:
         return None
+    if target is not None and target.get("profile") is not None:
+        from export.target_profile import ProfileLatencyProbe
+
+        return ProfileLatencyProbe(target["profile"], target["precision"], p.latency_batch, input_size(ctx))
+    if target is not None and target.get("precision") == "int8":
+        raise UserError("target.precision int8 with a latency target needs the device's INT8 timings: build a probe pack "
+                        "(python -m pipeline probe-pack), run target_probe.py and set target.profile to its target.json")
     from ccpcsa.surgery.alignment import resolve_alignment
-    from export.layer_latency import OrtLatencyProbe
+    from export.layer_latency import RuntimeLatencyProbe
 
     align, _ = resolve_alignment(p.round_to, p.target_runtime)
-    return OrtLatencyProbe(p.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say)
+    return RuntimeLatencyProbe(p.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say,
+                               runtime=p.target_runtime)

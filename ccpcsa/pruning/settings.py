@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import UserError, unknown
-from ..surgery.alignment import resolve_alignment
+from ..surgery.alignment import MEASURABLE, resolve_alignment
 from ..surgery.prune import SCOPES
 from .allocation import ALLOCATIONS, NEEDS_LATENCY
 
@@ -121,10 +121,11 @@ class PruneConfig:
                             "target only; unset prune.target_speedup / target_latency_ms / groups_per_iteration / "
                             "round_to_wide and keep prune.allocation=global, prune.scope=all")
         if (self.target_speedup is not None or self.target_latency_ms is not None or self.allocation in NEEDS_LATENCY) \
-                and self.target_runtime != "onnxruntime-cpu":
+                and self.target_runtime not in MEASURABLE:
             raise UserError(f"prune.target_speedup / target_latency_ms / allocation=latency are measured on the target "
-                            f"runtime, and only onnxruntime-cpu can be measured by this pipeline (prune.target_runtime is "
-                            f"{self.target_runtime}); set prune.target_runtime=onnxruntime-cpu or use prune.target_flops_reduction")
+                            f"runtime, and this pipeline measures {', '.join(MEASURABLE)} (prune.target_runtime is "
+                            f"{self.target_runtime}); set target.profile (a built-in runtime or the device's target.json) "
+                            "or use prune.target_flops_reduction")
         if self.latency_batch < 1:
             raise UserError(f"prune.latency_batch must be ≥ 1, got {self.latency_batch}")
         if not 0 <= self.max_layer_ratio < 1:

@@ -22,7 +22,9 @@ from pathlib import Path
 
 from ..errors import UserError
 
-RUNTIMES = ("onnxruntime-cpu", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
+RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "device-profile", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
+#: Runtimes the pipeline measures latency on: this machine's CPU runtimes, and a profile measured on the device.
+MEASURABLE = ("onnxruntime-cpu", "openvino-cpu", "device-profile")
 TENSORRT_ALIGNMENT = {"tensorrt-fp16": 8, "tensorrt-int8": 16, "tensorrt-tf32": 4}
 
 
@@ -89,11 +91,18 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
         if runtime in TENSORRT_ALIGNMENT:
             a = TENSORRT_ALIGNMENT[runtime]
             return a, f"{runtime}: Tensor Core channel multiple {a} (NVIDIA DL Performance Guide, convolutional layers)"
+        if runtime == "device-profile":
+            raise UserError("prune.target_runtime device-profile takes its alignment from target.profile; "
+                            "set target.profile to the device's target.json")
         lanes, why = cpu_float_lanes(flags)
+        if runtime == "openvino-cpu":  # oneDNN's blocked layouts (nChw16c / nChw8c) follow the same SIMD width
+            return lanes, "openvino-cpu on " + why.replace("onnxruntime's NCHWc block", "oneDNN's channel block")
         return lanes, f"onnxruntime-cpu on {why}"
     if isinstance(round_to, bool) or round_to < 1:
         raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
     why = "set by prune.round_to"
+    if runtime == "device-profile":
+        return int(round_to), "the channel block of the staircase measured on the target (target.profile)"
     if runtime == "onnxruntime-cpu":
         lanes = cpu_float_lanes(flags)[0]
         if round_to % lanes:

@@ -48,14 +48,16 @@ def trtexec_commands(
     Returns ``{"fp16": cmd}`` plus ``{"int8": cmd}`` when ``int8_onnx_path`` (a QDQ model) is given.
     Both use the same ``--minShapes/--optShapes/--maxShapes`` as :func:`build_engine`, a workspace
     pool of ``workspace_mb`` MiB and (optionally) a shared timing cache. The engine is written next
-    to its ONNX file as ``<stem>_<precision>.engine``. Pure string building: needs no TensorRT.
+    to its ONNX file as ``model.<precision>.engine`` (``model.fp16.engine``, ``model.int8.engine``: the names
+    ``report.json``, the bundle's ``promise.json`` and ``infer.py --runtime tensorrt --model`` use). Pure string
+    building: needs no TensorRT.
     """
     profile = profile or BatchProfile()
     shapes = {k: "x".join(str(d) for d in v) for k, v in profile.shapes(input_chw).items()}
 
     def command(src: PathLike, precision: str, flags: list[str]) -> str:
         p = Path(src)
-        engine = p.with_name(f"{p.stem}_{precision}.engine")
+        engine = p.with_name(f"model.{precision}.engine")
         parts = [
             "trtexec",
             f"--onnx={p}",
