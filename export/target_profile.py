@@ -186,11 +186,17 @@ class ProfileLatencyProbe:
         self.table = LayerTable(batch, profile.threads, profile.grid_step, points=rec["layers"])
         self.reference_ms = float(rec["model_ms"][str(batch)])
         self._constant: float | None = None
+        self._scale = 1.0
 
     def set_reference(self, model: nn.Module) -> float:
-        """Check that the profile was measured for ``model`` (its fingerprint); the device's unpruned milliseconds."""
+        """Check that the profile was measured for ``model`` (its fingerprint); the device's unpruned milliseconds.
+        Calibration as :meth:`ccpcsa.surgery.cost.LatencyCost.proportional`: ``estimate = constant + scale · table``
+        with ``constant = measured − table`` when that is ≥ 0, else ``constant = 0`` and ``scale = measured / table``
+        (isolated layers each pay their own reorders, so at batch 1 their sum can exceed the whole model's time)."""
         self.profile.check_model(model, self.input_size)
-        self._constant = self.reference_ms - self._table_ms(model)
+        table = self._table_ms(model)
+        self._constant, self._scale = (self.reference_ms - table, 1.0) if table <= self.reference_ms else \
+            (0.0, self.reference_ms / table)
         return self.reference_ms
 
     def _table_ms(self, model: nn.Module) -> float:
@@ -198,14 +204,14 @@ class ProfileLatencyProbe:
 
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
         """``(unpruned ms, model ms)`` on the device: measured for the unpruned model, the calibrated table's estimate
-        (the same constant as the unpruned model's) for ``model``."""
+        for ``model``."""
         assert self._constant is not None, "call set_reference first"
         if model is None:
             return self.reference_ms, self.reference_ms
-        return self.reference_ms, max(self._constant + self._table_ms(model), 1e-6)
+        return self.reference_ms, max(self._constant + self._scale * self._table_ms(model), 1e-6)
 
     def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
         """The pruner's :class:`LatencyCost` from the device's table, calibrated to ``measured_ms``."""
         cost = LatencyCost(pruner, self.table)
         cost.calibrate(measured_ms)
-        return cost
+        return cost.proportional()
