@@ -65,13 +65,20 @@ def test_the_probe_measures_the_model_and_every_grid_point_of_the_pack(profile: 
         assert [w for w, _ in rec["staircase"]] == sorted(e["c_out"] for e in pack["staircase"] if e["precision"] == prec)
 
 
-def test_the_profile_prices_a_pruned_model_below_the_unpruned_one(profile: Path) -> None:
-    prof = load_profile(profile)
+def test_the_profile_prices_a_pruned_model_below_the_unpruned_one(profile: Path, tmp_path: Path) -> None:
+    # the measured points of a model this small are microseconds of noise: price each grid point by its channels
+    # instead (ms ∝ c_in · c_out), so the test checks the lookup and the calibration, not this machine's load
+    data = json.loads(profile.read_text())
+    for rec in data["precisions"].values():
+        rec["layers"] = {k: 1e-4 * int(k.split(":")[1]) * int(k.split(":")[2]) for k in rec["layers"]}
+    priced = tmp_path / "target.json"
+    priced.write_text(json.dumps(data))
+    prof = load_profile(priced)
     torch.manual_seed(0)
     model = tiny_net(10, 16)
     probe = ProfileLatencyProbe(prof, "fp32", 1, 32)
     ref = probe.set_reference(model)
-    assert ref == pytest.approx(json.loads(profile.read_text())["precisions"]["fp32"]["model_ms"]["1"])
+    assert ref == pytest.approx(data["precisions"]["fp32"]["model_ms"]["1"])
     assert probe.measure_pair(None) == (ref, ref)
     assert probe.measure_pair(model)[1] == pytest.approx(ref)  # calibrated: the unpruned estimate is the measurement
     pruner = ChannelPruner(model, 32, round_to=4, min_channels=4)
