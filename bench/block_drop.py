@@ -7,7 +7,7 @@
 For every candidate block (:func:`ccpcsa.models.depth.candidate_blocks`), alone: remove it, re-estimate BatchNorm on
 ``--recalibrate`` train images, and measure the val accuracy (5,000 held-out train images) and the MACs it takes. With
 ``--latency`` also the measured onnxruntime-CPU speedup of the model without it over the model with it, FP32 and INT8
-U8S8 at batch 1 and 32 (paired, ± SE; ``export.latency.ort_speedups``). No fine-tuning: the numbers rank blocks, a
+U8S8 at batch 1 and 32 (paired, ± SE; ``export.latency.runtime_speedups``). No fine-tuning: the numbers rank blocks, a
 fine-tune recovers most of the loss (bench/README.md "Depth").
 
 ``--variants BLOCKS@TOTAL``: timing only (no accuracy), for shapes a deploy would produce — the blocks (``+``-joined,
@@ -153,12 +153,12 @@ class _Timer:
 
     def speedups(self, model: Any, tag: str) -> dict[str, dict[str, float]]:
         """``{fp32|int8: {"1": speedup, "32": speedup, "1_se": …, "32_se": …}}`` over the unpruned files."""
-        from export.latency import ort_speedups
+        from export.latency import runtime_speedups
 
         files = self._files(model, tag)
         out: dict[str, dict[str, float]] = {}
         for fmt, ref, new in (("fp32", self.ref[0], files[0]), ("int8", self.ref[1], files[1])):
-            t = ort_speedups(ref, new, 1.0, threads=self.threads, batch_sizes=[1, 32], rounds=11)
+            t = runtime_speedups("onnxruntime-cpu", ref, new, 1.0, threads=self.threads, batch_sizes=[1, 32], rounds=11)
             out[fmt] = {b: t[b]["speedup"] for b in t} | {f"{b}_se": t[b]["speedup_se"] for b in t}
         return out
 

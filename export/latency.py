@@ -195,9 +195,3 @@ def runtime_speedups(runtime: str, ref: str | Path, new: str | Path, macs_ratio:
                      "rounds": m.rounds, "other_load": m.other_load, "flops_ratio": macs_ratio,
                      "efficiency": m.speedup / macs_ratio} for b, m in t.items()}
 
-
-def ort_speedups(ref: str | Path, new: str | Path, macs_ratio: float, *, threads: int,
-                 batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, rounds: int = 21, warmup: int = 5) -> dict[str, dict[str, Any]]:
-    """:func:`runtime_speedups` on onnxruntime CPU."""
-    return runtime_speedups("onnxruntime-cpu", ref, new, macs_ratio, threads=threads, batch_sizes=batch_sizes,
-                            rounds=rounds, warmup=warmup)

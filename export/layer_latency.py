@@ -3,14 +3,14 @@
 HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022, §3.2) prunes against a
 latency *table*: the measured latency of each layer as a function of its input and output widths. Here:
 
-- :class:`OrtLayerTable` measures one convolution (+ ReLU, which onnxruntime fuses) of a layer's exact shape
-  (kernel, stride, dilation, padding, groups, input resolution, batch) on onnxruntime's CPU provider with the
-  deployment's thread count, on a grid of widths (the alignment's multiples, at most ~9 per axis, plus the
+- :class:`LayerTable` measures one convolution (+ ReLU, which onnxruntime fuses) of a layer's exact shape
+  (kernel, stride, dilation, padding, groups, input resolution, batch) on the target runtime (onnxruntime's CPU
+  provider or OpenVINO CPU) with the deployment's thread count, on a grid of widths (the alignment's multiples, at most ~9 per axis, plus the
   full width), interleaving the grid's points over several rounds and keeping each point's median; other
   widths are interpolated bilinearly. Points are cached in a JSON file keyed by runtime, machine, threads and
   batch, so a run directory measures each point once.
-- :class:`OrtLatencyProbe` measures a whole PyTorch model end to end the way ``validate`` does (ONNX export,
-  onnxruntime CPU, median of interleaved rounds) and builds the :class:`ccpcsa.surgery.cost.LatencyCost` for a pruner:
+- :class:`RuntimeLatencyProbe` measures a whole PyTorch model end to end the way ``validate`` does (ONNX export,
+  the same runtime, median of interleaved rounds) and builds the :class:`ccpcsa.surgery.cost.LatencyCost` for a pruner:
   the table's layer latencies plus a constant calibrated so that the current model's estimate equals its
   measured latency (the runtime's per-run overhead, reorders, pooling, the classifier).
 
@@ -100,13 +100,6 @@ def time_calls(calls: Sequence[Callable[[], object]], *, rounds: int = 5, min_se
     per_round = [calls_for_seconds(c, min_seconds, warmup) for c in calls]
     samples = interleaved_rounds(calls, rounds=rounds, per_round=per_round, warmup=0)
     return [[float(np.mean(r)) for r in per] for per in samples]
-
-
-def time_interleaved(sessions: Sequence[ort.InferenceSession], inputs: Sequence[np.ndarray], *, rounds: int = 5,
-                     min_seconds: float = 0.02, warmup: int = 3) -> list[list[float]]:
-    """:func:`time_calls` of onnxruntime ``sessions`` on their ``inputs``."""
-    calls = [_session_call(s, x) for s, x in zip(sessions, inputs, strict=True)]
-    return time_calls(calls, rounds=rounds, min_seconds=min_seconds, warmup=warmup)
 
 
 def conv_model(layer: LayerShape, c_in: int, c_out: int, batch: int) -> bytes:
@@ -360,9 +353,6 @@ class RuntimeLatencyProbe:
         self.table.prepare(cost.layers)
         cost.calibrate(measured_ms)
         return cost
-
-
-OrtLatencyProbe = RuntimeLatencyProbe  # the name of older callers
 
 
 def _num_outputs(model: nn.Module, input_size: int) -> int:

@@ -48,16 +48,20 @@ def _deployed(model: nn.Module) -> nn.Module:
     return m
 
 
-def _shapes(model: nn.Module, input_size: int) -> list[LayerShape]:
-    """The conv/linear layer shapes of the deployed graph of ``model`` (BAM detached), as the pruner sees them."""
-    return layer_shapes(ChannelPruner(_deployed(model), input_size, round_to=1, min_channels=1))
+def _shapes(deployed: nn.Module, input_size: int) -> list[LayerShape]:
+    """The conv/linear layer shapes of a deployed graph (:func:`_deployed`), as the pruner sees them."""
+    return layer_shapes(ChannelPruner(deployed, input_size, round_to=1, min_channels=1))
+
+
+def _fingerprint(shapes: list[LayerShape], input_size: int) -> str:
+    rows = [[list(map(str, s.signature)), s.c_in, s.c_out] for s in shapes]
+    return hashlib.sha256(json.dumps([input_size, rows]).encode()).hexdigest()
 
 
 def fingerprint(model: nn.Module, input_size: int) -> str:
     """SHA-256 of the model's conv/linear layer shapes (signature and widths) and input size: a profile measured for
     one model fits another only when they are equal."""
-    rows = [[list(map(str, s.signature)), s.c_in, s.c_out] for s in _shapes(model, input_size)]
-    return hashlib.sha256(json.dumps([input_size, rows]).encode()).hexdigest()
+    return _fingerprint(_shapes(_deployed(model), input_size), input_size)
 
 
 def _staircase_layer(shapes: list[LayerShape]) -> LayerShape | None:
@@ -75,8 +79,8 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
 
     out = Path(out_dir)
     (out / "layers").mkdir(parents=True, exist_ok=True)
-    shapes = _shapes(model, input_size)
     m = _deployed(model)
+    shapes = _shapes(m, input_size)
     with torch.no_grad():
         n_out = int(m(torch.zeros(1, 3, input_size, input_size)).shape[1])
     meta = DeployMetadata(class_names=[str(i) for i in range(n_out)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
@@ -106,7 +110,7 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
     for f in PROBE_FILES:
         shutil.copyfile(EDGE / f, out / f)
     pack = {"format": PACK_FORMAT, "model": {"name": name, "input_chw": [3, input_size, input_size],
-                                             "fingerprint": fingerprint(model, input_size)},
+                                             "fingerprint": _fingerprint(shapes, input_size)},
             "input_chw": [3, input_size, input_size], "batches": batches, "layer_batch": layer_batch, "grid_step": grid_step,
             "models": models, "empty": "empty.onnx", "layers": layers, "staircase": stair}
     return atomic_write_json(out / "pack.json", pack)

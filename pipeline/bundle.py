@@ -22,6 +22,7 @@ from typing import Any
 
 from ccpcsa.io.artifacts import atomic_path, sha256_file
 
+from .report import speedups_by_runtime
 from .runner import StageContext, StageOutcome
 
 EDGE = Path(__file__).resolve().parents[1] / "export" / "edge"
@@ -92,7 +93,7 @@ def promise_json(ctx: StageContext, fp32: Path, arts: list[dict[str, Any]], clas
     runtime / precision / batch) and the accuracy gate the device checks against."""
     stages = ctx.manifest.data.get("stages", {})
     v = (stages.get("validate") or {}).get("metrics") or {}
-    speedups = v.get("speedups") or {"onnxruntime-cpu": {k: s for k, s in (("fp32", v.get("speedup")), ("int8", v.get("speedup_int8"))) if s}}
+    speedups = speedups_by_runtime(v)
     accuracy = {name: {k: f.get(k) for k in ("file", "accuracy", "accuracy_se", "accuracy_n")}
                 for name, f in (v.get("formats") or {}).items() if f.get("status", "ok") == "ok" and f.get("accuracy") is not None}
     return {"format": PROMISE_FORMAT, "run": ctx.cfg.run.name, "config_hash": ctx.cfg.section_hash(), "classes": classes,

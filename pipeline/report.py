@@ -35,7 +35,8 @@ ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_se")  # taken together, fro
 def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     """Assemble the report dict from a manifest (pure function of its contents)."""
     stages = manifest.get("stages", {})
-    formats: dict[str, Any] = (stages.get("validate", {}).get("metrics") or {}).get("formats", {})
+    val: dict[str, Any] = stages.get("validate", {}).get("metrics") or {}
+    formats: dict[str, Any] = val.get("formats", {})
     base = (stages.get("baseline", {}).get("metrics") or {})
     prune = (stages.get("prune", {}).get("metrics") or {})
     out_stages = []
@@ -61,16 +62,13 @@ def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
     return {"run": manifest.get("run"), "config": manifest.get("config"), "config_hash": manifest.get("config_hash"),
             "baseline": {**{k: base_acc.get(k) for k in ACCURACY_KEYS}, "params": base.get("params"), "flops": base.get("flops"),
                          "weights": base.get("weights")},
-            "evaluation": (stages.get("validate", {}).get("metrics") or {}).get("evaluation")
+            "evaluation": val.get("evaluation")
             or {"final_images": None, "test_images": None, "gate_images": base.get("accuracy_n")},
             "stages": out_stages, "formats": [{"name": k, **v} for k, v in formats.items()],
-            "speedup": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
-            "speedup_int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {}),
-            "speedup_reference": (stages.get("validate", {}).get("metrics") or {}).get("speedup_reference", {}),
-            "speedups": (stages.get("validate", {}).get("metrics") or {}).get("speedups")
-            or {"onnxruntime-cpu": {"fp32": (stages.get("validate", {}).get("metrics") or {}).get("speedup", {}),
-                                    "int8": (stages.get("validate", {}).get("metrics") or {}).get("speedup_int8", {})}},
-            "runtimes": (stages.get("validate", {}).get("metrics") or {}).get("runtimes", {}),
+            "speedup": val.get("speedup", {}), "speedup_int8": val.get("speedup_int8", {}),
+            "speedup_reference": val.get("speedup_reference", {}),
+            "speedups": speedups_by_runtime(val),
+            "runtimes": val.get("runtimes", {}),
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
                                                   "dropped_blocks")}}
@@ -90,11 +88,18 @@ def runtime_label(runtime: str, ident: dict[str, Any] | None) -> str:
     return f"{runtime} {ver} on {ident.get('device') or ident.get('cpu')}{simd}{threads}"
 
 
+def speedups_by_runtime(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{runtime: {"fp32"|"int8": {batch: …}}}`` of a validate record or report; a run validated before per-runtime
+    timing has onnxruntime-cpu's only (``speedup`` / ``speedup_int8``)."""
+    return record.get("speedups") or {"onnxruntime-cpu": {k: s for k, s in (("fp32", record.get("speedup")),
+                                                                            ("int8", record.get("speedup_int8"))) if s}}
+
+
 def speedup_section(report: dict[str, Any]) -> list[str]:
     """Markdown: pruned vs unpruned on each runtime of this machine (FP32 and INT8 U8S8, interleaved timing) — speedup,
     MACs ratio and efficiency (speedup / MACs ratio) per batch, each runtime named with its version, CPU and threads —
     and how the widths were chosen (for which target)."""
-    per = report.get("speedups") or {"onnxruntime-cpu": {"fp32": report.get("speedup"), "int8": report.get("speedup_int8")}}
+    per = speedups_by_runtime(report)
     rows = [(rt, kind, b, s) for rt, kinds in per.items()
             for kind, sp in (("FP32", kinds.get("fp32") or {}), ("INT8 (U8S8)", kinds.get("int8") or {})) for b, s in sp.items()]
     if not rows:

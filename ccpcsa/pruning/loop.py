@@ -96,7 +96,8 @@ def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device
 
 
 class LatencyProbe(Protocol):
-    """What the loop needs from the target runtime for a latency target (``export.layer_latency.OrtLatencyProbe``):
+    """What the loop needs from the target runtime for a latency target (``export.layer_latency.RuntimeLatencyProbe``,
+    ``export.target_profile.ProfileLatencyProbe``):
     the unpruned model as the reference, the reference's and a model's latency measured interleaved (ms per batch,
     the deployed graph), and the latency cost model of a pruner calibrated to a measured latency."""
 
