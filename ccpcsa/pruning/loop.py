@@ -21,7 +21,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
@@ -31,26 +31,23 @@ from .. import placement
 from ..criteria import Criterion, ScoreContext
 from ..criteria.stats import stats_collector
 from ..data import ArrayDataset, BatchLoader, DataSplits
-from ..errors import UserError
 from ..io.artifacts import atomic_write_json
 from ..models.attention import detach_bam
 from ..models.complexity import Complexity, count_complexity
 from ..models.depth import drop_blocks
 from ..surgery.alignment import resolve_alignment
-from ..surgery.cost import CostModel, MacsCost
 from ..surgery.prune import (
     ChannelPruner,
     channels_per_layer,
     deployed_complexity,
-    metapruner_to_target,
 )
-from ..surgery.target import fewest_prefix, prune_to_target
 from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
-from .allocation import MEASURED, NEEDS_LATENCY, order_blocks, removable_blocks
+from .allocation import MEASURED, removable_blocks
+from .planner import Compensation, make_planner
+from .planner import LatencyProbe as LatencyProbe  # re-exported: the probes name it here
 from .sensitivity import block_sensitivity
 from .settings import PruneConfig as PruneConfig  # re-exported: callers import the settings from here
-from .steering import StepGain
 
 
 @dataclass
@@ -95,266 +92,235 @@ def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device
     yield from BatchLoader(sub, batch_size, data.mean, data.std, device=device)
 
 
-class LatencyProbe(Protocol):
-    """What the loop needs from the target runtime for a latency target (``export.layer_latency.RuntimeLatencyProbe``,
-    ``export.target_profile.ProfileLatencyProbe``):
-    the unpruned model as the reference, the reference's and a model's latency measured interleaved (ms per batch,
-    the deployed graph), and the latency cost model of a pruner calibrated to a measured latency."""
-
-    def set_reference(self, model: nn.Module) -> float:
-        """Keep ``model`` (the unpruned one) as the reference; return its latency in ms."""
-        ...
-
-    def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
-        """``(reference ms, model ms)`` measured interleaved (``None``: the reference against itself)."""
-        ...
-
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> CostModel:
-        """The latency cost model of ``pruner``'s model, calibrated so its current cost is ``measured_ms``."""
-        ...
-
-
 def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig, *,
                 input_size: int = 32, device: torch.device | str | None = None, reference_accuracy: float | None = None,
                 history_path: str | Path | None = None, progress: bool = True,
                 latency: LatencyProbe | None = None, teacher: nn.Module | None = None) -> PruneResult:
     """Run Algorithm 1 on ``model`` (modified in place) and return the last accepted model.
 
-    ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule
-    are replaced by the loop's (one epoch per iteration at ``cfg.lr``, cosine within a fine-tune).
-    The history (JSON list, one row per iteration) is written atomically after every iteration.
+    Each iteration: score (a statistics epoch for criteria that collect them, then the criterion's channel scores) →
+    plan and cut (the step planner of :func:`ccpcsa.pruning.planner.make_planner`: MACs/params target, latency target
+    on ``latency``'s runtime, or the Torch-Pruning reference) → recover (BatchNorm re-estimate, fine-tune) → guard
+    (accept while the val accuracy drop < ``cfg.tolerance``, else restore the last accepted model and stop). The loop
+    stops when the planner's target is reached, nothing is left to prune or after ``cfg.max_iterations``; a final
+    fine-tune follows. The history (JSON list, one row per iteration) is written atomically after every iteration.
 
-    Kept widths are multiples of the alignment (``cfg.round_to``, ``auto``: :func:`resolve_alignment` for
-    ``cfg.target_runtime``); blocks go in the order of ``cfg.allocation`` (:mod:`ccpcsa.pruning.allocation`). With
-    ``cfg.target_speedup`` / ``cfg.target_latency_ms`` the target is latency on the runtime ``latency`` measures:
-    each iteration removes blocks until the latency table's estimate reaches that iteration's step, and the loop
-    stops when the *measured* speedup over the unpruned model (interleaved timing) reaches the target.
-
-    All fits of the loop are one pass over the data (:class:`ccpcsa.training.engine.TrainStream`: no fit repeats another's
-    images); ``cfg.lr_schedule`` says how the learning rate runs across them; ``cfg.recalibrate_bn`` re-estimates the
-    BatchNorm statistics on that many train images after every surgery. ``teacher``: the model distilled from with
-    ``cfg.distill`` (default: a copy of ``model`` as given).
+    ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule are replaced by
+    the loop's (:class:`_LoopRun`). Kept widths are multiples of the alignment (``cfg.round_to``, ``auto``:
+    :func:`resolve_alignment` for ``cfg.target_runtime``). ``teacher``: the model distilled from with ``cfg.distill``
+    (default: a copy of ``model`` as given).
     """
+    t0 = time.perf_counter()
+    run = _LoopRun(model, data, criterion, _settled(cfg), train_cfg, input_size, device, reference_accuracy, teacher, latency)
+    cfg, result = run.cfg, run.result
+    planner = make_planner(cfg, result.base, latency, result.latency.get("unpruned_ms"), run.sensitivity,  # type: ignore[arg-type]
+                           result.latency, result.alignment)
+    stop = "max_iterations"
+    bar = tqdm(total=cfg.max_iterations, desc=f"prune[{criterion.name}]", disable=not progress, dynamic_ncols=True)
+    for it in range(1, cfg.max_iterations + 1):
+        if planner.reached(run.current):
+            stop = "target reached"
+            break
+        ti = time.perf_counter()
+        pruner, scores = run.score(it, progress)  # 1) statistics epoch, channel scores
+        plan, estimate = planner.cut(it, run.model, pruner, scores, run.current, run.compensation(pruner))  # 2) plan, cut
+        if not any(plan.values()):
+            stop = "nothing left to prune (per-layer floors or alignment reached)"
+            break
+        row = run.recover(it, plan, ti, progress)  # 3) BN re-estimate, fine-tune, val accuracy
+        row.update(planner.measured(run.model, estimate))
+        result.history.append(row)
+        if history_path is not None:
+            atomic_write_json(history_path, result.history)
+        bar.update(1)
+        bar.set_postfix(flops=f"-{100 * row['flops_reduction']:.1f}%", acc=f"{row['val_accuracy']:.2f}",
+                        drop=f"{row['drop_pp']:+.2f}pp", ok=row["accepted"])
+        if progress:
+            tqdm.write(f"prune iteration {it}: FLOPs -{100 * row['flops_reduction']:.1f}% params -{100 * row['params_reduction']:.1f}%"
+                       f"{planner.progress(row)} val {row['val_accuracy']:.2f}% (drop {row['drop_pp']:+.2f} pp) "
+                       f"{'accepted' if row['accepted'] else 'REJECTED → restoring last accepted model'}")
+        if not row["accepted"]:  # 4) guard
+            run.restore()
+            stop = f"accuracy drop {row['drop_pp']:.2f} pp ≥ tolerance {cfg.tolerance} pp"
+            break
+        run.accept()
+        planner.accepted(row)
+        result.iterations = it
+    else:
+        if planner.reached(run.current):
+            stop = "target reached"
+    bar.close()
+    run.finish(progress)
+    result.stop_reason, result.seconds = stop, time.perf_counter() - t0
+    if history_path is not None:
+        atomic_write_json(history_path, result.history)
+    return result
+
+
+def _settled(cfg: PruneConfig) -> PruneConfig:
+    """``cfg`` validated, with the CPU channel block's settings applied (``prune.by_alignment``; the pipeline has
+    applied them already, so this acts on configs built directly)."""
     cfg.validate()
-    if cfg.by_alignment:  # the settings of the CPU's channel block (the pipeline has applied them already)
+    if cfg.by_alignment:
         from .operating_point import apply_by_alignment
 
         cfg, note = apply_by_alignment(cfg)
         if note:
             tqdm.write(note)
-    t0 = time.perf_counter()
-    device = placement.module_device(placement.place(model, device))  # None: where the model already is
-    seed = cfg.seed or 0
-    ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=seed)
-    final_ft = ft
-    if cfg.lr_schedule == "continuous":
-        ft = replace(ft, schedule="constant")
-    stream = TrainStream()
-    ref = reference_accuracy if reference_accuracy is not None else evaluate(model, data.val, data.mean, data.std, device=device)[0]
-    base = deployed_complexity(model, input_size, cfg.remove_attention)  # MACs targets refer to the deployed graph
-    align, align_why = resolve_alignment(cfg.round_to, cfg.target_runtime)
-    target_macs = base.macs * (1 - cfg.target_flops_reduction)
-    target_params = base.params * (1 - cfg.target_params_reduction) if cfg.target_params_reduction is not None else None
-    if cfg.round_to_wide is not None:
-        align_why += (f"; layers of ≥ {2 * cfg.round_to_wide} channels in multiples of {math.lcm(align, cfg.round_to_wide)} "
-                      "(prune.round_to_wide)")
-    result = PruneResult(model=model, base=base, reference_accuracy=ref, alignment=align, alignment_reason=align_why,
-                         allocation=cfg.allocation)
-    def new_pruner(m: nn.Module, sizes: dict[str, int] | None = None) -> ChannelPruner:
-        """The loop's one pruner setup (alignment, floors, scope) over ``m``; ``sizes``: the original widths."""
-        return ChannelPruner(m, input_size, align, cfg.min_channels, cfg.max_layer_ratio, sizes, scope=cfg.scope,
-                             wide_round_to=cfg.round_to_wide)
+    return cfg
 
-    original, current = model, base  # the model as given: the latency reference and the default teacher
-    if cfg.drop_blocks:  # depth surgery first (prune.drop_blocks), then channels
-        original = copy.deepcopy(model)
-        result.dropped_blocks = drop_blocks(model, cfg.drop_blocks, input_size)
-        current = deployed_complexity(model, input_size, cfg.remove_attention)
+
+class _LoopRun:
+    """The state Algorithm 1 carries across iterations and the work each phase does on it: the model, the fits' one
+    pass over the data (:class:`TrainStream`: no fit repeats another's images), the learning-rate schedule
+    (``cfg.lr_schedule``: ``continuous`` holds ``cfg.lr`` through the iterations and anneals once in the final
+    fine-tune; ``restart`` decays a cosine in every fit), distillation, the pruner's settings, the last accepted
+    model and the result being built."""
+
+    def __init__(self, model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig,
+                 input_size: int, device: torch.device | str | None, reference_accuracy: float | None,
+                 teacher: nn.Module | None, latency: LatencyProbe | None) -> None:
+        self.data, self.criterion, self.cfg, self.train_cfg, self.input_size = data, criterion, cfg, train_cfg, input_size
+        self.device = placement.module_device(placement.place(model, device))  # None: where the model already is
+        self.seed = cfg.seed or 0
+        self.final_ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=self.seed)
+        self.ft = replace(self.final_ft, schedule="constant") if cfg.lr_schedule == "continuous" else self.final_ft
+        self.stream = TrainStream()
+        self.ref = reference_accuracy if reference_accuracy is not None else evaluate(model, data.val, data.mean, data.std,
+                                                                                      device=self.device)[0]
+        base = deployed_complexity(model, input_size, cfg.remove_attention)  # MACs targets refer to the deployed graph
+        align, why = resolve_alignment(cfg.round_to, cfg.target_runtime)
+        if cfg.round_to_wide is not None:
+            why += (f"; layers of ≥ {2 * cfg.round_to_wide} channels in multiples of {math.lcm(align, cfg.round_to_wide)} "
+                    "(prune.round_to_wide)")
+        self.result = PruneResult(model=model, base=base, reference_accuracy=self.ref, alignment=align, alignment_reason=why,
+                                  allocation=cfg.allocation)
+        self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
+        self.original_sizes: dict[str, int] | None = None
+        if cfg.drop_blocks:
+            self._drop_blocks()
+        pruner = self.new_pruner()
+        self.original_sizes = pruner.original_sizes
+        # said once, even without progress output: the widths (and so the speed/accuracy trade) depend on the CPU
+        tqdm.write(f"kept widths in multiples of {align}: {why}")
+        if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
+            tqdm.write("left whole: " + "; ".join(f"{k} ({w})" for k, w in pruner.fixed.items()))
+        self.result.left_whole = dict(pruner.fixed)
+        if latency is not None:
+            self.result.latency = {"batch": cfg.latency_batch, "unpruned_ms": latency.set_reference(self.original),
+                                   "target_speedup": None}
+        self.latency = latency
+        self.accepted = copy.deepcopy(model)
+        # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
+        self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), cfg.distill_weight,
+                               cfg.distill_temperature) if cfg.distill else None
+        self.comp_reports: list[Any] = []
+
+    def _drop_blocks(self) -> None:
+        """Depth surgery first (``prune.drop_blocks``), BatchNorm re-estimated, then channels."""
+        cfg = self.cfg
+        self.original = copy.deepcopy(self.model)
+        self.result.dropped_blocks = drop_blocks(self.model, cfg.drop_blocks, self.input_size)
+        self.current = deployed_complexity(self.model, self.input_size, cfg.remove_attention)
         if cfg.recalibrate_bn > 0:
-            recalibrate_batchnorm(model, lambda: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size, device,
-                                                                     seed + 999))
+            recalibrate_batchnorm(self.model, lambda: calibration_batches(self.data, cfg.recalibrate_bn, self.train_cfg.batch_size,
+                                                                          self.device, self.seed + 999))
+        assert self.result.base is not None
         tqdm.write(f"removed {len(cfg.drop_blocks)} block(s) whole ({', '.join(cfg.drop_blocks)}): MACs "
-                   f"-{100 * current.reduction_vs(base)[0]:.1f}% before channel pruning (prune.drop_blocks)")
-    pruner = new_pruner(model)
-    original_sizes = pruner.original_sizes
-    # said once, even without progress output: the widths (and so the speed/accuracy trade) depend on the CPU
-    tqdm.write(f"kept widths in multiples of {align}: {align_why}")
-    if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
-        tqdm.write("left whole: " + "; ".join(f"{k} ({why})" for k, why in pruner.fixed.items()))
-    result.left_whole = dict(pruner.fixed)
-    lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
-    target_speedup = cfg.target_speedup
-    speedup_now = 1.0
-    steer = StepGain()  # the share of the table's predicted drop the steps really delivered
-    if (lat_mode or cfg.allocation in NEEDS_LATENCY) and latency is None:
-        raise UserError(f"prune.target_speedup / prune.target_latency_ms / prune.allocation=latency need a latency "
-                        f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
-                        "with another allocation")
-    if latency is not None:
-        base_ms = latency.set_reference(original)
-    if lat_mode:
-        assert latency is not None
-        if target_speedup is None:
-            target_speedup = base_ms / float(cfg.target_latency_ms)  # type: ignore[arg-type]
-            if target_speedup <= 1:
-                raise UserError(f"prune.target_latency_ms {cfg.target_latency_ms} ms is not below the unpruned model's "
-                                f"{base_ms:.3f} ms at batch {cfg.latency_batch}; nothing to prune")
-    if latency is not None:
-        result.latency = {"batch": cfg.latency_batch, "unpruned_ms": base_ms, "target_speedup": target_speedup}
-    accepted = copy.deepcopy(model)
-    # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
-    kd = Distillation((teacher if teacher is not None else copy.deepcopy(original)).eval(), cfg.distill_weight,
-                      cfg.distill_temperature) if cfg.distill else None
+                   f"-{100 * self.current.reduction_vs(self.result.base)[0]:.1f}% before channel pruning (prune.drop_blocks)")
 
-    def sensitivity(p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
+    def new_pruner(self) -> ChannelPruner:
+        """The loop's one pruner setup (alignment, floors, scope) over the current model, against the original widths."""
+        c = self.cfg
+        return ChannelPruner(self.model, self.input_size, self.result.alignment, c.min_channels, c.max_layer_ratio,
+                             self.original_sizes, scope=c.scope, wide_round_to=c.round_to_wide)
+
+    def sensitivity(self, p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
         """The measured per-block loss increase for the allocations that price it (None for the others)."""
-        if cfg.allocation not in MEASURED:
+        if self.cfg.allocation not in MEASURED:
             return None
         return block_sensitivity(p, removable_blocks(p, scores),
-                                 calibration_batches(data, cfg.sensitivity_images, train_cfg.eval_batch_size, device, seed + 7))
+                                 calibration_batches(self.data, self.cfg.sensitivity_images, self.train_cfg.eval_batch_size,
+                                                     self.device, self.seed + 7))
 
-    def reached(c: Complexity) -> bool:
-        if lat_mode:
-            return speedup_now >= float(target_speedup)  # type: ignore[arg-type]
-        return c.macs <= target_macs * 1.0005 and (target_params is None or c.params <= target_params)
-
-    stop = "max_iterations"
-    bar = tqdm(total=cfg.max_iterations, desc=f"prune[{criterion.name}]", disable=not progress, dynamic_ncols=True)
-    for it in range(1, cfg.max_iterations + 1):
-        if reached(current):
-            stop = "target reached"
-            break
-        ti = time.perf_counter()
-        # 1) one training epoch; hooks accumulate the statistics the criterion needs
+    def score(self, it: int, progress: bool) -> tuple[ChannelPruner, dict[str, Any]]:
+        """One training epoch (hooks accumulate the statistics the criterion needs), then every group's channel scores
+        (none for the Torch-Pruning reference, which brings its own importance)."""
+        cfg, model = self.cfg, self.model
         stats = None
-        if criterion.collects_training_stats:
-            pruner = new_pruner(model, original_sizes)
-            with stats_collector(model, pruner, criterion.features, consumers=criterion.wants_consumer_moments) as col:
-                fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} stats", distill=kd,
-                    stream=stream)
+        if self.criterion.collects_training_stats:
+            with stats_collector(model, self.new_pruner(), self.criterion.features,
+                                 consumers=self.criterion.wants_consumer_moments) as col:
+                fit(model, self.data, replace(self.ft, epochs=1), device=self.device, progress=progress,
+                    desc=f"prune it{it} stats", distill=self.kd, stream=self.stream)
             stats = col.stats
         else:
-            fit(model, data, replace(ft, epochs=1), device=device, progress=progress, desc=f"prune it{it} train", distill=kd,
-                stream=stream)
-        # 2) score all groups, order the blocks (allocation), prune the first ones
-        pruner = new_pruner(model, original_sizes)
+            fit(model, self.data, replace(self.ft, epochs=1), device=self.device, progress=progress,
+                desc=f"prune it{it} train", distill=self.kd, stream=self.stream)
+        pruner = self.new_pruner()
         ctx = ScoreContext(model, pruner, stats,
-                           lambda: calibration_batches(data, cfg.calibration_images, train_cfg.batch_size, device, seed),
-                           seed=seed + it)
+                           lambda: calibration_batches(self.data, cfg.calibration_images, self.train_cfg.batch_size,
+                                                       self.device, self.seed),
+                           seed=self.seed + it)
         model.eval()
-        scores = criterion.score(ctx) if cfg.pruner == "ccpcsa" else {}
-        compensation = None
-        comp_reports: list[Any] = []
-        if cfg.compensate and hasattr(criterion, "compensate"):  # the criterion's own weight compensation, before surgery
-            def compensation(plan: dict[str, list[int]], _p: ChannelPruner = pruner, _out: list[Any] = comp_reports) -> None:
-                _out.append(criterion.compensate(_p, plan))  # type: ignore[attr-defined]
-        est: dict[str, float] = {}
-        if lat_mode:
-            assert latency is not None and target_speedup is not None
-            ref_ms, cur_ms = latency.measure_pair(model)
-            lat_cost = latency.cost_model(pruner, cur_ms)
-            order = order_blocks(pruner, scores, cfg.allocation, lat_cost, sensitivity(pruner, scores))
-            goal_speedup = min(float(target_speedup), 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
-            goal_ms = ref_ms / goal_speedup
-            start, aim_ms = (ref_ms, cur_ms), steer.aim(cur_ms, goal_ms)
-            prefix = lat_cost.prefix_costs(order)
-            if "floor_speedup_estimate" not in result.latency:  # what the table says the floors allow, said once
-                floor = ref_ms / max(lat_cost.proportional().prefix_costs(order)[-1], 1e-9)
-                result.latency["floor_speedup_estimate"] = floor
-                if floor < float(target_speedup):
-                    tqdm.write(f"warning: prune.target_speedup {float(target_speedup):.2f}x at batch {cfg.latency_batch} is likely "
-                               f"out of reach: with every layer at its floor (alignment {align}, prune.min_channels, "
-                               f"prune.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
-                               "prune.round_to or the floors")
-            k = fewest_prefix(len(order), prefix.__getitem__, aim_ms, prefix)
-            k = max(k, 1) if order else 0  # already past this step's goal (an earlier step overshot): take a step anyway
-            if cfg.groups_per_iteration is not None:
-                k = min(cfg.groups_per_iteration, len(order))
-            est = {"estimated_ms": prefix[k], "goal_ms": goal_ms, "aim_ms": aim_ms, "gain": steer.gain}
-            plan, new = prune_to_target(pruner, scores, blocks=k, ranked=order, before_apply=compensation)
-        elif cfg.pruner == "torch-pruning":  # the external reference: the library's MetaPruner picks and cuts
-            goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
-            before = channels_per_layer(model)
-            metapruner_to_target(model, input_size, min(goal, current.macs - 1), round_to=align,
-                                 max_layer_ratio=cfg.max_layer_ratio, exclude_attention=cfg.remove_attention)
-            after = channels_per_layer(model)
-            plan = {k: list(range(before[k] - after.get(k, 0))) for k in before if before[k] != after.get(k, 0)}
-        else:
-            if cfg.allocation in NEEDS_LATENCY:  # priced in milliseconds of the target runtime, stopped at the MACs target
-                assert latency is not None
-                cost: CostModel | None = latency.cost_model(pruner, latency.measure_pair(model)[1])
-            else:
-                cost = MacsCost(pruner) if cfg.allocation in ("cost", "sensitivity-macs") else None
-            order = order_blocks(pruner, scores, cfg.allocation, cost, sensitivity(pruner, scores))
-            if cfg.groups_per_iteration is not None:
-                plan, new = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order, before_apply=compensation)
-            else:
-                goal = max(target_macs, base.macs * (1 - cfg.step_flops_reduction * it), 0)
-                plan, new = prune_to_target(pruner, scores, target_macs=min(goal, current.macs - 1), ranked=order,
-                                            exclude_attention=cfg.remove_attention, before_apply=compensation)
-        new = deployed_complexity(model, input_size, cfg.remove_attention)
-        removed = sum(len(v) for v in plan.values())
-        if removed == 0:
-            stop = "nothing left to prune (per-layer floors or alignment reached)"
-            break
-        if cfg.recalibrate_bn > 0:  # the surgery changed every BN's input statistics: re-estimate them before training on
-            recalibrate_batchnorm(model, lambda _it=it: calibration_batches(data, cfg.recalibrate_bn, train_cfg.batch_size,
-                                                                             device, seed + 1000 + _it))
-        # 3) fine-tune, measure, guard
+        return pruner, (self.criterion.score(ctx) if cfg.pruner == "ccpcsa" else {})
+
+    def compensation(self, pruner: ChannelPruner) -> Compensation:
+        """The criterion's own weight compensation, run on the plan before the surgery (``prune.compensate``)."""
+        self.comp_reports = []
+        if not (self.cfg.compensate and hasattr(self.criterion, "compensate")):
+            return None
+        reports, criterion = self.comp_reports, self.criterion
+
+        def compensate(plan: dict[str, list[int]]) -> None:
+            reports.append(criterion.compensate(pruner, plan))  # type: ignore[attr-defined]
+        return compensate
+
+    def recover(self, it: int, plan: dict[str, list[int]], started: float, progress: bool) -> dict[str, Any]:
+        """After the cut: BatchNorm statistics re-estimated (``cfg.recalibrate_bn`` images; the surgery changed every
+        BN's input), ``cfg.finetune_epochs`` of fine-tune and the val accuracy; the iteration's history row, with the
+        guard's verdict ``accepted = reference − val < cfg.tolerance``."""
+        cfg, model = self.cfg, self.model
+        new = deployed_complexity(model, self.input_size, cfg.remove_attention)
+        if cfg.recalibrate_bn > 0:
+            recalibrate_batchnorm(model, lambda: calibration_batches(self.data, cfg.recalibrate_bn, self.train_cfg.batch_size,
+                                                                     self.device, self.seed + 1000 + it))
         if cfg.finetune_epochs > 0:  # the fit's last epoch evaluated this very model on data.val: no second pass
-            acc = fit(model, data, replace(ft, epochs=cfg.finetune_epochs), device=device, progress=progress,
-                      desc=f"prune it{it} finetune", distill=kd, stream=stream).val_accuracy
+            acc = fit(model, self.data, replace(self.ft, epochs=cfg.finetune_epochs), device=self.device, progress=progress,
+                      desc=f"prune it{it} finetune", distill=self.kd, stream=self.stream).val_accuracy
         else:
-            acc = evaluate(model, data.val, data.mean, data.std, device=device)[0]
-        drop = ref - acc
-        ok = drop < cfg.tolerance
-        fr, pr = new.reduction_vs(base)
-        row = {"iteration": it, "macs": new.macs, "params": new.params, "flops_reduction": fr, "params_reduction": pr,
-               "val_accuracy": acc, "drop_pp": drop, "accepted": ok, "channels_removed": removed,
-               "channels": channels_per_layer(model), "seconds": time.perf_counter() - ti,
-               "compensated_groups": len(comp_reports[0].compensated) if comp_reports else 0}
-        if lat_mode:
-            assert latency is not None
-            ref_ms, cur_ms = latency.measure_pair(model)
-            steer.record(start, est["estimated_ms"], (ref_ms, cur_ms))
-            row.update(est, latency_ms=cur_ms, unpruned_ms=ref_ms, speedup=ref_ms / cur_ms)
-        result.history.append(row)
-        if history_path is not None:
-            atomic_write_json(history_path, result.history)
-        bar.update(1)
-        bar.set_postfix(flops=f"-{100 * fr:.1f}%", acc=f"{acc:.2f}", drop=f"{drop:+.2f}pp", ok=ok)
-        if progress:
-            speed = f" speedup {row['speedup']:.2f}x (goal {target_speedup:.2f}x)" if lat_mode else ""
-            tqdm.write(f"prune iteration {it}: FLOPs -{100 * fr:.1f}% params -{100 * pr:.1f}%{speed} val {acc:.2f}% "
-                       f"(drop {drop:+.2f} pp) {'accepted' if ok else 'REJECTED → restoring last accepted model'}")
-        if not ok:
-            model = copy.deepcopy(accepted)
-            stop = f"accuracy drop {drop:.2f} pp ≥ tolerance {cfg.tolerance} pp"
-            break
-        accepted = copy.deepcopy(model)
-        current = new
-        if lat_mode:
-            speedup_now = float(row["speedup"])
-        result.iterations = it
-    else:
-        if reached(current):
-            stop = "target reached"
-    bar.close()
-    detached = detach_bam(model) if cfg.remove_attention else 0
-    # Fine-tune after pruning — and always after removing BAM, whose gates the network had learned to rely on.
-    final_val: float | None = None
-    if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
-        final_val = fit(model, data, replace(final_ft, epochs=cfg.final_finetune_epochs), device=device, progress=progress,
-                        desc="prune final finetune", distill=kd, stream=stream).val_accuracy
-    result.model = model
-    result.final = count_complexity(model, input_size)
-    result.final_val_accuracy = final_val if final_val is not None else evaluate(model, data.val, data.mean, data.std,
-                                                                                 device=device)[0]
-    if latency is not None:
-        ref_ms, cur_ms = latency.measure_pair(model)
-        result.latency.update(final_unpruned_ms=ref_ms, final_ms=cur_ms, final_speedup=ref_ms / cur_ms)
-    result.stop_reason = stop
-    result.seconds = time.perf_counter() - t0
-    if history_path is not None:
-        atomic_write_json(history_path, result.history)
-    return result
+            acc = evaluate(model, self.data.val, self.data.mean, self.data.std, device=self.device)[0]
+        assert self.result.base is not None
+        fr, pr = new.reduction_vs(self.result.base)
+        self.new = new
+        return {"iteration": it, "macs": new.macs, "params": new.params, "flops_reduction": fr, "params_reduction": pr,
+                "val_accuracy": acc, "drop_pp": self.ref - acc, "accepted": self.ref - acc < cfg.tolerance,
+                "channels_removed": sum(len(v) for v in plan.values()), "channels": channels_per_layer(model),
+                "seconds": time.perf_counter() - started,
+                "compensated_groups": len(self.comp_reports[0].compensated) if self.comp_reports else 0}
+
+    def accept(self) -> None:
+        """Keep the current model as the last accepted one."""
+        self.accepted = copy.deepcopy(self.model)
+        self.current = self.new
+
+    def restore(self) -> None:
+        """Go back to the last accepted model."""
+        self.model = copy.deepcopy(self.accepted)
+
+    def finish(self, progress: bool) -> None:
+        """BAM detached (``cfg.remove_attention``), the final fine-tune (after any pruning, and always after removing BAM,
+        whose gates the network had learned to rely on), final complexity, val accuracy and latency into the result."""
+        cfg, model, result = self.cfg, self.model, self.result
+        detached = detach_bam(model) if cfg.remove_attention else 0
+        final_val: float | None = None
+        if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
+            final_val = fit(model, self.data, replace(self.final_ft, epochs=cfg.final_finetune_epochs), device=self.device,
+                            progress=progress, desc="prune final finetune", distill=self.kd, stream=self.stream).val_accuracy
+        result.model = model
+        result.final = count_complexity(model, self.input_size)
+        result.final_val_accuracy = final_val if final_val is not None else evaluate(model, self.data.val, self.data.mean,
+                                                                                     self.data.std, device=self.device)[0]
+        if self.latency is not None:
+            ref_ms, cur_ms = self.latency.measure_pair(model)
+            result.latency.update(final_unpruned_ms=ref_ms, final_ms=cur_ms, final_speedup=ref_ms / cur_ms)
