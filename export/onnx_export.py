@@ -30,6 +30,7 @@ goes through the same checks and metadata.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import sys
 import tempfile
@@ -86,6 +87,36 @@ def _probe(model: nn.Module, example: torch.Tensor, num_classes: int) -> None:
             f"model {type(model).__name__} output shape {tuple(out.shape)} does not match "
             f"[N={example.shape[0]}, num_classes={num_classes}] from the class names"
         )
+
+
+def adaptive_pool_hint(model: nn.Module, example: torch.Tensor) -> str:
+    """``""``, or a clause naming the first adaptive pooling layer whose input map is not a multiple of its output
+    size at ``example``'s input side (ONNX has no adaptive pooling: the exporter turns it into a fixed-kernel pool,
+    which exists only when the map divides into the output) and the smallest input side ≥ the current one that
+    makes every such layer exportable: a multiple of ``lcm(output side · input side / map side)`` over the layers."""
+    seen: list[tuple[str, nn.Module, tuple[int, int]]] = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out, _n=name: seen.append((_n, mod, tuple(inp[0].shape[-2:]))))
+             for name, m in model.named_modules() if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception:  # the model does not run at all: the exporter's message is the one to read
+        return ""
+    finally:
+        for h in hooks:
+            h.remove()
+    side, step, bad = int(example.shape[-1]), 1, []
+    for name, mod, (h, w) in seen:
+        size = mod.output_size if isinstance(mod.output_size, tuple) else (mod.output_size, mod.output_size)
+        oh, ow = (h if size[0] is None else size[0]), (w if size[1] is None else size[1])
+        step = math.lcm(step, max(1, round(ow * side / max(w, 1))))
+        if h % oh or w % ow:
+            bad.append(f"{name} ({type(mod).__name__} to {oh}×{ow}) gets a {h}×{w} map at input {side}×{side}")
+    if not bad:
+        return ""
+    fit = -(-side // step) * step
+    return (f"; {bad[0]}: ONNX exports adaptive pooling only where the map is a multiple of its output — give the model "
+            f"{fit}×{fit} inputs (a multiple of {step}: model.input_size and the data's image size)")
 
 
 @contextlib.contextmanager
@@ -207,6 +238,7 @@ def export_onnx(
             except Exception as exc:
                 raise UserError(
                     f"cannot export {type(model).__name__} to ONNX (opset {opset}, {exporter}): {first_line(exc)}"
+                    f"{adaptive_pool_hint(model, example)}"
                 ) from exc
             onnx_model = onnx.load(str(tmp))
             set_props(onnx_model, metadata.to_props())

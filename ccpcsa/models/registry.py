@@ -15,7 +15,7 @@ from torch import nn
 
 from ..errors import UserError, unknown
 from . import cifar_resnet, mobilenet, resnet, vgg
-from .torchvision_zoo import import_third_party
+from .torchvision_zoo import import_third_party, zoo_defaults
 
 
 @dataclass(frozen=True)
@@ -83,14 +83,16 @@ def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     """Build a zoo model by name or a bring-your-own model from ``package.module:factory``.
 
     The factory is called as ``factory(num_classes=num_classes, **kwargs)`` (after the zoo entry's fixed
-    kwargs), all by keyword, so keyword-only factories work — e.g. torchvision's
+    kwargs, or for ``torchvision.models:NAME`` the defaults of :data:`TORCHVISION_ZOO`, which the user's kwargs
+    override), all by keyword, so keyword-only factories work — e.g. torchvision's
     ``resnet18(*, weights=None, progress=True, **kwargs)`` with ``kwargs={"weights": None}``. Raises
     :class:`UserError` for unknown names and for any exception the factory raises (one line with its
     type and message); a factory must return an ``nn.Module``.
     """
     if is_custom(name):
         factory = _resolve_custom(name)
-        fixed: dict[str, Any] = {}
+        # a torchvision zoo architecture keeps the loader's defaults under the user's kwargs (googlenet: no aux heads)
+        fixed: dict[str, Any] = dict(zoo_defaults(name))
     elif name in ZOO:
         factory, fixed = ZOO[name].factory, ZOO[name].kwargs
     else:

@@ -141,3 +141,10 @@ def import_third_party(module_name: str) -> ModuleType:
     if is_third_party(module_name):
         prepare_torchvision()
     return importlib.import_module(module_name)
+
+
+def zoo_defaults(spec: str) -> dict[str, Any]:
+    """The factory keywords the loader gives ``spec`` before the user's ``model.kwargs``: the :data:`TORCHVISION_ZOO`
+    entry of ``torchvision.models:NAME`` (e.g. googlenet's ``aux_logits: False``), ``{}`` for any other spec."""
+    module, _, attr = spec.partition(":")
+    return dict(TORCHVISION_ZOO.get(attr, {})) if module == "torchvision.models" else {}

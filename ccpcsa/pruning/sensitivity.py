@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import placement
+from ..models.outputs import main_logits
 from ..surgery.prune import Block, ChannelPruner, plan_from_blocks
 
 
@@ -30,7 +31,7 @@ from ..surgery.prune import Block, ChannelPruner, plan_from_blocks
 def _loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     total, n = 0.0, 0
     for x, y in batches:
-        logits = model(placement.inputs_for(model, x)).float()
+        logits = main_logits(model(placement.inputs_for(model, x))).float()
         total += float(F.cross_entropy(logits, y.to(logits.device), reduction="sum"))
         n += int(y.shape[0])
     return total / max(1, n)

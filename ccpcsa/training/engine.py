@@ -32,6 +32,7 @@ from .. import placement
 from ..data import ArrayDataset, BatchLoader, DataSplits
 from ..errors import UserError
 from ..io.checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
+from ..models.outputs import main_logits
 from . import distributed as ddp
 from .speed import (
     COMPILE_CHOICES,
@@ -229,7 +230,7 @@ def predict_logits(model: nn.Module, images: np.ndarray, mean: Any, std: Any, ba
     model.eval()
     ds = ArrayDataset(images, np.zeros(len(images), dtype=np.int64))
     bs = eval_batch_size(batch_size, dev, int(images.shape[1] * images.shape[2]) if images.ndim == 4 else 1)
-    out = [model(x).float() for x, _ in BatchLoader(ds, bs, mean, std, device=dev, channels_last=channels_last)]
+    out = [main_logits(model(x)).float() for x, _ in BatchLoader(ds, bs, mean, std, device=dev, channels_last=channels_last)]
     return torch.cat(out).cpu().numpy() if out else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -248,7 +249,7 @@ def evaluate(model: nn.Module, dataset: ArrayDataset, mean: Any, std: Any, batch
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     bs = eval_batch_size(batch_size, dev, int(dataset.images.shape[1] * dataset.images.shape[2]))
     for x, y in BatchLoader(dataset, bs, mean, std, device=dev, channels_last=channels_last):
-        logits = model(x).float()
+        logits = main_logits(model(x)).float()
         loss_sum += F.cross_entropy(logits, y, reduction="sum").double()
         correct += (logits.argmax(1) == y).sum()
     n = len(dataset)

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.outputs import main_logits
+
 COMPILE_CHOICES = ("auto", "on", "off")
 #: ``auto`` compiles only fits of at least this many optimizer steps (≈ 10 CIFAR-10 epochs at batch 256).
 COMPILE_MIN_STEPS = 2000
@@ -103,13 +105,14 @@ def batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing
         loss = (1 − α) · CE(z_s, y) + α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))
 
     with z_t the teacher's logits on the same ``x`` (eval mode, no gradient); T² keeps the soft term's gradient on the
-    scale of the hard one. The one place the objective lives."""
-    logits = net(x)
+    scale of the hard one. Models whose training-mode output is a tuple or namedtuple train on their main logits
+    (:func:`ccpcsa.models.outputs.main_logits`). The one place the objective lives."""
+    logits = main_logits(net(x))  # training-mode forwards may add auxiliary heads' logits (GoogLeNet)
     ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     if distill is None or distill.alpha == 0:
         return ce, logits
     with torch.no_grad():
-        teacher_logits = distill.teacher(x).float()
+        teacher_logits = main_logits(distill.teacher(x)).float()
     t = distill.temperature
     kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean",
                   log_target=True)
