@@ -39,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ccpcsa.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("cuda_tests", "smoke_pipeline", "resnet56_pipeline", "epoch_timings", "parallel", "compiled_timing")
 DEPENDENCIES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxsim", "numpy", "pyyaml", "tqdm", "pillow",
@@ -109,7 +111,7 @@ def run_step(name: str, fn: Callable[[], dict[str, Any]], results: dict[str, Any
     try:
         rec = fn()
     except Exception as exc:  # noqa: BLE001 — every step is isolated; its failure is data
-        rec = {"status": "failed", "reason": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"}
+        rec = {"status": "failed", "reason": first_line(exc, with_type=True)}
     rec.setdefault("status", "ok")
     rec["seconds"] = round(time.perf_counter() - t0, 1)
     results[name] = rec

@@ -37,6 +37,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from ccpcsa.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINT = ROOT.parent / "shared/models/resnet20_cifar10.pt"
 DATA = "imagefolder:" + str(ROOT.parent / "shared/data/cifar10-jpg.tar.gz")
@@ -127,7 +129,7 @@ def _modelopt_in_process(src: str, dest: str, calib: np.ndarray) -> str | None:
         import modelopt.onnx.trt_utils as trt_utils
         from modelopt.onnx.quantization import quantize
     except Exception as exc:  # ImportError, or a dependency failing at import
-        return f"modelopt.onnx.quantization not importable ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        return f"modelopt.onnx.quantization not importable ({first_line(exc, with_type=True)})"
     try:
         import tensorrt
 
@@ -140,7 +142,7 @@ def _modelopt_in_process(src: str, dest: str, calib: np.ndarray) -> str | None:
             quantize(src, quantize_mode="int8", calibration_data=calib, calibration_eps=["cpu"],
                      output_path=dest, high_precision_dtype="fp32", log_level="ERROR")
     except Exception as exc:
-        return f"ModelOpt quantization failed ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        return f"ModelOpt quantization failed ({first_line(exc, with_type=True)})"
     return None
 
 

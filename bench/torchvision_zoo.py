@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ccpcsa.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "torchvision_zoo.yaml"
 #: targets of the issue: MACs removed per architecture, ONNX parity relative to the logit scale
@@ -167,7 +169,7 @@ def row_from_run(run_dir: Path, proc: subprocess.CompletedProcess[str] | None, i
         try:
             row.update(group_summary(run_dir, input_size, prune.get("left_whole")))
         except Exception as exc:  # e.g. a pruned.pt that does not load: the row says so instead of ending the benchmark
-            row["groups_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            row["groups_error"] = first_line(exc, with_type=True)
     for stage, key in (("onnx", "onnx"), ("simplify", "onnx_simplified")):
         m = (stages.get(stage) or {}).get("metrics") or {}
         if "max_abs_diff" in m:
@@ -205,12 +207,12 @@ def run_architecture(name: str, model_name: str, kwargs: dict[str, Any], root: P
         if retrain or not weights.is_file():
             row.update(save_user_weights(model_name, kwargs, spec, weights, train_steps))
     except Exception as exc:  # the architecture does not even build or train: that is its row
-        row.update(status=f"error: building/training {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}")
+        row.update(status=f"error: building/training {name}: {first_line(exc, with_type=True)}")
         return row
     try:
         row.update(surgery_check(model_name, kwargs, size))
     except Exception as exc:  # recorded, and the chain still runs: the pipeline says what it makes of this model
-        row["surgery_error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+        row["surgery_error"] = first_line(exc, with_type=True)
     args = pipeline_args(run_dir, model_name, kwargs, weights, "--set", f"data.spec={spec}", *extra)
     try:
         proc = subprocess.run([sys.executable, "-m", "pipeline", *args], cwd=ROOT, capture_output=True, text=True,

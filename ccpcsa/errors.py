@@ -16,6 +16,16 @@ from collections.abc import Callable, Iterable
 from typing import NoReturn
 
 
+def first_line(exc: BaseException, *, with_type: bool = False, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message, at most ``limit`` characters — its type name when the message is
+    empty; ``with_type``: prefixed ``Type: `` (for messages that name a foreign failure, e.g. a runtime's)."""
+    text = str(exc).strip()
+    line = text.splitlines()[0][:limit] if text else ""
+    if with_type:
+        return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+    return line or type(exc).__name__
+
+
 class UserError(Exception):
     """A one-line, actionable error caused by user input (not a bug)."""
 

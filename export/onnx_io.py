@@ -17,18 +17,13 @@ from typing import Any
 import onnx
 from google.protobuf.message import DecodeError
 
-from ccpcsa.errors import UserError
+from ccpcsa.errors import UserError, first_line
 from ccpcsa.io.artifacts import atomic_path
 
 PathLike = str | os.PathLike[str]
 
 QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear"})
 
-
-def first_line(exc: BaseException) -> str:
-    """First non-empty line of an exception's message (its type name when the message is empty)."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
 
 
 def load_onnx(path: PathLike, *, check: bool = True) -> onnx.ModelProto:

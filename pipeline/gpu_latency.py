@@ -21,13 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ccpcsa.errors import first_line
+
 PARITY_IMAGES = 256
 ROW_NAMES = ("pytorch_pruned_cuda", "pytorch_pruned_cuda_graph", "onnx_cuda")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def cuda_rows(pruned_pt: Path, fp32_onnx: Path, device: Any, input_size: int, x: np.ndarray,
@@ -74,6 +71,6 @@ def cuda_rows(pruned_pt: Path, fp32_onnx: Path, device: Any, input_size: int, x:
             finally:
                 runner.close()
         except Exception as exc:  # noqa: BLE001 — a GPU row that cannot run is reported, not fatal
-            row.update({"status": "failed", "reason": _first_line(exc)})
+            row.update({"status": "failed", "reason": first_line(exc, with_type=True)})
         rows[name] = row
     return rows

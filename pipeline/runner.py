@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from ccpcsa.errors import UserError, unknown
+from ccpcsa.errors import UserError, first_line, unknown
 from ccpcsa.training.distributed import resolve_device
 from ccpcsa.training.engine import seed_everything
 
@@ -213,7 +213,7 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                     raise
                 except Exception as exc:  # a bug or an environment failure: record it, keep artifacts
                     traceback.print_exc()
-                    out = StageOutcome("failed", f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+                    out = StageOutcome("failed", first_line(exc, with_type=True))
                 outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
                 manifest.set_stage(stage.name, {
                     "status": out.status, "reason": out.reason, "gate_failed": out.gate_failed,

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from .artifacts import sha256_file
 
 FORMAT = "ccpcsa-checkpoint/1"
@@ -46,11 +46,6 @@ class WeightsFile:
     sha256: str
     raw: dict[str, Any] | None = None
 
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's text (≤ 200 characters), or its type name when it has none."""
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 def check_file(p: Path, what: str = "checkpoint") -> None:

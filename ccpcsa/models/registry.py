@@ -13,7 +13,7 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import UserError, unknown
+from ..errors import UserError, first_line, unknown
 from . import cifar_resnet, mobilenet, resnet, vgg
 from .torchvision_zoo import import_third_party, zoo_defaults
 
@@ -52,11 +52,6 @@ def is_custom(name: str) -> bool:
     return ":" in name
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
 def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
     module_name, _, attr = spec.partition(":")
     if not module_name or not attr:
@@ -67,7 +62,7 @@ def _resolve_custom(spec: str) -> Callable[..., nn.Module]:
         raise UserError(f"model '{spec}': cannot import module '{module_name}' ({exc}); is it on PYTHONPATH?") from exc
     except Exception as exc:  # the module itself fails while importing (a broken install, an error at import time)
         raise UserError(f"model '{spec}': importing module '{module_name}' failed ({type(exc).__name__}: "
-                        f"{_first_line(exc)}); fix that module or its installation") from exc
+                        f"{first_line(exc)}); fix that module or its installation") from exc
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise UserError(f"model '{spec}': '{module_name}' has no callable '{attr}'")
@@ -100,11 +95,11 @@ def build_model(name: str, num_classes: int = 10, **kwargs: Any) -> nn.Module:
     try:
         model = factory(num_classes=num_classes, **{**fixed, **kwargs})
     except TypeError as exc:
-        raise UserError(f"model '{name}': bad arguments {sorted(kwargs)} ({_first_line(exc)})") from exc
+        raise UserError(f"model '{name}': bad arguments {sorted(kwargs)} ({first_line(exc)})") from exc
     except UserError:
         raise
     except Exception as exc:  # the user's factory failed: one line naming it, not a traceback
-        raise UserError(f"model '{name}': the factory raised {type(exc).__name__}: {_first_line(exc)} "
+        raise UserError(f"model '{name}': the factory raised {type(exc).__name__}: {first_line(exc)} "
                         f"(kwargs {kwargs or {}}, num_classes={num_classes}); fix the factory or model.kwargs") from exc
     if not isinstance(model, nn.Module):
         raise UserError(f"model '{name}': factory returned {type(model).__name__}, not a torch.nn.Module")

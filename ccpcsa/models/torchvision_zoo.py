@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from ..errors import first_line
+
 #: top-level packages whose import goes through :func:`import_third_party`
 THIRD_PARTY = ("torchvision", "timm")
 
@@ -106,7 +108,7 @@ def _load_torchvision_ops(spec: importlib.machinery.ModuleSpec) -> str:
         torch.ops.load_library(ext.origin)
     except OSError as exc:
         cause = exc.__cause__ or exc
-        return str(cause).strip().splitlines()[0][:160] if str(cause).strip() else type(cause).__name__
+        return first_line(cause, limit=160)
     return ""
 
 

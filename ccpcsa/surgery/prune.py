@@ -34,7 +34,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..models.attention import BAM
 from ..models.complexity import Complexity, count_complexity
 from ..placement import example_input
@@ -122,11 +122,6 @@ def _is_grouped_conv(m: nn.Module) -> bool:
     return isinstance(m, nn.Conv2d) and m.groups > 1 and not (m.groups == m.in_channels == m.out_channels)
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else type(exc).__name__
-
-
 class ChannelPruner:
     """Dependency-graph view of a model: its prunable groups and the surgery that removes channels.
 
@@ -168,7 +163,7 @@ class ChannelPruner:
                     self.dg = tp.DependencyGraph().build_dependency(
                         self.model, example, customized_pruners={BAM: BAMPruner()}, verbose=False)
             except Exception as exc:  # a forward torch-pruning cannot trace: a property of the user's model
-                raise self._untraceable(f"{type(exc).__name__}: {_first_line(exc)}", seen.running[-1:]) from exc
+                raise self._untraceable(f"{type(exc).__name__}: {first_line(exc)}", seen.running[-1:]) from exc
             finally:
                 self.model.train(was)
         mods = dict(self.model.named_modules())

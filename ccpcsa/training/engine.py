@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from .. import placement
 from ..data import ArrayDataset, BatchLoader, DataSplits
-from ..errors import UserError
+from ..errors import UserError, first_line
 from ..io.checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
 from ..models.outputs import main_logits
 from . import distributed as ddp
@@ -325,7 +325,7 @@ def fit(
                     g.update(f)
             except (RuntimeError, ValueError, KeyError, TypeError) as exc:
                 raise UserError(f"cannot resume from {checkpoint}: it does not match this model/optimizer "
-                                f"({str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__}); "
+                                f"({first_line(exc)}); "
                                 "delete it or write to another checkpoint path") from exc
             start_epoch = int(ts["epoch"]) + 1
             result.history = list(ts.get("history", []))

@@ -31,6 +31,13 @@ RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "tensorrt")
 PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt pycuda"}
 
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message, or its type name (this folder runs without the project, so it keeps its own
+    copy of ``ccpcsa.errors.first_line``)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
+
+
 class EdgeError(Exception):
     """A one-line, fixable mistake (missing runtime, unreadable file, wrong input); scripts print it as ``error:``."""
 
@@ -116,7 +123,7 @@ def _ort_session(runtime: str, path: Path, threads: int, spinning: bool) -> Sess
         sess = ort.InferenceSession(str(path), sess_options=ort_options(threads, spinning=spinning),
                                     providers=[name, "CPUExecutionProvider"] if name != "CPUExecutionProvider" else [name])
     except Exception as exc:  # onnxruntime raises its own exception types for unreadable or invalid files
-        raise EdgeError(f"onnxruntime cannot load '{path}': {str(exc).strip().splitlines()[0]}") from exc
+        raise EdgeError(f"onnxruntime cannot load '{path}': {_first_line(exc)}") from exc
     inp, out = sess.get_inputs()[0], sess.get_outputs()[0].name
     shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
     return Session(runtime, str(path), threads, shape, lambda x: sess.run([out], {inp.name: x})[0],
@@ -130,7 +137,7 @@ def _ov_session(runtime: str, path: Path, threads: int, precision_hint: str | No
     try:
         model = core.read_model(str(path))
     except Exception as exc:  # OpenVINO raises RuntimeError subclasses for unreadable or invalid files
-        raise EdgeError(f"OpenVINO cannot read '{path}': {str(exc).strip().splitlines()[0]}") from exc
+        raise EdgeError(f"OpenVINO cannot read '{path}': {_first_line(exc)}") from exc
     pshape = model.inputs[0].get_partial_shape()
     shape = tuple(int(d.get_length()) if d.is_static else None for d in pshape)
     config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1"}
@@ -147,7 +154,7 @@ def _ov_session(runtime: str, path: Path, threads: int, precision_hint: str | No
             try:
                 compiled[n] = core.compile_model(m, device, config).create_infer_request()
             except Exception as exc:
-                raise EdgeError(f"OpenVINO cannot compile '{path}' for {device}: {str(exc).strip().splitlines()[0]}") from exc
+                raise EdgeError(f"OpenVINO cannot compile '{path}' for {device}: {_first_line(exc)}") from exc
         return compiled[n]
 
     def run(x: np.ndarray) -> np.ndarray:
