@@ -1,9 +1,8 @@
 """Latency-target steps corrected by what the earlier steps really delivered.
 
-The latency table (:mod:`export.layer_latency`) prices each conv in isolation; in the whole graph a step's measured
-latency drop is a steady fraction of the table's prediction (resnet56 at batch 1 on the 2-core AVX2 VM, 2026-12-03:
-0.56, 0.64, 0.64, 0.43 over four steps — fixed per-node costs the isolated timings spread over the convs), so a loop
-that aims each step at its goal with the raw table stops short (1.89× after four steps for a 2.0× target).
+The latency table (:mod:`export.layer_latency`) prices each conv in isolation; in the whole graph a step's real
+latency drop is a steady fraction of the table's prediction (fixed per-node costs the isolated timings spread over the
+convs; bench/README.md "Pruning for speed"), so a loop that aims each step at its goal with the raw table stops short.
 :class:`StepGain` keeps the running ratio and aims the next step past the goal by its inverse.
 """
 

@@ -241,8 +241,8 @@ class LatencyCost(CostModel):
         """This model when its overhead is ≥ 0; otherwise the same table scaled by ``measured / Σ layer_ms`` with no
         overhead (``constant = 0``), equal to it at the current widths. A negative overhead means the table explains
         more than was measured — each isolated layer timing carries its own session overhead, which adds up on a deep
-        model at batch 1 — and then predicts ≤ 0 ms for a model pruned to its floors (resnet56 at batch 1, 2026-12-03:
-        a 2.7e9× "floor"); the scaled model keeps every prediction a positive fraction of the measurement."""
+        model at batch 1 — and then predicts ≤ 0 ms for a model pruned to its floors (an absurd "floor" speedup); the
+        scaled model keeps every prediction a positive fraction of the measurement."""
         if self.constant >= 0:
             return self
         measured = self()  # = constant + table, so table = measured − constant > measured
