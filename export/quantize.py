@@ -52,6 +52,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -255,92 +256,72 @@ def quantize_int8(
     images = _calibration_array(calibration, chw, num_calibration)
     start = time.perf_counter()
     placement = "tensorrt" if activations == "int8" else "onnxruntime-cpu"
-    settings = {
-        "format": "QDQ",
-        "activation_type": activations,
-        "weight_type": "int8",
-        "reduce_range": bool(reduce_range),
-        "per_channel": per_channel,
-        "symmetric_activations": symmetric_activations,
-        "symmetric_weights": True,
-        "quantize_bias": False,
-        "calibrate_method": calibrate_method,
-        "num_calibration": len(images),
-        "nodes_to_exclude": list(nodes_to_exclude),
-        "op_types": list(op_types) if op_types else "all",
-        "placement": placement,
-    }
+    settings = {"format": "QDQ", "activation_type": activations, "weight_type": "int8", "reduce_range": bool(reduce_range),
+                "per_channel": per_channel, "symmetric_activations": symmetric_activations, "symmetric_weights": True,
+                "quantize_bias": False, "calibrate_method": calibrate_method, "num_calibration": len(images),
+                "nodes_to_exclude": list(nodes_to_exclude), "op_types": list(op_types) if op_types else "all",
+                "placement": placement}
     # Scratch files (the preprocessed model, onnxruntime's augmented calibration model) live in a hidden folder
     # beside ``dest``, ``.<dest name>.<random>.quant.tmp``: inside the run directory, where the runner's
     # temp-file cleanup (pipeline.manifest.clear_temp_files) removes it if a killed run leaves it behind.
     with _scratch_dir(Path(str(dest))) as work:
-        fp32_path = Path(str(src))
-        if preprocess:
-            pre = Path(work) / "preprocessed.onnx"
-            try:
-                quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
-            except Exception as exc:
-                raise UserError(f"quant_pre_process failed on '{src}': {first_line(exc)}") from exc
-            fp32_path = pre
-        quant_types: list[str] | None = list(op_types) if op_types else None
-        extra: dict = {"ActivationSymmetric": symmetric_activations, "WeightSymmetric": True, "QuantizeBias": False}
-        non_residual: dict[str, int | None] = {}
-        if activations == "int8":  # TensorRT placement (export.qdq_placement)
-            fp32_graph = load_onnx(fp32_path, check=False)
-            quant_types, trt_extra = tensorrt_quantize_options(fp32_graph, op_types)
-            extra = {**trt_extra, "ActivationSymmetric": symmetric_activations}
-            non_residual = non_residual_add_inputs(fp32_graph)
-            settings["op_types"] = quant_types
+        fp32_path = _preprocessed(src, Path(work)) if preprocess else Path(str(src))
         with atomic_path(dest) as tmp:
-            reader = NumpyCalibrationReader(images, input_name, batch_size)
-            # The quantizer logs a line per tensor at INFO; keep the console readable.
-            with _quiet_logger(), contextlib.redirect_stdout(io.StringIO()):
-                try:
-                    quantize_static(
-                        str(fp32_path),
-                        str(tmp),
-                        reader,
-                        quant_format=QuantFormat.QDQ,
-                        per_channel=per_channel,
-                        activation_type=ACTIVATION_TYPES[activations],
-                        weight_type=QuantType.QInt8,
-                        reduce_range=bool(reduce_range),
-                        calibrate_method=CALIBRATION_METHODS[calibrate_method],
-                        nodes_to_exclude=list(nodes_to_exclude) or None,
-                        op_types_to_quantize=quant_types,
-                        extra_options=extra,
-                    )
-                except Exception as exc:
-                    raise UserError(f"INT8 quantization of '{src}' failed: {first_line(exc)}") from exc
-            qmodel = load_onnx(tmp)
-            apply_residual_add_rule(qmodel, non_residual)
-            drop_unused_opsets(qmodel)
-            carry_metadata(
-                model,
-                qmodel,
-                precision="int8-qdq",
-                stage="quantized",
-                parent_sha256=sha256_file(src),
-                quantization=json.dumps(settings),
-            )
+            qmodel = _quantize_static(src, fp32_path, tmp, NumpyCalibrationReader(images, input_name, batch_size), settings,
+                                      op_types)
+            carry_metadata(model, qmodel, precision="int8-qdq", stage="quantized", parent_sha256=sha256_file(src),
+                           quantization=json.dumps(settings))
             check_onnx(qmodel, what=f"INT8 model of '{src}'")
             onnx.save_model(qmodel, str(tmp))
-    return QuantizeResult(
-        path=Path(dest),
-        nodes=node_count(qmodel),
-        op_counts=op_counts(qmodel),
-        num_calibration=len(images),
-        calibrate_method=calibrate_method,
-        per_channel=per_channel,
-        symmetric_activations=symmetric_activations,
-        activations=activations,
-        preprocessed=preprocess,
-        reduce_range=bool(reduce_range),
-        sha256=sha256_file(dest),
-        seconds=round(time.perf_counter() - start, 3),
-        placement=placement,
-        qdq_placement=qdq_placement(qmodel),
-    )
+    return QuantizeResult(path=Path(dest), nodes=node_count(qmodel), op_counts=op_counts(qmodel), num_calibration=len(images),
+                          calibrate_method=calibrate_method, per_channel=per_channel,
+                          symmetric_activations=symmetric_activations, activations=activations, preprocessed=preprocess,
+                          reduce_range=bool(reduce_range), sha256=sha256_file(dest),
+                          seconds=round(time.perf_counter() - start, 3), placement=placement,
+                          qdq_placement=qdq_placement(qmodel))
+
+
+def _preprocessed(src: PathLike, work: Path) -> Path:
+    """``src`` through onnxruntime's ``quant_pre_process`` (symbolic shape inference + graph optimization) into
+    ``work``; a failure is one :class:`UserError` line."""
+    pre = work / "preprocessed.onnx"
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=False)
+    except Exception as exc:
+        raise UserError(f"quant_pre_process failed on '{src}': {first_line(exc)}") from exc
+    return pre
+
+
+def _quantize_static(src: PathLike, fp32_path: Path, out: Path, reader: NumpyCalibrationReader, settings: dict[str, Any],
+                     op_types: Sequence[str] | None) -> onnx.ModelProto:
+    """onnxruntime's ``quantize_static`` of ``fp32_path`` into ``out`` as ``settings`` say (QDQ, activation type,
+    per-channel, symmetry, calibration, exclusions, 7-bit weights); the TensorRT flavour (int8 activations) with
+    ModelOpt's placement (:func:`tensorrt_quantize_options`, :func:`apply_residual_add_rule`; ``settings["op_types"]``
+    becomes its op list), unused opset imports dropped. Returns the quantized model (not yet carrying metadata)."""
+    quant_types: list[str] | None = list(op_types) if op_types else None
+    extra: dict = {"ActivationSymmetric": settings["symmetric_activations"], "WeightSymmetric": True, "QuantizeBias": False}
+    non_residual: dict[str, int | None] = {}
+    if settings["activation_type"] == "int8":  # TensorRT placement (export.qdq_placement)
+        fp32_graph = load_onnx(fp32_path, check=False)
+        quant_types, trt_extra = tensorrt_quantize_options(fp32_graph, op_types)
+        extra = {**trt_extra, "ActivationSymmetric": settings["symmetric_activations"]}
+        non_residual = non_residual_add_inputs(fp32_graph)
+        settings["op_types"] = quant_types
+    # The quantizer logs a line per tensor at INFO; keep the console readable.
+    with _quiet_logger(), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            quantize_static(str(fp32_path), str(out), reader, quant_format=QuantFormat.QDQ,
+                            per_channel=settings["per_channel"], activation_type=ACTIVATION_TYPES[settings["activation_type"]],
+                            weight_type=QuantType.QInt8, reduce_range=settings["reduce_range"],
+                            calibrate_method=CALIBRATION_METHODS[settings["calibrate_method"]],
+                            nodes_to_exclude=settings["nodes_to_exclude"] or None, op_types_to_quantize=quant_types,
+                            extra_options=extra)
+        except Exception as exc:
+            raise UserError(f"INT8 quantization of '{src}' failed: {first_line(exc)}") from exc
+    qmodel = load_onnx(out)
+    apply_residual_add_rule(qmodel, non_residual)
+    drop_unused_opsets(qmodel)
+    return qmodel
 
 
 @contextlib.contextmanager
