@@ -139,32 +139,20 @@ def _banner(text: str) -> None:
 
 def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_stage: str | None = None,
                until: str | None = None, progress: bool = True) -> int:
-    """Run ``stages`` in order inside ``run_dir``; return 0 when every stage ended ok/skipped, else 1."""
+    """Run ``stages`` in order inside ``run_dir``; return 0 when every stage ended ok/skipped, else 1.
+
+    A stage whose key (its config sections, its inputs' hashes, its external inputs) and outputs are unchanged is
+    skipped; one whose work is current but whose gates changed is re-gated on its recorded metrics
+    (:class:`Stage`); any other — and every stage after the first that runs, or from ``from_stage`` on — runs."""
     names = [s.name for s in stages]
     for n in (from_stage, until):
         if n is not None and n not in names:
             raise unknown("stage", n, names)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another with --run-dir") from exc
+    _check_writable(run_dir)
     if cfg.run.threads > 0:
         torch.set_num_threads(cfg.run.threads)
     with run_lock(run_dir) as stale:
-        if stale:
-            who = f"pid {stale['pid']} on {stale.get('host', '?')}" if stale.get("pid") else "an empty lock file"
-            print(f"note: cleared a stale lock ({who}, since {stale.get('since', '?')}): that run was killed", flush=True)
-        leftovers = clear_temp_files(run_dir)
-        if leftovers:
-            print(f"note: removed {len(leftovers)} temporary file(s) of an interrupted write: "
-                  f"{', '.join(str(p.relative_to(run_dir)) for p in leftovers)}", flush=True)
-        manifest = Manifest.open(run_dir, cfg.run.name)
-        manifest.data["config_hash"] = cfg.section_hash()
-        manifest.data["config"] = cfg.to_dict()
-        manifest.save()
+        manifest = _open_manifest(cfg, run_dir, stale)
         ctx = StageContext(cfg, run_dir, manifest, resolve_device(cfg.run.device), progress)
         dirty = False
         upstream: dict[str, str] = {}
@@ -191,40 +179,77 @@ def run_stages(cfg: PipelineConfig, stages: list[Stage], run_dir: Path, *, from_
                 upstream.update(record.get("outputs") or {})
             else:
                 dirty = True
-                started, t0 = now(), time.perf_counter()
-                base = {"key": key, "config_hash": cfg.section_hash(*stage.sections), "inputs": dict(upstream), "started": started}
-                previous = manifest.stage(stage.name)
-                # Before the stage may rewrite its files, forget its previous outputs: a run killed from
-                # here on leaves a 'running' record that points at no file, never a stale hash.
-                manifest.set_stage(stage.name, {"status": "running", "reason": "started, not finished (interrupted or killed)",
-                                                **base, "key": None, "outputs": {}, "metrics": {}, "checks": [],
-                                                "ended": None, "seconds": None})
-                _banner(f"stage {stage.name}")
-                # Every stage starts from the same RNG state, whichever stages ran before it in this process,
-                # so a resumed chain reproduces an uninterrupted one.
-                seed_everything(cfg.run.seed)
-                ctx.key = key
-                try:
-                    out = stage.fn(ctx).gate()
-                except UserError as exc:
-                    manifest.set_stage(stage.name, previous if previous and outputs_intact(previous, run_dir) else {
-                        "status": "failed", "reason": str(exc), **base, "outputs": {}, "metrics": {}, "checks": [],
-                        "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
-                    raise
-                except Exception as exc:  # a bug or an environment failure: record it, keep artifacts
-                    traceback.print_exc()
-                    out = StageOutcome("failed", first_line(exc, with_type=True))
-                outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
-                manifest.set_stage(stage.name, {
-                    "status": out.status, "reason": out.reason, "gate_failed": out.gate_failed,
-                    "gates_hash": _gates_hash(stage, cfg), **base, "outputs": outputs, "metrics": out.metrics,
-                    "checks": [c.to_dict() for c in out.checks], "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
-                upstream.update(outputs)
-                _print_outcome(stage.name, out, time.perf_counter() - t0)
-                if out.status == "failed":
-                    print(f"error: stage {stage.name} failed: {out.reason}; earlier artifacts are kept in {run_dir}",
-                          file=sys.stderr, flush=True)
+                if _execute(stage, ctx, key, upstream) == "failed":
                     return 1
             if until is not None and stage.name == until:
                 break
     return 0
+
+
+def _check_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` and write a probe file in it; one :class:`UserError` line when that fails."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"run directory {run_dir} is not writable ({exc.strerror}); choose another with --run-dir") from exc
+
+
+def _open_manifest(cfg: PipelineConfig, run_dir: Path, stale: dict[str, Any] | None) -> Manifest:
+    """Under the run lock: say what a killed run left (a stale lock, temporary files, removed), open the manifest and
+    record the config and its hash."""
+    if stale:
+        who = f"pid {stale['pid']} on {stale.get('host', '?')}" if stale.get("pid") else "an empty lock file"
+        print(f"note: cleared a stale lock ({who}, since {stale.get('since', '?')}): that run was killed", flush=True)
+    leftovers = clear_temp_files(run_dir)
+    if leftovers:
+        print(f"note: removed {len(leftovers)} temporary file(s) of an interrupted write: "
+              f"{', '.join(str(p.relative_to(run_dir)) for p in leftovers)}", flush=True)
+    manifest = Manifest.open(run_dir, cfg.run.name)
+    manifest.data["config_hash"] = cfg.section_hash()
+    manifest.data["config"] = cfg.to_dict()
+    manifest.save()
+    return manifest
+
+
+def _execute(stage: Stage, ctx: StageContext, key: str, upstream: dict[str, str]) -> str:
+    """Run ``stage`` and record it (its outputs' hashes join ``upstream``); return its status. A :class:`UserError`
+    restores the stage's previous record when its outputs are intact (else records the failure) and propagates; any
+    other exception is a failed stage with its traceback printed, earlier artifacts kept."""
+    cfg, run_dir, manifest = ctx.cfg, ctx.run_dir, ctx.manifest
+    t0 = time.perf_counter()
+    base = {"key": key, "config_hash": cfg.section_hash(*stage.sections), "inputs": dict(upstream), "started": now()}
+    previous = manifest.stage(stage.name)
+    # Before the stage may rewrite its files, forget its previous outputs: a run killed from
+    # here on leaves a 'running' record that points at no file, never a stale hash.
+    manifest.set_stage(stage.name, {"status": "running", "reason": "started, not finished (interrupted or killed)",
+                                    **base, "key": None, "outputs": {}, "metrics": {}, "checks": [],
+                                    "ended": None, "seconds": None})
+    _banner(f"stage {stage.name}")
+    # Every stage starts from the same RNG state, whichever stages ran before it in this process,
+    # so a resumed chain reproduces an uninterrupted one.
+    seed_everything(cfg.run.seed)
+    ctx.key = key
+    try:
+        out = stage.fn(ctx).gate()
+    except UserError as exc:
+        manifest.set_stage(stage.name, previous if previous and outputs_intact(previous, run_dir) else {
+            "status": "failed", "reason": str(exc), **base, "outputs": {}, "metrics": {}, "checks": [],
+            "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
+        raise
+    except Exception as exc:  # a bug or an environment failure: record it, keep artifacts
+        traceback.print_exc()
+        out = StageOutcome("failed", first_line(exc, with_type=True))
+    outputs = hash_outputs(run_dir, [p for p in out.outputs if p.is_file()])
+    manifest.set_stage(stage.name, {
+        "status": out.status, "reason": out.reason, "gate_failed": out.gate_failed,
+        "gates_hash": _gates_hash(stage, cfg), **base, "outputs": outputs, "metrics": out.metrics,
+        "checks": [c.to_dict() for c in out.checks], "ended": now(), "seconds": round(time.perf_counter() - t0, 2)})
+    upstream.update(outputs)
+    _print_outcome(stage.name, out, time.perf_counter() - t0)
+    if out.status == "failed":
+        print(f"error: stage {stage.name} failed: {out.reason}; earlier artifacts are kept in {run_dir}",
+              file=sys.stderr, flush=True)
+    return out.status
