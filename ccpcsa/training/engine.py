@@ -268,22 +268,11 @@ def _check_resume(raw: dict[str, Any], spec: ModelSpec | None, checkpoint: str |
         )
 
 
-def fit(
-    model: nn.Module,
-    data: DataSplits,
-    cfg: TrainConfig,
-    *,
-    device: torch.device | str | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    spec: ModelSpec | None = None,
-    resume: bool = False,
-    progress: bool = True,
-    desc: str = "train",
-    dist_info: ddp.DistInfo | None = None,
-    on_epoch_end: Callable[[int, dict[str, float]], None] | None = None,
-    distill: Distillation | None = None,
-    stream: TrainStream | None = None,
-) -> FitResult:
+def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.device | str | None = None,
+        checkpoint: str | os.PathLike[str] | None = None, spec: ModelSpec | None = None, resume: bool = False,
+        progress: bool = True, desc: str = "train", dist_info: ddp.DistInfo | None = None,
+        on_epoch_end: Callable[[int, dict[str, float]], None] | None = None, distill: Distillation | None = None,
+        stream: TrainStream | None = None) -> FitResult:
     """Train ``model`` in place on ``data.train`` for ``cfg.epochs`` epochs; evaluate on ``data.val`` each epoch.
 
     With ``checkpoint`` (and ``spec``), the model plus optimizer/schedule state is written atomically
@@ -299,48 +288,17 @@ def fit(
     device = _run_device(model, device)
     info = dist_info or ddp.DistInfo()
     seed_everything(cfg.seed)
-    if cfg.channels_last:
-        model.to(memory_format=torch.channels_last)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
+    _prepare(model, device, cfg.channels_last)
     opt = _optimizer(model, cfg, device)
-    loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                         drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last)
-    steps_per_epoch = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-    if steps_per_epoch == 0:
-        raise UserError(f"train split has {len(data.train)} images, fewer than one batch of {cfg.batch_size}; lower train.batch_size")
+    loader, steps_per_epoch = _train_loader(data, cfg, info, device)
     total = steps_per_epoch * cfg.epochs
     result = FitResult()
-    start_epoch = 0
-    if resume and checkpoint is not None and os.path.exists(checkpoint):
-        raw = read_checkpoint_dict(checkpoint)
-        _check_resume(raw, spec, checkpoint)
-        ts = raw.get("train_state") or {}
-        if ts.get("epoch") is not None and ts.get("epochs") == cfg.epochs:
-            try:
-                model.load_state_dict(raw["state_dict"])
-                flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
-                opt.load_state_dict(ts["optimizer"])
-                for g, f in zip(opt.param_groups, flags, strict=True):  # keep this device's implementation
-                    g.update(f)
-            except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"cannot resume from {checkpoint}: it does not match this model/optimizer "
-                                f"({first_line(exc)}); "
-                                "delete it or write to another checkpoint path") from exc
-            start_epoch = int(ts["epoch"]) + 1
-            result.history = list(ts.get("history", []))
-    net: nn.Module = model
-    if info.enabled:
-        index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else None
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[index] if device.type == "cuda" else None)
+    start_epoch = _resume(model, opt, cfg, checkpoint, spec, result) if resume and checkpoint is not None else 0
+    net = _wrapped(model, device) if info.enabled else model
     use_compile, why = compile_decision(cfg.compile, device, total - start_epoch * steps_per_epoch, info.enabled,
                                         has_forward_hooks(model))
     if distill is not None:
-        placement.place(distill.teacher, device).eval()
-        if cfg.channels_last:  # the batches are channels_last: a teacher in the same layout skips a conversion per conv
-            distill.teacher.to(memory_format=torch.channels_last)
-        for p in distill.teacher.parameters():
-            p.requires_grad_(False)
+        _place_teacher(distill.teacher, device, cfg.channels_last)
     runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, cfg.amp),
                         report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
     interval = check_interval(device)
@@ -358,16 +316,11 @@ def fit(
         monitor = StepMonitor(device, interval, epoch)
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
                    leave=False, dynamic_ncols=True)
-        for i, (x, y) in enumerate(itertools.islice(batches, steps_per_epoch) if batches is not None else loader):
+        epoch_batches = itertools.islice(batches, steps_per_epoch) if batches is not None else loader
+        for i, (x, y) in enumerate(epoch_batches):
             if i >= steps_per_epoch:
                 break
-            for g in opt.param_groups:
-                g["lr"] = cfg.lr * lr_factor(step, total, cfg, steps_per_epoch)
-            opt.zero_grad(set_to_none=True)
-            loss, logits = runner(x, y)
-            monitor.observe(i, loss)  # on the CPU: raises before a non-finite step is applied
-            opt.step()
-            monitor.accumulate(loss, logits, y)
+            _step(runner, opt, monitor, i, x, y, cfg.lr * lr_factor(step, total, cfg, steps_per_epoch))
             step += 1
             if stream is not None:
                 stream.step += 1
@@ -385,12 +338,8 @@ def fit(
                "images_per_s": n / train_seconds}
         result.history.append(row)
         result.speed.update(compiled=runner.is_compiled, compile_note=runner.note)
-        if info.is_main:  # one summary line per epoch even without a progress bar
-            tqdm.write(f"{desc} epoch {epoch + 1}/{cfg.epochs}: loss {row['train_loss']:.3f} train {row['train_acc']:.2f}% "
-                       f"val {val_acc:.2f}% ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)")
-        if checkpoint is not None and spec is not None and info.is_main:
-            save_checkpoint(checkpoint, model, spec, data.classes, data.mean, data.std, meta={"val_accuracy": val_acc},
-                            train_state={"epoch": epoch, "epochs": cfg.epochs, "optimizer": opt.state_dict(), "history": result.history})
+        if info.is_main:
+            _epoch_done(row, desc, cfg, model, data, opt, result, checkpoint, spec)
         if on_epoch_end is not None:
             on_epoch_end(epoch, row)
     result.val_accuracy = result.history[-1]["val_acc"] if result.history else evaluate(
@@ -399,6 +348,93 @@ def fit(
     model.eval()
     return result
 
+
+
+def _epoch_done(row: dict[str, Any], desc: str, cfg: TrainConfig, model: nn.Module, data: DataSplits,
+                opt: torch.optim.Optimizer, result: FitResult, checkpoint: str | os.PathLike[str] | None,
+                spec: ModelSpec | None) -> None:
+    """On the main rank after an epoch: its summary line (even without a progress bar) and, with ``checkpoint`` and
+    ``spec``, the model with the optimizer state and history written atomically (what ``resume`` continues from)."""
+    tqdm.write(f"{desc} epoch {row['epoch']}/{cfg.epochs}: loss {row['train_loss']:.3f} train {row['train_acc']:.2f}% "
+               f"val {row['val_acc']:.2f}% ({row['seconds']:.1f}s, {row['images_per_s']:.0f} img/s)")
+    if checkpoint is not None and spec is not None:
+        save_checkpoint(checkpoint, model, spec, data.classes, data.mean, data.std, meta={"val_accuracy": row["val_acc"]},
+                        train_state={"epoch": row["epoch"] - 1, "epochs": cfg.epochs, "optimizer": opt.state_dict(),
+                                     "history": result.history})
+
+
+def _train_loader(data: DataSplits, cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> tuple[BatchLoader, int]:
+    """This rank's shuffled, augmented train batches (full batches only) and the steps an epoch takes
+    (``cfg.max_steps_per_epoch`` at most); a train split smaller than one batch is one :class:`UserError` line."""
+    loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, seed=cfg.seed,
+                         drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last)
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+    if steps == 0:
+        raise UserError(f"train split has {len(data.train)} images, fewer than one batch of {cfg.batch_size}; lower train.batch_size")
+    return loader, steps
+
+
+def _prepare(model: nn.Module, device: torch.device, channels_last: bool) -> None:
+    """``model`` in channels_last when asked; on CUDA, cuDNN's autotuner on (fixed shapes: the fastest kernels are
+    picked once)."""
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def _wrapped(model: nn.Module, device: torch.device) -> nn.Module:
+    """``model`` in DistributedDataParallel (under torchrun), on this rank's GPU where it trains on one."""
+    index = device.index if device.index is not None else torch.cuda.current_device() if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=[index] if device.type == "cuda" else None)
+
+
+def _step(runner: StepRunner, opt: torch.optim.Optimizer, monitor: StepMonitor, i: int, x: torch.Tensor, y: torch.Tensor,
+          lr: float) -> None:
+    """One optimizer step at learning rate ``lr``: forward + backward (``runner``), the monitor's finiteness check
+    before the update is applied (on the CPU it raises there), the update, the running sums."""
+    for g in opt.param_groups:
+        g["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    loss, logits = runner(x, y)
+    monitor.observe(i, loss)
+    opt.step()
+    monitor.accumulate(loss, logits, y)
+
+
+def _resume(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, checkpoint: str | os.PathLike[str],
+            spec: ModelSpec | None, result: FitResult) -> int:
+    """The epoch to start from when ``checkpoint`` holds a fit of the same length: the model, the optimizer state
+    (keeping this device's fused/foreach implementation) and the history restored from it; 0 when the file is absent
+    or from another schedule. A file that does not match the model or optimizer is one :class:`UserError` line."""
+    if not os.path.exists(checkpoint):
+        return 0
+    raw = read_checkpoint_dict(checkpoint)
+    _check_resume(raw, spec, checkpoint)
+    ts = raw.get("train_state") or {}
+    if ts.get("epoch") is None or ts.get("epochs") != cfg.epochs:
+        return 0
+    try:
+        model.load_state_dict(raw["state_dict"])
+        flags = [{k: g.get(k) for k in ("fused", "foreach")} for g in opt.param_groups]
+        opt.load_state_dict(ts["optimizer"])
+        for g, f in zip(opt.param_groups, flags, strict=True):  # keep this device's implementation
+            g.update(f)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot resume from {checkpoint}: it does not match this model/optimizer ({first_line(exc)}); "
+                        "delete it or write to another checkpoint path") from exc
+    result.history = list(ts.get("history", []))
+    return int(ts["epoch"]) + 1
+
+
+def _place_teacher(teacher: nn.Module, device: torch.device, channels_last: bool) -> None:
+    """A distillation teacher on the training device, in eval mode, frozen — channels_last when the batches are (a
+    teacher in the same layout skips a conversion per conv)."""
+    placement.place(teacher, device).eval()
+    if channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
 
 #: Progress-bar postfix (loss, accuracy, img/s) every this many steps at most (on CUDA: every check interval).
 POSTFIX_EVERY = 10
