@@ -177,102 +177,25 @@ class ImageFolderSource:
 
     # -- build -------------------------------------------------------------------------------
     def build(self, progress: bool = True) -> RawData:
-        """Read, decode and assemble the train and test arrays (raises UserError on a bad layout)."""
+        """Read, decode and assemble the train and test arrays (raises UserError on a bad layout): the class folders
+        (the same under train/ and test/), every file inside one (strays counted), decoded (undecodable / converted
+        counted; every class keeps at least one image), resized to the most common square size (counted)."""
         listing = self._list(progress)
         where = str(self.path)
         root = _find_root(listing, where)
-        all_dirs = _all_dirs(listing)
-        classes_by_split = {s: _class_dirs(all_dirs, f"{root}{s}/") for s in SPLITS}
-        train_classes, test_classes = classes_by_split["train"], classes_by_split["test"]
-        if not train_classes:
-            raise UserError(f"{where}: {root}train/ has no class folders; expected {EXPECTED}")
-        if train_classes != test_classes:
-            raise UserError(
-                f"{where}: train/ and test/ must have the same class folders; "
-                f"train has {_names(train_classes)}, test has {_names(test_classes)}"
-            )
-        classes = sorted(train_classes)
-        class_index = {c: i for i, c in enumerate(classes)}
-        stats = dict.fromkeys(STAT_KEYS, 0)
-        examples: dict[str, str] = {}
-
-        def count(kind: str, rel: str) -> None:
-            stats[kind] += 1
-            examples.setdefault(kind, rel)
-
-        # (split, label, relpath) for every file inside a class folder.
-        items: list[tuple[str, int, str]] = []
-        per_class_files: collections.Counter[tuple[str, str]] = collections.Counter()
-        for rel in listing.files:
-            for split in SPLITS:
-                prefix = f"{root}{split}/"
-                if not rel.startswith(prefix):
-                    continue
-                rest = rel[len(prefix) :]
-                cls, sep, _ = rest.partition("/")
-                if not sep or cls not in class_index:
-                    count("stray", rel)
-                else:
-                    items.append((split, class_index[cls], rel))
-                    per_class_files[(split, cls)] += 1
+        classes = _split_classes(listing, root, where)
+        tally = _Tally(dict.fromkeys(STAT_KEYS, 0), {})
+        items = _class_files(listing, root, classes, tally, where)
+        decoded = _decode_items(items, listing, tally, progress)
         for split in SPLITS:
-            for cls in classes:
-                if per_class_files[(split, cls)] == 0:
-                    raise UserError(f"{where}: class folder {root}{split}/{cls}/ has no images")
-        items.sort(key=lambda it: (SPLITS.index(it[0]), it[1], it[2]))
-
-        decoded: list[tuple[str, int, str, np.ndarray]] = []
-        good_per_class: collections.Counter[tuple[str, int]] = collections.Counter()
-        for split, label, rel in tqdm(
-            items, desc="decoding images", unit="img", disable=not progress, leave=False, mininterval=0.5
-        ):
-            source = listing.files[rel]
-            try:
-                data = source if isinstance(source, bytes) else source.read_bytes()
-            except OSError:
-                count("undecodable", rel)
-                continue
-            arr, outcome = _decode(data, rel)
-            if arr is None:
-                count(outcome, rel)
-                continue
-            if outcome == "converted":
-                count("converted", rel)
-            decoded.append((split, label, rel, arr))
-            good_per_class[(split, label)] += 1
-        for split in SPLITS:
+            present = {label for s, label, _, _ in decoded if s == split}
             for label, cls in enumerate(classes):
-                if good_per_class[(split, label)] == 0:
-                    raise UserError(
-                        f"{where}: class folder {root}{split}/{cls}/ has no images that could be decoded"
-                    )
-
-        sizes = collections.Counter(arr.shape[:2] for _, _, _, arr in decoded)
-        (height, width), _ = sizes.most_common(1)[0]
-        if height != width:
-            raise UserError(
-                f"{where}: most images are {width}x{height} (width x height); only square images are "
-                "supported, resize them to a square size first"
-            )
-        arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
-        labels: dict[str, list[int]] = {s: [] for s in SPLITS}
-        for split, label, rel, arr in decoded:
-            if arr.shape[:2] != (height, width):
-                arr = np.asarray(
-                    Image.fromarray(arr).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8
-                )
-                count("resized", rel)
-            arrays[split].append(arr)
-            labels[split].append(label)
-        return RawData(
-            train_images=np.stack(arrays["train"]),
-            train_labels=np.asarray(labels["train"], dtype=np.int64),
-            test_images=np.stack(arrays["test"]),
-            test_labels=np.asarray(labels["test"], dtype=np.int64),
-            classes=classes,
-            stats=stats,
-            examples=examples,
-        )
+                if label not in present:
+                    raise UserError(f"{where}: class folder {root}{split}/{cls}/ has no images that could be decoded")
+        arrays, labels = _assemble(decoded, tally, where)
+        return RawData(train_images=np.stack(arrays["train"]), train_labels=np.asarray(labels["train"], dtype=np.int64),
+                       test_images=np.stack(arrays["test"]), test_labels=np.asarray(labels["test"], dtype=np.int64),
+                       classes=classes, stats=tally.stats, examples=tally.examples)
 
 
 def _all_dirs(listing: _Listing) -> set[str]:
@@ -337,3 +260,96 @@ def _decode(data: bytes, name: str) -> tuple[np.ndarray | None, str]:
         return None, "undecodable" if suffix in IMAGE_EXTENSIONS else "non_image"
     except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError):
         return None, "undecodable"
+
+
+@dataclass
+class _Tally:
+    """What the reader skipped or changed: a count per kind (:data:`STAT_KEYS`) and the first file of each kind."""
+
+    stats: dict[str, int]
+    examples: dict[str, str]
+
+    def count(self, kind: str, rel: str) -> None:
+        """One more file of ``kind``; the first one is kept as the example."""
+        self.stats[kind] += 1
+        self.examples.setdefault(kind, rel)
+
+
+def _split_classes(listing: Any, root: str, where: str) -> list[str]:
+    """The sorted class folder names, the same under ``train/`` and ``test/`` (else one :class:`UserError` line)."""
+    all_dirs = _all_dirs(listing)
+    by_split = {s: _class_dirs(all_dirs, f"{root}{s}/") for s in SPLITS}
+    if not by_split["train"]:
+        raise UserError(f"{where}: {root}train/ has no class folders; expected {EXPECTED}")
+    if by_split["train"] != by_split["test"]:
+        raise UserError(f"{where}: train/ and test/ must have the same class folders; "
+                        f"train has {_names(by_split['train'])}, test has {_names(by_split['test'])}")
+    return sorted(by_split["train"])
+
+
+def _class_files(listing: Any, root: str, classes: list[str], tally: _Tally, where: str) -> list[tuple[str, int, str]]:
+    """``(split, label, relpath)`` of every file inside a class folder, sorted by split, label, path; files elsewhere
+    count as ``stray``; a class folder without files is one :class:`UserError` line."""
+    class_index = {c: i for i, c in enumerate(classes)}
+    items: list[tuple[str, int, str]] = []
+    per_class: collections.Counter[tuple[str, str]] = collections.Counter()
+    for rel in listing.files:
+        for split in SPLITS:
+            prefix = f"{root}{split}/"
+            if not rel.startswith(prefix):
+                continue
+            cls, sep, _ = rel[len(prefix):].partition("/")
+            if not sep or cls not in class_index:
+                tally.count("stray", rel)
+            else:
+                items.append((split, class_index[cls], rel))
+                per_class[(split, cls)] += 1
+    for split in SPLITS:
+        for cls in classes:
+            if per_class[(split, cls)] == 0:
+                raise UserError(f"{where}: class folder {root}{split}/{cls}/ has no images")
+    items.sort(key=lambda it: (SPLITS.index(it[0]), it[1], it[2]))
+    return items
+
+
+def _decode_items(items: list[tuple[str, int, str]], listing: Any, tally: _Tally,
+                  progress: bool) -> list[tuple[str, int, str, np.ndarray]]:
+    """Each item's pixels (RGB uint8), with a progress bar; unreadable or undecodable files are counted and left out,
+    converted ones (another mode) counted and kept."""
+    decoded: list[tuple[str, int, str, np.ndarray]] = []
+    for split, label, rel in tqdm(items, desc="decoding images", unit="img", disable=not progress, leave=False,
+                                  mininterval=0.5):
+        source = listing.files[rel]
+        try:
+            data = source if isinstance(source, bytes) else source.read_bytes()
+        except OSError:
+            tally.count("undecodable", rel)
+            continue
+        arr, outcome = _decode(data, rel)
+        if arr is None:
+            tally.count(outcome, rel)
+            continue
+        if outcome == "converted":
+            tally.count("converted", rel)
+        decoded.append((split, label, rel, arr))
+    return decoded
+
+
+def _assemble(decoded: list[tuple[str, int, str, np.ndarray]], tally: _Tally,
+              where: str) -> tuple[dict[str, list[np.ndarray]], dict[str, list[int]]]:
+    """Images and labels per split at the most common size, which must be square (one :class:`UserError` line
+    otherwise); images of another size are resized bilinearly and counted."""
+    sizes = collections.Counter(arr.shape[:2] for _, _, _, arr in decoded)
+    (height, width), _ = sizes.most_common(1)[0]
+    if height != width:
+        raise UserError(f"{where}: most images are {width}x{height} (width x height); only square images are "
+                        "supported, resize them to a square size first")
+    arrays: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
+    labels: dict[str, list[int]] = {s: [] for s in SPLITS}
+    for split, label, rel, arr in decoded:
+        if arr.shape[:2] != (height, width):
+            arr = np.asarray(Image.fromarray(arr).resize((width, height), Image.Resampling.BILINEAR), dtype=np.uint8)
+            tally.count("resized", rel)
+        arrays[split].append(arr)
+        labels[split].append(label)
+    return arrays, labels

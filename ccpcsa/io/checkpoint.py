@@ -192,14 +192,20 @@ def _same_model(a: str, b: str) -> bool:
     return a.strip() == b.strip()
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str],
-    expect_classes: int | None = None,
-    check_finite: bool = True,
-    expect_model: str | None = None,
-    spec: ModelSpec | None = None,
-    device: str | torch.device = "cpu",
-) -> Checkpoint:
+def _check_expected(path: str | os.PathLike[str], spec: ModelSpec, expect_model: str | None,
+                    expect_classes: int | None) -> None:
+    """One :class:`UserError` line when the file's architecture or class count is not the one expected."""
+    if expect_model is not None and not _same_model(expect_model, spec.name):
+        raise UserError(f"checkpoint {path} holds a '{spec.name}' model but '{expect_model}' is expected; "
+                        f"use a checkpoint of '{expect_model}' or set model.name={spec.name}")
+    if expect_classes is not None and expect_classes != spec.num_classes:
+        raise UserError(f"checkpoint {path} has {spec.num_classes} classes but the data/config has {expect_classes}; "
+                        "use a checkpoint trained on this dataset or set model.num_classes to match")
+
+
+def load_checkpoint(path: str | os.PathLike[str], expect_classes: int | None = None, check_finite: bool = True,
+                    expect_model: str | None = None, spec: ModelSpec | None = None,
+                    device: str | torch.device = "cpu") -> Checkpoint:
     """Rebuild the model of the weights file ``path`` and load its weights; the result's ``source`` and
     ``sha256`` say which form the file had and hash its bytes. The model is returned on ``device``
     (``map_location``; ``auto`` = CUDA when available), float32, in eval mode.
@@ -233,16 +239,7 @@ def load_checkpoint(
             "model.kwargs and model.num_classes), or save it with ccpcsa.io.checkpoint.save_checkpoint")
     else:
         raw = {}
-    if expect_model is not None and not _same_model(expect_model, spec.name):
-        raise UserError(
-            f"checkpoint {path} holds a '{spec.name}' model but '{expect_model}' is expected; "
-            f"use a checkpoint of '{expect_model}' or set model.name={spec.name}"
-        )
-    if expect_classes is not None and expect_classes != spec.num_classes:
-        raise UserError(
-            f"checkpoint {path} has {spec.num_classes} classes but the data/config has {expect_classes}; "
-            "use a checkpoint trained on this dataset or set model.num_classes to match"
-        )
+    _check_expected(path, spec, expect_model, expect_classes)
     state = w.state
     if check_finite and (bad := non_finite(state)):
         raise UserError(f"checkpoint {path} has NaN/Inf weights — {bad}; it cannot be used, "

@@ -27,7 +27,7 @@ import copy
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -191,39 +191,7 @@ class ChannelPruner:
                 continue  # its channels are the model's outputs (a conv classifier, as in SqueezeNet): never pruned
             size = int(self.dg.get_pruner_of_module(root).get_out_channels(root))
             info = GroupInfo(key, size, [])
-            slices: list[int] = []
-            for item in group:
-                dep = item.dep
-                mod = dep.target.module
-                if isinstance(mod, (tp.ops._SplitOp, tp.ops._UnbindOp)):
-                    sizes = list(mod.split_sizes or [])
-                    idxs = list(item.idxs)
-                    if len(set(sizes)) == 1 and sorted(idxs) == list(range(sum(sizes))) and size == sum(sizes):
-                        slices.append(len(sizes))  # chunk/unbind into equal parts: remove alike from every part
-                    else:
-                        self.fixed[key] = "it is split into unequal parts (torch.split with fixed sizes)"
-                    continue
-                if not isinstance(mod, nn.Module) or mod not in names:
-                    continue
-                if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):  # statistics over channels: a removed channel, even
-                    self.fixed.setdefault(key, f"its channels are normalized together by {type(mod).__name__} "  # at 0,
-                                          f"'{names[mod]}' (removing one changes the others)")  # moves the others
-                out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
-                if _is_grouped_conv(mod):
-                    assert isinstance(mod, nn.Conv2d)
-                    width = mod.out_channels if out_fn else mod.in_channels
-                    idxs, roots = list(item.idxs), list(item.root_idxs)
-                    if sorted(idxs) != list(range(width)) or idxs != roots or size != width:
-                        self.fixed[key] = (f"its channels reach only part of grouped conv '{names[mod]}' "
-                                           f"(groups={mod.groups}) through a concat or split")
-                    slices.append(mod.groups)
-                if out_fn or isinstance(mod, (nn.BatchNorm2d, BAM)):
-                    n = names[mod]
-                    if n not in info.member_channel_index:
-                        index = np.full(size, -1, dtype=np.int64)
-                        index[np.asarray(item.root_idxs, dtype=np.int64)] = np.asarray(item.idxs, dtype=np.int64)
-                        info.members.append(n)
-                        info.member_channel_index[n] = index.tolist()
+            slices = self._members(info, group, size, names)
             info.ch_groups = math.lcm(*slices) if slices else 1
             shuffle = next((item.dep.target.module for item in group if item.dep.target.module in shuffles), None)
             if shuffle is not None:
@@ -236,6 +204,46 @@ class ChannelPruner:
                 self.fixed[key] = f"its {size} channels do not split into the {info.ch_groups} slices of its grouped convs"
             self._roots[key] = root
             self.groups.append(info)
+
+    def _members(self, info: GroupInfo, group: Any, size: int, names: dict[nn.Module, str]) -> list[int]:
+        """Fill ``info``'s members (each layer whose output channels are the group's, with its channel index) from a
+        torch-pruning ``group`` of ``size`` channels; return the slice counts its channels must be removed alike from
+        (equal chunks of a split, a grouped conv's groups). Reasons to leave the group whole go to ``self.fixed``."""
+        key = info.key
+        slices: list[int] = []
+        for item in group:
+            dep = item.dep
+            mod = dep.target.module
+            if isinstance(mod, (tp.ops._SplitOp, tp.ops._UnbindOp)):
+                sizes = list(mod.split_sizes or [])
+                idxs = list(item.idxs)
+                if len(set(sizes)) == 1 and sorted(idxs) == list(range(sum(sizes))) and size == sum(sizes):
+                    slices.append(len(sizes))  # chunk/unbind into equal parts: remove alike from every part
+                else:
+                    self.fixed[key] = "it is split into unequal parts (torch.split with fixed sizes)"
+                continue
+            if not isinstance(mod, nn.Module) or mod not in names:
+                continue
+            if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):  # statistics over channels: a removed channel, even
+                self.fixed.setdefault(key, f"its channels are normalized together by {type(mod).__name__} "  # at 0,
+                                      f"'{names[mod]}' (removing one changes the others)")  # moves the others
+            out_fn = self.dg.is_out_channel_pruning_fn(dep.handler)
+            if _is_grouped_conv(mod):
+                assert isinstance(mod, nn.Conv2d)
+                width = mod.out_channels if out_fn else mod.in_channels
+                idxs, roots = list(item.idxs), list(item.root_idxs)
+                if sorted(idxs) != list(range(width)) or idxs != roots or size != width:
+                    self.fixed[key] = (f"its channels reach only part of grouped conv '{names[mod]}' "
+                                       f"(groups={mod.groups}) through a concat or split")
+                slices.append(mod.groups)
+            if out_fn or isinstance(mod, (nn.BatchNorm2d, BAM)):
+                n = names[mod]
+                if n not in info.member_channel_index:
+                    index = np.full(size, -1, dtype=np.int64)
+                    index[np.asarray(item.root_idxs, dtype=np.int64)] = np.asarray(item.idxs, dtype=np.int64)
+                    info.members.append(n)
+                    info.member_channel_index[n] = index.tolist()
+        return slices
 
     def _untraceable(self, why: str, where: list[str]) -> UserError:
         """The one-line error for a forward torch-pruning cannot trace, naming the module (``where``) when known."""
