@@ -330,3 +330,30 @@ def test_report_refuses_a_foreign_or_broken_result(run: Path, results: dict[str,
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and words in err[0], (path.name, err)
         assert _tree(rd) == before, path.name
+
+
+def test_the_prediction_for_the_target_is_checked_only_on_that_target() -> None:
+    """promise.json's ``predicted`` (what a profile-driven run expected on the target it pruned for) is compared on that
+    runtime, thread count, precision and batch only; validate's promise only at its own thread count."""
+    from export.edge.validate_on_device import checks_for, predicted_for
+    from pipeline.bundle import predicted_speedup
+
+    stages = {"prune": {"metrics": {"latency": {"batch": 1, "final_speedup": 1.36},
+                                    "target": {"name": "openvino-cpu", "label": "openvino-cpu on X, 1 threads",
+                                               "precision": "int8", "identity": {"threads": 1}}}}}
+    pred = predicted_speedup(stages)
+    assert pred == {"runtime": "openvino-cpu", "threads": 1, "precision": "int8", "batch": 1, "speedup": 1.36,
+                    "target": "openvino-cpu on X, 1 threads"}
+    assert predicted_speedup({"prune": {"metrics": {"latency": {}, "target": {"name": "onnxruntime-cpu"}}}}) is None
+    promise = {"predicted": pred}
+    assert predicted_for(promise, "openvino-cpu", 1, "int8", 1) == 1.36
+    for other in (("onnxruntime-cpu", 1, "int8", 1), ("openvino-cpu", 2, "int8", 1), ("openvino-cpu", 1, "fp32", 1),
+                  ("openvino-cpu", 1, "int8", 32)):
+        assert predicted_for(promise, *other) is None
+    row = {"file": "model.int8.cpu.onnx", "speedup": {"1": {"speedup": 1.30, "relative_error": None, "within_tolerance": None,
+                                                            "predicted": 1.36, "prediction_error": 1.30 / 1.36 - 1}}}
+    check = {c["name"]: c for c in checks_for([row], 2.0, strict=True)}["model.int8.cpu.onnx_speedup_vs_prediction_b1"]
+    assert check["passed"] and check["value"] == pytest.approx(-0.0441, abs=1e-4) and not check["informational"]
+    row["speedup"]["1"]["prediction_error"] = 1.10 / 1.36 - 1  # 19 % short of the prediction
+    check = {c["name"]: c for c in checks_for([row], 2.0, strict=False)}["model.int8.cpu.onnx_speedup_vs_prediction_b1"]
+    assert not check["passed"] and check["informational"]

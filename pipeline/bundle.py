@@ -101,7 +101,22 @@ def promise_json(ctx: StageContext, fp32: Path, arts: list[dict[str, Any]], clas
             "accuracy": accuracy, "evaluation": v.get("evaluation"), "speedup": speedups,
             "speedup_reference": v.get("speedup_reference") or {}, "threads": ctx.cfg.export.threads,
             "checks": {"max_accuracy_drop_pp": ctx.cfg.checks.max_accuracy_drop},
-            "measured_with": {p: _version(p) for p in ("onnxruntime", "openvino") if _version(p)}}
+            "measured_with": {p: _version(p) for p in ("onnxruntime", "openvino") if _version(p)},
+            **({"predicted": pred} if (pred := predicted_speedup(stages)) else {})}
+
+
+def predicted_speedup(stages: dict[str, Any]) -> dict[str, Any] | None:
+    """What the prune stage expected of the target it pruned for, when it priced steps in that target's latency
+    (``target.profile`` or a built-in runtime with a latency target or allocation): ``{runtime, threads, precision,
+    batch, speedup, target}`` — the speedup being the profile's calibrated estimate (or the on-the-fly measurement of
+    a built-in target) for the final pruned model; None when the prune stage used no latency."""
+    p = (stages.get("prune") or {}).get("metrics") or {}
+    lat, target = p.get("latency") or {}, p.get("target") or {}
+    if lat.get("final_speedup") is None or not target.get("name"):
+        return None
+    return {"runtime": target["name"], "threads": (target.get("identity") or {}).get("threads"),
+            "precision": target.get("precision", "fp32"), "batch": lat.get("batch", 1), "speedup": lat["final_speedup"],
+            "target": target.get("label") or target["name"]}
 
 
 def file_roles(fp32: Path, arts: list[dict[str, Any]]) -> dict[str, str]:
@@ -144,12 +159,23 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
               "each artifact for the runtime and of its unpruned reference on the same images, the paired speedup "
               "(± SE) at each batch, and checks them against `promise.json`: the accuracy drop ≤ "
               f"{promise['checks']['max_accuracy_drop_pp']} pp, a speedup > 1, and the speedup within ±10 % of the "
-              "one measured by the pipeline (informational unless `--strict`). Exit 0: all passed; 1: a check failed; "
-              "2: a mistake in the input.", "", "Bring `result.json` back to the machine of the run:", "",
+              f"one measured by the pipeline at {promise.get('threads')} threads and, on the target the run was pruned for"
+              f"{_target_line(promise)}, of the one it predicted (informational unless `--strict`). Exit 0: all passed; "
+              "1: a check failed; 2: a mistake in the input.", "", "Bring `result.json` back to the machine of the run:", "",
               f"    python -m pipeline report --run-dir runs/{promise['run']} --device-result result.json", "",
               "It is checked against the run (same run, config hash and model files) and the report gains a "
               "\"Measured on the target device\" section.", ""]
     return "\n".join(lines)
+
+
+def _target_line(promise: dict[str, Any]) -> str:
+    """`` (<target>: --runtime R --threads N, <precision> at batch B, predicted S×)`` or ``""`` without a prediction."""
+    p = promise.get("predicted")
+    if not p:
+        return ""
+    threads = f" --threads {p['threads']}" if p.get("threads") else ""
+    return (f" ({p['target']}: `--runtime {p['runtime']}{threads}`, {p['precision']} at batch {p['batch']}, predicted "
+            f"{p['speedup']:.2f}×)")
 
 
 def requirements(promise: dict[str, Any]) -> dict[str, bytes]:

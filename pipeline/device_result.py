@@ -110,17 +110,19 @@ def device_section(results: list[dict[str, Any]]) -> list[str]:
                f"(`{r['stored_as']}`)", "",
                f"{r['images'].get('count')} images of `{r['images'].get('folder')}`, {rt.get('threads')} threads, "
                f"host `{r.get('host', '?')}`, {r.get('created', '')}; {'all checks passed' if r['passed'] else '**a check failed**'}.", "",
-               "| file | accuracy % ± SE | unpruned % ± SE | batch | p50 ms | unpruned p50 ms | speedup ± SE | promised | off by |",
-               "|---|---|---|---|---|---|---|---|---|"]
+               "| file | accuracy % ± SE | unpruned % ± SE | batch | p50 ms | unpruned p50 ms | speedup ± SE | promised | off by "
+               "| predicted for this target | off by |",
+               "|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in r["artifacts"]:
             for b, lat in (a.get("latency_ms") or {}).items():
                 s = (a.get("speedup") or {}).get(b) or {}
                 ref_lat = (a.get("reference_latency_ms") or {}).get(b) or {}
-                rel = s.get("relative_error")
+                rel, pred = s.get("relative_error"), s.get("prediction_error")
                 md.append(f"| `{a['file']}` | {_pm(a.get('accuracy'), a.get('accuracy_se'))} | "
                           f"{_pm(a.get('reference_accuracy'), a.get('reference_accuracy_se'))} | {b} | {_pm(lat.get('p50'), None, digits=3)} | "
                           f"{_pm(ref_lat.get('p50'), None, digits=3)} | {_pm(s.get('speedup'), s.get('se'), '×')} | "
-                          f"{_pm(s.get('promised'), None, '×')} | {'—' if rel is None else f'{100 * rel:+.0f} %'} |")
+                          f"{_pm(s.get('promised'), None, '×')} | {'—' if rel is None else f'{100 * rel:+.0f} %'} | "
+                          f"{_pm(s.get('predicted'), None, '×')} | {'—' if pred is None else f'{100 * pred:+.0f} %'} |")
         bad = [c for c in r["checks"] if not c["passed"]]
         md += ["", "Checks: " + ("; ".join(f"{c['name']} {'(informational) ' if c.get('informational') else ''}"
                                            f"{c['value']:.4g} vs {c['threshold']}" for c in bad) + " did not pass."

@@ -13,8 +13,10 @@ runs, and its unpruned reference (the unpruned model through the same export pat
 - warmed p50/p95 latency of both and the paired speedup ± SE (:func:`timing.paired_calls`, interleaved rounds) per
   ``--batch`` (default: the batch sizes the promise has, else 1 32);
 - checks: (a) pruned accuracy ≥ reference accuracy − the promise's ``max_accuracy_drop_pp``; (b) speedup > 1 at each
-  batch; (c) the measured speedup against the one the pipeline measured for this runtime, as a relative error —
-  flagged outside ±10 %, informational unless ``--strict``.
+  batch; (c) the measured speedup against the one the pipeline measured for this runtime (at the same thread count),
+  as a relative error — flagged outside ±10 %, informational unless ``--strict``; (d) on the target the run was pruned
+  for (``promise.json``'s ``predicted``: runtime, threads, precision, batch), the measured speedup against the one the
+  run predicted from that target's profile, the same way.
 
 Writes ``--out`` (``result.json``, atomically; bring it back with ``python -m pipeline report --run-dir RUN
 --device-result result.json``). Exit 0: every check passed; 1: a check failed; 2: a mistake (one ``error:`` line,
@@ -148,17 +150,28 @@ def promised_speedup(promise: dict[str, Any], runtime: str, precision: str, batc
     return float(entry) if isinstance(entry, (int, float)) else None
 
 
+def predicted_for(promise: dict[str, Any], runtime: str, threads: int, precision: str, batch: int) -> float | None:
+    """The speedup the run predicted for the target it was pruned for (``promise["predicted"]``), when that target is
+    this runtime, thread count, precision and batch; None otherwise."""
+    p = promise.get("predicted") or {}
+    if (p.get("runtime") != runtime or p.get("precision") != precision or int(p.get("batch") or 0) != batch
+            or (p.get("threads") is not None and int(p["threads"]) != threads)):
+        return None
+    return float(p["speedup"])
+
+
 def batch_input(paths: list[Path], meta: dict[str, Any], batch: int) -> np.ndarray:
     """A batch of ``batch`` real images (the first ones, repeated when there are fewer)."""
     xs = [load_image(p, meta) for p in paths[: min(batch, len(paths))]]
     return np.ascontiguousarray(np.stack([xs[i % len(xs)] for i in range(batch)]), dtype=np.float32)
 
 
-def measure(promise: dict[str, Any], runtime: str, rows: list[dict[str, Any]], sessions: dict[str, Session],
+def measure(promise: dict[str, Any], runtime: str, threads: int, rows: list[dict[str, Any]], sessions: dict[str, Session],
             paths: list[Path], meta: dict[str, Any], batches: list[int], rounds: int,
             round_seconds: float) -> list[dict[str, Any]]:
     """Per artifact: its and its reference's p50/p95 latency and the paired speedup (± SE) per batch, with the
-    promised speedup and the relative error against it."""
+    promised speedup (what ``validate`` measured on this runtime, compared only at the promise's thread count) and the
+    relative error against it, and — on the target the run was pruned for — the predicted speedup and its error."""
     out = []
     for a in rows:
         new, ref = sessions[a["file"]], sessions.get(a.get("reference") or "")
@@ -171,10 +184,14 @@ def measure(promise: dict[str, Any], runtime: str, rows: list[dict[str, Any]], s
                 continue
             row["reference_latency_ms"][str(b)] = latency(ref, x)
             pc = paired_calls(lambda r=ref, x=x: r.run(x), lambda n=new, x=x: n.run(x), rounds=rounds, round_seconds=round_seconds)
-            promised = promised_speedup(promise, runtime, a["precision"], b)
+            same_threads = promise.get("threads") in (None, threads)
+            promised = promised_speedup(promise, runtime, a["precision"], b) if same_threads else None
             rel = None if promised is None else float(pc["speedup"]) / promised - 1.0
+            predicted = predicted_for(promise, runtime, threads, a["precision"], b)
             row["speedup"][str(b)] = {**pc, "promised": promised, "relative_error": rel,
-                                      "within_tolerance": None if rel is None else abs(rel) <= PROMISE_TOLERANCE}
+                                      "within_tolerance": None if rel is None else abs(rel) <= PROMISE_TOLERANCE,
+                                      "predicted": predicted,
+                                      "prediction_error": None if predicted is None else float(pc["speedup"]) / predicted - 1.0}
         out.append(row)
     return out
 
@@ -194,6 +211,10 @@ def checks_for(artifacts: list[dict[str, Any]], max_drop: float, strict: bool) -
             if s["relative_error"] is not None:
                 checks.append({"name": f"{a['file']}_speedup_vs_promise_b{b}", "passed": bool(s["within_tolerance"]),
                                "value": s["relative_error"], "threshold": PROMISE_TOLERANCE, "informational": not strict})
+            if s.get("prediction_error") is not None:
+                checks.append({"name": f"{a['file']}_speedup_vs_prediction_b{b}",
+                               "passed": abs(s["prediction_error"]) <= PROMISE_TOLERANCE, "value": s["prediction_error"],
+                               "threshold": PROMISE_TOLERANCE, "informational": not strict})
     return checks
 
 
@@ -212,6 +233,8 @@ def table(result: dict[str, Any]) -> str:
                 text += f"; unpruned p50 {a['reference_latency_ms'][b]['p50']:.3f} ms; speedup {s['speedup']:.2f}× ± {s['se']:.2f}"
                 if s["promised"] is not None:
                     text += f" (promised {s['promised']:.2f}×, {100 * s['relative_error']:+.0f} %)"
+                if s.get("predicted") is not None:
+                    text += f" (predicted for this target {s['predicted']:.2f}×, {100 * s['prediction_error']:+.0f} %)"
             lines.append(text)
     lines += ["", "checks:"] + [f"  {'PASS' if c['passed'] else ('note' if c['informational'] else 'FAIL')} {c['name']}: "
                                 f"{c['value']:.4g} (threshold {c['threshold']})" for c in result["checks"]]
@@ -249,7 +272,7 @@ def validate(a: argparse.Namespace, folder: Path = HERE) -> dict[str, Any]:
     files = list(dict.fromkeys(n for r in rows for n in (r["file"], r.get("reference")) if n))
     sessions = {n: open_session(a.runtime, folder / n, threads=threads, spinning=False) for n in files}
     acc = evaluate(sessions, paths, labels, meta)
-    timed = measure(promise, a.runtime, rows, sessions, paths, meta, batches, a.rounds, a.round_seconds)
+    timed = measure(promise, a.runtime, threads, rows, sessions, paths, meta, batches, a.rounds, a.round_seconds)
     for s in sessions.values():
         s.close()
     artifacts = []
