@@ -29,6 +29,7 @@ from typing import Any
 
 from bench.criteria import INTERRUPTED, PRESETS, collect_run, run_benchmark, run_overrides, run_pipeline
 from ccpcsa.errors import UserError, run_cli
+from export.edge.timing import OTHER_LOAD_WARN
 from pipeline.frontier import (
     LABELS,
     FrontierPoint,
@@ -40,7 +41,6 @@ from pipeline.frontier import (
     pool,
     run_other_load,
 )
-from pipeline.stages_validate import OTHER_LOAD_WARN
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "ccpcsa"

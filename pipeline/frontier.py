@@ -29,7 +29,7 @@ class FrontierPoint:
     """One pruned model: ``method`` (the line it belongs to: :func:`method_of` its ``criterion`` and ``allocation``),
     MACs ``target`` (fraction removed) and ``macs_ratio`` (unpruned / pruned), test ``accuracy`` ± ``accuracy_se`` (pp),
     FP32 and INT8 speedups per batch as ``(speedup, se)``; ``other_load``: the largest CPU share other processes took
-    while they were timed (above :data:`pipeline.stages_validate.OTHER_LOAD_WARN` the speeds are flagged as noisy);
+    while they were timed (above :data:`export.edge.timing.OTHER_LOAD_WARN` the speeds are flagged as noisy);
     ``seeds``: how many training seeds of one recipe the point averages."""
 
     method: str

@@ -14,6 +14,7 @@ from typing import Any
 from ccpcsa.io.artifacts import atomic_write_json
 from ccpcsa.io.checkpoint import load_checkpoint
 from ccpcsa.models import count_complexity
+from export.edge.timing import OTHER_LOAD_WARN
 
 from .checks import at_least, at_most, speedup
 from .runner import StageContext, StageOutcome
@@ -30,7 +31,6 @@ from .stages_export import (
 from .stages_train import data_splits, eval_split, input_size
 
 BASELINE_INT8_CPU = "baseline.int8.cpu.onnx"  # the unpruned INT8 reference (onnxruntime-CPU flavour) validate times against
-OTHER_LOAD_WARN = 0.1  # share of the machine's CPU used by other processes above which timed speedups are flagged
 #: Which runtime each ONNX artifact is made for (the rest run it too, reported but not gated): the TensorRT flavour
 #: (S8S8) is for TensorRT only; onnxruntime and OpenVINO run the U8S8 flavour's Q/DQ pairs on their integer kernels.
 MADE_FOR = {"onnx": ("onnxruntime-cpu", "openvino-cpu", "tensorrt"), "onnx_simplified": ("onnxruntime-cpu", "openvino-cpu", "tensorrt"),

@@ -74,6 +74,11 @@ def _cpu_jiffies() -> tuple[float, float] | None:
     return (sum(fields[:8]) - idle) / hz, t.user + t.system
 
 
+#: Share of the machine's CPU used by other processes above which timed speedups are flagged as noisy (the pipeline's
+#: validate stage, the benchmarks).
+OTHER_LOAD_WARN = 0.1
+
+
 class OtherLoad:
     """Context manager: the share of the machine's CPU capacity used by *other* processes while it was open,
     ``(Δ busy CPU seconds of the machine − Δ CPU seconds of this process) / (Δ wall seconds × cores)`` from
