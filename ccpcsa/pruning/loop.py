@@ -196,6 +196,7 @@ class _LoopRun:
         self.result = PruneResult(model=model, base=base, reference_accuracy=self.ref, alignment=align, alignment_reason=why,
                                   allocation=cfg.allocation)
         self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
+        self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None
         if cfg.drop_blocks:
             self._drop_blocks()
