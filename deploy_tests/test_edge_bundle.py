@@ -117,13 +117,14 @@ def _direct_correct(runtime: str, model: Path, x: np.ndarray, y: np.ndarray) -> 
 def test_bundle_members_and_promise(run: Path, bundle: Path) -> None:
     names = {p.name for p in bundle.iterdir()}
     expected = {"model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.sim.onnx", "baseline.int8.cpu.onnx",
-                "labels.json", "promise.json", "build_engine.sh", "infer.py", "validate_on_device.py", "sessions.py",
+                "baseline.int8.onnx", "labels.json", "promise.json", "build_engine.sh", "infer.py", "validate_on_device.py", "sessions.py",
                 "timing.py", "README.md", "requirements-onnxruntime.txt", "requirements-openvino.txt",
                 "requirements-tensorrt.txt"}
     if (ROOT / "export" / "edge" / "target_probe.py").is_file():
         expected.add("target_probe.py")
     assert names == expected
-    for n in ("model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.sim.onnx", "baseline.int8.cpu.onnx"):
+    for n in ("model.sim.onnx", "model.int8.onnx", "model.int8.cpu.onnx", "baseline.sim.onnx", "baseline.int8.cpu.onnx",
+              "baseline.int8.onnx"):
         assert _sha(bundle / n) == _sha(run / n), n  # the run's very files
     for n in ("infer.py", "validate_on_device.py", "sessions.py", "timing.py"):
         assert (bundle / n).read_bytes() == (ROOT / "export" / "edge" / n).read_bytes(), n
@@ -146,6 +147,15 @@ def test_bundle_members_and_promise(run: Path, bundle: Path) -> None:
     assert {*arts, "model.int8.onnx"} <= report_files
     script = (bundle / "build_engine.sh").read_text()
     assert "--saveEngine=model.fp16.engine" in script and "--saveEngine=model.int8.engine" in script
+    # each engine has its unpruned reference, built on the device from the unpruned model quantized the same way
+    assert "--onnx=baseline.sim.onnx --saveEngine=baseline.fp16.engine" in script
+    assert "--onnx=baseline.int8.onnx --saveEngine=baseline.int8.engine" in script
+    assert (arts["model.fp16.engine"]["reference"], arts["model.fp16.engine"]["reference_built_from"]) == \
+        ("baseline.fp16.engine", "baseline.sim.onnx")
+    assert (arts["model.int8.engine"]["reference"], arts["model.int8.engine"]["reference_built_from"]) == \
+        ("baseline.int8.engine", "baseline.int8.onnx")
+    ops = {n.op_type for n in __import__("onnx").load(str(bundle / "baseline.int8.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops and "QLinearConv" not in ops
     readme = (bundle / "README.md").read_text()
     for n in expected - {"README.md"}:
         assert f"`{n}`" in readme, n

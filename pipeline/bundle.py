@@ -24,6 +24,7 @@ from ccpcsa.io.artifacts import atomic_path, sha256_file
 
 from .report import speedups_by_runtime
 from .runner import StageContext, StageOutcome
+from .stages_export import BASELINE_INT8_TRT, baseline_fp32_name
 
 EDGE = Path(__file__).resolve().parents[1] / "export" / "edge"
 EDGE_SCRIPTS = ("infer.py", "validate_on_device.py", "sessions.py", "timing.py", "target_probe.py")  # the last if present
@@ -67,7 +68,9 @@ def labels_json(ctx: StageContext, fp32: Path) -> dict[str, Any]:
 
 def artifacts(ctx: StageContext, fp32: Path, validate: dict[str, Any]) -> list[dict[str, Any]]:
     """The pruned artifacts of the bundle: file, precision, the runtimes that run it, the unpruned reference it is
-    timed against on the device (None where the bundle has none: TensorRT engines)."""
+    timed against on the device (None where the run wrote none). TensorRT engines and their references
+    (``baseline.<precision>.engine``) are built on the device by ``build_engine.sh`` from the ONNX files named in
+    ``built_from`` / ``reference_built_from``, which the bundle carries."""
     ref = validate.get("speedup_reference") or {}
     base_fp32 = ref.get("fp32") or next((n for n in ("baseline.sim.onnx", "baseline.onnx") if ctx.path(n).exists()), None)
     base_int8 = ref.get("int8") or ("baseline.int8.cpu.onnx" if ctx.path("baseline.int8.cpu.onnx").exists() else None)
@@ -77,14 +80,18 @@ def artifacts(ctx: StageContext, fp32: Path, validate: dict[str, Any]) -> list[d
         out.append({"file": "model.int8.cpu.onnx", "precision": "int8", "runtimes": CPU_RUNTIMES, "reference": base_int8,
                     "what": "the pruned model, INT8 QDQ U8S8 (CPU integer kernels)"})
     if ctx.path("build_engine.sh").exists():
-        out.append({"file": "model.fp16.engine", "precision": "fp16", "runtimes": ["tensorrt"], "reference": None,
-                    "built_from": fp32.name, "what": "TensorRT FP16 engine, built on the device by build_engine.sh"})
+        out.append({"file": "model.fp16.engine", "precision": "fp16", "runtimes": ["tensorrt"], "reference": "baseline.fp16.engine",
+                    "built_from": fp32.name, "reference_built_from": baseline_fp32_name(ctx),
+                    "what": "TensorRT FP16 engine, built on the device by build_engine.sh"})
         if ctx.path("model.int8.onnx").exists():
-            out.append({"file": "model.int8.engine", "precision": "int8", "runtimes": ["tensorrt"], "reference": None,
-                        "built_from": "model.int8.onnx", "what": "TensorRT INT8 engine, built on the device by build_engine.sh"})
-    for a in out:  # a reference the run did not write is no reference
-        if a["reference"] and not ctx.path(a["reference"]).exists():
+            out.append({"file": "model.int8.engine", "precision": "int8", "runtimes": ["tensorrt"], "reference": "baseline.int8.engine",
+                        "built_from": "model.int8.onnx", "reference_built_from": BASELINE_INT8_TRT,
+                        "what": "TensorRT INT8 engine, built on the device by build_engine.sh"})
+    for a in out:  # a reference the run did not write (or cannot be built from what it wrote) is no reference
+        source = a.get("reference_built_from", a["reference"])
+        if a["reference"] and not (source and ctx.path(source).exists()):
             a["reference"] = None
+            a.pop("reference_built_from", None)
     return out
 
 
@@ -124,11 +131,14 @@ def file_roles(fp32: Path, arts: list[dict[str, Any]]) -> dict[str, str]:
     roles = {a["file"]: f"{a['what']} — runtime: {', '.join(a['runtimes'])}" for a in arts}
     refs = {a["reference"]: f"unpruned reference of {a['file']} (timed against it) — runtime: {', '.join(a['runtimes'])}"
             for a in arts if a.get("reference")}
-    return {**roles, **refs,
+    sources = {a["reference_built_from"]: f"the unpruned model for TensorRT (build_engine.sh → {a['reference']})"
+               for a in arts if a.get("reference_built_from") and a["reference_built_from"] not in refs}
+    return {**sources, **roles, **refs,
             "model.int8.onnx": "INT8 QDQ S8S8 for TensorRT only (build_engine.sh → model.int8.engine); NOT a CPU model",
             "labels.json": "classes and preprocessing (read by the scripts)",
             "promise.json": "what the run measured and promises (read by validate_on_device.py)",
-            "build_engine.sh": "trtexec lines: model.fp16.engine and model.int8.engine on the TensorRT device",
+            "build_engine.sh": "trtexec lines: model.fp16.engine, model.int8.engine and their unpruned references "
+                               "(baseline.*.engine) on the TensorRT device",
             "infer.py": "classify image files on any runtime, warmed p50 latency",
             "validate_on_device.py": "accuracy and paired speedup vs the unpruned reference on this device → result.json",
             "sessions.py": "opens a model on onnxruntime-cpu / openvino-cpu / tensorrt (used by the scripts)",
@@ -151,7 +161,7 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
               "requirements-tensorrt.txt", "",
               "## Classify images", "", "    python infer.py img1.jpg img2.png --runtime onnxruntime-cpu --model model.int8.cpu.onnx",
               "", "`--model` is a path or a file name of this folder; the latency printed is the p50 of warmed calls.", "",
-              "## TensorRT engines", "", "    bash build_engine.sh        # → model.fp16.engine, model.int8.engine (needs trtexec)",
+              "## TensorRT engines", "", "    bash build_engine.sh        # → model.fp16.engine, model.int8.engine, baseline.*.engine (needs trtexec)",
               "    python infer.py img.jpg --runtime tensorrt --model model.int8.engine", "",
               "## Check the promise on this device", "",
               "    python validate_on_device.py --images DIR --runtime onnxruntime-cpu --batch 1 32 --out result.json", "",
@@ -204,7 +214,7 @@ def stage_bundle(ctx: StageContext) -> StageOutcome:
                                  "promise.json": json.dumps(promise, indent=2).encode(),
                                  **{n: p.read_bytes() for n, p in edge_scripts().items()}, **requirements(promise)}
     files = [fp32.name, "model.int8.onnx", "model.int8.cpu.onnx", "build_engine.sh",
-             *(a["reference"] for a in arts if a.get("reference"))]
+             *(a.get("reference_built_from") or a["reference"] for a in arts if a.get("reference"))]
     for name in dict.fromkeys(files):
         if ctx.path(name).exists():
             members[name] = ctx.path(name).read_bytes()

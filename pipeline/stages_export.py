@@ -167,21 +167,45 @@ def _fp32_onnx(ctx: StageContext) -> Path:
     return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
 
 
+#: the unpruned model in the TensorRT INT8 flavour (S8S8), the reference of ``model.int8.engine`` on the device
+BASELINE_INT8_TRT = "baseline.int8.onnx"
+
+
+def baseline_fp32_name(ctx: StageContext) -> str:
+    """The unpruned FP32 reference's file name: ``baseline.sim.onnx`` when the deployed FP32 file is simplified, else
+    ``baseline.onnx``."""
+    return "baseline.sim.onnx" if _fp32_onnx(ctx).name == "model.sim.onnx" else "baseline.onnx"
+
+
 def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
     """The unpruned model through the pruned model's export path, the reference every speedup is timed against:
     ``baseline.onnx`` (same exporter, opset and metadata as ``model.onnx``) and, when the pruned FP32 artifact is the
-    onnxsim-simplified one, ``baseline.sim.onnx`` — so a speedup never credits what the simplifier did to pruning.
-    Returns the files written, the reference last."""
+    onnxsim-simplified one, ``baseline.sim.onnx`` — so a speedup never credits what the simplifier did to pruning —
+    and, where ``model.int8.onnx`` exists, ``baseline.int8.onnx`` (:func:`_trt_reference`) for the device's TensorRT
+    reference engine. Returns the files written, the FP32 reference last."""
     from export.onnx_export import export_onnx
     from export.simplify import simplify_onnx
 
     base_onnx = ctx.path("baseline.onnx")
     export_onnx(model, base_onnx, _metadata(ctx), opset=ctx.cfg.export.opset)
     if _fp32_onnx(ctx).name != "model.sim.onnx":
-        return [base_onnx]
+        return [*_trt_reference(ctx, base_onnx), base_onnx]
     base_sim = ctx.path("baseline.sim.onnx")
     simplify_onnx(base_onnx, base_sim)
-    return [base_onnx, base_sim]
+    return [base_onnx, *_trt_reference(ctx, base_sim), base_sim]
+
+
+def _trt_reference(ctx: StageContext, base_fp32: Path) -> list[Path]:
+    """``baseline.int8.onnx``: the unpruned model quantized exactly as ``model.int8.onnx`` was (TensorRT flavour, the
+    same calibration images), when that file exists — the device builds ``baseline.int8.engine`` from it."""
+    if not ctx.path("model.int8.onnx").exists():
+        return []
+    from export.quantize import quantize_int8
+
+    n = ctx.cfg.export.calibration_images
+    out = ctx.path(BASELINE_INT8_TRT)
+    quantize_int8(base_fp32, out, calibration_array(ctx, n), num_calibration=n, activations="int8")
+    return [out]
 
 
 def cpu_reduce_range(ctx: StageContext) -> tuple[bool, str]:
@@ -253,6 +277,11 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
     int8 = ctx.path("model.int8.onnx")
     cmds = trtexec_commands(_fp32_onnx(ctx).name, int8.name if int8.exists() else None, profile=profile, input_chw=(3, s, s),
                             workspace_mb=e.workspace_mb)
+    # the unpruned references (validate writes their ONNX files; the bundle carries them): the device times each engine
+    # against the unpruned model's engine of the same precision
+    base = trtexec_commands(baseline_fp32_name(ctx), BASELINE_INT8_TRT if int8.exists() else None, profile=profile,
+                            input_chw=(3, s, s), workspace_mb=e.workspace_mb, stem="baseline")
+    cmds.update({f"{k}, unpruned reference": v for k, v in base.items()})
     script = write_trtexec_script(ctx.path("build_engine.sh"), cmds)
     if not e.engine:
         return StageOutcome("skipped", "export.engine is false", outputs=[script])

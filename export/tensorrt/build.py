@@ -42,22 +42,23 @@ def trtexec_commands(
     input_chw: tuple[int, int, int] = (3, 32, 32),
     workspace_mb: int = 1024,
     timing_cache: str | None = "timing.cache",
+    stem: str = "model",
 ) -> dict[str, str]:
     """``trtexec`` command lines that rebuild the engines on an edge device (e.g. a Jetson).
 
     Returns ``{"fp16": cmd}`` plus ``{"int8": cmd}`` when ``int8_onnx_path`` (a QDQ model) is given.
     Both use the same ``--minShapes/--optShapes/--maxShapes`` as :func:`build_engine`, a workspace
     pool of ``workspace_mb`` MiB and (optionally) a shared timing cache. The engine is written next
-    to its ONNX file as ``model.<precision>.engine`` (``model.fp16.engine``, ``model.int8.engine``: the names
-    ``report.json``, the bundle's ``promise.json`` and ``infer.py --runtime tensorrt --model`` use). Pure string
-    building: needs no TensorRT.
+    to its ONNX file as ``<stem>.<precision>.engine`` (``model.fp16.engine``, ``model.int8.engine``: the names
+    ``report.json``, the bundle's ``promise.json`` and ``infer.py --runtime tensorrt --model`` use; ``stem="baseline"``
+    for the unpruned references the device times them against). Pure string building: needs no TensorRT.
     """
     profile = profile or BatchProfile()
     shapes = {k: "x".join(str(d) for d in v) for k, v in profile.shapes(input_chw).items()}
 
     def command(src: PathLike, precision: str, flags: list[str]) -> str:
         p = Path(src)
-        engine = p.with_name(f"model.{precision}.engine")
+        engine = p.with_name(f"{stem}.{precision}.engine")
         parts = [
             "trtexec",
             f"--onnx={p}",
