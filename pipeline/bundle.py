@@ -24,7 +24,7 @@ from ccpcsa.io.artifacts import atomic_path, sha256_file
 
 from .report import speedups_by_runtime
 from .runner import StageContext, StageOutcome
-from .stages_export import BASELINE_INT8_TRT, baseline_fp32_name
+from .stages_export import BASELINE_INT8_TRT, _fp32_onnx, baseline_fp32_name
 
 EDGE = Path(__file__).resolve().parents[1] / "export" / "edge"
 EDGE_SCRIPTS = ("infer.py", "validate_on_device.py", "sessions.py", "timing.py", "target_probe.py")  # the last if present
@@ -41,11 +41,6 @@ def bundle_inputs(cfg: Any) -> dict[str, str]:
     """Part of the bundle stage's key: the whole config's hash (``promise.json`` and ``labels.json`` carry it) and the
     SHA-256 of each edge script, so a changed script or config rebuilds the bundle."""
     return {"config_hash": cfg.section_hash(), **{f"export/edge/{n}": sha256_file(p) for n, p in edge_scripts().items()}}
-
-
-def _fp32_onnx(ctx: StageContext) -> Path:
-    sim = ctx.path("model.sim.onnx")
-    return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
 
 
 def _version(pkg: str) -> str | None:

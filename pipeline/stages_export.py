@@ -200,11 +200,8 @@ def _trt_reference(ctx: StageContext, base_fp32: Path) -> list[Path]:
     same calibration images), when that file exists — the device builds ``baseline.int8.engine`` from it."""
     if not ctx.path("model.int8.onnx").exists():
         return []
-    from export.quantize import quantize_int8
-
-    n = ctx.cfg.export.calibration_images
     out = ctx.path(BASELINE_INT8_TRT)
-    quantize_int8(base_fp32, out, calibration_array(ctx, n), num_calibration=n, activations="int8")
+    quantize_trt_flavour(ctx, base_fp32, out)
     return [out]
 
 
@@ -222,6 +219,15 @@ def cpu_reduce_range(ctx: StageContext) -> tuple[bool, str]:
     return resolve_reduce_range(ctx.cfg.export.int8_reduce_range, frozenset(ident.get("simd") or []), ident.get("machine"))
 
 
+def quantize_trt_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
+    """The TensorRT INT8 flavour (S8S8, ModelOpt's Q/DQ placement) of ``src`` at ``out`` on ``export.calibration_images``
+    of the run's calibration images — one recipe for the pruned model and its unpruned reference."""
+    from export.quantize import quantize_int8
+
+    n = ctx.cfg.export.calibration_images
+    return quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations="int8")
+
+
 def quantize_cpu_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
     """The onnxruntime-CPU INT8 flavour (U8S8) of ``src`` at ``out``, with 7-bit weights where
     ``export.int8_reduce_range`` says so (``auto``: x86 CPUs without VNNI, the target's: :func:`cpu_reduce_range`) —
@@ -234,16 +240,13 @@ def quantize_cpu_flavour(ctx: StageContext, src: Path, out: Path) -> Any:
 
 
 def _quantize(ctx: StageContext, out: Path, activations: str) -> StageOutcome:
-    from export.quantize import quantize_int8
-
-    n = ctx.cfg.export.calibration_images
     src = _fp32_onnx(ctx)
     extra: dict[str, Any] = {}
     if activations == "uint8":
         res = quantize_cpu_flavour(ctx, src, out)
         extra["reduce_range_reason"] = cpu_reduce_range(ctx)[1]
     else:
-        res = quantize_int8(src, out, calibration_array(ctx, n), num_calibration=n, activations=activations)
+        res = quantize_trt_flavour(ctx, src, out)
         extra["evaluated_as"] = ("simulated TensorRT: QDQ as float operations on onnxruntime with graph optimizations off; "
                                  "validate measures the file on each runtime with plain sessions")
     return _parity_outcome(ctx, out, src, "int8", {"nodes": res.nodes, "calibration_images": res.num_calibration,
