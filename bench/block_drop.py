@@ -1,4 +1,4 @@
-"""Which residual block costs least to remove (``prune.drop_blocks``): a cheap probe of a trained model.
+"""Which residual block costs least to remove (``prune.depth.drop_blocks``): a cheap probe of a trained model.
 
     python -m bench.block_drop --checkpoint ../shared/models/resnet20_cifar10.pt [--data SPEC] [--recalibrate 1024]
                                [--latency] [--threads 2] [--out results.json]

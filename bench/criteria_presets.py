@@ -24,7 +24,7 @@ BATCHES = (1, 32)
 @dataclass(frozen=True)
 class RunSpec:
     """One pipeline run: criterion (or :data:`ANCHOR`), MACs target, alignment, seed, distillation, guard, allocation,
-    for speed runs a measured-speedup target instead of the MACs target, and ``scope`` (``prune.scope``; None: the
+    for speed runs a measured-speedup target instead of the MACs target, and ``scope`` (``prune.widths.scope``; None: the
     preset's)."""
 
     criterion: str
@@ -64,8 +64,8 @@ class Preset:
     anchor: bool = True
     round_to: int | str = 8
     allocation: str = "global"
-    drop_blocks: tuple[str, ...] = ()  # prune.drop_blocks of every run (whole residual blocks removed before the channels)
-    scope: str = "all"  # prune.scope of every run but the anchor's (Torch-Pruning's MetaPruner takes "all" only)
+    drop_blocks: tuple[str, ...] = ()  # prune.depth.drop_blocks of every run (whole residual blocks removed before the channels)
+    scope: str = "all"  # prune.widths.scope of every run but the anchor's (Torch-Pruning's MetaPruner takes "all" only)
     iterations: int = 3
     steps_per_epoch: int | None = 60
     finetune_epochs: int = 1
@@ -74,9 +74,9 @@ class Preset:
     distill: bool = True
     distill_weight: float = 0.7
     distill_temperature: float = 4.0
-    lr_schedule: str = "restart"  # prune.lr_schedule
-    recalibrate_bn: int = 0  # prune.recalibrate_bn (train images; 0 = off)
-    distill_teacher: str = "start"  # prune.distill_teacher
+    lr_schedule: str = "restart"  # prune.recovery.lr_schedule
+    recalibrate_bn: int = 0  # prune.recovery.recalibrate_bn (train images; 0 = off)
+    distill_teacher: str = "start"  # prune.recovery.distill.teacher
     distill_compare: tuple[str, ...] = ()  # criteria also run at targets[0], seed 0, with distillation flipped
     guard_criteria: tuple[str, ...] = ()
     guard_target: float = 0.8
@@ -151,11 +151,11 @@ def common_overrides(p: Preset, checkpoint: str) -> list[str]:
         "train.max_steps_per_epoch": p.steps_per_epoch,
         "attention.enabled": True, "attention.epochs": p.attention_epochs, "attention.lr": p.attention_lr,
         "attention.max_steps_per_epoch": p.attention_steps,
-        "prune.groups_per_iteration": None, "prune.target_params_reduction": None,
-        "prune.finetune_epochs": p.finetune_epochs, "prune.final_finetune_epochs": p.final_finetune_epochs,
-        "prune.lr": p.prune_lr, "prune.calibration_images": p.score_images, "prune.remove_attention": True,
-        "prune.distill_weight": p.distill_weight, "prune.distill_temperature": p.distill_temperature,
-        "prune.lr_schedule": p.lr_schedule, "prune.recalibrate_bn": p.recalibrate_bn, "prune.distill_teacher": p.distill_teacher,
+        "prune.steps.groups_per_iteration": None, "prune.target.params_reduction": None,
+        "prune.recovery.finetune_epochs": p.finetune_epochs, "prune.recovery.final_finetune_epochs": p.final_finetune_epochs,
+        "prune.recovery.lr": p.prune_lr, "prune.criterion.calibration_images": p.score_images, "prune.recovery.remove_attention": True,
+        "prune.recovery.distill.weight": p.distill_weight, "prune.recovery.distill.temperature": p.distill_temperature,
+        "prune.recovery.lr_schedule": p.lr_schedule, "prune.recovery.recalibrate_bn": p.recalibrate_bn, "prune.recovery.distill.teacher": p.distill_teacher,
         # measure, don't gate: every run is finished (and exported) whatever its accuracy or speed
         "checks.max_accuracy_drop": 100.0, "checks.min_agreement_lowp": 0.0, "checks.min_agreement_int8": 0.0,
         "checks.require_speedup": False, "checks.min_speedup_efficiency": None,
@@ -177,16 +177,16 @@ def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
     else:
         target, step, iters, tol = spec.target, spec.target / p.iterations, p.iterations, 1000.0
     kv: dict[str, Any] = {
-        "prune.method": "l1" if anchor else spec.criterion, "prune.pruner": ANCHOR if anchor else "ccpcsa",
-        "prune.target_flops_reduction": target, "prune.step_flops_reduction": min(0.99, step),
-        "prune.max_iterations": iters, "prune.tolerance": tol, "prune.round_to": spec.round_to,
-        "prune.allocation": "global" if anchor else spec.allocation, "prune.seed": spec.seed, "prune.distill": spec.distill,
-        "prune.target_speedup": spec.target_speedup,
-        "prune.drop_blocks": list(p.drop_blocks), "prune.scope": "all" if anchor else (spec.scope or p.scope),
+        "prune.criterion.name": "l1" if anchor else spec.criterion, "prune.steps.pruner": ANCHOR if anchor else "ccpcsa",
+        "prune.target.flops_reduction": target, "prune.steps.flops_reduction": min(0.99, step),
+        "prune.steps.max_iterations": iters, "prune.steps.tolerance": tol, "prune.widths.round_to": spec.round_to,
+        "prune.steps.allocation": "global" if anchor else spec.allocation, "prune.steps.seed": spec.seed, "prune.recovery.distill.enabled": spec.distill,
+        "prune.target.speedup": spec.target_speedup,
+        "prune.depth.drop_blocks": list(p.drop_blocks), "prune.widths.scope": "all" if anchor else (spec.scope or p.scope),
     }
     if spec.target_speedup:  # a latency target: `iterations` steps of equal latency cut reach it, up to 3 more if short
-        kv.update({"prune.target_flops_reduction": 0.0, "prune.max_iterations": p.iterations + 3,
-                   "prune.step_flops_reduction": (1 - 1 / spec.target_speedup) / p.iterations})
+        kv.update({"prune.target.flops_reduction": 0.0, "prune.steps.max_iterations": p.iterations + 3,
+                   "prune.steps.flops_reduction": (1 - 1 / spec.target_speedup) / p.iterations})
     return _known(kv)
 
 
@@ -234,8 +234,8 @@ PRESETS: dict[str, Preset] = {
                          speed_runs=(RunSpec("ccpcsa", 0.45, "auto", allocation="sensitivity"),),
                          jobs=2, train_threads=1, budget_minutes=60.0),
     # issue #21: the frontier of the default's AVX-512 operating point (configs/default.yaml, its 16-block entry): the
-    # middle blocks of stages 1 and 2 removed whole (prune.drop_blocks), then channels in one step to the MACs target with
-    # the residual streams kept whole (prune.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
+    # middle blocks of stages 1 and 2 removed whole (prune.depth.drop_blocks), then channels in one step to the MACs target with
+    # the residual streams kept whole (prune.widths.scope internal; the anchor ranks globally, its only mode), 10 final epochs,
     # 200-step epochs, BAM trained 100 steps — the deploy's recipe, so its points are the default's neighbours; at −50 %
     # ccpcsa and l1 also with scope all (global ranking, the anchor's mode: like for like with it where it cuts the
     # residual streams), and the three −50 % recipes again with seed 1 (a frontier point is the seeds' mean). Measured

@@ -218,7 +218,7 @@ def _speed_section(c: dict[str, Any]) -> list[str]:
                   + (f" ({len(busy)} of {len(runs)} runs recorded it; the others were timed before it was)." if len(busy) < len(runs) else "."))
     lat = [r for r in c["runs"] if r.get("target_speedup") and r.get("latency_target")]
     if lat:
-        md += ["", "Latency-target runs (`prune.target_speedup`; a failed run stopped short of its target):", ""]
+        md += ["", "Latency-target runs (`prune.target.speedup`; a failed run stopped short of its target):", ""]
         md += _table(["run", "target", "table's estimate with every layer at its floor", "measured at the end of pruning (interleaved)",
                       "MACs ratio", "validate FP32 speedup at that batch"],
                      [[f"`{r['key']}`", f"{r['latency_target']['target_speedup']:.2f}× @ b{r['latency_target']['batch']}",
@@ -446,9 +446,9 @@ def write_summary(data: dict[str, Any], json_path: Path) -> list[Path]:
           f"{p['final_finetune_epochs']} final fine-tune epoch(s); an epoch is {epoch}, lr {p['prune_lr']} cosine; "
           + (f"knowledge distillation from the unpruned model (α {p['distill_weight']}, T {p['distill_temperature']}) in every "
              "fine-tune" if p["distill"] else "no distillation") + "; the guard off except in guard runs.",
-          (f"- Kept widths are multiples of {p['round_to']} (`prune.round_to`), allocation `{p['allocation']}`"
+          (f"- Kept widths are multiples of {p['round_to']} (`prune.widths.round_to`), allocation `{p['allocation']}`"
            if not speed else
-           "- Alignment (`prune.round_to`; auto = this CPU's SIMD block) and allocation per run, as in the table")
+           "- Alignment (`prune.widths.round_to`; auto = this CPU's SIMD block) and allocation per run, as in the table")
           + "; MACs from torch-pruning's counter on the deployed graph (BAM removed).",
           f"- Accuracy: top-1 of the pruned PyTorch model on {'a seeded sample of ' + str(p['eval_images']) if p.get('eval_images') else 'all 10,000'} "
           "test images; a mean over seeds carries the standard error over seeds, one run its test-set standard error. "

@@ -47,8 +47,8 @@ DEPENDENCIES = ("torch", "torch-pruning", "onnx", "onnxruntime", "onnxsim", "num
                 "matplotlib", "pytest", "safetensors", "triton")
 #: Short budgets for the resnet56 pipeline: every stage runs, in minutes; gates relaxed (this is not the paper run).
 RESNET56_OVERRIDES = (
-    "train.batch_size=256", "attention.epochs=1", "prune.groups_per_iteration=8", "prune.max_iterations=1",
-    "prune.finetune_epochs=0", "prune.final_finetune_epochs=1", "prune.calibration_images=256",
+    "train.batch_size=256", "attention.epochs=1", "prune.steps.groups_per_iteration=8", "prune.steps.max_iterations=1",
+    "prune.recovery.finetune_epochs=0", "prune.recovery.final_finetune_epochs=1", "prune.criterion.calibration_images=256",
     "checks.eval_images=2000", "export.calibration_images=128", "export.latency_iters=20",
     "checks.max_accuracy_drop=100", "checks.require_flops_target=false", "checks.require_speedup=false", "checks.min_speedup_efficiency=null",
     "checks.min_agreement_int8=0", "checks.min_agreement_lowp=0",

@@ -4,7 +4,7 @@
                                 [--batches 1 32] [--rounds 21] [--out bench/results/<date>-vm-two-targets.json]
 
 ``RUN_A`` / ``RUN_B``: finished run directories of the same unpruned model, each made for its target (e.g. ``--set
-target.profile=ort2.json --set prune.allocation=latency`` and ``--set target.profile=ov1.json --set
+target.profile=ort2.json --set prune.steps.allocation=latency`` and ``--set target.profile=ov1.json --set
 target.precision=int8 …``). On each target (runtime, threads, precision: ``fp32`` times ``model.sim.onnx``, ``int8``
 ``model.int8.cpu.onnx``) the unpruned reference and both pruned files run in one interleaved timer
 (:func:`export.edge.timing.interleaved_rounds`, fresh sessions, onnxruntime spinning off), so per round: each run's

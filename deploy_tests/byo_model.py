@@ -31,7 +31,7 @@ def tiny_net(num_classes: int = 10, width: int = 16) -> TinyNet:
 
 
 class Residual(nn.Sequential):
-    """``relu(x + body(x))``: a block that carries its own skip connection, so ``prune.drop_blocks`` can remove it."""
+    """``relu(x + body(x))``: a block that carries its own skip connection, so ``prune.depth.drop_blocks`` can remove it."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # noqa: D102 — the class docstring states it
         return torch.relu(x + super().forward(x))

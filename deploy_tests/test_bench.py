@@ -225,18 +225,18 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
         cfg = load_config(ROOT / p.config, base + run_overrides(p, spec)) if p.device != "cuda" else None
         if cfg is None:  # a CUDA preset cannot validate run.device here; check the rest with the CPU
             cfg = load_config(ROOT / p.config, [o for o in base if not o.startswith("run.device=")] + run_overrides(p, spec))
-        assert cfg.prune.method == ("l1" if spec.criterion == ANCHOR else spec.criterion)
-        assert cfg.prune.pruner == (ANCHOR if spec.criterion == ANCHOR else "ccpcsa") and cfg.prune.distill == spec.distill
-        assert list(cfg.prune.drop_blocks) == list(p.drop_blocks)
-        assert cfg.prune.scope == ("all" if spec.criterion == ANCHOR else (spec.scope or p.scope))
+        assert cfg.prune.criterion.name == ("l1" if spec.criterion == ANCHOR else spec.criterion)
+        assert cfg.prune.steps.pruner == (ANCHOR if spec.criterion == ANCHOR else "ccpcsa") and cfg.prune.recovery.distill.enabled == spec.distill
+        assert list(cfg.prune.depth.drop_blocks) == list(p.drop_blocks)
+        assert cfg.prune.widths.scope == ("all" if spec.criterion == ANCHOR else (spec.scope or p.scope))
         if spec.target_speedup:
-            assert cfg.prune.target_speedup == spec.target_speedup and 0 < cfg.prune.step_flops_reduction < 1
-            goal = 1 / (1 - cfg.prune.step_flops_reduction * p.iterations)
+            assert cfg.prune.target.speedup == spec.target_speedup and 0 < cfg.prune.steps.flops_reduction < 1
+            goal = 1 / (1 - cfg.prune.steps.flops_reduction * p.iterations)
             assert goal == pytest.approx(spec.target_speedup)  # the steps reach the target in `iterations` steps
         elif spec.guard:
-            assert cfg.prune.tolerance == p.guard_tolerance
+            assert cfg.prune.steps.tolerance == p.guard_tolerance
         else:
-            assert cfg.prune.target_flops_reduction == spec.target and cfg.prune.tolerance == 1000.0
+            assert cfg.prune.target.flops_reduction == spec.target and cfg.prune.steps.tolerance == 1000.0
 
 
 def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_path: Path) -> None:
@@ -246,24 +246,24 @@ def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_pa
 
     p = PRESETS["frontier-r20-depth"]
     entry = load_config(ROOT / "configs/default.yaml").prune.by_alignment[16]
-    assert entry["target_flops_reduction"] in p.targets
+    assert entry["target.flops_reduction"] in p.targets
     ckpt = save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec(p.model, 10)), ModelSpec(p.model, 10))
-    spec = RunSpec("ccpcsa", entry["target_flops_reduction"], "auto")
+    spec = RunSpec("ccpcsa", entry["target.flops_reduction"], "auto")
     cfg = load_config(ROOT / p.config, common_overrides(p, str(ckpt)) + run_overrides(p, spec)).prune
     for key, value in entry.items():
-        assert getattr(cfg, key) == value, key
+        assert cfg.get(key) == value, key
     default = load_config(ROOT / "configs/default.yaml")
     assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
-    assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.lr_schedule, default.prune.recalibrate_bn,
-                                                                     default.prune.distill_teacher)
+    assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.recovery.lr_schedule, default.prune.recovery.recalibrate_bn,
+                                                                     default.prune.recovery.distill.teacher)
     # at −50 % ccpcsa and l1 also rank globally (scope all, the anchor's mode): their own runs, with the preset's recipe,
     # two seeds each, as the anchor there
     scall = [r for r in p.runs() if r.scope]
     assert [(r.key, r.target) for r in scall] == [(f"{c}-t50-rauto-s{s}-scall", 0.5) for s in (0, 1) for c in ("ccpcsa", "l1")]
     assert {r.seed for r in p.runs() if r.criterion == ANCHOR and r.target == 0.5} == {0, 1}
     kv = dict(o.split("=", 1) for o in run_overrides(p, scall[1]))
-    assert (kv["prune.scope"], kv["prune.method"], kv["prune.drop_blocks"]) == ("all", "l1", "[layer1.1,layer2.2]")
-    assert dict(o.split("=", 1) for o in run_overrides(p, spec))["prune.scope"] == "internal"
+    assert (kv["prune.widths.scope"], kv["prune.criterion.name"], kv["prune.depth.drop_blocks"]) == ("all", "l1", "[layer1.1,layer2.2]")
+    assert dict(o.split("=", 1) for o in run_overrides(p, spec))["prune.widths.scope"] == "internal"
 
 
 def test_guard_and_distillation_runs_can_be_narrowed_from_the_command_line() -> None:

@@ -35,17 +35,17 @@ def test_redundancy_measures_on_known_structure():
 
 
 def test_options_are_validated_with_one_line():
-    with pytest.raises(UserError, match="prune.criterion_options.correlation must be one of mean, max, partial, none"):
+    with pytest.raises(UserError, match="prune.criterion.options.correlation must be one of mean, max, partial, none"):
         get_criterion("ccpcsa", correlation="median")
-    with pytest.raises(UserError, match="unknown prune.criterion_options key"):
+    with pytest.raises(UserError, match="unknown prune.criterion.options key"):
         get_criterion("ccpcsa", colour="red")
-    with pytest.raises(UserError, match="criterion 'l1' takes no prune.criterion_options"):
+    with pytest.raises(UserError, match="criterion 'l1' takes no prune.criterion.options"):
         get_criterion("l1", magnitude="l1")
     assert get_criterion("corr").options == CcpcsaOptions(attention="none")
     from pipeline.config import load_config
 
-    with pytest.raises(UserError, match="criterion_options.magnitude"):
-        load_config(None, ["prune.criterion_options={magnitude: huge}"])
+    with pytest.raises(UserError, match="criterion.options.magnitude"):
+        load_config(None, ["prune.criterion.options={magnitude: huge}"])
 
 
 def test_every_option_scores_every_group():

@@ -1,4 +1,4 @@
-"""Knowledge distillation in every fine-tune of the pruning loop (``prune.distill``, issue #13)."""
+"""Knowledge distillation in every fine-tune of the pruning loop (``prune.recovery.distill.enabled``, issue #13)."""
 
 from __future__ import annotations
 
@@ -42,8 +42,8 @@ def test_pruning_loop_distills_from_the_unpruned_model(synthetic_data):
     for distill in (False, True):
         torch.manual_seed(0)
         model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=16)
-        cfg = PruneConfig(method="l1", target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=1, tolerance=100.0,
-                          round_to=4, min_channels=4, finetune_epochs=1, final_finetune_epochs=1, distill=distill)
+        cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.3, steps__flops_reduction=0.3, steps__max_iterations=1, steps__tolerance=100.0,
+                          widths__round_to=4, widths__min_channels=4, recovery__finetune_epochs=1, recovery__final_finetune_epochs=1, recovery__distill__enabled=distill)
         res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, tc, input_size=synthetic_data.input_size, progress=False)
         results[distill] = [p.detach().clone() for p in res.model.parameters()]
     # same seed, same plan: only the objective differs, so the fine-tuned weights differ
@@ -68,9 +68,9 @@ def test_the_teacher_is_the_unpruned_model(synthetic_data, monkeypatch):
     torch.manual_seed(0)
     model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes, width=16)
     before = channels_per_layer(model)
-    cfg = PruneConfig(method="l1", target_flops_reduction=0.3, step_flops_reduction=0.3, max_iterations=1, tolerance=100.0,
-                      round_to=4, min_channels=4, finetune_epochs=1, final_finetune_epochs=1, distill=True, distill_weight=0.5,
-                      distill_temperature=2.0)
+    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.3, steps__flops_reduction=0.3, steps__max_iterations=1, steps__tolerance=100.0,
+                      widths__round_to=4, widths__min_channels=4, recovery__finetune_epochs=1, recovery__final_finetune_epochs=1, recovery__distill__enabled=True, recovery__distill__weight=0.5,
+                      recovery__distill__temperature=2.0)
     res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
                       input_size=synthetic_data.input_size, progress=False)
     assert len(seen) == 3 and all(d is not None for d in seen)  # the training epoch, the fine-tune, the final fine-tune

@@ -1,4 +1,4 @@
-"""``prune.drop_blocks``: whole residual blocks removed (ccpcsa/models/depth.py), through the loop, the checkpoint and
+"""``prune.depth.drop_blocks``: whole residual blocks removed (ccpcsa/models/depth.py), through the loop, the checkpoint and
 the pipeline."""
 
 from __future__ import annotations
@@ -99,9 +99,9 @@ def test_the_loop_removes_blocks_first_and_counts_them_toward_the_target(synthet
 
     model = _resnet20().train()
     base = count_complexity(model).macs
-    cfg = PruneConfig(method="l1", target_flops_reduction=0.2, step_flops_reduction=0.2, max_iterations=1, tolerance=100.0,
-                      round_to=8, min_channels=8, finetune_epochs=0, final_finetune_epochs=1, drop_blocks=["layer3.1"],
-                      pruner=pruner)
+    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.2, steps__flops_reduction=0.2, steps__max_iterations=1, steps__tolerance=100.0,
+                      widths__round_to=8, widths__min_channels=8, recovery__finetune_epochs=0, recovery__final_finetune_epochs=1, depth__drop_blocks=["layer3.1"],
+                      steps__pruner=pruner)
     res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
                       input_size=synthetic_data.input_size, progress=False)
     drop_share = 2 * 64 * 64 * 9 * 8 * 8 / base  # layer3.1: two 64→64 3×3 convs at 8×8
@@ -114,38 +114,38 @@ def test_the_loop_removes_blocks_first_and_counts_them_toward_the_target(synthet
 def test_drop_blocks_key_and_its_errors():
     from pipeline.config import load_config
 
-    cfg = load_config(SMOKE, ["prune.drop_blocks=[block]"])
-    assert cfg.prune.drop_blocks == ["block"]
-    with pytest.raises(UserError, match="config key prune.drop_blocks must be a list, got 'block'"):
-        load_config(SMOKE, ["prune.drop_blocks=block"])
-    with pytest.raises(UserError, match="config key prune.drop_blocks must be a string, got"):
-        load_config(SMOKE, ["prune.drop_blocks=[[1]]"])
+    cfg = load_config(SMOKE, ["prune.depth.drop_blocks=[block]"])
+    assert cfg.prune.depth.drop_blocks == ["block"]
+    with pytest.raises(UserError, match="config key prune.depth.drop_blocks must be a list, got 'block'"):
+        load_config(SMOKE, ["prune.depth.drop_blocks=block"])
+    with pytest.raises(UserError, match="config key prune.depth.drop_blocks must be a string, got"):
+        load_config(SMOKE, ["prune.depth.drop_blocks=[[1]]"])
     # the reference pruner cuts channels after the same depth surgery (the frontier's anchor at the default's depth)
-    assert load_config(SMOKE, ["prune.drop_blocks=[block]", "prune.pruner=torch-pruning"]).prune.drop_blocks == ["block"]
+    assert load_config(SMOKE, ["prune.depth.drop_blocks=[block]", "prune.steps.pruner=torch-pruning"]).prune.depth.drop_blocks == ["block"]
 
 
 def test_pipeline_drops_a_block_exports_it_and_a_bad_name_stops_the_stage(tmp_path, capsys):
     """The smoke pipeline on tiny_resnet (tiny_net whose block holds its residual add; BAM attached) with
-    prune.drop_blocks=[block]: the stage says so, the manifest and the checkpoint record it, the report names it, and the
+    prune.depth.drop_blocks=[block]: the stage says so, the manifest and the checkpoint record it, the report names it, and the
     ONNX graph has one conv fewer; a bad name ends the run with one line, exit 1."""
     import onnx
 
     run_dir = tmp_path / "run"
     rc = main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "report",
-               "--set", "model.name=deploy_tests.byo_model:tiny_resnet", "--set", "prune.drop_blocks=[block]",
-               "--set", "prune.remove_attention=true"])
+               "--set", "model.name=deploy_tests.byo_model:tiny_resnet", "--set", "prune.depth.drop_blocks=[block]",
+               "--set", "prune.recovery.remove_attention=true"])
     assert rc == 0
     assert "removed 1 block(s) whole (block)" in capsys.readouterr().out
     prune = json.loads((run_dir / "manifest.json").read_text())["stages"]["prune"]["metrics"]
     assert prune["dropped_blocks"] == ["block"]
     assert set(prune["channels_before"]) - set(prune["channels_after"]) == {"block.0"}  # BAM-free names on both sides
-    assert "Removed whole (`prune.drop_blocks`): `block`." in (run_dir / "report.md").read_text()
+    assert "Removed whole (`prune.depth.drop_blocks`): `block`." in (run_dir / "report.md").read_text()
     assert load_checkpoint(run_dir / "pruned.pt").spec.dropped == ["block"]
     convs = sum(n.op_type == "Conv" for n in onnx.load(str(run_dir / "model.onnx")).graph.node)
     assert convs == 3  # tiny_resnet's stem, down and head; its block's conv is gone
     bad = tmp_path / "bad"
     rc = main(["run", "--config", SMOKE, "--run-dir", str(bad), "--no-progress", "--until", "prune",
-               "--set", "prune.drop_blocks=[blok]"])
+               "--set", "prune.depth.drop_blocks=[blok]"])
     err = capsys.readouterr().err
     assert rc != 0 and "the model has no module 'blok'" in err and "Traceback" not in err
 

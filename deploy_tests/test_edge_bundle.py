@@ -30,7 +30,7 @@ from pipeline.__main__ import main as pipeline_main
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
 QUICK = ["--set", "train.max_steps_per_epoch=4", "--set", "train.epochs=1", "--set", "attention.epochs=0",
-         "--set", "prune.max_iterations=1", "--set", "export.speedup_rounds=3", "--set", "export.latency_iters=2",
+         "--set", "prune.steps.max_iterations=1", "--set", "export.speedup_rounds=3", "--set", "export.latency_iters=2",
          "--set", "export.calibration_images=16", "--set", "checks.eval_images=60", "--set", "checks.min_agreement_int8=0",
          "--set", "checks.min_agreement_lowp=0", "--set", "checks.max_accuracy_drop=100"]
 PER_CLASS = 4

@@ -20,8 +20,8 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 FAST_TIMING = ("--set", "checks.require_speedup=true", "--set", "export.speedup_rounds=5", "--set", "export.int8=false",
                "--set", "checks.eval_images=200")
 # a wide tiny net without BAM, pruned to a quarter of its MACs in one step: several times faster on every CPU runtime
-FASTER = ("--set", "model.kwargs={width: 96}", "--set", "attention.enabled=false", "--set", "prune.target_flops_reduction=0.75",
-          "--set", "prune.step_flops_reduction=0.75", "--set", "prune.max_iterations=1", "--set", "prune.round_to=8",
+FASTER = ("--set", "model.kwargs={width: 96}", "--set", "attention.enabled=false", "--set", "prune.target.flops_reduction=0.75",
+          "--set", "prune.steps.flops_reduction=0.75", "--set", "prune.steps.max_iterations=1", "--set", "prune.widths.round_to=8",
           "--set", "train.epochs=2", "--set", "train.max_steps_per_epoch=6")
 
 

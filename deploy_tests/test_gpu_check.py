@@ -70,7 +70,7 @@ def test_resnet56_overrides_are_valid_config_keys():
 
     cfg = load_config(ROOT / "configs" / "resnet56_cifar10_gpu.yaml",
                       ["baseline.checkpoint=", "run.device=cpu", *gpu_check.RESNET56_OVERRIDES, "export.latency_batches=[1,32]"])
-    assert cfg.train.batch_size == 256 and cfg.prune.max_iterations == 1 and not cfg.checks.require_speedup
+    assert cfg.train.batch_size == 256 and cfg.prune.steps.max_iterations == 1 and not cfg.checks.require_speedup
 
 
 def test_summary_reads_the_headline_numbers():

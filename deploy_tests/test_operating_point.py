@@ -17,13 +17,13 @@ SMOKE = str(ROOT / "configs" / "smoke.yaml")
 
 def test_the_entry_of_the_resolved_alignment_applies_and_no_other():
     """round_to 16 takes the 16 entry (and says so); round_to 8 takes none; the effective config has no entries left."""
-    table = {16: {"target_flops_reduction": 0.3, "step_flops_reduction": 0.1}, 4: {"max_iterations": 1}}
-    eff, note = apply_by_alignment(PruneConfig(round_to=16, target_flops_reduction=0.45, by_alignment=table))
-    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.by_alignment) == (0.3, 0.1, {})
-    assert note == ("widths in multiples of 16: prune settings target_flops_reduction=0.3, step_flops_reduction=0.1 "
+    table = {16: {"target.flops_reduction": 0.3, "steps.flops_reduction": 0.1}, 4: {"steps.max_iterations": 1}}
+    eff, note = apply_by_alignment(PruneConfig.of(widths__round_to=16, target__flops_reduction=0.45, by_alignment=table))
+    assert (eff.target.flops_reduction, eff.steps.flops_reduction, eff.by_alignment) == (0.3, 0.1, {})
+    assert note == ("widths in multiples of 16: prune settings target.flops_reduction=0.3, steps.flops_reduction=0.1 "
                     "(prune.by_alignment.16)")
-    eff, note = apply_by_alignment(PruneConfig(round_to=8, target_flops_reduction=0.45, by_alignment=table))
-    assert (eff.target_flops_reduction, eff.step_flops_reduction, note) == (0.45, 0.1, "")
+    eff, note = apply_by_alignment(PruneConfig.of(widths__round_to=8, target__flops_reduction=0.45, by_alignment=table))
+    assert (eff.target.flops_reduction, eff.steps.flops_reduction, note) == (0.45, 0.1, "")
 
 
 def test_auto_alignment_picks_the_entry_of_this_cpu():
@@ -32,10 +32,10 @@ def test_auto_alignment_picks_the_entry_of_this_cpu():
 
     align, _ = resolve_alignment("auto", "onnxruntime-cpu")
     cfg = load_config(ROOT / "configs" / "default.yaml", [f"prune.by_alignment={{{align}: {{target_flops_reduction: 0.2}}}}"])
-    assert apply_by_alignment(cfg.prune)[0].target_flops_reduction == 0.2
+    assert apply_by_alignment(cfg.prune)[0].target.flops_reduction == 0.2
     other = 8 if align == 16 else 16
     cfg = load_config(ROOT / "configs" / "default.yaml", [f"prune.by_alignment={{{other}: {{target_flops_reduction: 0.2}}}}"])
-    assert apply_by_alignment(cfg.prune)[0].target_flops_reduction == cfg.prune.target_flops_reduction != 0.2
+    assert apply_by_alignment(cfg.prune)[0].target.flops_reduction == cfg.prune.target.flops_reduction != 0.2
 
 
 def test_the_prune_gate_holds_the_effective_target():
@@ -53,11 +53,11 @@ def test_pipeline_runs_the_entry_and_records_it(tmp_path, capsys):
     iteration to about −15 % MACs, the stage says so, and the manifest records the settings it ran."""
     run_dir = tmp_path / "run"
     rc = main(["run", "--config", SMOKE, "--run-dir", str(run_dir), "--no-progress", "--until", "prune",
-               "--set", "prune.by_alignment={4: {target_flops_reduction: 0.15, step_flops_reduction: 0.15, max_iterations: 1}}"])
+               "--set", "prune.by_alignment={4: {target_flops_reduction: 0.15, steps.flops_reduction: 0.15, steps.max_iterations: 1}}"])
     assert rc == 0
-    assert "widths in multiples of 4: prune settings target_flops_reduction=0.15" in capsys.readouterr().out
+    assert "widths in multiples of 4: prune settings target.flops_reduction=0.15" in capsys.readouterr().out
     prune = json.loads((run_dir / "manifest.json").read_text())["stages"]["prune"]["metrics"]
-    assert prune["prune_config"]["target_flops_reduction"] == 0.15 and prune["prune_config"]["by_alignment"] == {}
+    assert prune["prune_config"]["target"]["flops_reduction"] == 0.15 and prune["prune_config"]["by_alignment"] == {}
     assert prune["by_alignment"].endswith("(prune.by_alignment.4)")
     assert len(prune["history"]) == 1 and 0.15 <= prune["flops_reduction"] < 0.3  # smoke's own target is −30 %
 
@@ -65,13 +65,13 @@ def test_pipeline_runs_the_entry_and_records_it(tmp_path, capsys):
 def test_a_command_line_prune_key_takes_the_operating_point_over():
     """default.yaml's 16-block entry sets target, step and final epochs together: a --set of any of them drops the whole
     entry (a −60 % target must not run with the entry's −30 % steps); a --set of another key leaves it."""
-    table = "prune.by_alignment={16: {target_flops_reduction: 0.3, step_flops_reduction: 0.15}}"
+    table = "prune.by_alignment={16: {target_flops_reduction: 0.3, steps.flops_reduction: 0.15}}"
     cfg = load_config(SMOKE, ["prune.round_to=16", table, "prune.target_flops_reduction=0.6"])
     eff, note = apply_by_alignment(cfg.prune)
-    assert (cfg.prune.by_alignment, eff.target_flops_reduction, eff.step_flops_reduction, note) == ({}, 0.6, 0.3, "")
+    assert (cfg.prune.by_alignment, eff.target.flops_reduction, eff.steps.flops_reduction, note) == ({}, 0.6, 0.3, "")
     cfg = load_config(SMOKE, ["prune.round_to=16", table, "prune.lr=0.05"])
     eff, note = apply_by_alignment(cfg.prune)
-    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.lr) == (0.3, 0.15, 0.05) and note
+    assert (eff.target.flops_reduction, eff.steps.flops_reduction, eff.recovery.lr) == (0.3, 0.15, 0.05) and note
     default = load_config(ROOT / "configs" / "default.yaml", ["prune.target_flops_reduction=0.6"])
     assert default.prune.by_alignment == {}
 
@@ -81,9 +81,9 @@ def test_resnet56_configs_16_block_entry_is_the_measured_run():
     blocks removed whole, then one step to −50 % MACs and 10 final epochs; in 8-blocks its own −65 % in three steps."""
     cfg = load_config(ROOT / "configs" / "resnet56_cifar10.yaml", ["prune.round_to=16"])
     eff, note = apply_by_alignment(cfg.prune)
-    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.final_finetune_epochs) == (0.5, 0.5, 10)
-    assert eff.drop_blocks == ["layer1.3", "layer1.4", "layer1.5", "layer1.6", "layer2.2", "layer2.6"] and note
+    assert (eff.target.flops_reduction, eff.steps.flops_reduction, eff.recovery.final_finetune_epochs) == (0.5, 0.5, 10)
+    assert eff.depth.drop_blocks == ["layer1.3", "layer1.4", "layer1.5", "layer1.6", "layer2.2", "layer2.6"] and note
     cfg = load_config(ROOT / "configs" / "resnet56_cifar10.yaml", ["prune.round_to=8"])
     eff, note = apply_by_alignment(cfg.prune)
-    assert (eff.target_flops_reduction, eff.step_flops_reduction, eff.final_finetune_epochs, note) == (0.65, 0.22, 6, "")
-    assert not eff.drop_blocks
+    assert (eff.target.flops_reduction, eff.steps.flops_reduction, eff.recovery.final_finetune_epochs, note) == (0.65, 0.22, 6, "")
+    assert not eff.depth.drop_blocks

@@ -72,7 +72,7 @@ def test_changed_prune_reruns_prune_and_after(smoke_run, tmp_path, capsys):
 
     run = tmp_path / "copy"
     shutil.copytree(smoke_run, run)
-    assert _run(run, "--set", "prune.target_flops_reduction=0.4") == 0
+    assert _run(run, "--set", "prune.target.flops_reduction=0.4") == 0
     out = capsys.readouterr().out
     for n in ("baseline", "attention"):
         assert f"── {n}: up to date" in out
@@ -141,7 +141,7 @@ def test_bundle_infers_with_only_numpy_pillow_onnxruntime(smoke_run, tmp_path):
 
 def test_bad_inputs_one_line(tmp_path, capsys):
     assert main(["run", "--config", str(tmp_path / "missing.yaml")]) == 2
-    assert main(["run", "--config", SMOKE, "--set", "prune.method=nope", "--run-dir", str(tmp_path / "r")]) == 2
+    assert main(["run", "--config", SMOKE, "--set", "prune.criterion.name=nope", "--run-dir", str(tmp_path / "r")]) == 2
     assert main(["run", "--config", SMOKE, "--from", "prunee", "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 3 and all(line.startswith("error: ") for line in err)

@@ -224,8 +224,8 @@ def test_pruning_loop_and_oneshot_call_the_helper(place_calls, data):
                   evaluate_splits=False)
     assert place_calls and place_calls[0] == "TinyNet"
     place_calls.clear()
-    cfg = PruneConfig(target_flops_reduction=0.2, max_iterations=1, round_to=2, min_channels=2, finetune_epochs=0,
-                      final_finetune_epochs=0, tolerance=100.0, calibration_images=16)
+    cfg = PruneConfig.of(target__flops_reduction=0.2, steps__max_iterations=1, widths__round_to=2, widths__min_channels=2, recovery__finetune_epochs=0,
+                      recovery__final_finetune_epochs=0, steps__tolerance=100.0, criterion__calibration_images=16)
     run_pruning(_tiny(), data, get_criterion("l1"), cfg, _cfg(max_steps_per_epoch=1), input_size=16, progress=False)
     assert place_calls and place_calls[0] == "TinyNet"
 
@@ -298,8 +298,8 @@ def test_cuda_qsfm_oneshot_and_pruning_loop(data):
     r = prune_oneshot(_tiny(), data, "qsfm-psnr", 0.3, input_size=16, calibration_images=32, round_to=2, min_channels=2,
                       device="cuda", batch_size=16)
     assert placement.module_device(r.model).type == "cuda" and r.compensation is not None and r.compensation.compensated
-    cfg = PruneConfig(target_flops_reduction=0.2, max_iterations=1, round_to=2, min_channels=2, finetune_epochs=0,
-                      final_finetune_epochs=0, tolerance=100.0, calibration_images=16)
+    cfg = PruneConfig.of(target__flops_reduction=0.2, steps__max_iterations=1, widths__round_to=2, widths__min_channels=2, recovery__finetune_epochs=0,
+                      recovery__final_finetune_epochs=0, steps__tolerance=100.0, criterion__calibration_images=16)
     res = run_pruning(_tiny(), data, get_criterion("ccpcsa"), cfg, _cfg(max_steps_per_epoch=2), input_size=16, device="cuda",
                       progress=False)
     assert placement.module_device(res.model).type == "cuda" and res.final.macs < res.base.macs

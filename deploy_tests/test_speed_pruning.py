@@ -22,37 +22,37 @@ def test_alignment_follows_the_cpu_and_the_runtime():
     assert cpu_float_lanes(frozenset({"fp", "asimd"}), "aarch64")[0] == 4
     assert resolve_alignment("auto", "tensorrt-fp16")[0] == 8
     assert resolve_alignment("auto", "tensorrt-int8")[0] == 16
-    assert resolve_alignment(12, "tensorrt-int8") == (12, "set by prune.round_to")
+    assert resolve_alignment(12, "tensorrt-int8") == (12, "set by prune.widths.round_to")
     avx512, avx2 = frozenset({"avx2", "avx512f"}), frozenset({"avx2"})
     align, why = resolve_alignment(8, flags=avx512)  # kept, with what it costs on this CPU
-    assert align == 8 and why.startswith("set by prune.round_to; note: this CPU runs onnxruntime in blocks of 16 (AVX-512)")
+    assert align == 8 and why.startswith("set by prune.widths.round_to; note: this CPU runs onnxruntime in blocks of 16 (AVX-512)")
     assert "round_to: auto picks 16 here" in why and "\n" not in why
-    assert resolve_alignment(8, flags=avx2) == (8, "set by prune.round_to")
-    assert resolve_alignment(16, flags=avx2) == (16, "set by prune.round_to")  # a multiple of the lanes: nothing to say
+    assert resolve_alignment(8, flags=avx2) == (8, "set by prune.widths.round_to")
+    assert resolve_alignment(16, flags=avx2) == (16, "set by prune.widths.round_to")  # a multiple of the lanes: nothing to say
     assert resolve_alignment("auto", flags=avx2)[0] == 8 and resolve_alignment("auto", flags=avx512)[0] == 16
     assert resolve_alignment("auto")[0] in (4, 8, 16)
-    with pytest.raises(UserError, match="prune.round_to must be 'auto' or an integer"):
+    with pytest.raises(UserError, match="prune.widths.round_to must be 'auto' or an integer"):
         resolve_alignment("fast")
-    with pytest.raises(UserError, match="prune.round_to must be 'auto' or an integer"):
+    with pytest.raises(UserError, match="prune.widths.round_to must be 'auto' or an integer"):
         resolve_alignment(0)
-    with pytest.raises(UserError, match="unknown prune.target_runtime 'tpu'"):
+    with pytest.raises(UserError, match="unknown prune.target.runtime 'tpu'"):
         resolve_alignment("auto", "tpu")
 
 
 def test_config_takes_auto_or_a_number(tmp_path):
     from pipeline.config import load_config
 
-    assert load_config(None, ["prune.round_to=auto"]).prune.round_to == "auto"
-    assert load_config(None, ["prune.round_to=16"]).prune.round_to == 16
-    assert load_config(None, []).prune.round_to == "auto"
+    assert load_config(None, ["prune.widths.round_to=auto"]).prune.widths.round_to == "auto"
+    assert load_config(None, ["prune.widths.round_to=16"]).prune.widths.round_to == 16
+    assert load_config(None, []).prune.widths.round_to == "auto"
     with pytest.raises(UserError, match="round_to"):
-        load_config(None, ["prune.round_to=sixteen"])
-    with pytest.raises(UserError, match="prune.allocation"):
-        load_config(None, ["prune.allocation=greedy"])
+        load_config(None, ["prune.widths.round_to=sixteen"])
+    with pytest.raises(UserError, match="prune.steps.allocation"):
+        load_config(None, ["prune.steps.allocation=greedy"])
     with pytest.raises(UserError, match="not both"):
-        load_config(None, ["prune.target_speedup=2", "prune.target_latency_ms=1"])
-    with pytest.raises(UserError, match="target_speedup must be a number > 1"):
-        load_config(None, ["prune.target_speedup=0.5"])
+        load_config(None, ["prune.target.speedup=2", "prune.target.latency_ms=1"])
+    with pytest.raises(UserError, match="prune.target.speedup must be a number > 1"):
+        load_config(None, ["prune.target.speedup=0.5"])
 
 
 def test_aligned_widths_keep_narrow_layers_whole():
@@ -88,7 +88,7 @@ def test_wide_alignment_moves_wide_layers_in_coarse_blocks_and_narrow_ones_in_fi
     assert again.unit("layer3.0.conv1") == 16 and again.unit("conv1") == 8
     with pytest.raises(UserError, match="round_to_wide"):
         from pipeline.config import load_config
-        load_config(None, ["prune.round_to_wide=0"])
+        load_config(None, ["prune.widths.round_to_wide=0"])
 
 
 @pytest.mark.parametrize("name", ["resnet20", "mobilenet_v2_cifar", "vgg16_bn", "deploy_tests.byo_zoo:mixed_net"])
@@ -213,8 +213,8 @@ def _tiny_latency_run(data, probe, **prune):
 
     torch.manual_seed(0)
     model = build_model("deploy_tests.byo_model:tiny_net", data.num_classes, width=32)
-    cfg = PruneConfig(**{"method": "l1", "tolerance": 100.0, "round_to": 8, "min_channels": 8, "finetune_epochs": 0,
-                         "final_finetune_epochs": 0, **prune})
+    cfg = PruneConfig.of({"criterion.name": "l1", "steps.tolerance": 100.0, "widths.round_to": 8, "widths.min_channels": 8, "recovery.finetune_epochs": 0,
+                         "recovery.final_finetune_epochs": 0, **prune})
     return run_pruning(model, data, get_criterion("l1"), cfg, TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=2),
                        input_size=data.input_size, progress=False, latency=probe)
 
@@ -252,7 +252,7 @@ def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):
 
     model = build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes)
     with pytest.raises(UserError, match="need a latency measurement"):
-        run_pruning(model, synthetic_data, get_criterion("l1"), PruneConfig(target_speedup=2.0), TrainConfig(max_steps_per_epoch=1),
+        run_pruning(model, synthetic_data, get_criterion("l1"), PruneConfig.of(target__speedup=2.0), TrainConfig(max_steps_per_epoch=1),
                     input_size=synthetic_data.input_size, progress=False)
 
 
@@ -267,7 +267,7 @@ def test_latency_allocation_with_a_macs_target_uses_the_probe(synthetic_data):
     assert res.latency["target_speedup"] is None and res.latency["final_speedup"] > 1.0
     with pytest.raises(UserError, match="allocation=latency need a latency measurement"):
         run_pruning(build_model("deploy_tests.byo_model:tiny_net", synthetic_data.num_classes), synthetic_data, get_criterion("l1"),
-                    PruneConfig(allocation="latency"), TrainConfig(max_steps_per_epoch=1), input_size=synthetic_data.input_size,
+                    PruneConfig.of(steps__allocation="latency"), TrainConfig(max_steps_per_epoch=1), input_size=synthetic_data.input_size,
                     progress=False)
 
 

@@ -94,7 +94,7 @@ def test_the_profile_prices_a_pruned_model_below_the_unpruned_one(profile: Path,
 def test_a_profile_sets_the_alignment_and_names_the_target(profile: Path, tmp_path: Path) -> None:
     from pipeline.stages_train import aim_at_target
 
-    cfg = load_config(SMOKE, [f"target.profile={profile}", "prune.round_to=auto"])
+    cfg = load_config(SMOKE, [f"target.profile={profile}", "prune.widths.round_to=auto"])
     p, target = aim_at_target(cfg.prune, cfg.target)
     block = json.loads(profile.read_text())["precisions"]["fp32"]["block"]
     assert p.round_to == block and p.target_runtime == "device-profile"

@@ -36,7 +36,7 @@ TV = "torchvision.models"
 SPEC = "synthetic?size=32&train=96&test=48"
 #: the chain on 32×32 images with a few images and steps per stage (configs/torchvision_zoo.yaml otherwise)
 TINY = ("--set", f"data.spec={SPEC}", "--set", "train.batch_size=16", "--set", "train.max_steps_per_epoch=2",
-        "--set", "prune.calibration_images=16", "--set", "export.calibration_images=16", "--set", "checks.eval_images=48",
+        "--set", "prune.criterion.calibration_images=16", "--set", "export.calibration_images=16", "--set", "checks.eval_images=48",
         "--set", "checks.final_eval_images=48", "--set", "export.latency_iters=1", "--set", "export.latency_warmup=0",
         "--set", "run.threads=1", "--set", "export.threads=1")
 #: the representative subset: SE + hard-swish + depthwise (mobilenet_v3), channel shuffle (shufflenet), fire-module

@@ -100,15 +100,15 @@ def test_guard_restores_last_accepted_model(trained, synthetic_data):
     base = count_complexity(model)
     train_cfg = TrainConfig(batch_size=64, max_steps_per_epoch=2)
     # lr≈0 and no fine-tuning: a 60% cut cannot recover, so the drop exceeds τ and the loop must restore
-    cfg = PruneConfig(method="l1", target_flops_reduction=0.6, step_flops_reduction=0.6, tolerance=0.5, finetune_epochs=0,
-                      final_finetune_epochs=0, lr=1e-9, round_to=1, min_channels=1)
+    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.6, steps__flops_reduction=0.6, steps__tolerance=0.5, recovery__finetune_epochs=0,
+                      recovery__final_finetune_epochs=0, recovery__lr=1e-9, widths__round_to=1, widths__min_channels=1)
     res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg, train_cfg, progress=False)
     assert res.history and res.history[0]["accepted"] is False and res.history[0]["drop_pp"] >= 0.5
     assert count_complexity(res.model) == base  # restored: the unpruned architecture
     assert res.iterations == 0 and "tolerance" in res.stop_reason
     # with a generous tolerance the same cut is accepted and the model really shrinks
     model2 = copy.deepcopy(trained[0])
-    res2 = run_pruning(model2, synthetic_data, get_criterion("l1"), replace(cfg, tolerance=100.0), train_cfg, progress=False)
+    res2 = run_pruning(model2, synthetic_data, get_criterion("l1"), cfg.updated({"steps.tolerance": 100.0}), train_cfg, progress=False)
     assert res2.history[0]["accepted"] and count_complexity(res2.model).macs <= 0.4 * base.macs * 1.001
 
 
@@ -118,14 +118,14 @@ def test_removing_bam_is_followed_by_a_finetune_even_when_no_iteration_is_accept
     from ccpcsa.models.attention import attach_bam, bam_modules
 
     train_cfg = TrainConfig(batch_size=64, max_steps_per_epoch=2)
-    cfg = PruneConfig(method="l1", target_flops_reduction=0.6, step_flops_reduction=0.6, tolerance=0.5, finetune_epochs=0,
-                      final_finetune_epochs=1, lr=1e-9, round_to=1, min_channels=1, remove_attention=True)
+    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.6, steps__flops_reduction=0.6, steps__tolerance=0.5, recovery__finetune_epochs=0,
+                      recovery__final_finetune_epochs=1, recovery__lr=1e-9, widths__round_to=1, widths__min_channels=1, recovery__remove_attention=True)
     runs = {}
     for final in (0, 1):
         model = copy.deepcopy(trained[0])
         attach_bam(model)
         assert bam_modules(model)
-        res = run_pruning(model, synthetic_data, get_criterion("l1"), replace(cfg, final_finetune_epochs=final), train_cfg,
+        res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg.updated({"recovery.final_finetune_epochs": final}), train_cfg,
                           progress=False)
         assert res.iterations == 0 and not bam_modules(res.model)
         runs[final] = {k: v.clone() for k, v in res.model.state_dict().items() if k.endswith("running_mean")}

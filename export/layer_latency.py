@@ -1,4 +1,4 @@
-"""Latency of layers and models on the target runtime, for latency-targeted pruning (``prune.target_speedup``).
+"""Latency of layers and models on the target runtime, for latency-targeted pruning (``prune.target.speedup``).
 
 HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022, §3.2) prunes against a
 latency *table*: the measured latency of each layer as a function of its input and output widths. Here:

@@ -183,7 +183,7 @@ class ProfileLatencyProbe:
         rec = profile.need(precision)
         if batch != profile.layer_batch:
             raise UserError(f"target.profile {profile.path} timed layers at batch {profile.layer_batch}, not "
-                            f"prune.latency_batch {batch}; set prune.latency_batch={profile.layer_batch} or rebuild the pack")
+                            f"prune.target.latency_batch {batch}; set prune.target.latency_batch={profile.layer_batch} or rebuild the pack")
         if str(batch) not in rec["model_ms"]:
             raise UserError(f"target.profile {profile.path} has no model timing at batch {batch}")
         self.profile, self.precision, self.batch, self.input_size = profile, precision, batch, input_size

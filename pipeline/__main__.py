@@ -24,7 +24,7 @@ from types import FrameType
 
 from ccpcsa.errors import CliParser, run_cli
 
-from .config import load_config, valid_keys
+from .config import key_tree, load_config, valid_keys
 
 
 class Terminated(BaseException):
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     pp.add_argument("--set", dest="overrides", action="append", default=[])
     pp.add_argument("--out", required=True, help="folder to write (copy it to the device)")
     sub.add_parser("stages", help="list stages")
-    sub.add_parser("keys", help="list config keys")
+    kp = sub.add_parser("keys", help="print the config keys as a tree, with types and defaults")
+    kp.add_argument("--flat", action="store_true", help="one dotted key a line (what --set takes)")
     args = p.parse_args(argv)
     def body() -> int:
         if args.cmd == "stages":
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{s.name:10s} {s.doc}")
             return 0
         if args.cmd == "keys":
-            print("\n".join(valid_keys()))
+            print("\n".join(valid_keys()) if args.flat else key_tree())
             return 0
         if args.cmd == "probe-pack":
             from .probe_pack import write_pack

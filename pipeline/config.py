@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,115 +20,24 @@ import yaml
 
 from ccpcsa.errors import UserError, closest
 from ccpcsa.pruning.loop import PruneConfig
+from ccpcsa.pruning.operating_point import entry_keys, settable_keys
+from ccpcsa.pruning.settings import dotted_key, nest_legacy
 from ccpcsa.training.engine import TrainConfig
 
+from .config_sections import (
+    AttentionConfig,
+    BaselineConfig,
+    ChecksConfig,
+    DataConfig,
+    ExportConfig,
+    ModelConfig,
+    ReportConfig,
+    RunConfig,
+)
 from .target import TargetConfig
 
-
-@dataclass
-class RunConfig:
-    """Run identity and placement."""
-
-    name: str = "default"
-    seed: int = 0
-    device: str = "auto"
-    threads: int = 0  # torch intra-op threads; 0 = torch default
-
-
-@dataclass
-class ModelConfig:
-    """``name``: zoo name or ``package.module:factory``; ``kwargs`` go to the factory."""
-
-    name: str = "resnet20"
-    num_classes: int = 10
-    input_size: int | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DataConfig:
-    """``spec``: dataset spec string; ``fallback`` is used (and said) when ``spec``'s path is absent."""
-
-    spec: str = "imagefolder:../shared/data/cifar10-jpg.tar.gz"
-    fallback: str | None = "synthetic"
-    val_size: int | None = None
-
-
-@dataclass
-class BaselineConfig:
-    """``checkpoint``: start from these trained weights instead of training — the project's checkpoint, a bare
-    ``state_dict`` (``.pt``/``.pth``) or a ``.safetensors`` file (bare weights: ``model.*`` names the
-    architecture). ``train_if_missing``: when ``checkpoint`` does not exist, train a baseline (and say so)
-    instead of refusing the run."""
-
-    checkpoint: str | None = None
-    train_if_missing: bool = False
-
-
-@dataclass
-class AttentionConfig:
-    """BAM insertion and retraining (CCPCSA step 2)."""
-
-    enabled: bool = True
-    reduction: int = 16
-    dilation: int = 4
-    epochs: int = 2
-    lr: float = 0.05
-    max_steps_per_epoch: int | None = None  # None: train.max_steps_per_epoch
-
-
-@dataclass
-class ExportConfig:
-    """ONNX / INT8 / TensorRT settings and latency measurement."""
-
-    opset: int = 17
-    simplify: bool = True
-    int8: bool = True
-    int8_cpu: bool = True
-    # 7-bit weights in the onnxruntime-CPU flavour: auto = on x86 CPUs without VNNI (export.quantize.int8_saturates)
-    int8_reduce_range: bool | str = "auto"
-    calibration_images: int = 512
-    engine: bool = True
-    engine_precisions: list[str] = field(default_factory=lambda: ["fp16", "int8"])
-    min_batch: int = 1
-    opt_batch: int = 32
-    max_batch: int = 64
-    workspace_mb: int = 1024
-    latency_batches: list[int] = field(default_factory=lambda: [1, 32])
-    latency_iters: int = 30
-    latency_warmup: int = 5
-    speedup_rounds: int = 21  # interleaved rounds of the pruned-vs-unpruned speedup (export.latency.paired_speedup)
-    threads: int = 2
-
-
-@dataclass
-class ChecksConfig:
-    """Gates. Accuracies in percent points. ``eval_images``: the seeded test sample the intermediate gates (prune,
-    ONNX, simplify, INT8, engine) measure on (None = all); ``final_eval_images``: the test images the ``validate``
-    stage evaluates every final format on — None (default) = the whole test split, the report's headline numbers."""
-
-    max_accuracy_drop: float = 1.5
-    max_abs_diff: float = 1e-3  # per unit of logit scale: max |Δlogit| ≤ max_abs_diff · max(1, max |logit|)
-    min_agreement_fp32: float = 99.9
-    min_agreement_lowp: float = 99.0
-    min_agreement_int8: float = 99.0
-    latency_budget_ms: float | None = None
-    latency_budget_batch: int = 1
-    require_speedup: bool = True
-    min_speedup_efficiency: float | None = 0.85
-    require_flops_target: bool = True
-    eval_images: int | None = None
-    final_eval_images: int | None = None
-
-
-@dataclass
-class ReportConfig:
-    """``frontier``: a frontier results file (``python -m bench.frontier``) of the same model, or a list of them (one per
-    kind of CPU); the report then draws this run's measured point over that accuracy-vs-speedup frontier
-    (``plots/frontier.png``) — of a list, the first whose widths are in the run's channel block (its CPU's,
-    ``prune.round_to: auto``), else the first, said to be from another CPU. Null: no frontier."""
-
-    frontier: list[str] | str | None = None
+__all__ = ["AttentionConfig", "BaselineConfig", "ChecksConfig", "DataConfig", "ExportConfig", "ModelConfig",
+           "PipelineConfig", "ReportConfig", "RunConfig", "load_config", "valid_keys", "key_tree"]
 
 
 #: Keys added after run directories existed, with the value that means "not used": a key at that value stays out of
@@ -159,6 +69,7 @@ class PipelineConfig:
         """SHA-256 of the canonical JSON of the named sections or dotted keys (all when none given); a key of
         :data:`KEYED_ONLY_WHEN_SET` at its "not used" value is left out."""
         d = self.to_dict()
+        d["prune"] = self.prune.legacy_flat()  # the flat form of earlier versions: old run directories keep their keys
         for dotted, unused in KEYED_ONLY_WHEN_SET.items():
             top, _, key = dotted.partition(".")
             if d[top].get(key, unused) == unused:
@@ -180,13 +91,13 @@ class PipelineConfig:
         self.target.validate()
         from ccpcsa.criteria import list_criteria
 
-        if self.prune.method not in list_criteria():
+        if self.prune.criterion.name not in list_criteria():
             from ccpcsa.errors import unknown
 
-            raise unknown("prune.method (criterion)", self.prune.method, list_criteria())
+            raise unknown("prune.criterion.name", self.prune.criterion.name, list_criteria())
         from ccpcsa.criteria import get_criterion
 
-        get_criterion(self.prune.method, **self.prune.criterion_options)  # bad options: one line naming them
+        get_criterion(self.prune.criterion.name, **self.prune.criterion.options)  # bad options: one line naming them
         checks = [
             (self.model.num_classes >= 2, f"model.num_classes must be ≥ 2, got {self.model.num_classes}"),
             (self.run.seed >= 0, f"run.seed must be ≥ 0, got {self.run.seed}"),
@@ -356,7 +267,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        for alt in inner[1:]:  # e.g. ``int | str`` (prune.round_to: 16 or auto): the member the value already is
+        for alt in inner[1:]:  # e.g. ``int | str`` (prune.widths.round_to: 16 or auto): the member the value already is
             if isinstance(value, alt) and not (alt is int and isinstance(value, bool)):
                 return value
         return _coerce(value, inner[0], key)
@@ -396,6 +307,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
     if not isinstance(data, dict):
         raise UserError(f"config section {prefix.rstrip('.') or '(top level)'} must be a mapping, got {data!r}")
+    if isinstance(obj, PruneConfig):
+        data = _nest_legacy_prune(data)
     hints = typing.get_type_hints(type(obj))
     names = {f.name for f in dataclasses.fields(obj)}
     for k, v in data.items():
@@ -404,7 +317,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
             raise UserError(f"unknown config key '{key}'{closest(key, valid_keys())}")
         t = hints[k]
         if dataclasses.is_dataclass(t):
-            _apply(getattr(obj, k), v or {}, key + ".")
+            _apply(getattr(obj, k), {} if v is None else v, key + ".")
         else:
             setattr(obj, k, _coerce(v, t, key))
 
@@ -412,7 +325,7 @@ def _apply(obj: Any, data: dict[str, Any], prefix: str = "") -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """``a.b=value`` → (``a.b``, YAML-parsed value)."""
     if "=" not in text:
-        raise UserError(f"--set '{text}' must look like key=value (e.g. prune.target_flops_reduction=0.5)")
+        raise UserError(f"--set '{text}' must look like key=value (e.g. prune.target.flops_reduction=0.5)")
     key, _, raw = text.partition("=")
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
@@ -450,23 +363,58 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         key, value = parse_override(item)
         _apply(cfg, _nest(key, value))
         given.add(key)
-    _settle_by_alignment(cfg.prune, {k.removeprefix("prune.") for k in given if k.startswith("prune.")})
+    _settle_by_alignment(cfg.prune, {dotted_key(k.removeprefix("prune.")) for k in given if k.startswith("prune.")})
     cfg.validate()
     return cfg
 
 
+def _nest_legacy_prune(data: Any) -> Any:
+    """The ``prune`` mapping with the flat keys of earlier versions moved into their sections, a one-line hint on stderr
+    for each (:func:`ccpcsa.pruning.settings.nest_legacy`)."""
+    if not isinstance(data, dict):
+        return data
+    nested, hints = nest_legacy(data)
+    for hint in hints:
+        print(hint, file=sys.stderr)
+    return nested
+
+
 def _settle_by_alignment(prune: PruneConfig, given: set[str]) -> None:
-    """Give the values of ``prune.by_alignment`` their keys' types (as the YAML of ``prune.*`` gets them) and drop every
-    entry that sets a prune key the command line set (``given``): an entry is one operating point (a target and its
-    step go together), and an explicit ``--set prune.K=…`` takes the operating point over. The entries' shape and
-    ranges are checked by :func:`ccpcsa.pruning.operating_point.check_by_alignment`."""
+    """Bring each entry of ``prune.by_alignment`` to dotted keys (:func:`ccpcsa.pruning.operating_point.entry_keys`),
+    give its values their keys' types (as the YAML of ``prune.*`` gets them) and drop every entry that sets a prune key
+    the command line set (``given``, dotted): an entry is one operating point (a target and its step go together), and an
+    explicit ``--set prune.K=…`` takes the operating point over. The entries' shape and ranges are checked by
+    :func:`ccpcsa.pruning.operating_point.check_by_alignment`."""
     if not isinstance(prune.by_alignment, dict):
         return
-    hints = typing.get_type_hints(PruneConfig)
+    hints = settable_keys()
     for block, settings in list(prune.by_alignment.items()):
-        if isinstance(settings, dict):
-            if given & set(settings):
-                del prune.by_alignment[block]
-                continue
-            prune.by_alignment[block] = {k: _coerce(v, hints[k], f"prune.by_alignment.{block}.{k}") if k in hints else v
-                                         for k, v in settings.items()}
+        if not isinstance(settings, dict):
+            continue
+        entry, said = entry_keys(settings)
+        for hint in said:
+            print(hint.replace("prune.", f"prune.by_alignment.{block}.", 1), file=sys.stderr)
+        if given & set(entry):
+            del prune.by_alignment[block]
+            continue
+        prune.by_alignment[block] = {k: _coerce(v, hints[k], f"prune.by_alignment.{block}.{k}") if k in hints else v
+                                     for k, v in entry.items()}
+
+
+def key_tree() -> str:
+    """Every config key as an indented tree, each leaf with its type and default (``python -m pipeline keys``)."""
+    lines: list[str] = []
+
+    def walk(obj: Any, depth: int) -> None:
+        hints = typing.get_type_hints(type(obj))
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if dataclasses.is_dataclass(value):
+                lines.append(f"{'  ' * depth}{f.name}:")
+                walk(value, depth + 1)
+            else:
+                tp = getattr(hints[f.name], "__name__", None) or str(hints[f.name]).replace("typing.", "")
+                lines.append(f"{'  ' * depth}{f.name}: {json.dumps(value, default=str)}  # {tp}")
+
+    walk(PipelineConfig(), 0)
+    return "\n".join(lines)

@@ -5,7 +5,7 @@
     # back here:  python -m pipeline run --config configs/default.yaml --set target.profile=target.json
 
 The model is the config's baseline (``baseline.checkpoint``, or the run directory's ``baseline.pt`` with ``--run-dir``)
-as it will be deployed (BAM detached); the layer table is written at ``prune.latency_batch``, the model at
+as it will be deployed (BAM detached); the layer table is written at ``prune.target.latency_batch``, the model at
 ``export.latency_batches``.
 """
 
@@ -33,7 +33,7 @@ def write_pack(cfg: PipelineConfig, out: Path, run_dir: Path | None) -> Path:
     ck = load_checkpoint(src)
     size = cfg.model.input_size or ck.spec.input_size
     pack = write_probe_pack(ck.model, size, out, name=f"{cfg.model.name} ({src.name})", batches=list(cfg.export.latency_batches),
-                            layer_batch=cfg.prune.latency_batch)
+                            layer_batch=cfg.prune.target.latency_batch)
     print(f"wrote {pack.parent} ({len(list(pack.parent.rglob('*.onnx')))} ONNX graphs); on the device: "
           f"python {pack.parent / 'target_probe.py'} --runtime <onnxruntime-cpu|openvino-cpu|…> --threads N", flush=True)
     return pack

@@ -154,7 +154,7 @@ def stage_attention(ctx: StageContext) -> StageOutcome:
 
 
 def stage_prune(ctx: StageContext) -> StageOutcome:
-    """Algorithm 1 with ``prune.method`` → ``pruned.pt`` + ``history.json``; gates: FLOPs target, accuracy drop."""
+    """Algorithm 1 with ``prune.criterion.name`` → ``pruned.pt`` + ``history.json``; gates: FLOPs target, accuracy drop."""
     cfg, data = ctx.cfg, data_splits(ctx)
     src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
     ck = load_checkpoint(src, device=ctx.device)
@@ -163,17 +163,17 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     pcfg, note = apply_by_alignment(pcfg)  # the settings of the target's channel block (prune.by_alignment)
     if note:
         ctx.say(note)
-    criterion = get_criterion(pcfg.method, **pcfg.criterion_options)
+    criterion = get_criterion(pcfg.criterion.name, **pcfg.criterion.options)
     plain = copy.deepcopy(ck.model)
     detach_bam(plain)
     before = channels_per_layer(plain)  # named as the pruned model's layers are (no BAM wrappers)
     probe = latency_probe(ctx, pcfg, target)
-    seed = pcfg.seed if pcfg.seed is not None else cfg.run.seed
-    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.distill_teacher == "baseline" else None
-    result = run_pruning(ck.model, data, criterion, replace(pcfg, seed=seed), cfg.train, input_size=input_size(ctx),
+    seed = pcfg.steps.seed if pcfg.steps.seed is not None else cfg.run.seed
+    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.recovery.distill.teacher == "baseline" else None
+    result = run_pruning(ck.model, data, criterion, pcfg.updated({"steps.seed": seed}), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
                          history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe, teacher=teacher)
-    spec = ck.spec if not (pcfg.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
+    spec = ck.spec if not (pcfg.recovery.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     if result.dropped_blocks:  # rebuilt with those blocks as identities (ModelSpec.dropped)
         spec = replace(spec, dropped=[*spec.dropped, *result.dropped_blocks])
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
@@ -193,8 +193,8 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
 
 def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     """The prune stage's gates on its metrics: accuracy drop vs the baseline ≤ ``checks.max_accuracy_drop``; then, with
-    ``checks.require_flops_target`` (the prune target must be reached), the measured speedup ≥ ``prune.target_speedup``
-    when the loop had a latency target, else the MACs reduction ≥ ``prune.target_flops_reduction``. Re-evaluated alone
+    ``checks.require_flops_target`` (the prune target must be reached), the measured speedup ≥ ``prune.target.speedup``
+    when the loop had a latency target, else the MACs reduction ≥ ``prune.target.flops_reduction``. Re-evaluated alone
     when only a gate setting changes, so a run that stopped just short of its target goes on with
     ``--set checks.require_flops_target=false`` without re-training."""
     checks = [accuracy_drop(float(metrics["baseline_accuracy"]), metrics["accuracy"], cfg.checks.max_accuracy_drop)]
@@ -205,51 +205,51 @@ def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     else:
         aimed = aim_at_target(cfg.prune, cfg.target)[0]
-        checks.append(flops_target(metrics["flops_reduction"], apply_by_alignment(aimed)[0].target_flops_reduction))
+        checks.append(flops_target(metrics["flops_reduction"], apply_by_alignment(aimed)[0].target.flops_reduction))
     return checks
 
 
 def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, Any]]:
     """The prune settings aimed at ``target`` (the config's ``target`` section) and a record of that target. A built-in
-    target (``onnxruntime-cpu``, ``openvino-cpu``) becomes ``prune.target_runtime`` when that key is at its default; a
-    profile file (``target.json``) sets ``prune.round_to`` (when ``auto``) to the channel block of the staircase the
+    target (``onnxruntime-cpu``, ``openvino-cpu``) becomes ``prune.target.runtime`` when that key is at its default; a
+    profile file (``target.json``) sets ``prune.widths.round_to`` (when ``auto``) to the channel block of the staircase the
     device measured for ``target.precision`` and the target runtime to ``device-profile``."""
     from export.runtime import CPU_RUNTIMES
 
     if target.profile in CPU_RUNTIMES:
-        if p.target_runtime == "onnxruntime-cpu":
-            p = replace(p, target_runtime=target.profile)
-        return p, {"name": p.target_runtime, "label": f"{p.target_runtime} on this machine", "file": None,
+        if p.target.runtime == "onnxruntime-cpu":
+            p = p.updated({"target.runtime": target.profile})
+        return p, {"name": p.target.runtime, "label": f"{p.target.runtime} on this machine", "file": None,
                    "precision": target.precision}
     from export.target_profile import load_profile
 
     prof = load_profile(target.profile)
     block = prof.block(target.precision)
-    if p.round_to == "auto":
-        p = replace(p, round_to=block, target_runtime="device-profile")
+    if p.widths.round_to == "auto":
+        p = p.updated({"widths.round_to": block, "target.runtime": "device-profile"})
     return p, {"name": prof.identity.get("runtime"), "label": prof.label, "file": str(prof.path), "precision": target.precision,
                "block": block, "identity": prof.identity, "profile": prof}
 
 
 def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | None = None) -> Any:
-    """The latency source for ``prune.target_speedup`` / ``prune.target_latency_ms`` / ``prune.allocation=latency`` of
+    """The latency source for ``prune.target.speedup`` / ``prune.target.latency_ms`` / ``prune.steps.allocation=latency`` of
     the effective prune settings ``p`` (None without): the device's profile (:class:`export.target_profile.
     ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine measured on the
     fly (:class:`export.layer_latency.RuntimeLatencyProbe`; its per-layer table cached in the run directory)."""
     from ccpcsa.pruning.allocation import NEEDS_LATENCY
 
-    if p.target_speedup is None and p.target_latency_ms is None and p.allocation not in NEEDS_LATENCY:
+    if p.target.speedup is None and p.target.latency_ms is None and p.steps.allocation not in NEEDS_LATENCY:
         return None
     if target is not None and target.get("profile") is not None:
         from export.target_profile import ProfileLatencyProbe
 
-        return ProfileLatencyProbe(target["profile"], target["precision"], p.latency_batch, input_size(ctx))
+        return ProfileLatencyProbe(target["profile"], target["precision"], p.target.latency_batch, input_size(ctx))
     if target is not None and target.get("precision") == "int8":
         raise UserError("target.precision int8 with a latency target needs the device's INT8 timings: build a probe pack "
                         "(python -m pipeline probe-pack), run target_probe.py and set target.profile to its target.json")
     from ccpcsa.surgery.alignment import resolve_alignment
     from export.layer_latency import RuntimeLatencyProbe
 
-    align, _ = resolve_alignment(p.round_to, p.target_runtime)
-    return RuntimeLatencyProbe(p.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say,
-                               runtime=p.target_runtime)
+    align, _ = resolve_alignment(p.widths.round_to, p.target.runtime)
+    return RuntimeLatencyProbe(p.target.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say,
+                               runtime=p.target.runtime)

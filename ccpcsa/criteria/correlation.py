@@ -23,7 +23,7 @@ after BN + ReLU (``relu``). Scores are normalized per layer (divided by the laye
 
 Registered: ``ccpcsa`` (the measured winner, :data:`CCPCSA_DEFAULT`, README and bench/README say why),
 ``corr`` (1 − mean ρ), ``attention`` (channel attention only, PCAS-like); every option can be set through
-``prune.criterion_options``.
+``prune.criterion.options``.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class CcpcsaOptions:
         for f in fields(self):
             v = getattr(self, f.name)
             if v not in self.CHOICES[f.name]:
-                raise UserError(f"prune.criterion_options.{f.name} must be one of {', '.join(self.CHOICES[f.name])}, got {v!r}")
+                raise UserError(f"prune.criterion.options.{f.name} must be one of {', '.join(self.CHOICES[f.name])}, got {v!r}")
 
     @classmethod
     def from_dict(cls, base: CcpcsaOptions, options: dict[str, Any]) -> CcpcsaOptions:
@@ -69,7 +69,7 @@ class CcpcsaOptions:
         known = {f.name for f in fields(cls)}
         bad = sorted(set(options) - known)
         if bad:
-            raise UserError(f"unknown prune.criterion_options key(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
+            raise UserError(f"unknown prune.criterion.options key(s) {', '.join(bad)}; known: {', '.join(sorted(known))}")
         out = replace(base, **options)
         out.validate()
         return out
@@ -174,7 +174,7 @@ class CorrelationAttentionCriterion(Criterion):
         from ..surgery.compensation import compensate_least_squares, skipped_report
 
         if not self.options.compensate or self._stats is None or not self._stats.consumer_moments:
-            return skipped_report(plan, "prune.criterion_options.compensate is off" if not self.options.compensate
+            return skipped_report(plan, "prune.criterion.options.compensate is off" if not self.options.compensate
                                   else "no consumer-input statistics were collected")
         return compensate_least_squares(pruner, plan, self._stats.consumer_moments)
 
@@ -190,7 +190,7 @@ class CorrelationAttentionCriterion(Criterion):
 
 
 def ccpcsa(**options: Any) -> CorrelationAttentionCriterion:
-    """CCPCSA with :data:`CCPCSA_DEFAULT` updated by ``options`` (``prune.criterion_options``)."""
+    """CCPCSA with :data:`CCPCSA_DEFAULT` updated by ``options`` (``prune.criterion.options``)."""
     return CorrelationAttentionCriterion(CcpcsaOptions.from_dict(CCPCSA_DEFAULT, options), "ccpcsa")
 
 

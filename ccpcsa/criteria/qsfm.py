@@ -255,7 +255,7 @@ class QSFMCriterion(Criterion):
         if compensation not in COMPENSATIONS:
             from ..errors import UserError
 
-            raise UserError(f"prune.criterion_options.compensation must be one of {', '.join(COMPENSATIONS)}, got {compensation!r}")
+            raise UserError(f"prune.criterion.options.compensation must be one of {', '.join(COMPENSATIONS)}, got {compensation!r}")
         self.compensation = compensation
         self.metric = metric
         self.name = name or f"qsfm-{metric}"
@@ -352,7 +352,7 @@ class QSFMCriterion(Criterion):
 #: ``twin``: fold each removed channel into its twin (QSFM); ``lstsq``: into all kept channels by least squares.
 COMPENSATIONS = ("twin", "lstsq")
 
-#: the keys ``prune.criterion_options`` may set for QSFM
+#: the keys ``prune.criterion.options`` may set for QSFM
 QSFM_OPTIONS = ("compensation", "window", "sigma", "max_psnr_db")
 
 
@@ -363,7 +363,7 @@ def qsfm_factory(metric: str, name: str) -> Callable[..., QSFMCriterion]:
         if bad:
             from ..errors import UserError
 
-            raise UserError(f"unknown prune.criterion_options key(s) {', '.join(bad)} for {name}; known: {', '.join(QSFM_OPTIONS)}")
+            raise UserError(f"unknown prune.criterion.options key(s) {', '.join(bad)} for {name}; known: {', '.join(QSFM_OPTIONS)}")
         return QSFMCriterion(metric, name, **options)  # type: ignore[arg-type]
     return make
 

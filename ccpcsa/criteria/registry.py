@@ -22,7 +22,7 @@ CRITERIA: dict[str, Callable[..., Criterion]] = {
     "taylor": TaylorCriterion,
     "random": RandomCriterion,
 }
-#: Criteria whose factory takes options (``prune.criterion_options``).
+#: Criteria whose factory takes options (``prune.criterion.options``).
 WITH_OPTIONS = {"ccpcsa", "corr", "attention"}
 
 
@@ -45,6 +45,6 @@ def get_criterion(name: str, **options: Any) -> Criterion:
     if name not in CRITERIA:
         raise unknown("criterion", name, CRITERIA)
     if options and name not in WITH_OPTIONS:
-        raise UserError(f"criterion '{name}' takes no prune.criterion_options (got {', '.join(sorted(options))}); "
+        raise UserError(f"criterion '{name}' takes no prune.criterion.options (got {', '.join(sorted(options))}); "
                         f"criteria with options: {', '.join(sorted(WITH_OPTIONS))}")
     return CRITERIA[name](**options)

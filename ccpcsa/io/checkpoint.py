@@ -10,7 +10,7 @@ cannot execute code:
 A *pruned* model is rebuilt without re-running pruning: the architecture is the zoo model (plus
 BAM when ``attention`` is set) whose Conv/BN/Linear layers are then resized to the shapes found in
 the state dict (:func:`resize_to_state_dict`). This works because structured pruning changes only
-tensor sizes, never the module graph; residual blocks removed whole (``prune.drop_blocks``) are named in the model
+tensor sizes, never the module graph; residual blocks removed whole (``prune.depth.drop_blocks``) are named in the model
 entry's ``dropped`` list and replaced by identities before the resize.
 
 :func:`load_checkpoint` also takes weights as users have them — a bare ``state_dict`` (``.pt``/``.pth``,
@@ -44,7 +44,7 @@ class ModelSpec:
     input_size: int = 32
     kwargs: dict[str, Any] = field(default_factory=dict)
     attention: dict[str, Any] | None = None  # BAM options when BAM modules are attached
-    dropped: list[str] = field(default_factory=list)  # residual blocks removed (prune.drop_blocks), plain-model names
+    dropped: list[str] = field(default_factory=list)  # residual blocks removed (prune.depth.drop_blocks), plain-model names
 
     def to_dict(self) -> dict[str, Any]:
         d = {"name": self.name, "num_classes": self.num_classes, "input_size": self.input_size, "kwargs": dict(self.kwargs)}

@@ -1,4 +1,4 @@
-"""Depth surgery: remove whole residual blocks (``prune.drop_blocks``).
+"""Depth surgery: remove whole residual blocks (``prune.depth.drop_blocks``).
 
 A residual block computes ``y = σ(x + F(x))``; removing it replaces ``y`` by ``x`` (an ``nn.Identity``), which is the
 block with ``F ≡ 0`` (after a ReLU, ``σ(x) = x`` for the block's non-negative input). Residual networks degrade
@@ -47,7 +47,7 @@ def resolve_block(model: nn.Module, name: str) -> tuple[nn.Module, str]:
 
     Raises :class:`UserError` naming the missing part and the children that exist there."""
     if not isinstance(name, str) or not name.strip() or name.strip() != name:
-        raise UserError(f"prune.drop_blocks: {name!r} is not a module name (dotted, e.g. layer1.1)")
+        raise UserError(f"prune.depth.drop_blocks: {name!r} is not a module name (dotted, e.g. layer1.1)")
     parent: nn.Module = model
     parts = name.split(".")
     for i, part in enumerate(parts):
@@ -57,7 +57,7 @@ def resolve_block(model: nn.Module, name: str) -> tuple[nn.Module, str]:
             parent, children = body, dict(body.named_children())
         if part not in children:
             where = ".".join(parts[:i]) or "the model"
-            raise UserError(f"prune.drop_blocks: {where} has no module '{part}' (it has: "
+            raise UserError(f"prune.depth.drop_blocks: {where} has no module '{part}' (it has: "
                             f"{', '.join(children) or 'none'}); name a residual block, e.g. layer1.1")
         if i == len(parts) - 1:
             return parent, part
@@ -122,27 +122,27 @@ def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32, ve
     if not names:
         return []
     if len(set(names)) != len(names):
-        raise UserError(f"prune.drop_blocks names a block twice: {names}")
+        raise UserError(f"prune.depth.drop_blocks names a block twice: {names}")
     for a in names:
         for b in names:
             if a != b and b.startswith(a + "."):
-                raise UserError(f"prune.drop_blocks: {b} is inside {a}; name one of them")
+                raise UserError(f"prune.depth.drop_blocks: {b} is inside {a}; name one of them")
     where = {n: resolve_block(model, n) for n in names}
     modules = {n: getattr(p, attr) for n, (p, attr) in where.items()}
     for n, m in modules.items():
         if isinstance(m, nn.Identity):
-            raise UserError(f"prune.drop_blocks: {n} is already an identity (removed before); remove it from the list")
+            raise UserError(f"prune.depth.drop_blocks: {n} is already an identity (removed before); remove it from the list")
     shapes = _io_shapes(model, modules, input_size)
     for n in names:
         if n not in shapes:
-            raise UserError(f"prune.drop_blocks: {n} is not called with one tensor in the model's forward pass, so it "
+            raise UserError(f"prune.depth.drop_blocks: {n} is not called with one tensor in the model's forward pass, so it "
                             "cannot be replaced by an identity; name a residual block")
         shape_in, shape_out = shapes[n]
         if shape_in != shape_out:
-            raise UserError(f"prune.drop_blocks: {n} maps {list(shape_in)} to {list(shape_out)}; only a block whose "
+            raise UserError(f"prune.depth.drop_blocks: {n} maps {list(shape_in)} to {list(shape_out)}; only a block whose "
                             "output has its input's shape (no stride, no width change) can be removed")
         if verify_skip and not carries_its_skip(_unwrapped(modules[n]), shape_in):
-            raise UserError(f"prune.drop_blocks: {n} does not carry its own skip connection (with its weights at zero "
+            raise UserError(f"prune.depth.drop_blocks: {n} does not carry its own skip connection (with its weights at zero "
                             "it does not return its input; a residual add in its parent's forward is outside it), so "
                             "an identity in its place would not skip it; name a residual block whose forward adds its "
                             "input, e.g. layer1.1 of resnet20 (python -m bench.block_drop lists them)")

@@ -54,7 +54,7 @@ def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocatio
     others; ``sensitivity`` (group key → each block's measured loss increase, :func:`removable_blocks` order) is
     required by :data:`MEASURED`."""
     if allocation not in ALLOCATIONS:
-        raise unknown("prune.allocation", allocation, ALLOCATIONS)
+        raise unknown("prune.steps.allocation", allocation, ALLOCATIONS)
     queues = removable_blocks(pruner, scores)
     if allocation == "global":
         return pruner.ranked_blocks(scores)

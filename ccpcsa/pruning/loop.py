@@ -101,13 +101,13 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     Each iteration: score (a statistics epoch for criteria that collect them, then the criterion's channel scores) →
     plan and cut (the step planner of :func:`ccpcsa.pruning.planner.make_planner`: MACs/params target, latency target
     on ``latency``'s runtime, or the Torch-Pruning reference) → recover (BatchNorm re-estimate, fine-tune) → guard
-    (accept while the val accuracy drop < ``cfg.tolerance``, else restore the last accepted model and stop). The loop
-    stops when the planner's target is reached, nothing is left to prune or after ``cfg.max_iterations``; a final
+    (accept while the val accuracy drop < ``cfg.steps.tolerance``, else restore the last accepted model and stop). The loop
+    stops when the planner's target is reached, nothing is left to prune or after ``cfg.steps.max_iterations``; a final
     fine-tune follows. The history (JSON list, one row per iteration) is written atomically after every iteration.
 
     ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule are replaced by
-    the loop's (:class:`_LoopRun`). Kept widths are multiples of the alignment (``cfg.round_to``, ``auto``:
-    :func:`resolve_alignment` for ``cfg.target_runtime``). ``teacher``: the model distilled from with ``cfg.distill``
+    the loop's (:class:`_LoopRun`). Kept widths are multiples of the alignment (``cfg.widths.round_to``, ``auto``:
+    :func:`resolve_alignment` for ``cfg.target.runtime``). ``teacher``: the model distilled from with ``cfg.recovery.distill.enabled``
     (default: a copy of ``model`` as given).
     """
     t0 = time.perf_counter()
@@ -116,8 +116,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     planner = make_planner(cfg, result.base, latency, result.latency.get("unpruned_ms"), run.sensitivity,  # type: ignore[arg-type]
                            result.latency, result.alignment)
     stop = "max_iterations"
-    bar = tqdm(total=cfg.max_iterations, desc=f"prune[{criterion.name}]", disable=not progress, dynamic_ncols=True)
-    for it in range(1, cfg.max_iterations + 1):
+    bar = tqdm(total=cfg.steps.max_iterations, desc=f"prune[{criterion.name}]", disable=not progress, dynamic_ncols=True)
+    for it in range(1, cfg.steps.max_iterations + 1):
         if planner.reached(run.current):
             stop = "target reached"
             break
@@ -141,7 +141,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
                        f"{'accepted' if row['accepted'] else 'REJECTED → restoring last accepted model'}")
         if not row["accepted"]:  # 4) guard
             run.restore()
-            stop = f"accuracy drop {row['drop_pp']:.2f} pp ≥ tolerance {cfg.tolerance} pp"
+            stop = f"accuracy drop {row['drop_pp']:.2f} pp ≥ tolerance {cfg.steps.tolerance} pp"
             break
         run.accept()
         planner.accepted(row)
@@ -173,7 +173,7 @@ def _settled(cfg: PruneConfig) -> PruneConfig:
 class _LoopRun:
     """The state Algorithm 1 carries across iterations and the work each phase does on it: the model, the fits' one
     pass over the data (:class:`TrainStream`: no fit repeats another's images), the learning-rate schedule
-    (``cfg.lr_schedule``: ``continuous`` holds ``cfg.lr`` through the iterations and anneals once in the final
+    (``cfg.recovery.lr_schedule``: ``continuous`` holds ``cfg.recovery.lr`` through the iterations and anneals once in the final
     fine-tune; ``restart`` decays a cosine in every fit), distillation, the pruner's settings, the last accepted
     model and the result being built."""
 
@@ -182,23 +182,23 @@ class _LoopRun:
                  teacher: nn.Module | None, latency: LatencyProbe | None) -> None:
         self.data, self.criterion, self.cfg, self.train_cfg, self.input_size = data, criterion, cfg, train_cfg, input_size
         self.device = placement.module_device(placement.place(model, device))  # None: where the model already is
-        self.seed = cfg.seed or 0
-        self.final_ft = replace(train_cfg, lr=cfg.lr, schedule="cosine", warmup_epochs=0.0, seed=self.seed)
-        self.ft = replace(self.final_ft, schedule="constant") if cfg.lr_schedule == "continuous" else self.final_ft
+        self.seed = cfg.steps.seed or 0
+        self.final_ft = replace(train_cfg, lr=cfg.recovery.lr, schedule="cosine", warmup_epochs=0.0, seed=self.seed)
+        self.ft = replace(self.final_ft, schedule="constant") if cfg.recovery.lr_schedule == "continuous" else self.final_ft
         self.stream = TrainStream()
         self.ref = reference_accuracy if reference_accuracy is not None else evaluate(model, data.val, data.mean, data.std,
                                                                                       device=self.device)[0]
-        base = deployed_complexity(model, input_size, cfg.remove_attention)  # MACs targets refer to the deployed graph
-        align, why = resolve_alignment(cfg.round_to, cfg.target_runtime)
-        if cfg.round_to_wide is not None:
-            why += (f"; layers of ≥ {2 * cfg.round_to_wide} channels in multiples of {math.lcm(align, cfg.round_to_wide)} "
-                    "(prune.round_to_wide)")
+        base = deployed_complexity(model, input_size, cfg.recovery.remove_attention)  # MACs targets refer to the deployed graph
+        align, why = resolve_alignment(cfg.widths.round_to, cfg.target.runtime)
+        if cfg.widths.round_to_wide is not None:
+            why += (f"; layers of ≥ {2 * cfg.widths.round_to_wide} channels in multiples of {math.lcm(align, cfg.widths.round_to_wide)} "
+                    "(prune.widths.round_to_wide)")
         self.result = PruneResult(model=model, base=base, reference_accuracy=self.ref, alignment=align, alignment_reason=why,
-                                  allocation=cfg.allocation)
+                                  allocation=cfg.steps.allocation)
         self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
         self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None
-        if cfg.drop_blocks:
+        if cfg.depth.drop_blocks:
             self._drop_blocks()
         pruner = self.new_pruner()
         self.original_sizes = pruner.original_sizes
@@ -208,40 +208,40 @@ class _LoopRun:
             tqdm.write("left whole: " + "; ".join(f"{k} ({w})" for k, w in pruner.fixed.items()))
         self.result.left_whole = dict(pruner.fixed)
         if latency is not None:
-            self.result.latency = {"batch": cfg.latency_batch, "unpruned_ms": latency.set_reference(self.original),
+            self.result.latency = {"batch": cfg.target.latency_batch, "unpruned_ms": latency.set_reference(self.original),
                                    "target_speedup": None}
         self.latency = latency
         self.accepted = copy.deepcopy(model)
         # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
-        self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), cfg.distill_weight,
-                               cfg.distill_temperature) if cfg.distill else None
+        self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), cfg.recovery.distill.weight,
+                               cfg.recovery.distill.temperature) if cfg.recovery.distill.enabled else None
         self.comp_reports: list[Any] = []
 
     def _drop_blocks(self) -> None:
-        """Depth surgery first (``prune.drop_blocks``), BatchNorm re-estimated, then channels."""
+        """Depth surgery first (``prune.depth.drop_blocks``), BatchNorm re-estimated, then channels."""
         cfg = self.cfg
         self.original = copy.deepcopy(self.model)
-        self.result.dropped_blocks = drop_blocks(self.model, cfg.drop_blocks, self.input_size)
-        self.current = deployed_complexity(self.model, self.input_size, cfg.remove_attention)
-        if cfg.recalibrate_bn > 0:
-            recalibrate_batchnorm(self.model, lambda: calibration_batches(self.data, cfg.recalibrate_bn, self.train_cfg.batch_size,
+        self.result.dropped_blocks = drop_blocks(self.model, cfg.depth.drop_blocks, self.input_size)
+        self.current = deployed_complexity(self.model, self.input_size, cfg.recovery.remove_attention)
+        if cfg.recovery.recalibrate_bn > 0:
+            recalibrate_batchnorm(self.model, lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size,
                                                                           self.device, self.seed + 999))
         assert self.result.base is not None
-        tqdm.write(f"removed {len(cfg.drop_blocks)} block(s) whole ({', '.join(cfg.drop_blocks)}): MACs "
-                   f"-{100 * self.current.reduction_vs(self.result.base)[0]:.1f}% before channel pruning (prune.drop_blocks)")
+        tqdm.write(f"removed {len(cfg.depth.drop_blocks)} block(s) whole ({', '.join(cfg.depth.drop_blocks)}): MACs "
+                   f"-{100 * self.current.reduction_vs(self.result.base)[0]:.1f}% before channel pruning (prune.depth.drop_blocks)")
 
     def new_pruner(self) -> ChannelPruner:
         """The loop's one pruner setup (alignment, floors, scope) over the current model, against the original widths."""
         c = self.cfg
-        return ChannelPruner(self.model, self.input_size, self.result.alignment, c.min_channels, c.max_layer_ratio,
-                             self.original_sizes, scope=c.scope, wide_round_to=c.round_to_wide)
+        return ChannelPruner(self.model, self.input_size, self.result.alignment, c.widths.min_channels, c.widths.max_layer_ratio,
+                             self.original_sizes, scope=c.widths.scope, wide_round_to=c.widths.round_to_wide)
 
     def sensitivity(self, p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
         """The measured per-block loss increase for the allocations that price it (None for the others)."""
-        if self.cfg.allocation not in MEASURED:
+        if self.cfg.steps.allocation not in MEASURED:
             return None
         return block_sensitivity(p, removable_blocks(p, scores),
-                                 calibration_batches(self.data, self.cfg.sensitivity_images, self.train_cfg.eval_batch_size,
+                                 calibration_batches(self.data, self.cfg.steps.sensitivity_images, self.train_cfg.eval_batch_size,
                                                      self.device, self.seed + 7))
 
     def score(self, it: int, progress: bool) -> tuple[ChannelPruner, dict[str, Any]]:
@@ -260,16 +260,16 @@ class _LoopRun:
                 desc=f"prune it{it} train", distill=self.kd, stream=self.stream)
         pruner = self.new_pruner()
         ctx = ScoreContext(model, pruner, stats,
-                           lambda: calibration_batches(self.data, cfg.calibration_images, self.train_cfg.batch_size,
+                           lambda: calibration_batches(self.data, cfg.criterion.calibration_images, self.train_cfg.batch_size,
                                                        self.device, self.seed),
                            seed=self.seed + it)
         model.eval()
-        return pruner, (self.criterion.score(ctx) if cfg.pruner == "ccpcsa" else {})
+        return pruner, (self.criterion.score(ctx) if cfg.steps.pruner == "ccpcsa" else {})
 
     def compensation(self, pruner: ChannelPruner) -> Compensation:
-        """The criterion's own weight compensation, run on the plan before the surgery (``prune.compensate``)."""
+        """The criterion's own weight compensation, run on the plan before the surgery (``prune.criterion.compensate``)."""
         self.comp_reports = []
-        if not (self.cfg.compensate and hasattr(self.criterion, "compensate")):
+        if not (self.cfg.criterion.compensate and hasattr(self.criterion, "compensate")):
             return None
         reports, criterion = self.comp_reports, self.criterion
 
@@ -278,16 +278,16 @@ class _LoopRun:
         return compensate
 
     def recover(self, it: int, plan: dict[str, list[int]], started: float, progress: bool) -> dict[str, Any]:
-        """After the cut: BatchNorm statistics re-estimated (``cfg.recalibrate_bn`` images; the surgery changed every
-        BN's input), ``cfg.finetune_epochs`` of fine-tune and the val accuracy; the iteration's history row, with the
-        guard's verdict ``accepted = reference − val < cfg.tolerance``."""
+        """After the cut: BatchNorm statistics re-estimated (``cfg.recovery.recalibrate_bn`` images; the surgery changed every
+        BN's input), ``cfg.recovery.finetune_epochs`` of fine-tune and the val accuracy; the iteration's history row, with the
+        guard's verdict ``accepted = reference − val < cfg.steps.tolerance``."""
         cfg, model = self.cfg, self.model
-        new = deployed_complexity(model, self.input_size, cfg.remove_attention)
-        if cfg.recalibrate_bn > 0:
-            recalibrate_batchnorm(model, lambda: calibration_batches(self.data, cfg.recalibrate_bn, self.train_cfg.batch_size,
+        new = deployed_complexity(model, self.input_size, cfg.recovery.remove_attention)
+        if cfg.recovery.recalibrate_bn > 0:
+            recalibrate_batchnorm(model, lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size,
                                                                      self.device, self.seed + 1000 + it))
-        if cfg.finetune_epochs > 0:  # the fit's last epoch evaluated this very model on data.val: no second pass
-            acc = fit(model, self.data, replace(self.ft, epochs=cfg.finetune_epochs), device=self.device, progress=progress,
+        if cfg.recovery.finetune_epochs > 0:  # the fit's last epoch evaluated this very model on data.val: no second pass
+            acc = fit(model, self.data, replace(self.ft, epochs=cfg.recovery.finetune_epochs), device=self.device, progress=progress,
                       desc=f"prune it{it} finetune", distill=self.kd, stream=self.stream).val_accuracy
         else:
             acc = evaluate(model, self.data.val, self.data.mean, self.data.std, device=self.device)[0]
@@ -295,7 +295,7 @@ class _LoopRun:
         fr, pr = new.reduction_vs(self.result.base)
         self.new = new
         return {"iteration": it, "macs": new.macs, "params": new.params, "flops_reduction": fr, "params_reduction": pr,
-                "val_accuracy": acc, "drop_pp": self.ref - acc, "accepted": self.ref - acc < cfg.tolerance,
+                "val_accuracy": acc, "drop_pp": self.ref - acc, "accepted": self.ref - acc < cfg.steps.tolerance,
                 "channels_removed": sum(len(v) for v in plan.values()), "channels": channels_per_layer(model),
                 "seconds": time.perf_counter() - started,
                 "compensated_groups": len(self.comp_reports[0].compensated) if self.comp_reports else 0}
@@ -310,13 +310,13 @@ class _LoopRun:
         self.model = copy.deepcopy(self.accepted)
 
     def finish(self, progress: bool) -> None:
-        """BAM detached (``cfg.remove_attention``), the final fine-tune (after any pruning, and always after removing BAM,
+        """BAM detached (``cfg.recovery.remove_attention``), the final fine-tune (after any pruning, and always after removing BAM,
         whose gates the network had learned to rely on), final complexity, val accuracy and latency into the result."""
         cfg, model, result = self.cfg, self.model, self.result
-        detached = detach_bam(model) if cfg.remove_attention else 0
+        detached = detach_bam(model) if cfg.recovery.remove_attention else 0
         final_val: float | None = None
-        if cfg.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
-            final_val = fit(model, self.data, replace(self.final_ft, epochs=cfg.final_finetune_epochs), device=self.device,
+        if cfg.recovery.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
+            final_val = fit(model, self.data, replace(self.final_ft, epochs=cfg.recovery.final_finetune_epochs), device=self.device,
                             progress=progress, desc="prune final finetune", distill=self.kd, stream=self.stream).val_accuracy
         result.model = model
         result.final = count_complexity(model, self.input_size)

@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="internal: leave residual streams whole, prune block-internal channels only")
     ap.add_argument("--round-to", type=int, default=8)
     ap.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                    help="criterion option (prune.criterion_options), e.g. compensation=lstsq for qsfm; repeatable")
+                    help="criterion option (prune.criterion.options), e.g. compensation=lstsq for qsfm; repeatable")
     ap.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     a = ap.parse_args(argv)
     return run_cli(lambda: _main(a))

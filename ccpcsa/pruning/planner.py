@@ -4,14 +4,14 @@ Algorithm 1 (:mod:`ccpcsa.pruning.loop`) scores channels, asks a planner for the
 accuracy. A planner holds one way of choosing a step — the split Torch-Pruning makes between importance and pruner and
 Polygraphy between runner and comparator:
 
-- :class:`MacsPlanner` — each iteration removes ``prune.step_flops_reduction`` of the original MACs (or
+- :class:`MacsPlanner` — each iteration removes ``prune.steps.flops_reduction`` of the original MACs (or
   ``groups_per_iteration`` blocks) in the allocation's block order, until the MACs/params target;
 - :class:`LatencyPlanner` — each iteration removes blocks until the latency table of the target (measured here or read
   from a target profile) estimates that iteration's speedup step, corrected by what earlier steps delivered
   (:class:`StepGain`); it stops when the *measured* (or, for a profile, the calibrated) speedup reaches
-  ``prune.target_speedup`` / ``prune.target_latency_ms``;
+  ``prune.target.speedup`` / ``prune.target.latency_ms``;
 - :class:`ReferencePlanner` — Torch-Pruning's ``MetaPruner`` picks and cuts to each MACs step (the benchmark's external
-  reference, ``prune.pruner: torch-pruning``).
+  reference, ``prune.steps.pruner: torch-pruning``).
 
 A planner never scores (the criterion does) and never trains (the loop does); it cuts through the pruner.
 """
@@ -94,30 +94,30 @@ class MacsPlanner:
 
     def __init__(self, cfg: PruneConfig, base: Complexity, latency: LatencyProbe | None, sensitivity: Sensitivity) -> None:
         self.cfg, self.base, self.latency, self.sensitivity = cfg, base, latency, sensitivity
-        self.target_macs = base.macs * (1 - cfg.target_flops_reduction)
-        self.target_params = base.params * (1 - cfg.target_params_reduction) if cfg.target_params_reduction is not None else None
+        self.target_macs = base.macs * (1 - cfg.target.flops_reduction)
+        self.target_params = base.params * (1 - cfg.target.params_reduction) if cfg.target.params_reduction is not None else None
 
     def reached(self, current: Complexity) -> bool:  # noqa: D102 — StepPlanner
         return current.macs <= self.target_macs * 1.0005 and (self.target_params is None or current.params <= self.target_params)
 
     def step_goal(self, it: int) -> float:
         """Iteration ``it``'s MACs goal: ``max(target, base·(1 − step·it), 0)``."""
-        return max(self.target_macs, self.base.macs * (1 - self.cfg.step_flops_reduction * it), 0)
+        return max(self.target_macs, self.base.macs * (1 - self.cfg.steps.flops_reduction * it), 0)
 
     def cut(self, it: int, model: nn.Module, pruner: ChannelPruner, scores: dict[str, np.ndarray], current: Complexity,
             compensation: Compensation) -> tuple[Plan, dict[str, float]]:  # noqa: D102 — StepPlanner
         cfg = self.cfg
-        if cfg.allocation in NEEDS_LATENCY:  # priced in milliseconds of the target runtime, stopped at the MACs target
+        if cfg.steps.allocation in NEEDS_LATENCY:  # priced in milliseconds of the target runtime, stopped at the MACs target
             assert self.latency is not None
             cost: CostModel | None = self.latency.cost_model(pruner, self.latency.measure_pair(model)[1])
         else:
-            cost = MacsCost(pruner) if cfg.allocation in ("cost", "sensitivity-macs") else None
-        order = order_blocks(pruner, scores, cfg.allocation, cost, self.sensitivity(pruner, scores))
-        if cfg.groups_per_iteration is not None:
-            plan, _ = prune_to_target(pruner, scores, blocks=cfg.groups_per_iteration, ranked=order, before_apply=compensation)
+            cost = MacsCost(pruner) if cfg.steps.allocation in ("cost", "sensitivity-macs") else None
+        order = order_blocks(pruner, scores, cfg.steps.allocation, cost, self.sensitivity(pruner, scores))
+        if cfg.steps.groups_per_iteration is not None:
+            plan, _ = prune_to_target(pruner, scores, blocks=cfg.steps.groups_per_iteration, ranked=order, before_apply=compensation)
         else:
             plan, _ = prune_to_target(pruner, scores, target_macs=min(self.step_goal(it), current.macs - 1), ranked=order,
-                                      exclude_attention=cfg.remove_attention, before_apply=compensation)
+                                      exclude_attention=cfg.recovery.remove_attention, before_apply=compensation)
         return plan, {}
 
     def measured(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
@@ -138,7 +138,7 @@ class ReferencePlanner(MacsPlanner):
             compensation: Compensation) -> tuple[Plan, dict[str, float]]:  # noqa: D102 — StepPlanner
         before = channels_per_layer(model)
         metapruner_to_target(model, pruner.input_size, min(self.step_goal(it), current.macs - 1), round_to=pruner.round_to,
-                             max_layer_ratio=self.cfg.max_layer_ratio, exclude_attention=self.cfg.remove_attention)
+                             max_layer_ratio=self.cfg.widths.max_layer_ratio, exclude_attention=self.cfg.recovery.remove_attention)
         after = channels_per_layer(model)
         return {k: list(range(before[k] - after.get(k, 0))) for k in before if before[k] != after.get(k, 0)}, {}
 
@@ -164,16 +164,16 @@ class LatencyPlanner(MacsPlanner):
         cfg = self.cfg
         ref_ms, cur_ms = self.probe.measure_pair(model)
         lat_cost = self.probe.cost_model(pruner, cur_ms)
-        order = order_blocks(pruner, scores, cfg.allocation, lat_cost, self.sensitivity(pruner, scores))
-        goal_ms = ref_ms / min(self.target_speedup, 1 / max(1e-6, 1 - cfg.step_flops_reduction * it))
+        order = order_blocks(pruner, scores, cfg.steps.allocation, lat_cost, self.sensitivity(pruner, scores))
+        goal_ms = ref_ms / min(self.target_speedup, 1 / max(1e-6, 1 - cfg.steps.flops_reduction * it))
         self.start, aim_ms = (ref_ms, cur_ms), self.steer.aim(cur_ms, goal_ms)
         prefix = lat_cost.prefix_costs(order)
         if "floor_speedup_estimate" not in self.record:  # what the table says the floors allow, said once
             self._floor(ref_ms / max(lat_cost.proportional().prefix_costs(order)[-1], 1e-9))
         k = fewest_prefix(len(order), prefix.__getitem__, aim_ms, prefix)
         k = max(k, 1) if order else 0  # already past this step's goal (an earlier step overshot): take a step anyway
-        if cfg.groups_per_iteration is not None:
-            k = min(cfg.groups_per_iteration, len(order))
+        if cfg.steps.groups_per_iteration is not None:
+            k = min(cfg.steps.groups_per_iteration, len(order))
         estimate = {"estimated_ms": prefix[k], "goal_ms": goal_ms, "aim_ms": aim_ms, "gain": self.steer.gain}
         plan, _ = prune_to_target(pruner, scores, blocks=k, ranked=order, before_apply=compensation)
         return plan, estimate
@@ -182,10 +182,10 @@ class LatencyPlanner(MacsPlanner):
         """Record the floor estimate; warn when the target is above it."""
         self.record["floor_speedup_estimate"] = floor
         if floor < self.target_speedup:
-            tqdm.write(f"warning: prune.target_speedup {self.target_speedup:.2f}x at batch {self.cfg.latency_batch} is likely "
-                       f"out of reach: with every layer at its floor (alignment {self.alignment}, prune.min_channels, "
-                       f"prune.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
-                       "prune.round_to or the floors")
+            tqdm.write(f"warning: prune.target.speedup {self.target_speedup:.2f}x at batch {self.cfg.target.latency_batch} is likely "
+                       f"out of reach: with every layer at its floor (alignment {self.alignment}, prune.widths.min_channels, "
+                       f"prune.widths.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
+                       "prune.widths.round_to or the floors")
 
     def measured(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
         ref_ms, cur_ms = self.probe.measure_pair(model)
@@ -206,19 +206,19 @@ def make_planner(cfg: PruneConfig, base: Complexity, latency: LatencyProbe | Non
     :class:`ReferencePlanner`; else :class:`MacsPlanner`. ``record``: the result's latency record (the target speedup
     and the floor estimate go there). Raises :class:`UserError` when a latency target or a latency-priced allocation
     has no probe, or a latency target is not below the unpruned model's latency."""
-    lat_mode = cfg.target_speedup is not None or cfg.target_latency_ms is not None
-    if (lat_mode or cfg.allocation in NEEDS_LATENCY) and latency is None:
-        raise UserError(f"prune.target_speedup / prune.target_latency_ms / prune.allocation=latency need a latency "
-                        f"measurement on {cfg.target_runtime}, which this run cannot make; use prune.target_flops_reduction "
+    lat_mode = cfg.target.speedup is not None or cfg.target.latency_ms is not None
+    if (lat_mode or cfg.steps.allocation in NEEDS_LATENCY) and latency is None:
+        raise UserError(f"prune.target.speedup / prune.target.latency_ms / prune.steps.allocation=latency need a latency "
+                        f"measurement on {cfg.target.runtime}, which this run cannot make; use prune.target.flops_reduction "
                         "with another allocation")
     if not lat_mode:
-        return ReferencePlanner(cfg, base, latency, sensitivity) if cfg.pruner == "torch-pruning" else MacsPlanner(cfg, base, latency, sensitivity)
+        return ReferencePlanner(cfg, base, latency, sensitivity) if cfg.steps.pruner == "torch-pruning" else MacsPlanner(cfg, base, latency, sensitivity)
     assert latency is not None and reference_ms is not None
-    target = cfg.target_speedup
+    target = cfg.target.speedup
     if target is None:
-        target = reference_ms / float(cfg.target_latency_ms)  # type: ignore[arg-type]
+        target = reference_ms / float(cfg.target.latency_ms)  # type: ignore[arg-type]
         if target <= 1:
-            raise UserError(f"prune.target_latency_ms {cfg.target_latency_ms} ms is not below the unpruned model's "
-                            f"{reference_ms:.3f} ms at batch {cfg.latency_batch}; nothing to prune")
+            raise UserError(f"prune.target.latency_ms {cfg.target.latency_ms} ms is not below the unpruned model's "
+                            f"{reference_ms:.3f} ms at batch {cfg.target.latency_batch}; nothing to prune")
     record["target_speedup"] = target
     return LatencyPlanner(cfg, base, latency, sensitivity, float(target), record, alignment)

@@ -1,4 +1,4 @@
-"""Channel alignment: the width multiple a target runtime runs without padding (``prune.round_to: auto``).
+"""Channel alignment: the width multiple a target runtime runs without padding (``prune.widths.round_to: auto``).
 
 A pruned layer is only as fast as the width its kernels really execute. Runtimes round channel counts up
 to a block, so a width between two multiples of the block costs as much as the next multiple:
@@ -74,7 +74,7 @@ def simd_label(flags: frozenset[str] | None = None) -> str:
 
 def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
                       flags: frozenset[str] | None = None) -> tuple[int, str]:
-    """``(alignment, why)`` for ``prune.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target_runtime``.
+    """``(alignment, why)`` for ``prune.widths.round_to`` (a number ≥ 1, or ``auto``) and ``prune.target.runtime``.
 
     A number for ``onnxruntime-cpu`` that is not a multiple of this CPU's float lanes (:func:`cpu_float_lanes` of
     ``flags``, this machine's when omitted) is kept, and ``why`` says what it costs there: onnxruntime's NCHWc
@@ -84,23 +84,23 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
     if runtime not in RUNTIMES:
         from ..errors import unknown
 
-        raise unknown("prune.target_runtime", runtime, RUNTIMES)
+        raise unknown("prune.target.runtime", runtime, RUNTIMES)
     if isinstance(round_to, str):
         if round_to != "auto":
-            raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
+            raise UserError(f"prune.widths.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
         if runtime in TENSORRT_ALIGNMENT:
             a = TENSORRT_ALIGNMENT[runtime]
             return a, f"{runtime}: Tensor Core channel multiple {a} (NVIDIA DL Performance Guide, convolutional layers)"
         if runtime == "device-profile":
-            raise UserError("prune.target_runtime device-profile takes its alignment from target.profile; "
+            raise UserError("prune.target.runtime device-profile takes its alignment from target.profile; "
                             "set target.profile to the device's target.json")
         lanes, why = cpu_float_lanes(flags)
         if runtime == "openvino-cpu":  # oneDNN's blocked layouts (nChw16c / nChw8c) follow the same SIMD width
             return lanes, "openvino-cpu on " + why.replace("onnxruntime's NCHWc block", "oneDNN's channel block")
         return lanes, f"onnxruntime-cpu on {why}"
     if isinstance(round_to, bool) or round_to < 1:
-        raise UserError(f"prune.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
-    why = "set by prune.round_to"
+        raise UserError(f"prune.widths.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
+    why = "set by prune.widths.round_to"
     if runtime == "device-profile":
         return int(round_to), "the channel block of the staircase measured on the target (target.profile)"
     if runtime == "onnxruntime-cpu":

@@ -199,7 +199,7 @@ class ChannelPruner:
             if self.scope == "internal" and any(isinstance(it.dep.target.module, tp.ops._ElementWiseOp)
                                                 and str(it.dep.target.module._grad_fn).startswith(("AddBackward", "SubBackward"))
                                                 for it in group):
-                self.fixed.setdefault(key, "it is a residual stream (prune.scope=internal prunes block-internal channels only)")
+                self.fixed.setdefault(key, "it is a residual stream (prune.widths.scope=internal prunes block-internal channels only)")
             if size % info.ch_groups:
                 self.fixed[key] = f"its {size} channels do not split into the {info.ch_groups} slices of its grouped convs"
             self._roots[key] = root
