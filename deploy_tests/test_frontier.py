@@ -1,4 +1,4 @@
-"""The accuracy-vs-measured-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
+"""The accuracy-vs-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
 and a run's report drawing its own point over a frontier of the same model."""
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def test_summary_and_plot_are_written(tmp_path):
 
 @pytest.mark.slow
 def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
-    """report.frontier: the smoke run's measured point over a frontier of the same model; another model's is refused."""
+    """report.frontier: the smoke run's own point over a frontier of the same model; another model's is refused."""
     frontier = tmp_path / "frontier.json"
     frontier.write_text(json.dumps(_results("deploy_tests.byo_model:tiny_net")))
     run = tmp_path / "run"

@@ -1,8 +1,8 @@
-"""Accuracy against *measured* speedup: the frontier of a pruning sweep and where one run sits on it.
+"""Accuracy against *timed* speedup: the frontier of a pruning sweep and where one run sits on it.
 
 A frontier file is the results JSON of ``python -m bench.frontier`` (the criteria benchmark's format): per pruning run
 its method (criterion, or the Torch-Pruning anchor), MACs target and ratio, the pruned model's top-1 on the test
-images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups measured by the paired timer
+images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups timed by the paired timer
 (:func:`export.latency.paired_speedup`: median of per-round ratios ± SE) for FP32 and INT8 (U8S8) at each batch size.
 A method's line is its points ordered by speedup; a criterion's frontier is the :func:`pareto` front of all its runs
 (every allocation and scope); :func:`interpolate` reads either at any speed between two points.
@@ -56,7 +56,7 @@ class FrontierPoint:
 
 
 def _pairs(sp: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
-    return {str(b): (float(m["speedup"]), float(m.get("speedup_se") or 0.0)) for b, m in (sp or {}).items()
+    return {str(b): (float(m["speedup"]), float(m.get("speedup_se") or 0.0)) for b, m in obj(sp).items()
             if m.get("speedup") is not None}
 
 
@@ -108,7 +108,7 @@ def _mean_of_seeds(points: Sequence[FrontierPoint], seeds: Sequence[int]) -> Fro
 
 
 def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
-    """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup —
+    """The finished runs of a criteria/frontier results dict that have a test accuracy and a timed FP32 speedup —
     runs of one recipe that differ only in seed as one point (:func:`_mean_of_seeds`), so that more seeds are a
     better estimate, never more draws at the Pareto front."""
     groups: dict[str, list[tuple[int, FrontierPoint]]] = {}
@@ -131,7 +131,7 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
 
 def run_other_load(run: dict[str, Any]) -> float | None:
     """The largest ``other_load`` recorded with any of a run's FP32 / INT8 speedups (None when none was recorded)."""
-    loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in (run.get(key) or {}).values()
+    loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in obj(run.get(key)).values()
              if isinstance(m, dict) and m.get("other_load") is not None]
     return max(loads) if loads else None
 
@@ -151,13 +151,13 @@ def alignments(result: dict[str, Any]) -> list[int]:
 
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
-    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points.
+    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its points.
     OSError / ValueError for an unreadable file."""
     data = json.loads(Path(path).read_text())
-    result = (data.get("results") or {}).get("criteria") or {}
+    result = obj(obj(data.get("results")).get("criteria"))
     if not result:
         raise ValueError(f"{path} holds no frontier results (no results.criteria)")
-    result = {**result, "machine": data.get("machine") or {}, "date": data.get("date"), "command": data.get("command")}
+    result = {**result, "machine": obj(data.get("machine")), "date": data.get("date"), "command": data.get("command")}
     return result, points_from_runs(result.get("runs") or [])
 
 
@@ -270,7 +270,7 @@ def run_point(report: dict[str, Any], method: str) -> FrontierPoint | None:
 
 def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, path: str | Path, *,
                   batches: Sequence[str] = ("1", "32"), run: FrontierPoint | None = None, title: str = "") -> Path:
-    """Test accuracy (± SE) against measured FP32 speedup (± SE), one panel per batch size, a line per method, the
+    """Test accuracy (± SE) against timed FP32 speedup (± SE), one panel per batch size, a line per method, the
     unpruned model at (1×, its accuracy), the −1 pp band, and ``run`` (a star) when given. Written atomically."""
     import matplotlib
 
@@ -287,7 +287,7 @@ def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, pat
         if run is not None and b in run.speedup:
             ax.errorbar([run.speedup[b][0]], [run.accuracy], xerr=[run.speedup[b][1]], yerr=[run.accuracy_se], marker="*",
                         markersize=14, color="red", linestyle="none", label=f"{run.key}")
-        ax.set_xlabel(f"measured speedup vs unpruned, onnxruntime CPU FP32, batch {b}")
+        ax.set_xlabel(f"timed speedup vs unpruned, onnxruntime CPU FP32, batch {b}")
         ax.set_ylabel("test top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
