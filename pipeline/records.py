@@ -79,7 +79,7 @@ class StageRecord:
             raise ManifestError(f"the metrics of stage {name!r} are not an object")
         if checks is not None and not isinstance(checks, list):
             raise ManifestError(f"the checks of stage {name!r} are not a list")
-        return cls(name, data["status"], data.get("reason", ""), dict(outputs or {}), dict(metrics or {}),
+        return cls(name, data["status"], data.get("reason", ""), dict(obj(outputs)), dict(obj(metrics)),
                    tuple(CheckRecord.from_dict(c, f"stage {name!r}") for c in checks or []), data.get("seconds"))
 
     @property
@@ -153,7 +153,7 @@ class RunManifest:
             records = {str(n): StageRecord.from_dict(str(n), rec) for n, rec in stages.items()}
         except ManifestError as exc:
             raise damaged(source, str(exc)) from None
-        return cls(data.get("run"), data.get("config_hash"), dict(data.get("config") or {}), records)
+        return cls(data.get("run"), data.get("config_hash"), dict(obj(data.get("config"))), records)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunManifest:
