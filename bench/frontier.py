@@ -1,4 +1,4 @@
-"""The product's headline chart: test accuracy against *measured* speedup, per method (issue #21).
+"""The product's headline chart: test accuracy against *timed* speedup, per method (issue #21).
 
     python -m bench.frontier --preset frontier-r20 [--jobs N] [--targets 0.2 0.35 0.5] [--criteria ccpcsa l1] [--dry-run]
     python -m bench.frontier --preset frontier-r20 --revalidate      # re-time every finished run on a quiet machine
@@ -11,7 +11,7 @@ onnxruntime-CPU speedups (paired timer, FP32 and INT8 U8S8, batch 1 and 32, ± S
 doing the running, resuming and collecting. Training runs ``jobs`` at a time; a timing taken while another run trains
 is noisy, so ``--revalidate`` re-runs ``validate`` of every finished run one at a time (on a quiet machine) and
 re-collects. The summary (``<results>.md`` + ``.png``) tabulates every point, compares ccpcsa's frontier (the Pareto
-front of all its runs, :func:`pipeline.frontier.by_criterion`) with each other criterion's at equal measured speed
+front of all its runs, :func:`pipeline.frontier.by_criterion`) with each other criterion's at equal timed speed
 (:func:`pipeline.frontier.compare_at_speed`: above / tie within one combined SE / below) and
 states the issue's targets. The plot is :func:`pipeline.frontier.plot_frontier`, the same one a run's report draws.
 """
@@ -41,6 +41,7 @@ from pipeline.frontier import (
     pool,
     run_other_load,
 )
+from pipeline.records import obj
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = "ccpcsa"
@@ -65,15 +66,15 @@ SPEED_KINDS = ("speedup", "speedup_int8")
 def machine_key(machine: dict[str, Any]) -> str:
     """What makes two timings comparable: CPU model, SIMD level, cores and onnxruntime version (of a
     :func:`bench.common.machine_info` dict)."""
-    ort = (machine.get("libraries") or {}).get("onnxruntime")
+    ort = obj(machine.get("libraries")).get("onnxruntime")
     return f"{machine.get('cpu', '?')} | {machine.get('simd', '?')} | {machine.get('cpus', '?')} cores | onnxruntime {ort or '?'}"
 
 
 def _timing(row: dict[str, Any], machine: str) -> dict[str, Any]:
     """One re-timing pass of a row: the machine, date, and per kind (FP32 / INT8) and batch its speedup, SE and other
     processes' CPU share."""
-    return {"machine": machine, "date": (row.get("revalidated") or {}).get("date"),
-            **{k: {b: {q: m.get(q) for q in ("speedup", "speedup_se", "other_load")} for b, m in (row.get(k) or {}).items()}
+    return {"machine": machine, "date": obj(row.get("revalidated")).get("date"),
+            **{k: {b: {q: m.get(q) for q in ("speedup", "speedup_se", "other_load")} for b, m in obj(row.get(k)).items()}
                for k in SPEED_KINDS}}
 
 
@@ -90,9 +91,9 @@ def pool_passes(previous: dict[str, Any], new: dict[str, Any], machine: str, pre
     passes.append(_timing(new, machine))
     new["retimings"] = passes
     for kind in SPEED_KINDS:
-        for b, m in (new.get(kind) or {}).items():
+        for b, m in obj(new.get(kind)).items():
             got = [ps[kind][b] for ps in passes
-                   if ps.get("machine") == machine and (ps.get(kind) or {}).get(b, {}).get("speedup") is not None]
+                   if ps.get("machine") == machine and obj(ps.get(kind)).get(b, {}).get("speedup") is not None]
             quiet = [g for g in got if (g.get("other_load") or 0.0) <= OTHER_LOAD_WARN] or got
             mean, se = pool([g["speedup"] for g in quiet], [g.get("speedup_se") or 0.0 for g in quiet])
             loads = [g["other_load"] for g in quiet if g.get("other_load") is not None]
@@ -110,7 +111,7 @@ def revalidate(preset: str, out_json: Path, root: Path | None = None) -> int:
     p = PRESETS[preset]
     data = json.loads(out_json.read_text())
     result = data["results"]["criteria"]
-    here, before = machine_key(machine_info()), machine_key(data.get("machine") or {})
+    here, before = machine_key(machine_info()), machine_key(obj(data.get("machine")))
     common = result["overrides"]
     specs = {s.key: s for s in p.runs()}
     n = 0
@@ -125,7 +126,7 @@ def revalidate(preset: str, out_json: Path, root: Path | None = None) -> int:
         new = collect_run(run_dir, spec, result["baseline"], p.until)
         new["wall_seconds"], new["load_avg_1min"] = row.get("wall_seconds"), row.get("load_avg_1min")
         new["revalidated"] = {"seconds": time.perf_counter() - t, "load_avg_1min": load, "date": time.strftime("%Y-%m-%d")}
-        sp = new.get("speedup") or {}
+        sp = obj(new.get("speedup"))
         said = ", ".join(f"b{b} {m['speedup']:.2f}×" for b, m in sp.items())
         busy = run_other_load(new)
         new = pool_passes(row, new, here, before)
@@ -178,18 +179,18 @@ def target_lines(points: list[FrontierPoint], base: float, model: str) -> list[s
 
 
 def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path: Path, png: Path) -> list[str]:
-    """The Markdown summary: table of points, ccpcsa vs each other method at equal measured speed, targets."""
-    preset, base = result.get("preset") or {}, (result.get("baseline") or {}).get("accuracy")
+    """The Markdown summary: table of points, ccpcsa vs each other method at equal timed speed, targets."""
+    preset, base = obj(result.get("preset")), obj(result.get("baseline")).get("accuracy")
     model = preset.get("model", "?")
-    mach = result.get("machine") or {}
+    mach = obj(result.get("machine"))
     command = result.get("command") or f"python -m bench.frontier --preset {preset.get('name')}"
     aligns = alignments(result)
-    lines = [f"# Frontier `{preset.get('name')}`: {model}, test accuracy vs measured speedup", "",
+    lines = [f"# Frontier `{preset.get('name')}`: {model}, test accuracy vs timed speedup", "",
              f"`{command}`"
              f" — raw: [`{json_path.name}`]({json_path.name}); machine: {mach.get('cpu', '?')}"
              f"{' (' + mach['simd'] + ')' if mach.get('simd') else ''}, {mach.get('cpus', '?')} cores, {result.get('date', '?')}; "
              f"widths in blocks of {'/'.join(map(str, aligns)) or '?'}; baseline {_f(base)} % "
-             f"(all {((result.get('baseline') or {}).get('accuracy_n') or 0):,} test images).", "",
+             f"(all {(obj(result.get('baseline')).get('accuracy_n') or 0):,} test images).", "",
              f"![frontier]({png.name})", "",
              "| method | MACs removed (target) | MACs ratio | test % ± SE | Δ pp | FP32 b1 | FP32 b32 | INT8 b1 | INT8 b32 | INT8 test % | run min |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -199,13 +200,13 @@ def summary_lines(result: dict[str, Any], points: list[FrontierPoint], json_path
                      f"{_f(None if base is None else p.accuracy - base, '+.2f')} | {_sp(p, 'fp32', '1')} | {_sp(p, 'fp32', '32')} | "
                      f"{_sp(p, 'int8', '1')} | {_sp(p, 'int8', '32')} | {_f(p.int8_accuracy)} | {_f(p.minutes, '.1f')} |")
     passes = [m.get("passes") or 1 for r in result.get("runs") or [] if r.get("revalidated")
-              for k in SPEED_KINDS for m in (r.get(k) or {}).values()]
+              for k in SPEED_KINDS for m in obj(r.get(k)).values()]
     if passes:
         span = str(max(passes)) if min(passes) == max(passes) else f"{min(passes)}–{max(passes)}"
         lines += ["", f"Re-timed runs (`--revalidate`, one at a time): speedups the mean of {span} quiet passes on this "
                   "machine, ± the larger of the paired timer's SE and the between-pass SE."
                   if max(passes) > 1 else "Re-timed runs (`--revalidate`, one at a time): one pass, ± the paired timer's SE."]
-    lines += ["", "## ccpcsa against the others at equal measured speed", "",
+    lines += ["", "## ccpcsa against the others at equal timed speed", "",
               "A criterion's frontier is the Pareto front of all its runs (every allocation and scope): the points no "
               "more accurate run of it matches in FP32 speedup (within the two speeds' SE) or beats. Each point of "
               "ccpcsa's frontier against the other criterion's frontier read at the same FP32 speedup (linear between its "
@@ -242,9 +243,9 @@ def write_summary(json_path: Path) -> list[Path]:
     from ccpcsa.io.artifacts import atomic_write_text
 
     result, points = load_frontier(json_path)
-    base = float((result.get("baseline") or {}).get("accuracy") or 0.0)
+    base = float(obj(result.get("baseline")).get("accuracy") or 0.0)
     png = plot_frontier(points, base, json_path.with_suffix(".png"),
-                        title=f"{(result.get('preset') or {}).get('model')}: accuracy vs measured speedup (onnxruntime CPU)")
+                        title=f"{obj(result.get('preset')).get('model')}: accuracy vs timed speedup (onnxruntime CPU)")
     md = atomic_write_text(json_path.with_suffix(".md"), "\n".join(summary_lines(result, points, json_path, png)) + "\n")
     md.chmod(0o644)
     png.chmod(0o644)

@@ -213,7 +213,7 @@ def test_final_formats_are_evaluated_on_the_full_test_split(byo_run: Path) -> No
             assert f"{name}_accuracy_drop_pp" not in checks
     md = (byo_run / "report.md").read_text()
     assert "| accuracy % ± SE | n |" in md and f"{fmts['onnx']['accuracy']:.2f} ± {fmts['onnx']['accuracy_se']:.2f} | 300 |" in md
-    assert "top-1 on all 300 test images" in md and "measured on a fixed seeded sample of 100 of the 300 test images" in md
+    assert "top-1 on all 300 test images" in md and "evaluated on a fixed seeded sample of 100 of the 300 test images" in md
 
 
 def test_byo_bundle_is_complete(byo_run: Path) -> None:

@@ -301,7 +301,7 @@ def test_report_adds_the_device_section(run: Path, results: dict[str, Any], tmp_
     assert json.loads(stored[0].read_text()) == r
     md = (rd / "report.md").read_text()
     sim = next(a for a in r["artifacts"] if a["file"] == "model.sim.onnx")
-    assert "## Measured on the target device" in md and f"(`device_results/{stored[0].name}`)" in md
+    assert "## Results from the target device" in md and f"(`device_results/{stored[0].name}`)" in md
     assert f"| `model.sim.onnx` | {sim['accuracy']:.2f} ± {sim['accuracy_se']:.2f} | " in md
     assert f"{sim['speedup']['1']['speedup']:.2f}× ± {sim['speedup']['1']['se']:.2f}" in md
     rep = json.loads((rd / "report.json").read_text())
@@ -312,7 +312,7 @@ def test_report_adds_the_device_section(run: Path, results: dict[str, Any], tmp_
     assert pipeline_main(["run", "--config", SMOKE, "--run-dir", str(rd), "--no-progress", *QUICK]) == 0
     out = capsys.readouterr().out
     assert "── report: up to date" in out
-    assert "## Measured on the target device" in (rd / "report.md").read_text()
+    assert "## Results from the target device" in (rd / "report.md").read_text()
 
 
 def test_report_refuses_a_foreign_or_broken_result(run: Path, results: dict[str, Any], tmp_path: Path,

@@ -1,4 +1,4 @@
-"""The accuracy-vs-measured-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
+"""The accuracy-vs-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
 and a run's report drawing its own point over a frontier of the same model."""
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def test_summary_and_plot_are_written(tmp_path):
 
 @pytest.mark.slow
 def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
-    """report.frontier: the smoke run's measured point over a frontier of the same model; another model's is refused."""
+    """report.frontier: the smoke run's own point over a frontier of the same model; another model's is refused."""
     frontier = tmp_path / "frontier.json"
     frontier.write_text(json.dumps(_results("deploy_tests.byo_model:tiny_net")))
     run = tmp_path / "run"
@@ -242,12 +242,12 @@ def test_revalidate_re_times_every_finished_run_pools_quiet_passes_and_warns_whe
 def test_report_reads_the_run_against_each_criterions_frontier_with_a_verdict(tmp_path):
     """The report's Frontier lines: per batch, each criterion's Pareto front read at the run's own speed, the
     difference ± the combined SE and the verdict (the run itself is a point of neither front)."""
-    from pipeline.report import frontier_section
+    from pipeline.frontier import frontier_section
 
     path = tmp_path / "f.json"
     path.write_text(json.dumps(_results()))
     manifest = {"config": {"report": {"frontier": str(path)}, "model": {"name": "resnet20"}},
-                "stages": {"prune": {"metrics": {"alignment": 8, "method": "ccpcsa"}}}}
+                "stages": {"prune": {"status": "ok", "metrics": {"alignment": 8, "method": "ccpcsa"}}}}
     report = {"run": "mine", "baseline": {"flops": 100.0, "accuracy": 87.48},
               "formats": [{"name": "pytorch_pruned", "accuracy": 86.5, "accuracy_se": 0.3, "flops": 60.0}],
               "speedup": {"1": {"speedup": 1.5, "speedup_se": 0.02}, "32": {"speedup": 3.0, "speedup_se": 0.02}}}

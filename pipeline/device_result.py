@@ -1,4 +1,4 @@
-"""Results measured on the target device (``validate_on_device.py`` of the bundle → ``result.json``), brought back
+"""Results from the target device (``validate_on_device.py`` of the bundle → ``result.json``), brought back
 into the run: checked against the run, kept as ``device_results/<runtime>-<host>.json``, rendered in the report.
 
     python -m pipeline report --run-dir RUN --device-result result.json
@@ -20,6 +20,7 @@ from ccpcsa.errors import UserError
 from ccpcsa.io.artifacts import atomic_write_json
 
 from .manifest import MANIFEST, Manifest, hash_outputs, run_lock
+from .records import RunManifest, obj
 
 FORMAT = "ccpcsa-device-result/1"
 DEVICE_DIR = "device_results"
@@ -45,25 +46,23 @@ def load_device_result(path: Path) -> dict[str, Any]:
     return data
 
 
-def run_artifacts(manifest: dict[str, Any]) -> dict[str, str]:
-    """``{file name: SHA-256}`` of every stage output the run's manifest records."""
-    out: dict[str, str] = {}
-    for rec in (manifest.get("stages") or {}).values():
-        for rel, digest in (rec.get("outputs") or {}).items():
-            out[Path(rel).name] = digest
-    return out
+def run_artifacts(manifest: RunManifest | dict[str, Any]) -> dict[str, str]:
+    """``{file name: SHA-256}`` of every stage output the run's manifest records (a dict is read with
+    :meth:`RunManifest.from_dict`: UserError when damaged)."""
+    return RunManifest.from_dict(manifest).artifacts()
 
 
-def check_against_run(result: dict[str, Any], manifest: dict[str, Any], path: Path) -> None:
-    """UserError unless ``result`` was measured on this run's bundle: same run name and config hash, and each model
+def check_against_run(result: dict[str, Any], manifest: RunManifest | dict[str, Any], path: Path) -> None:
+    """UserError unless ``result`` came from this run's bundle: same run name and config hash, and each model
     file's SHA-256 equal to the run's (engines built on the device are not run artifacts and are not compared)."""
-    if result["run"] != manifest.get("run"):
-        raise UserError(f"{path} was measured for run {result['run']!r}, this run is {manifest.get('run')!r}; "
+    m = RunManifest.from_dict(manifest)
+    if result["run"] != m.run:
+        raise UserError(f"{path} was made for run {result['run']!r}, this run is {m.run!r}; "
                         "give the result of this run's bundle")
-    if result["config_hash"] != manifest.get("config_hash"):
-        raise UserError(f"{path} has config hash {str(result['config_hash'])[:12]}…, this run {str(manifest.get('config_hash'))[:12]}…: "
-                        "it was measured on a bundle of another configuration; rerun validate_on_device.py with this run's bundle")
-    known = run_artifacts(manifest)
+    if result["config_hash"] != m.config_hash:
+        raise UserError(f"{path} has config hash {str(result['config_hash'])[:12]}…, this run {str(m.config_hash)[:12]}…: "
+                        "it came from a bundle of another configuration; rerun validate_on_device.py with this run's bundle")
+    known = m.artifacts()
     for name, digest in result["models"].items():
         if name.endswith(".engine"):
             continue
@@ -99,11 +98,12 @@ def _pm(v: float | None, se: float | None, unit: str = "", digits: int = 2) -> s
 
 
 def device_section(results: list[dict[str, Any]]) -> list[str]:
-    """Markdown "Measured on the target device": per result, each artifact's accuracy next to its unpruned
-    reference's, p50 latency, the paired speedup against the promise per batch, and the checks."""
+    """Markdown "Results from the target device": per result, each artifact's accuracy next to its unpruned
+    reference's, p50 latency, the paired speedup against the promise per batch, and the checks (empty without
+    results)."""
     if not results:
         return []
-    md = ["## Measured on the target device", ""]
+    md = ["## Results from the target device", ""]
     for r in results:
         rt = r["runtime"]
         md += [f"### {rt.get('runtime')} {rt.get('version', '')} on {rt.get('device') or rt.get('cpu')} "
@@ -114,9 +114,9 @@ def device_section(results: list[dict[str, Any]]) -> list[str]:
                "| predicted for this target | off by |",
                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in r["artifacts"]:
-            for b, lat in (a.get("latency_ms") or {}).items():
-                s = (a.get("speedup") or {}).get(b) or {}
-                ref_lat = (a.get("reference_latency_ms") or {}).get(b) or {}
+            speedups, ref_lats = obj(a.get("speedup")), obj(a.get("reference_latency_ms"))
+            for b, lat in obj(a.get("latency_ms")).items():
+                s, ref_lat = obj(speedups.get(b)), obj(ref_lats.get(b))
                 rel, pred = s.get("relative_error"), s.get("prediction_error")
                 md.append(f"| `{a['file']}` | {_pm(a.get('accuracy'), a.get('accuracy_se'))} | "
                           f"{_pm(a.get('reference_accuracy'), a.get('reference_accuracy_se'))} | {b} | {_pm(lat.get('p50'), None, digits=3)} | "
@@ -146,14 +146,11 @@ def add_device_result(run_dir: Path, result_path: Path, render: Callable[[Path, 
     if not mpath.is_file():
         raise UserError(f"{run_dir} is not a run directory (no {MANIFEST}); give the --run-dir of the run the bundle came from")
     result = load_device_result(result_path)
-    try:
-        manifest = json.loads(mpath.read_text())
-    except ValueError as exc:
-        raise UserError(f"{mpath} is not valid JSON ({exc})") from exc
+    manifest = RunManifest.load(run_dir)
     check_against_run(result, manifest, result_path)
     with run_lock(run_dir):
         dest = atomic_write_json(run_dir / DEVICE_DIR / f"{slug(result)}.json", result)
-        m = Manifest.open(run_dir, str(manifest.get("run")))
+        m = Manifest.open(run_dir, str(manifest.run))
         paths = render(run_dir, m.data)
         rec = m.stage("report")
         if rec is not None:  # keep the report stage current: its recorded outputs are the files just written

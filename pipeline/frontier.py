@@ -1,8 +1,8 @@
-"""Accuracy against *measured* speedup: the frontier of a pruning sweep and where one run sits on it.
+"""Accuracy against *timed* speedup: the frontier of a pruning sweep and where one run sits on it.
 
 A frontier file is the results JSON of ``python -m bench.frontier`` (the criteria benchmark's format): per pruning run
 its method (criterion, or the Torch-Pruning anchor), MACs target and ratio, the pruned model's top-1 on the test
-images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups measured by the paired timer
+images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speedups timed by the paired timer
 (:func:`export.latency.paired_speedup`: median of per-round ratios ± SE) for FP32 and INT8 (U8S8) at each batch size.
 A method's line is its points ordered by speedup; a criterion's frontier is the :func:`pareto` front of all its runs
 (every allocation and scope); :func:`interpolate` reads either at any speed between two points.
@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from ccpcsa.io.artifacts import atomic_path
+
+from .records import ReportView, RunManifest, obj
 
 ANCHOR = "torch-pruning"
 LABELS = {ANCHOR: "Torch-Pruning (MetaPruner, L2)"}
@@ -54,7 +56,7 @@ class FrontierPoint:
 
 
 def _pairs(sp: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
-    return {str(b): (float(m["speedup"]), float(m.get("speedup_se") or 0.0)) for b, m in (sp or {}).items()
+    return {str(b): (float(m["speedup"]), float(m.get("speedup_se") or 0.0)) for b, m in obj(sp).items()
             if m.get("speedup") is not None}
 
 
@@ -106,7 +108,7 @@ def _mean_of_seeds(points: Sequence[FrontierPoint], seeds: Sequence[int]) -> Fro
 
 
 def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
-    """The finished runs of a criteria/frontier results dict that have a test accuracy and a measured FP32 speedup —
+    """The finished runs of a criteria/frontier results dict that have a test accuracy and a timed FP32 speedup —
     runs of one recipe that differ only in seed as one point (:func:`_mean_of_seeds`), so that more seeds are a
     better estimate, never more draws at the Pareto front."""
     groups: dict[str, list[tuple[int, FrontierPoint]]] = {}
@@ -129,7 +131,7 @@ def points_from_runs(runs: Iterable[dict[str, Any]]) -> list[FrontierPoint]:
 
 def run_other_load(run: dict[str, Any]) -> float | None:
     """The largest ``other_load`` recorded with any of a run's FP32 / INT8 speedups (None when none was recorded)."""
-    loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in (run.get(key) or {}).values()
+    loads = [m["other_load"] for key in ("speedup", "speedup_int8") for m in obj(run.get(key)).values()
              if isinstance(m, dict) and m.get("other_load") is not None]
     return max(loads) if loads else None
 
@@ -149,13 +151,13 @@ def alignments(result: dict[str, Any]) -> list[int]:
 
 def load_frontier(path: str | Path) -> tuple[dict[str, Any], list[FrontierPoint]]:
     """``(result, points)`` of a frontier results file: ``result`` is its criteria/frontier dict (preset, baseline,
-    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its measured points.
+    machine under ``"machine"``, the command that made it under ``"command"``), ``points`` its points.
     OSError / ValueError for an unreadable file."""
     data = json.loads(Path(path).read_text())
-    result = (data.get("results") or {}).get("criteria") or {}
+    result = obj(obj(data.get("results")).get("criteria"))
     if not result:
         raise ValueError(f"{path} holds no frontier results (no results.criteria)")
-    result = {**result, "machine": data.get("machine") or {}, "date": data.get("date"), "command": data.get("command")}
+    result = {**result, "machine": obj(data.get("machine")), "date": data.get("date"), "command": data.get("command")}
     return result, points_from_runs(result.get("runs") or [])
 
 
@@ -255,20 +257,20 @@ def compare_at_speed(ref: Sequence[FrontierPoint], other: Sequence[FrontierPoint
 def run_point(report: dict[str, Any], method: str) -> FrontierPoint | None:
     """A pipeline report's pruned model as a frontier point (its validate speedups and pruned PyTorch accuracy), or
     None when the run has not been validated."""
-    formats = {f["name"]: f for f in report.get("formats") or []}
-    pruned, base = formats.get("pytorch_pruned") or {}, report.get("baseline") or {}
-    sp = _pairs(report.get("speedup"))
-    if pruned.get("accuracy") is None or not sp:
+    r = ReportView.from_dict(report)
+    pruned, int8 = r.format("pytorch_pruned"), r.format("int8_cpu")
+    sp = _pairs(r.speedup)
+    if pruned is None or pruned.accuracy is None or not sp:
         return None
-    ratio = (base.get("flops") or 0) / pruned["flops"] if pruned.get("flops") else 1.0
-    return FrontierPoint(method, 1 - 1 / ratio if ratio else 0.0, ratio, float(pruned["accuracy"]),
-                         float(pruned.get("accuracy_se") or 0.0), sp, _pairs(report.get("speedup_int8")),
-                         (formats.get("int8_cpu") or {}).get("accuracy"), None, str(report.get("run") or "this run"))
+    ratio = (r.baseline.get("flops") or 0) / pruned.flops if pruned.flops else 1.0
+    return FrontierPoint(method, 1 - 1 / ratio if ratio else 0.0, ratio, float(pruned.accuracy),
+                         float(pruned.accuracy_se or 0.0), sp, _pairs(r.speedup_int8),
+                         int8.accuracy if int8 is not None else None, None, str(r.run or "this run"))
 
 
 def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, path: str | Path, *,
                   batches: Sequence[str] = ("1", "32"), run: FrontierPoint | None = None, title: str = "") -> Path:
-    """Test accuracy (± SE) against measured FP32 speedup (± SE), one panel per batch size, a line per method, the
+    """Test accuracy (± SE) against timed FP32 speedup (± SE), one panel per batch size, a line per method, the
     unpruned model at (1×, its accuracy), the −1 pp band, and ``run`` (a star) when given. Written atomically."""
     import matplotlib
 
@@ -285,7 +287,7 @@ def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, pat
         if run is not None and b in run.speedup:
             ax.errorbar([run.speedup[b][0]], [run.accuracy], xerr=[run.speedup[b][1]], yerr=[run.accuracy_se], marker="*",
                         markersize=14, color="red", linestyle="none", label=f"{run.key}")
-        ax.set_xlabel(f"measured speedup vs unpruned, onnxruntime CPU FP32, batch {b}")
+        ax.set_xlabel(f"timed speedup vs unpruned, onnxruntime CPU FP32, batch {b}")
         ax.set_ylabel("test top-1 accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -298,3 +300,88 @@ def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, pat
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
+
+
+def frontier_section(run_dir: Path, manifest: RunManifest | dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
+    """The report's optional Frontier section (:func:`pipeline.report.write_report` calls it only with
+    ``report.frontier`` set): this run's point drawn over the frontier of the same model (``plots/frontier.png``,
+    appended to ``plots``) and where it sits. Of several files, the first readable one of this model whose widths are
+    in this run's channel block (:func:`alignments`; the run's CPU), else the first readable one, with a line saying
+    its speeds come from another kind of CPU (also when the blocks agree but the frontier file's SIMD level —
+    :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not this machine's); per batch the run against
+    each criterion's frontier at its own speed (:func:`compare_at_speed`: the frontier's accuracy there, the
+    difference ± SE, above / tie / below). A missing or other-model frontier file is said in one line; nothing when
+    ``report.frontier`` is unset."""
+    manifest = RunManifest.from_dict(manifest, run_dir / "manifest.json")
+    paths = frontier_paths(manifest.frontier)
+    if not paths:
+        return []
+    model, prune = manifest.model, manifest.metrics("prune")
+    mine = prune.get("alignment")
+    said, found = _read_frontiers(paths, model)
+    if not found:
+        return ["## Frontier", "", *said, "No frontier drawn.", ""]
+    path, result, points = next((f for f in found if mine and int(mine) in alignments(f[1])), found[0])
+    me = run_point(report, f"{prune.get('method', 'this run')} (this run)")
+    base = float(obj(result.get("baseline")).get("accuracy") or obj(report.get("baseline")).get("accuracy") or 0.0)
+    plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
+                               title=f"{model}: this run on the frontier of {Path(path).name}"))
+    machine = obj(result.get("machine"))
+    lines = ["## Frontier", "", f"This run over the accuracy-vs-speedup frontier of `{path}` "
+             f"({len(points)} points, {machine.get('cpu', '?')}): `plots/frontier.png`.", ""]
+    lines += [*said, ""] if said else []
+    theirs_align = alignments(result)
+    if mine and theirs_align and int(mine) not in theirs_align:
+        lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
+                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were timed "
+                  "on another kind of CPU. Point `report.frontier` at a frontier timed on this one "
+                  "(`python -m bench.frontier`).", ""]
+    else:
+        from ccpcsa.surgery.alignment import simd_label
+
+        theirs_simd, here = machine.get("simd"), simd_label()
+        if theirs_simd and theirs_simd != here:
+            lines += [f"Not like for like: the frontier was timed on a CPU with {theirs_simd}, this run on one with "
+                      f"{here}; the same channel blocks, but the runtime's kernels differ, and so do speedups. Point "
+                      "`report.frontier` at a frontier timed on this kind of CPU (`python -m bench.frontier`).", ""]
+    if me is None:
+        return lines + ["This run has no speedup yet (validate did not run).", ""]
+    return lines + _reading_lines(me, points) + [
+        "", "(A criterion's frontier: the Pareto front of its runs; a tie is within one combined SE of both "
+        "accuracies and of the speeds through the frontier's slope — `pipeline.frontier.compare_at_speed`.)", ""]
+
+
+def _read_frontiers(paths: list[str], model: str | None) -> tuple[list[str], list[tuple[str, dict[str, Any], list[FrontierPoint]]]]:
+    """``(lines said, [(path, result, points)])`` of the frontier files of ``model`` among ``paths``: an unreadable
+    file or one of another model is a line said, not a result."""
+    said: list[str] = []
+    found: list[tuple[str, dict[str, Any], list[FrontierPoint]]] = []
+    for p in paths:
+        try:
+            result, points = load_frontier(Path(p).expanduser())
+        except (OSError, ValueError) as exc:
+            said.append(f"`report.frontier` {p} could not be read ({type(exc).__name__}: {exc}).")
+            continue
+        theirs = obj(result.get("preset")).get("model")
+        if theirs != model:
+            said.append(f"`report.frontier` {p} is a frontier of {theirs}, this run prunes {model}; not drawn.")
+            continue
+        found.append((p, result, points))
+    return said, found
+
+
+def _reading_lines(me: FrontierPoint, points: list[FrontierPoint]) -> list[str]:
+    """One Markdown line per batch of ``me``'s speedups: ``me`` against each criterion's frontier at its own speed."""
+    lines = []
+    for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
+        reads = []
+        for crit, front in sorted(by_criterion(points, b).items()):
+            row = next(iter(compare_at_speed([me], front, b)), None)
+            name = LABELS.get(crit, crit)
+            reads.append(f"{name} {row['other_accuracy']:.2f} % (this run {row['difference_pp']:+.2f} ± {row['se_pp']:.2f} pp: "
+                         f"{row['verdict']})" if row else f"{name} outside its range")
+        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; each "
+                     f"criterion's frontier there: {'; '.join(reads)}" if reads else
+                     f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
+                     "has no speedup at this batch")
+    return lines

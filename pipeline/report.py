@@ -19,6 +19,9 @@ from typing import Any
 from ccpcsa.io.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 from .accuracy import format_accuracy
+from .records import ReportView, RunManifest, StageRecord, ValidateRecord, obj, speedups_by_runtime
+
+__all__ = ["build_report", "format_table", "load_manifest", "speedup_section", "speedups_by_runtime", "write_report"]
 
 # stage → the format row (in validate's metrics) that describes its artifact
 STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
@@ -32,46 +35,45 @@ SCHEMA_KEYS = ("accuracy", "accuracy_n", "accuracy_se", "params", "flops", "size
 ACCURACY_KEYS = ("accuracy", "accuracy_n", "accuracy_se")  # taken together, from one evaluation
 
 
-def build_report(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Assemble the report dict from a manifest (pure function of its contents)."""
-    stages = manifest.get("stages", {})
-    val: dict[str, Any] = stages.get("validate", {}).get("metrics") or {}
-    formats: dict[str, Any] = val.get("formats", {})
-    base = (stages.get("baseline", {}).get("metrics") or {})
-    prune = (stages.get("prune", {}).get("metrics") or {})
-    out_stages = []
-    for name, rec in stages.items():
-        if name == "report" or rec.get("status") == "running":  # a record of an interrupted stage is no result
-            continue
-        outputs = rec.get("outputs") or {}
-        artifact = next(iter(outputs), None)
-        m = dict(rec.get("metrics") or {})
-        fmt = formats.get(STAGE_FORMAT.get(name, ""), {})
-        metrics = {k: fmt.get(k, m.get(k)) for k in SCHEMA_KEYS}
-        # the final (validate) evaluation when there is one, else the stage's own: never a mix of the two
-        metrics.update({k: (fmt if fmt.get("accuracy") is not None else m).get(k) for k in ACCURACY_KEYS})
-        if name == "engine":
-            metrics["engines"] = {k: v for k, v in formats.items() if k.startswith("tensorrt")}
-        out_stages.append({"name": name, "status": rec.get("status"), "reason": rec.get("reason", ""), "artifact": artifact,
-                           "sha256": outputs.get(artifact) if artifact else None, "metrics": metrics,
-                           "checks": [{k: c[k] for k in ("name", "passed", "value", "threshold")} for c in rec.get("checks", [])],
-                           "seconds": rec.get("seconds")})
-    # Headline: the baseline as validate measured it, on the same (full test) images as every format row.
-    base_fmt = formats.get("pytorch_baseline") or {}
+def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
+    """The report dict of a manifest (a pure function of its contents; a dict is read with
+    :meth:`RunManifest.from_dict`, so a damaged one is a UserError): the run, its config, the baseline as validate
+    evaluated it, one row per finished stage (a record of an interrupted stage is no result), validate's format rows,
+    speedups and runtimes, the target and how the widths were chosen."""
+    m = RunManifest.from_dict(manifest)
+    val = m.validate
+    base, prune = m.metrics("baseline"), m.metrics("prune")
+    stages = [stage_row(rec, val) for name, rec in m.stages.items() if name != "report" and rec.finished]
+    # Headline: the baseline as validate evaluated it, on the same (full test) images as every format row.
+    base_fmt = val.format("pytorch_baseline")
     base_acc = base_fmt if base_fmt.get("accuracy") is not None else base
-    return {"run": manifest.get("run"), "config": manifest.get("config"), "config_hash": manifest.get("config_hash"),
+    return {"run": m.run, "config": m.config, "config_hash": m.config_hash,
             "baseline": {**{k: base_acc.get(k) for k in ACCURACY_KEYS}, "params": base.get("params"), "flops": base.get("flops"),
                          "weights": base.get("weights")},
-            "evaluation": val.get("evaluation")
-            or {"final_images": None, "test_images": None, "gate_images": base.get("accuracy_n")},
-            "stages": out_stages, "formats": [{"name": k, **v} for k, v in formats.items()],
-            "speedup": val.get("speedup", {}), "speedup_int8": val.get("speedup_int8", {}),
-            "speedup_reference": val.get("speedup_reference", {}),
-            "speedups": speedups_by_runtime(val),
-            "runtimes": val.get("runtimes", {}),
+            "evaluation": val.evaluation or {"final_images": None, "test_images": None, "gate_images": base.get("accuracy_n")},
+            "stages": stages, "formats": [{"name": k, **v} for k, v in val.formats.items()],
+            "speedup": val.speedup, "speedup_int8": val.speedup_int8, "speedup_reference": val.speedup_reference,
+            "speedups": speedups_by_runtime({"speedups": val.speedups, "speedup": val.speedup,
+                                             "speedup_int8": val.speedup_int8}),
+            "runtimes": val.runtimes,
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
                                                   "dropped_blocks")}}
+
+
+def stage_row(rec: StageRecord, val: ValidateRecord) -> dict[str, Any]:
+    """One ``stages`` row of report.json: the stage's status, artifact and checks; its metrics the final (validate)
+    evaluation of its format when there is one, else the stage's own — never a mix of the two for the accuracy."""
+    fmt = val.format(STAGE_FORMAT.get(rec.name, ""))
+    metrics = {k: fmt.get(k, rec.metrics.get(k)) for k in SCHEMA_KEYS}
+    acc = fmt if fmt.get("accuracy") is not None else rec.metrics
+    metrics.update({k: acc.get(k) for k in ACCURACY_KEYS})
+    if rec.name == "engine":
+        metrics["engines"] = {k: v for k, v in val.formats.items() if k.startswith("tensorrt")}
+    artifact = rec.artifact
+    return {"name": rec.name, "status": rec.status, "reason": rec.reason, "artifact": artifact,
+            "sha256": rec.outputs.get(artifact) if artifact else None, "metrics": metrics,
+            "checks": [c.to_dict() for c in rec.checks], "seconds": rec.seconds}
 
 
 def _se(s: dict[str, Any]) -> str:
@@ -88,20 +90,13 @@ def runtime_label(runtime: str, ident: dict[str, Any] | None) -> str:
     return f"{runtime} {ver} on {ident.get('device') or ident.get('cpu')}{simd}{threads}"
 
 
-def speedups_by_runtime(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{runtime: {"fp32"|"int8": {batch: …}}}`` of a validate record or report; a run validated before per-runtime
-    timing has onnxruntime-cpu's only (``speedup`` / ``speedup_int8``)."""
-    return record.get("speedups") or {"onnxruntime-cpu": {k: s for k, s in (("fp32", record.get("speedup")),
-                                                                            ("int8", record.get("speedup_int8"))) if s}}
-
-
 def speedup_section(report: dict[str, Any]) -> list[str]:
     """Markdown: pruned vs unpruned on each runtime of this machine (FP32 and INT8 U8S8, interleaved timing) — speedup,
     MACs ratio and efficiency (speedup / MACs ratio) per batch, each runtime named with its version, CPU and threads —
-    and how the widths were chosen (for which target)."""
-    per = speedups_by_runtime(report)
-    rows = [(rt, kind, b, s) for rt, kinds in per.items()
-            for kind, sp in (("FP32", kinds.get("fp32") or {}), ("INT8 (U8S8)", kinds.get("int8") or {})) for b, s in sp.items()]
+    and how the widths were chosen (for which target). Empty when the report has no speedup."""
+    r = ReportView.from_dict(report)
+    rows = [(rt, kind, b, s) for rt, kinds in r.speedups.items()
+            for kind, sp in (("FP32", kinds.get("fp32", {})), ("INT8 (U8S8)", kinds.get("int8", {}))) for b, s in sp.items()]
     if not rows:
         return []
     md = ["## Pruned vs unpruned, per runtime (interleaved timing)", "",
@@ -109,25 +104,30 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
           "|---|---|---|---|---|---|---|---|"]
     md += [f"| {rt} | {kind} | {b} | {s['unpruned_ms']:.3f} | {s['pruned_ms']:.3f} | {s['speedup']:.2f}×{_se(s)} | "
            f"{s['flops_ratio']:.2f}× | {s['efficiency']:.2f} |" for rt, kind, b, s in rows]
-    idents = report.get("runtimes") or {}
-    md += ["", "Runtimes: " + "; ".join(runtime_label(rt, idents.get(rt)) for rt in per) + "."]
+    md += ["", "Runtimes: " + "; ".join(runtime_label(rt, r.runtimes.get(rt)) for rt in r.speedups) + "."]
     rounds = {s.get("rounds") for *_, s in rows} - {None}
     if rounds:
         md += ["", f"Speedup: median over {'/'.join(map(str, sorted(rounds)))} interleaved rounds of the per-round ratio "
                "unpruned / pruned (onnxruntime's thread spinning off in both sessions), ± its standard error."]
-        ref = report.get("speedup_reference") or {}
-        if ref:
+        if r.speedup_reference:
             md[-1] += (" Unpruned reference: the unpruned model through the same export path ("
-                       + ", ".join(f"{k.upper()} `{v}`" for k, v in ref.items()) + ").")
+                       + ", ".join(f"{k.upper()} `{v}`" for k, v in r.speedup_reference.items()) + ").")
     busy = [s["other_load"] for *_, s in rows if s.get("other_load") is not None]
     if busy:
         md[-1] += (f" Other processes used at most {100 * max(busy):.0f} % of the machine's CPU while it was timed"
-                   + (" — **these speedups were measured on a busy machine**." if max(busy) > 0.1 else "."))
-    target = report.get("target") or {}
-    if target:
-        md += ["", f"Target the widths and latency steps were chosen for: {target.get('label') or target.get('name')}"
-               + (f" (measured on the device, `{target['file']}`)" if target.get("file") else " (measured on this machine)") + "."]
-    p = report.get("pruning") or {}
+                   + (" — **these speedups were timed on a busy machine**." if max(busy) > 0.1 else "."))
+    return md + pruning_lines(r) + [""]
+
+
+def pruning_lines(r: ReportView) -> list[str]:
+    """Markdown lines under the speedups: the target the widths were chosen for, the channel block and allocation,
+    blocks removed or left whole, and the latency target against the speedup reached at the end of pruning."""
+    md: list[str] = []
+    if r.target:
+        md += ["", f"Target the widths and latency steps were chosen for: {r.target.get('label') or r.target.get('name')}"
+               + (f" (timed on the device, `{r.target['file']}`)" if r.target.get("file") else " (timed on this machine)")
+               + "."]
+    p = r.pruning
     if p.get("alignment"):
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "
                f"`{p.get('allocation')}`."]
@@ -135,11 +135,11 @@ def speedup_section(report: dict[str, Any]) -> list[str]:
             md.append("Removed whole (`prune.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
-        lat = p.get("latency") or {}
+        lat = r.latency_step
         if lat.get("target_speedup"):
-            md.append(f"Latency target: {lat['target_speedup']:.2f}× at batch {lat.get('batch')} → measured "
+            md.append(f"Latency target: {lat['target_speedup']:.2f}× at batch {lat.get('batch')} → "
                       f"{_fmt(lat.get('final_speedup'))}× at the end of pruning.")
-    return md + [""]
+    return md
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:
@@ -151,40 +151,42 @@ def _fmt(v: Any, spec: str = ".2f") -> str:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """The per-format Markdown table (also printed at the end of a run)."""
-    batches = sorted({b for f in report["formats"] for b in (f.get("latency_ms") or {})}, key=int)
+    """The per-format Markdown table of a report dict (also printed at the end of a run): file, runtime, size, params,
+    MACs, accuracy ± SE and its difference to the baseline, p50 / p95 latency and throughput per batch, parity and
+    status."""
+    r = ReportView.from_dict(report)
+    batches = sorted({b for f in r.formats for b in f.latency_ms}, key=int)
     head = ["format", "file", "runtime", "size", "params", "MACs", "accuracy % ± SE", "n", "Δacc pp"]
     for b in batches:
         head += [f"p50 ms b{b}", f"p95 ms b{b}", f"img/s b{b}"]
     head += ["parity", "status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base_acc = report["baseline"].get("accuracy")
-    for f in report["formats"]:
-        lat = f.get("latency_ms") or {}
-        acc = f.get("accuracy")
-        title = FORMAT_TITLES.get(f["name"].split("@")[0], f["name"])
-        runtime = f.get("runtime") or ("onnxruntime-cpu" if f.get("file", "").endswith(".onnx") else "—")
-        if f.get("gated") is False:
-            runtime += " (not its runtime: made for " + ", ".join(f.get("made_for") or []) + "; not gated)"
-        row = [title, f.get("file") or "—", runtime,
-               _fmt(f.get("size_bytes") / 1024, ".0f") + " KiB" if f.get("size_bytes") else "—",
-               _fmt(f.get("params"), ",d") if isinstance(f.get("params"), int) else "—",
-               _fmt(f.get("flops") / 1e6, ".1f") + " M" if f.get("flops") else "—",
-               format_accuracy(acc, f.get("accuracy_se")), _fmt(f.get("accuracy_n"), ",d") if isinstance(f.get("accuracy_n"), int) else "—",
+    base_acc = r.baseline.get("accuracy")
+    for f in r.formats:
+        acc = f.accuracy
+        title = FORMAT_TITLES.get(f.name.split("@")[0], f.name)
+        runtime = f.runtime or ("onnxruntime-cpu" if (f.file or "").endswith(".onnx") else "—")
+        if f.gated is False:
+            runtime += " (not its runtime: made for " + ", ".join(f.made_for) + "; not gated)"
+        row = [title, f.file or "—", runtime,
+               _fmt(f.size_bytes / 1024, ".0f") + " KiB" if f.size_bytes else "—",
+               _fmt(f.params, ",d") if isinstance(f.params, int) else "—",
+               _fmt(f.flops / 1e6, ".1f") + " M" if f.flops else "—",
+               format_accuracy(acc, f.accuracy_se), _fmt(f.accuracy_n, ",d") if isinstance(f.accuracy_n, int) else "—",
                _fmt(acc - base_acc, "+.2f") if acc is not None and base_acc is not None else "—"]
         for b in batches:
-            s = lat.get(b) or {}
-            row += [_fmt(s.get("p50")), _fmt(s.get("p95")), _fmt((f.get("images_per_s") or {}).get(b), ".0f")]
-        par = f.get("parity") or ""
-        row += [par or "—", f.get("status", "ok") + (f" ({f['reason']})" if f.get("reason") else "")]
+            s = f.latency(b)
+            row += [_fmt(s.get("p50")), _fmt(s.get("p95")), _fmt(f.images_per_s.get(b), ".0f")]
+        row += [f.parity or "—", f.status + (f" ({f.reason})" if f.reason else "")]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def evaluation_note(report: dict[str, Any]) -> str:
-    """One paragraph under the table: what the accuracies are measured on and what ± means."""
-    ev = report.get("evaluation") or {}
-    final, test, gate = ev.get("final_images"), ev.get("test_images"), ev.get("gate_images")
+    """One paragraph under the table: which images the accuracies are from and what ± means; the baseline's weights
+    when they were not trained here; the intermediate gates' sample when it differs."""
+    r = ReportView.from_dict(report)
+    final, test, gate = (r.evaluation.get(k) for k in ("final_images", "test_images", "gate_images"))
 
     def images(n: Any) -> str:
         if not isinstance(n, int):
@@ -193,24 +195,27 @@ def evaluation_note(report: dict[str, Any]) -> str:
 
     text = (f"Accuracy: top-1 on {images(final)} (`checks.final_eval_images`), ± one standard error √(p(1−p)/n) in "
             "percentage points; Δacc against the PyTorch baseline on the same images.")
-    w = (report.get("baseline") or {}).get("weights") or {}
+    w = r.weights
     if w.get("source") and w["source"] != "trained":
         text += f" Baseline weights: `{w.get('path')}` ({w['source']}, SHA-256 `{w.get('sha256')}`), used as given."
     if isinstance(gate, int) and isinstance(test, int):
-        text += f" The intermediate gates (prune, ONNX, simplify, INT8, engine) measured on {images(gate)} (`checks.eval_images`)."
+        text += f" The intermediate gates (prune, ONNX, simplify, INT8, engine) evaluated on {images(gate)} (`checks.eval_images`)."
     return text
 
 
-def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
-    """Write report.json, report.md and plots/*.png atomically; return the paths written."""
+def write_report(run_dir: Path, manifest: RunManifest | dict[str, Any]) -> list[Path]:
+    """Write report.json, report.md and plots/*.png of the run in ``run_dir`` atomically, from its manifest (a dict
+    is read with :meth:`RunManifest.from_dict`: UserError when damaged) and its device results; return the paths
+    written. The frontier section is added only when the config sets ``report.frontier``."""
     from .device_result import device_report
 
-    report = build_report(manifest)
-    measured, device_md = device_report(run_dir)  # results brought back from the target (report --device-result)
-    if measured:
-        report["device_results"] = measured
+    m = RunManifest.from_dict(manifest, run_dir / "manifest.json")
+    report = build_report(m)
+    device, device_md = device_report(run_dir)  # results brought back from the target (report --device-result)
+    if device:
+        report["device_results"] = device
     paths = [atomic_write_json(run_dir / "report.json", report)]
-    plots = write_plots(run_dir, manifest, report)
+    plots = write_plots(run_dir, m, report)
     md = [f"# Run `{report['run']}`", "", f"config hash `{report['config_hash']}`", "", "## Formats", "", format_table(report), "",
           evaluation_note(report), ""]
     md += speedup_section(report)
@@ -219,95 +224,18 @@ def write_report(run_dir: Path, manifest: dict[str, Any]) -> list[Path]:
     for s in report["stages"]:
         checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])
         md.append(f"| {s['name']} | {s['status']} | {s['reason'] or ''} | {_fmt(s.get('seconds'), '.1f')} | {checks} |")
-    md += frontier_section(run_dir, manifest, report, plots)
+    if m.frontier:
+        from .frontier import frontier_section
+
+        md += frontier_section(run_dir, m, report, plots)
     md += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     paths.append(atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n"))
     return paths + plots
 
 
-def frontier_section(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
-    """With ``report.frontier`` set: this run's measured point drawn over the frontier of the same model
-    (``plots/frontier.png``, appended to ``plots``) and where it sits. Of several files, the first readable one of
-    this model whose widths are in this run's channel block (:func:`pipeline.frontier.alignments`; the run's CPU),
-    else the first readable one, with a line saying its speeds come from another kind of CPU (also when the blocks
-    agree but the frontier file's SIMD level — :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not
-    this machine's); per batch the run against each criterion's frontier at its own speed
-    (:func:`pipeline.frontier.compare_at_speed`: the frontier's accuracy there, the difference ± SE, above / tie /
-    below). A missing or other-model frontier file is said in one line; nothing when unset."""
-    from .frontier import (
-        LABELS,
-        alignments,
-        by_criterion,
-        compare_at_speed,
-        frontier_paths,
-        load_frontier,
-        plot_frontier,
-        run_point,
-    )
-
-    cfg = manifest.get("config") or {}
-    paths = frontier_paths((cfg.get("report") or {}).get("frontier"))
-    if not paths:
-        return []
-    model = (cfg.get("model") or {}).get("name")
-    prune = (manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}
-    mine = prune.get("alignment")
-    said: list[str] = []
-    found: list[tuple[str, dict[str, Any], list[Any]]] = []
-    for p in paths:
-        try:
-            result, points = load_frontier(Path(p).expanduser())
-        except (OSError, ValueError) as exc:
-            said.append(f"`report.frontier` {p} could not be read ({type(exc).__name__}: {exc}).")
-            continue
-        theirs = (result.get("preset") or {}).get("model")
-        if theirs != model:
-            said.append(f"`report.frontier` {p} is a frontier of {theirs}, this run prunes {model}; not drawn.")
-            continue
-        found.append((p, result, points))
-    if not found:
-        return ["## Frontier", "", *said, "No frontier drawn.", ""]
-    path, result, points = next((f for f in found if mine and int(mine) in alignments(f[1])), found[0])
-    me = run_point(report, f"{prune.get('method', 'this run')} (this run)")
-    base = float((result.get("baseline") or {}).get("accuracy") or (report.get("baseline") or {}).get("accuracy") or 0.0)
-    plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
-                               title=f"{model}: this run on the frontier of {Path(path).name}"))
-    lines = ["## Frontier", "", f"This run over the accuracy-vs-measured-speedup frontier of `{path}` "
-             f"({len(points)} points, {(result.get('machine') or {}).get('cpu', '?')}): `plots/frontier.png`.", ""]
-    lines += [*said, ""] if said else []
-    theirs_align = alignments(result)
-    if mine and theirs_align and int(mine) not in theirs_align:
-        lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
-                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were measured "
-                  "on another kind of CPU. Point `report.frontier` at a frontier measured on this one "
-                  "(`python -m bench.frontier`).", ""]
-    else:
-        from ccpcsa.surgery.alignment import simd_label
-
-        theirs_simd, here = (result.get("machine") or {}).get("simd"), simd_label()
-        if theirs_simd and theirs_simd != here:
-            lines += [f"Not like for like: the frontier was timed on a CPU with {theirs_simd}, this run on one with "
-                      f"{here}; the same channel blocks, but the runtime's kernels differ, and so do speedups. Point "
-                      "`report.frontier` at a frontier measured on this kind of CPU (`python -m bench.frontier`).", ""]
-    if me is None:
-        return lines + ["This run has no measured speedup yet (validate did not run).", ""]
-    for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
-        reads = []
-        for crit, front in sorted(by_criterion(points, b).items()):
-            row = next(iter(compare_at_speed([me], front, b)), None)
-            name = LABELS.get(crit, crit)
-            reads.append(f"{name} {row['other_accuracy']:.2f} % (this run {row['difference_pp']:+.2f} ± {row['se_pp']:.2f} pp: "
-                         f"{row['verdict']})" if row else f"{name} outside its range")
-        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; each "
-                     f"criterion's frontier there: {'; '.join(reads)}" if reads else
-                     f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
-                     "has no speedup at this batch")
-    return lines + ["", "(A criterion's frontier: the Pareto front of its runs; a tie is within one combined SE of both "
-                    "accuracies and of the speeds through the frontier's slope — `pipeline.frontier.compare_at_speed`.)", ""]
-
-
-def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any]) -> list[Path]:
-    """Pruning trajectory, channels per layer, latency and accuracy per format (PNG, atomically)."""
+def write_plots(run_dir: Path, manifest: RunManifest | dict[str, Any], report: dict[str, Any]) -> list[Path]:
+    """Pruning trajectory, channels per layer, latency and accuracy per format (PNG, atomically, under
+    ``run_dir/plots``); each only when the manifest or report has its data. Returns the files written."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -322,8 +250,8 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
         plt.close(fig)
         out.append(plots / name)
 
-    prune = (manifest.get("stages", {}).get("prune") or {}).get("metrics") or {}
-    hist = prune.get("history") or []
+    prune = RunManifest.from_dict(manifest, run_dir / "manifest.json").metrics("prune")
+    hist = prune.get("history", [])
     if hist:
         fig, ax = plt.subplots(figsize=(6, 4))
         xs = [0.0] + [100 * h["flops_reduction"] for h in hist]
@@ -337,7 +265,7 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
         ax.set_title("Pruning trajectory (✕ = rejected)")
         ax.grid(alpha=0.3)
         save(fig, "pruning_trajectory.png")
-    before, after = prune.get("channels_before") or {}, prune.get("channels_after") or {}
+    before, after = obj(prune.get("channels_before")), obj(prune.get("channels_after"))
     if before:
         names = list(before)  # a layer missing after pruning was in a block removed whole: 0 kept
         fig, ax = plt.subplots(figsize=(max(6, 0.25 * len(names)), 4))
@@ -348,22 +276,22 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
         ax.legend()
         ax.set_title("Channels kept per conv layer")
         save(fig, "channels_per_layer.png")
-    fmts = [f for f in report["formats"] if f.get("status", "ok") == "ok"]
+    fmts = [f for f in ReportView.from_dict(report).formats if f.status == "ok"]
     if fmts:
-        batches = sorted({b for f in fmts for b in (f.get("latency_ms") or {})}, key=int)
+        batches = sorted({b for f in fmts for b in f.latency_ms}, key=int)
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
         width = 0.8 / max(1, len(batches))
         for i, b in enumerate(batches):
-            axes[0].bar([j + i * width for j in range(len(fmts))], [((f.get("latency_ms") or {}).get(b) or {}).get("p50", 0) for f in fmts],
+            axes[0].bar([j + i * width for j in range(len(fmts))], [f.latency(b).get("p50", 0) for f in fmts],
                         width, label=f"batch {b}")
-        axes[0].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f["name"], f["name"]) for f in fmts], rotation=30, ha="right")
+        axes[0].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f.name, f.name) for f in fmts], rotation=30, ha="right")
         axes[0].set_ylabel("p50 latency (ms)")
         axes[0].set_yscale("log")
         axes[0].legend()
-        axes[1].bar(range(len(fmts)), [f.get("accuracy") or 0 for f in fmts], color="#2ca02c",
-                    yerr=[f.get("accuracy_se") or 0 for f in fmts], capsize=3)
-        axes[1].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f["name"], f["name"]) for f in fmts], rotation=30, ha="right")
-        accs = [f.get("accuracy") for f in fmts if f.get("accuracy") is not None]
+        axes[1].bar(range(len(fmts)), [f.accuracy or 0 for f in fmts], color="#2ca02c",
+                    yerr=[f.accuracy_se or 0 for f in fmts], capsize=3)
+        axes[1].set_xticks(range(len(fmts)), [FORMAT_TITLES.get(f.name, f.name) for f in fmts], rotation=30, ha="right")
+        accs = [f.accuracy for f in fmts if f.accuracy is not None]
         if accs:
             axes[1].set_ylim(max(0, min(accs) - 5), min(100, max(accs) + 2))
         axes[1].set_ylabel("test accuracy (%, ± SE)")
@@ -372,5 +300,6 @@ def write_plots(run_dir: Path, manifest: dict[str, Any], report: dict[str, Any])
 
 
 def load_manifest(run_dir: Path) -> dict[str, Any]:
-    """Read ``manifest.json`` of a run."""
+    """``manifest.json`` of a run as the plain dict it holds (OSError / ValueError when missing or torn; unchecked:
+    :meth:`RunManifest.load` reads and checks it into records)."""
     return json.loads((run_dir / "manifest.json").read_text())
