@@ -333,7 +333,7 @@ def frontier_section(run_dir: Path, manifest: RunManifest | dict[str, Any], repo
     theirs_align = alignments(result)
     if mine and theirs_align and int(mine) not in theirs_align:
         lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
-                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.round_to: auto`): its speedups were timed "
+                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.widths.round_to: auto`): its speedups were timed "
                   "on another kind of CPU. Point `report.frontier` at a frontier timed on this one "
                   "(`python -m bench.frontier`).", ""]
     else:

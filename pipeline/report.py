@@ -132,7 +132,7 @@ def pruning_lines(r: ReportView) -> list[str]:
         md += ["", f"Kept widths are multiples of {p['alignment']} ({p.get('alignment_reason') or ''}); allocation "
                f"`{p.get('allocation')}`."]
         if p.get("dropped_blocks"):
-            md.append("Removed whole (`prune.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
+            md.append("Removed whole (`prune.depth.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = r.latency_step
