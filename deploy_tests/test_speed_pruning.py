@@ -242,7 +242,7 @@ def test_an_unreachable_latency_target_is_said_at_the_first_step(synthetic_data,
     true_ratio = count_complexity(fresh).macs / floor_macs
     assert 0.8 * true_ratio < est <= true_ratio and est < 50
     out = capsys.readouterr().out
-    assert "target_speedup 50.00x at batch 1 is likely out of reach" in out and f"the latency table estimates {est:.2f}x" in out
+    assert "target.speedup 50.00x at batch 1 is likely out of reach" in out and f"the latency table estimates {est:.2f}x" in out
 
 
 def test_latency_target_without_a_probe_is_a_user_error(synthetic_data):

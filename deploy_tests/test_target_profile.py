@@ -97,15 +97,15 @@ def test_a_profile_sets_the_alignment_and_names_the_target(profile: Path, tmp_pa
     cfg = load_config(SMOKE, [f"target.profile={profile}", "prune.widths.round_to=auto"])
     p, target = aim_at_target(cfg.prune, cfg.target)
     block = json.loads(profile.read_text())["precisions"]["fp32"]["block"]
-    assert p.round_to == block and p.target_runtime == "device-profile"
+    assert p.widths.round_to == block and p.target.runtime == "device-profile"
     assert target["name"] == "onnxruntime-cpu" and target["file"] == str(profile) and "threads" in target["label"]
     from ccpcsa.surgery.alignment import resolve_alignment
 
-    assert resolve_alignment(p.round_to, p.target_runtime) == (block, "the channel block of the staircase measured on the "
+    assert resolve_alignment(p.widths.round_to, p.target.runtime) == (block, "the channel block of the staircase measured on the "
                                                                        "target (target.profile)")
     built_in, t2 = aim_at_target(load_config(SMOKE, ["target.profile=openvino-cpu"]).prune,
                                  load_config(SMOKE, ["target.profile=openvino-cpu"]).target)
-    assert built_in.target_runtime == "openvino-cpu" and t2["file"] is None
+    assert built_in.target.runtime == "openvino-cpu" and t2["file"] is None
 
 
 def test_bad_profiles_stop_before_the_run_directory_is_touched(profile: Path, tmp_path: Path,
