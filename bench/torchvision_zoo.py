@@ -83,8 +83,8 @@ def surgery_check(model_name: str, kwargs: dict[str, Any], size: int, *, target:
 
     from bench.common import randomize_batchnorm
     from ccpcsa.models import build_model, count_complexity
+    from ccpcsa.surgery.macs_target import prune_to_target
     from ccpcsa.surgery.prune import ChannelPruner
-    from ccpcsa.surgery.target import prune_to_target
 
     torch.manual_seed(seed)
     model = build_model(model_name, 10, **kwargs).eval()

@@ -12,8 +12,8 @@ from ccpcsa.models import build_model, count_complexity
 from ccpcsa.pruning.allocation import order_blocks
 from ccpcsa.surgery.alignment import cpu_float_lanes, resolve_alignment
 from ccpcsa.surgery.cost import LatencyCost, MacsCost, layer_shapes
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer, macs_after, plan_from_blocks
-from ccpcsa.surgery.target import prune_to_target
 
 
 def test_alignment_follows_the_cpu_and_the_runtime():
@@ -330,7 +330,7 @@ def test_latency_steps_correct_an_optimistic_table(synthetic_data):
 
 
 def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
-    from ccpcsa.surgery.target import fewest_prefix
+    from ccpcsa.surgery.macs_target import fewest_prefix
 
     values = [100 - 7 * k for k in range(12)]  # 100, 93, …, 23
     calls: list[int] = []
@@ -347,8 +347,8 @@ def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
 
 def test_fit_to_target_sets_a_coarse_overshooting_block_aside():
     from ccpcsa.pruning.allocation import order_blocks
+    from ccpcsa.surgery.macs_target import fit_to_target
     from ccpcsa.surgery.prune import deployed_complexity, macs_after, plan_from_blocks
-    from ccpcsa.surgery.target import fit_to_target
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10)

@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "report" and args.device_result:
             return _add_device_result(args)
-        from .runner import run_stages
+        from .orchestrate import run_stages
 
         cfg = load_config(args.config, args.overrides)
         run_dir = _run_dir(args, cfg.run.name)

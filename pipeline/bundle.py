@@ -22,8 +22,8 @@ from typing import Any
 
 from ccpcsa.io.artifacts import atomic_path, sha256_file
 
+from .orchestrate import StageContext, StageOutcome
 from .report import speedups_by_runtime
-from .runner import StageContext, StageOutcome
 from .stages_export import BASELINE_INT8_TRT, _fp32_onnx, baseline_fp32_name
 
 EDGE = Path(__file__).resolve().parents[1] / "export" / "edge"

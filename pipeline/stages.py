@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .bundle import bundle_inputs, stage_bundle
-from .runner import Stage
+from .orchestrate import Stage
 from .stages_export import (
     stage_engine,
     stage_int8,

@@ -21,8 +21,8 @@ from ccpcsa.io.checkpoint import load_checkpoint
 
 from .accuracy import accuracy_record
 from .checks import accuracy_drop, parity
+from .orchestrate import StageContext, StageOutcome
 from .report import format_table, load_manifest, write_report
-from .runner import StageContext, StageOutcome
 from .stages_train import data_splits, eval_split, evaluation_sample, input_size
 
 if TYPE_CHECKING:

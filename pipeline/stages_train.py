@@ -23,7 +23,7 @@ from .accuracy import accuracy_record
 from .checks import Check, accuracy_drop, at_least, flops_target
 from .config import PipelineConfig
 from .frontier import frontier_paths
-from .runner import StageContext, StageOutcome
+from .orchestrate import StageContext, StageOutcome
 
 WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
 

@@ -17,7 +17,7 @@ from ccpcsa.models import count_complexity
 from export.edge.timing import OTHER_LOAD_WARN
 
 from .checks import at_least, at_most, speedup
-from .runner import StageContext, StageOutcome
+from .orchestrate import StageContext, StageOutcome
 from .stages_export import (
     _fp32_onnx,
     _runner,

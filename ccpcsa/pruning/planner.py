@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..models.complexity import Complexity
 from ..surgery.cost import CostModel, LatencyCost, MacsCost
+from ..surgery.macs_target import fewest_prefix, prune_to_target
 from ..surgery.prune import ChannelPruner, channels_per_layer, metapruner_to_target
-from ..surgery.target import fewest_prefix, prune_to_target
 from .allocation import NEEDS_LATENCY, order_blocks
 from .settings import PruneConfig
 from .steering import StepGain

@@ -8,7 +8,7 @@ widths ``w`` (group key → kept channels) to a cost that is a sum over layers p
 - :class:`MacsCost`: ``k_h k_w · (c_in / groups) · c_out · H_out W_out`` per conv (depthwise: ``k_h k_w · c ·
   H_out W_out``), ``c_in · c_out`` per linear — the multiply-accumulates of convolutions and linears (the
   torch-pruning counter also counts BN/ReLU/add work, a few per cent; targets are checked with the real
-  counter on a trial surgery, see :func:`ccpcsa.surgery.target.prune_to_target`);
+  counter on a trial surgery, see :func:`ccpcsa.surgery.macs_target.prune_to_target`);
 - :class:`LatencyCost`: ``overhead + Σ t(layer, c_in, c_out)`` with ``t`` a per-layer latency measured on the
   target runtime for the candidate widths (HALP: Shen et al., "Structural Pruning via Latency-Saliency
   Knapsack", NeurIPS 2022, §3.2: the latency of a layer as a lookup table of its input and output widths).

@@ -17,7 +17,7 @@ from ccpcsa.io.artifacts import atomic_path, atomic_write_bytes, atomic_write_js
 
 from ..metadata import decode_props, get_props
 from ..onnx_io import PathLike, first_line, input_signature, is_qdq, load_onnx
-from .engine import (
+from .engine_file import (
     PRECISIONS,
     SIDECAR_FORMAT,
     BatchProfile,
