@@ -30,12 +30,13 @@ from ccpcsa.surgery.cost import LatencyCost, LayerShape, layer_shapes
 from ccpcsa.surgery.prune import ChannelPruner
 
 from .edge.sessions import EdgeError, read_json
-from .edge.target_probe import PACK_FORMAT, PROFILE_FORMAT
+from .edge.target_probe import PACK_FILE, PACK_FORMAT, PROFILE_FORMAT
 from .layer_latency import LayerTable, conv_model, empty_model, qdq_conv_model
 
 EDGE = Path(__file__).resolve().parent / "edge"
 PROBE_FILES = ("target_probe.py", "sessions.py", "timing.py")
 STAIRCASE_POINTS = 16
+PACK_MODELS = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  #: the whole-model files of a probe pack
 
 
 def _deployed(model: nn.Module) -> nn.Module:
@@ -85,12 +86,12 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
         n_out = int(m(torch.zeros(1, 3, input_size, input_size)).shape[1])
     meta = DeployMetadata(class_names=[str(i) for i in range(n_out)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                           input_size=input_size)
-    export_onnx(m, out / "model.fp32.onnx", meta)
-    models = {"fp32": "model.fp32.onnx"}
+    export_onnx(m, out / PACK_MODELS["fp32"], meta)
+    models = {"fp32": PACK_MODELS["fp32"]}
     if "int8" in precisions:
         calib = np.random.default_rng(0).standard_normal((32, 3, input_size, input_size), dtype=np.float32)
-        quantize_int8(out / "model.fp32.onnx", out / "model.int8.onnx", calib, num_calibration=32, activations="uint8")
-        models["int8"] = "model.int8.onnx"
+        quantize_int8(out / PACK_MODELS["fp32"], out / PACK_MODELS["int8"], calib, num_calibration=32, activations="uint8")
+        models["int8"] = PACK_MODELS["int8"]
     table = LayerTable(layer_batch, 1, grid_step, points={})
     builders = {"fp32": conv_model, "int8": qdq_conv_model}
     layers, stair = [], []
@@ -113,7 +114,7 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
                                              "fingerprint": _fingerprint(shapes, input_size)},
             "input_chw": [3, input_size, input_size], "batches": batches, "layer_batch": layer_batch, "grid_step": grid_step,
             "models": models, "empty": "empty.onnx", "layers": layers, "staircase": stair}
-    return atomic_write_json(out / "pack.json", pack)
+    return atomic_write_json(out / PACK_FILE, pack)
 
 
 @dataclass(frozen=True)

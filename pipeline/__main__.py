@@ -99,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.cmd == "stages":
             for s in STAGES:
-                print(f"{s.name:10s} {s.doc}")
+                files = f" → {', '.join(s.outputs)}" if s.outputs else ""
+                print(f"{s.name:10s} {s.doc}{files}")
             return 0
         if args.cmd == "keys":
             print("\n".join(valid_keys()))

@@ -49,11 +49,12 @@ except ImportError:  # flat in the bundle folder
 FORMAT = "ccpcsa-device-result/1"
 PROMISE_TOLERANCE = 0.10  # relative error of the measured vs the promised speedup beyond which (c) is flagged
 EVAL_BATCH = 32
+PROMISE_FILE = "promise.json"  #: what the run promises (``pipeline.artifacts.PROMISE``)
 
 
 def load_promise(folder: Path = HERE) -> dict[str, Any]:
     """``promise.json`` of the bundle folder (EdgeError when missing or malformed)."""
-    path = folder / "promise.json"
+    path = folder / PROMISE_FILE
     promise = read_json(path, "run this script from an unpacked bundle")
     if not isinstance(promise, dict) or not isinstance(promise.get("artifacts"), list):
         raise EdgeError(f"{path} has no 'artifacts' list; unpack the bundle again")
