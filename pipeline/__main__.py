@@ -5,7 +5,7 @@
     python -m pipeline keys              # list every config key
     python -m pipeline report --run-dir DIR
     python -m pipeline probe-pack --config CONFIG --out DIR   # then target_probe.py on the device → target.json
-    python -m pipeline report --run-dir DIR --device-result result.json   # add a result measured on the target
+    python -m pipeline report --run-dir DIR --device-result result.json   # add a result from the target device
 
 User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0; Ctrl-C exits
 130 and SIGTERM 143, both after releasing the lock (rerun the same command to resume).

@@ -4,7 +4,7 @@ on the device itself, what the run promises about it.
 Members (flat, under ``bundle/``): the pruned FP32 model (simplified), ``model.int8.onnx`` (TensorRT's S8S8 flavour),
 ``model.int8.cpu.onnx`` (onnxruntime CPU / OpenVINO, U8S8), the unpruned references ``validate`` timed them against
 (``baseline.sim.onnx`` or ``baseline.onnx``, ``baseline.int8.cpu.onnx``), ``labels.json`` (preprocessing),
-``promise.json`` (what was measured here: accuracies, speedups per runtime / precision / batch, the accuracy gate),
+``promise.json`` (what was observed here: accuracies, speedups per runtime / precision / batch, the accuracy gate),
 ``build_engine.sh``, the standalone scripts of :mod:`export.edge` (``infer.py``, ``validate_on_device.py``,
 ``sessions.py``, ``timing.py``, ``target_probe.py`` when it exists), ``README.md`` and one ``requirements-*.txt`` per
 runtime family.
@@ -109,7 +109,7 @@ def artifacts(ctx: StageContext, fp32: Path, validate: dict[str, Any]) -> list[d
 
 
 def promise_json(ctx: StageContext, fp32: Path, arts: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
-    """``promise.json``: the run, which file is for which runtime, what ``validate`` measured (accuracies, speedups per
+    """``promise.json``: the run, which file is for which runtime, what ``validate`` found (accuracies, speedups per
     runtime / precision / batch) and the accuracy gate the device checks against."""
     stages = ctx.manifest.data.get("stages", {})
     v = (stages.get("validate") or {}).get("metrics") or {}
@@ -149,7 +149,7 @@ def file_roles(fp32: Path, arts: list[dict[str, Any]]) -> dict[str, str]:
     return {**sources, **roles, **refs,
             MODEL_INT8_ONNX: "INT8 QDQ S8S8 for TensorRT only (build_engine.sh → model.int8.engine); NOT a CPU model",
             LABELS: "classes and preprocessing (read by the scripts)",
-            PROMISE: "what the run measured and promises (read by validate_on_device.py)",
+            PROMISE: "what the run observed and promises (read by validate_on_device.py)",
             BUILD_ENGINE_SH: "trtexec lines: model.fp16.engine, model.int8.engine and their unpruned references "
                                "(baseline.*.engine) on the TensorRT device",
             "infer.py": "classify image files on any runtime, warmed p50 latency",
@@ -182,7 +182,7 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
               "each artifact for the runtime and of its unpruned reference on the same images, the paired speedup "
               "(± SE) at each batch, and checks them against `promise.json`: the accuracy drop ≤ "
               f"{promise['checks']['max_accuracy_drop_pp']} pp, a speedup > 1, and the speedup within ±10 % of the "
-              f"one measured by the pipeline at {promise.get('threads')} threads and, on the target the run was pruned for"
+              f"one the pipeline timed at {promise.get('threads')} threads and, on the target the run was pruned for"
               f"{_target_line(promise)}, of the one it predicted (informational unless `--strict`). Exit 0: all passed; "
               "1: a check failed; 2: a mistake in the input.", "", "Bring `result.json` back to the machine of the run:", "",
               f"    python -m pipeline report --run-dir runs/{promise['run']} --device-result result.json", "",
@@ -202,11 +202,11 @@ def _target_line(promise: dict[str, Any]) -> str:
 
 
 def requirements(promise: dict[str, Any]) -> dict[str, bytes]:
-    """``requirements-<runtime>.txt`` per runtime family (the versions the run measured with as comments)."""
+    """``requirements-<runtime>.txt`` per runtime family (the versions the run timed with, as comments)."""
     seen = promise.get("measured_with") or {}
 
     def note(pkg: str) -> str:
-        return f"  # the run measured with {seen[pkg]}" if pkg in seen else ""
+        return f"  # the run timed with {seen[pkg]}" if pkg in seen else ""
 
     return {"requirements-onnxruntime.txt": f"numpy\npillow\nonnxruntime{note('onnxruntime')}\n".encode(),
             "requirements-openvino.txt": f"numpy\npillow\nopenvino{note('openvino')}\n".encode(),

@@ -47,7 +47,7 @@ from .stages_validate import stage_validate
 
 # Gates a stage evaluates: changing one re-runs that stage (and everything after it), nothing earlier — except the
 # prune stage, whose work is kept and only its checks re-evaluated (Stage.gates / Stage.regate).
-# ``checks.eval_images`` picks the test sample every stage's accuracy is measured on, so it keys them all.
+# ``checks.eval_images`` picks the test sample every stage's accuracy is computed on, so it keys them all.
 # Each export stage is keyed by the gates it evaluates (a new INT8 agreement threshold re-quantizes, it does not
 # re-export the FP32 file); the engine stage gates FP16 and INT8 engines and the FP32 parity.
 _ACCURACY = ("checks.max_accuracy_drop", "checks.eval_images")

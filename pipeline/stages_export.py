@@ -1,6 +1,6 @@
 """Export-side stages: ``onnx`` → ``simplify`` → ``int8`` → ``engine`` → ``validate`` → ``report`` → ``bundle``.
 
-Parity at each stage is measured against the previous stage's artifact on the evaluation split
+Parity at each stage is checked against the previous stage's artifact on the evaluation split
 (FP32: max |Δlogit| and top-1 agreement; INT8/FP16: agreement); accuracy against the baseline. Those are the
 cheap intermediate gates (``checks.eval_images``'s seeded sample); ``validate`` then evaluates every final
 format on the whole test split (``checks.final_eval_images``) — the accuracies the report states, each with
@@ -120,7 +120,7 @@ def final_accuracy(ctx: StageContext, runner: Any, chunk: int = 1000) -> dict[st
 
 
 def final_accuracy_checks(rows: dict[str, Any], max_drop: float) -> list[Any]:
-    """The final accuracy gates: every measured format's drop against the baseline measured on the same images
+    """The final accuracy gates: every evaluated format's drop against the baseline evaluated on the same images
     in the same stage (``<format>_accuracy_drop_pp`` ≤ ``max_drop``). The intermediate stages gate on the cheap
     sample (``checks.eval_images``); this re-checks the numbers the report states. A row with ``gated`` false (a file on
     a runtime it is not made for: the TensorRT flavour on a CPU runtime) is reported, not gated."""
@@ -218,7 +218,7 @@ def _trt_reference(ctx: StageContext, base_fp32: Path) -> list[Path]:
 
 def cpu_reduce_range(ctx: StageContext) -> tuple[bool, str]:
     """``export.int8_reduce_range`` resolved for the target: the device's CPU features when ``target.profile`` is a
-    measured ``target.json`` (7-bit weights on an x86 device without VNNI), else this machine's."""
+    ``target.json`` from the device (7-bit weights on an x86 device without VNNI), else this machine's."""
     from export.quantize import resolve_reduce_range
     from export.runtime import CPU_RUNTIMES
 

@@ -194,7 +194,7 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
 
 def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     """The prune stage's gates on its metrics: accuracy drop vs the baseline ≤ ``checks.max_accuracy_drop``; then, with
-    ``checks.require_flops_target`` (the prune target must be reached), the measured speedup ≥ ``prune.target_speedup``
+    ``checks.require_flops_target`` (the prune target must be reached), the timed speedup ≥ ``prune.target_speedup``
     when the loop had a latency target, else the MACs reduction ≥ ``prune.target_flops_reduction``. Re-evaluated alone
     when only a gate setting changes, so a run that stopped just short of its target goes on with
     ``--set checks.require_flops_target=false`` without re-training."""
@@ -202,7 +202,7 @@ def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     if not cfg.checks.require_flops_target:
         return checks
     lat = metrics.get("latency") or {}
-    if lat.get("target_speedup"):  # a latency target: gate the measured speedup
+    if lat.get("target_speedup"):  # a latency target: gate the timed speedup
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     else:
         aimed = aim_at_target(cfg.prune, cfg.target)[0]
@@ -214,7 +214,7 @@ def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, A
     """The prune settings aimed at ``target`` (the config's ``target`` section) and a record of that target. A built-in
     target (``onnxruntime-cpu``, ``openvino-cpu``) becomes ``prune.target_runtime`` when that key is at its default; a
     profile file (``target.json``) sets ``prune.round_to`` (when ``auto``) to the channel block of the staircase the
-    device measured for ``target.precision`` and the target runtime to ``device-profile``."""
+    device timed for ``target.precision`` and the target runtime to ``device-profile``."""
     from export.runtime import CPU_RUNTIMES
 
     if target.profile in CPU_RUNTIMES:
@@ -235,7 +235,7 @@ def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, A
 def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | None = None) -> Any:
     """The latency source for ``prune.target_speedup`` / ``prune.target_latency_ms`` / ``prune.allocation=latency`` of
     the effective prune settings ``p`` (None without): the device's profile (:class:`export.target_profile.
-    ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine measured on the
+    ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine timed on the
     fly (:class:`export.layer_latency.RuntimeLatencyProbe`; its per-layer table cached in the run directory)."""
     from ccpcsa.pruning.allocation import NEEDS_LATENCY
 

@@ -105,7 +105,7 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
             key = name if runtime == "onnxruntime-cpu" else f"{name}@{runtime}"
             ctx.say(f"validate: {path.name} on {runtime}")
             rows[key] = _row(ctx, name, path, onnx_runner(runtime, path, threads=cfg.export.threads), runtime, pruned_c)
-            if runtime == "onnxruntime-cpu":  # the stages' parity was measured on onnxruntime
+            if runtime == "onnxruntime-cpu":  # the stages' parity was checked on onnxruntime
                 _parity_note(rows[key], name, manifest.get(parity_of.get(name, ""), {}).get("metrics") or {})
     rows.update(_engine_rows(ctx, manifest, pruned_c))
     if ctx.device.type == "cuda":  # GPU latency rows (PyTorch eager / CUDA graph, onnxruntime CUDA): only on a CUDA run
@@ -139,7 +139,7 @@ def _identities(runtimes: list[str], threads: int) -> dict[str, Any]:
 
 
 def _engine_rows(ctx: StageContext, manifest: dict[str, Any], pruned_c: Any) -> dict[str, Any]:
-    """The TensorRT engine rows: measured like every other format where the engine stage built one, else its status."""
+    """The TensorRT engine rows: evaluated like every other format where the engine stage built one, else its status."""
     rows: dict[str, Any] = {}
     eng = manifest.get("engine", {})
     for prec in ctx.cfg.export.engine_precisions:
@@ -147,7 +147,7 @@ def _engine_rows(ctx: StageContext, manifest: dict[str, Any], pruned_c: Any) -> 
         row = {"file": engine_name(MODEL_STEM, prec), "precision": prec, "runtime": "tensorrt", "made_for": ["tensorrt"],
                "status": m.get("status", eng.get("status", "skipped")), "reason": m.get("reason", eng.get("reason", ""))}
         path = ctx.path(row["file"])
-        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): measured like every other format
+        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): evaluated like every other format
             runner = _runner(ctx, path)
             lat = _latency(ctx, runner)
             par = m.get("parity") or {}

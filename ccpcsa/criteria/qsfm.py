@@ -233,7 +233,7 @@ class _Collector:
 @dataclass
 class GroupRedundancy:
     """QSFM's view of one group: combined similarity ``S`` (root channels), energy, the greedy elimination and
-    the tensors it was measured on."""
+    the tensors it was computed on."""
 
     key: str
     similarity: np.ndarray
