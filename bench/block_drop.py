@@ -106,8 +106,8 @@ def _variant(base: Any, spec: str, round_to: int, size: int, timer: _Timer) -> d
     from ccpcsa.errors import UserError
     from ccpcsa.models import count_complexity
     from ccpcsa.models.depth import drop_blocks
+    from ccpcsa.surgery.macs_target import prune_to_target
     from ccpcsa.surgery.prune import ChannelPruner
-    from ccpcsa.surgery.target import prune_to_target
 
     blocks, _, total = spec.partition("@")
     try:

@@ -123,8 +123,8 @@ def run_row(model: Any, data: Any, stats: dict[str, Any], row: tuple[str, str, d
     from ccpcsa.pruning.allocation import order_blocks
     from ccpcsa.pruning.loop import calibration_batches
     from ccpcsa.surgery.cost import MacsCost
+    from ccpcsa.surgery.macs_target import prune_to_target
     from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
-    from ccpcsa.surgery.target import prune_to_target
     from ccpcsa.training.engine import TrainConfig, evaluate, fit, recalibrate_batchnorm
 
     name, crit, options, allocation = row

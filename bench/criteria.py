@@ -51,6 +51,7 @@ from bench.criteria_presets import (  # noqa: F401  (re-exported: the benchmark'
     run_overrides,
 )
 from ccpcsa.errors import UserError, run_cli
+from pipeline.artifacts import BASELINE_CKPT, REPORT_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,7 +117,7 @@ def ensure_baseline(p: Preset, root: Path, checkpoint: str | None, dry_run: bool
     cand = Path(checkpoint).resolve() if checkpoint else (ROOT / ck if ck else None)  # --baseline is relative to the cwd
     if cand is not None and cand.is_file():
         return str(cand.relative_to(ROOT)) if cand.is_relative_to(ROOT) else str(cand)
-    out = root / "baseline.pt"
+    out = root / BASELINE_CKPT
     if out.is_file() and not (root / "baseline.training").exists():
         return str(out.relative_to(ROOT) if out.is_relative_to(ROOT) else out)
     print(f"baseline: {ck or '(none)'} not found; training {p.model} for {p.baseline_epochs} epochs"
@@ -155,7 +156,7 @@ def run_is_complete(run_dir: Path, config_hash: str, until: str | None = None) -
     accuracy preset (``until="prune"``), else ``validate`` (and ``report.json`` exists)."""
     m = _manifest(run_dir)
     last = until or "validate"
-    return bool(m and m.get("config_hash") == config_hash and (until or (run_dir / "report.json").is_file())
+    return bool(m and m.get("config_hash") == config_hash and (until or (run_dir / REPORT_JSON).is_file())
                 and (m.get("stages", {}).get(last) or {}).get("status") == "ok")
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from bench.common import ROOT, export_formats
 from bench.criteria_presets import BATCHES, Preset
 from bench.ort_profile import profile_models
+from pipeline.artifacts import BASELINE_CKPT, MODEL_INT8_CPU_ONNX, MODEL_SIM_ONNX
 
 
 def _eval_and_calibration(p: Preset, n_calib: int) -> tuple[Any, Any, Any, Any]:
@@ -40,7 +41,7 @@ def measure_reference(p: Preset, shared: Path, work: Path) -> dict[str, Any]:
 
     torch.set_num_threads(p.threads)
     x, y, calib, data = _eval_and_calibration(p, p.calibration_images)
-    ck = load_checkpoint(shared / "baseline.pt")
+    ck = load_checkpoint(shared / BASELINE_CKPT)
     meta = DeployMetadata(class_names=data.classes, mean=data.mean, std=data.std, input_size=ck.spec.input_size, run_id="bench-reference")
     written = export_formats(ck.model, work, "baseline", meta, calib)
     sim_p = written["fp32"]
@@ -71,7 +72,7 @@ def measure_speed(p: Preset, shared: Path, root: Path, result: dict[str, Any]) -
     for row in result["runs"]:
         if row.get("status") == "ok":
             d = ROOT / row["run_dir"]
-            models[row["key"]] = {"fp32": str(d / "model.sim.onnx"), "int8_cpu": str(d / "model.int8.cpu.onnx")}
+            models[row["key"]] = {"fp32": str(d / MODEL_SIM_ONNX), "int8_cpu": str(d / MODEL_INT8_CPU_ONNX)}
     try:
         result["profile"] = profile_models(models, threads=p.threads, iters=p.profile_iters, batches=BATCHES)
     except Exception as exc:

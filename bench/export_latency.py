@@ -29,8 +29,8 @@ from ccpcsa.criteria import ScoreContext, get_criterion
 from ccpcsa.data import load_data, normalize_batch
 from ccpcsa.io.checkpoint import load_checkpoint
 from ccpcsa.models import build_model, count_complexity
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner
-from ccpcsa.surgery.target import prune_to_target
 from export.compare import run_batched
 from export.latency import measure_latency
 from export.metadata import DeployMetadata

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from ccpcsa.errors import first_line
+from pipeline.artifacts import MANIFEST, VALIDATION
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("cuda_tests", "smoke_pipeline", "resnet56_pipeline", "epoch_timings", "parallel", "compiled_timing")
@@ -312,12 +313,12 @@ def pipeline_summary(run_dir: Path) -> dict[str, Any]:
     """Per-stage status (and reason) from the run's manifest and validate's GPU rows (p50 ms per batch)."""
     out: dict[str, Any] = {}
     try:
-        man = json.loads((run_dir / "manifest.json").read_text())
+        man = json.loads((run_dir / MANIFEST).read_text())
         out["stages"] = {k: v.get("status") + (f" ({v['reason']})" if v.get("reason") else "") for k, v in man.get("stages", {}).items()}
     except (OSError, ValueError, TypeError):
         pass
     try:
-        fmts = json.loads((run_dir / "validation.json").read_text()).get("formats", {})
+        fmts = json.loads((run_dir / VALIDATION).read_text()).get("formats", {})
         out["latency_p50_ms"] = {name: {b: s.get("p50") for b, s in (r.get("latency_ms") or {}).items()} or r.get("status")
                                  for name, r in fmts.items()}
         out["gpu_rows"] = {name: {k: r.get(k) for k in ("status", "reason", "runner", "accuracy", "max_abs_diff", "top1_agreement")}

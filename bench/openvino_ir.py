@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 
 from ccpcsa.io.artifacts import atomic_write_json
+from pipeline.artifacts import MODEL_INT8_CPU_ONNX, MODEL_SIM_ONNX
 
 from .common import machine_info
 
-FILES = {"fp32": "model.sim.onnx", "int8": "model.int8.cpu.onnx"}
+FILES = {"fp32": MODEL_SIM_ONNX, "int8": MODEL_INT8_CPU_ONNX}
 
 
 def _compile(path: Path, batch: int, threads: int) -> tuple[Any, float]:

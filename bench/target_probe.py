@@ -23,6 +23,14 @@ from typing import Any
 
 from ccpcsa.io.artifacts import atomic_write_json
 from ccpcsa.io.checkpoint import load_checkpoint
+from pipeline.artifacts import (
+    BASELINE_CKPT,
+    BASELINE_INT8_CPU_ONNX,
+    BASELINE_SIM_ONNX,
+    MODEL_INT8_CPU_ONNX,
+    MODEL_SIM_ONNX,
+    PRUNED_CKPT,
+)
 
 from .common import machine_info
 
@@ -31,11 +39,12 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 def probe(model: str, runtime: str, threads: int, work: Path) -> dict[str, Any]:
     """Pack ``model`` and run the probe on ``runtime`` in a child process → the profile, with the wall seconds."""
+    from export.edge.target_probe import PACK_FILE
     from export.target_profile import write_probe_pack
 
     ck = load_checkpoint(SHARED / f"{model}_cifar10.pt")
     pack = work / f"pack-{model}"
-    if not (pack / "pack.json").is_file():
+    if not (pack / PACK_FILE).is_file():
         write_probe_pack(ck.model, 32, pack, name=model, batches=[1, 32], layer_batch=1)
     out = work / f"target-{model}-{runtime}.json"
     t0 = time.perf_counter()
@@ -57,9 +66,9 @@ def prediction(profile: str, run_dir: Path, runtime: str, threads: int) -> dict[
     from export.target_profile import ProfileLatencyProbe, load_profile
 
     prof = load_profile(profile)
-    base, pruned = load_checkpoint(run_dir / "baseline.pt").model, load_checkpoint(run_dir / "pruned.pt").model
+    base, pruned = load_checkpoint(run_dir / BASELINE_CKPT).model, load_checkpoint(run_dir / PRUNED_CKPT).model
     out: dict[str, Any] = {}
-    files = {"fp32": ("baseline.sim.onnx", "model.sim.onnx"), "int8": ("baseline.int8.cpu.onnx", "model.int8.cpu.onnx")}
+    files = {"fp32": (BASELINE_SIM_ONNX, MODEL_SIM_ONNX), "int8": (BASELINE_INT8_CPU_ONNX, MODEL_INT8_CPU_ONNX)}
     for prec, (ref, new) in files.items():
         p = ProfileLatencyProbe(prof, prec, 1, 32)
         ref_ms = p.set_reference(base)

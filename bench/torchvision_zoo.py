@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ccpcsa.errors import first_line
+from pipeline.artifacts import BASELINE_CKPT, MANIFEST, PRUNED_CKPT, REPORT_JSON
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "torchvision_zoo.yaml"
@@ -83,8 +84,8 @@ def surgery_check(model_name: str, kwargs: dict[str, Any], size: int, *, target:
 
     from bench.common import randomize_batchnorm
     from ccpcsa.models import build_model, count_complexity
+    from ccpcsa.surgery.macs_target import prune_to_target
     from ccpcsa.surgery.prune import ChannelPruner
-    from ccpcsa.surgery.target import prune_to_target
 
     torch.manual_seed(seed)
     model = build_model(model_name, 10, **kwargs).eval()
@@ -131,8 +132,8 @@ def group_summary(run_dir: Path, input_size: int, left_whole: dict[str, str] | N
     from ccpcsa.io.checkpoint import load_checkpoint
     from ccpcsa.surgery.prune import ChannelPruner
 
-    pruner = ChannelPruner(load_checkpoint(run_dir / "baseline.pt").model, input_size, round_to=8, min_channels=8)
-    before, after = _widths(run_dir / "baseline.pt"), _widths(run_dir / "pruned.pt")
+    pruner = ChannelPruner(load_checkpoint(run_dir / BASELINE_CKPT).model, input_size, round_to=8, min_channels=8)
+    before, after = _widths(run_dir / BASELINE_CKPT), _widths(run_dir / PRUNED_CKPT)
     pruned = [g.key for g in pruner.groups if after.get(g.key, before[g.key]) < before[g.key]]
     return {"groups": len(pruner.groups) + sum(k not in {g.key for g in pruner.groups} for k in pruner.fixed),
             "pruned": len(pruned), "left_whole": dict(pruner.fixed if left_whole is None else left_whole)}
@@ -153,7 +154,7 @@ def short_reason(why: str) -> str:
 def row_from_run(run_dir: Path, proc: subprocess.CompletedProcess[str] | None, input_size: int) -> dict[str, Any]:
     """One result row from a finished (or failed) run directory and the process that ran it."""
     row: dict[str, Any] = {"status": "ok"}
-    manifest_path = run_dir / "manifest.json"
+    manifest_path = run_dir / MANIFEST
     stages = json.loads(manifest_path.read_text())["stages"] if manifest_path.is_file() else {}
     failed = next(((n, s) for n, s in stages.items() if s.get("status") == "failed"), None)
     errors = [ln for ln in (proc.stdout + proc.stderr).splitlines() if ln.startswith("error:")] if proc else []
@@ -181,7 +182,7 @@ def row_from_run(run_dir: Path, proc: subprocess.CompletedProcess[str] | None, i
         m = (stages.get(stage) or {}).get("metrics") or {}
         if "top1_agreement" in m:
             row[f"{stage}_agreement"] = m["top1_agreement"]
-    report = run_dir / "report.json"
+    report = run_dir / REPORT_JSON
     if report.is_file():
         fmts = {f["name"]: f for f in json.loads(report.read_text()).get("formats", [])}
         row["accuracy"] = {k: fmts[k].get("accuracy") for k in ("pytorch_baseline", "pytorch_pruned", "int8_cpu") if k in fmts}

@@ -26,10 +26,18 @@ import numpy as np
 
 from ccpcsa.errors import UserError
 from ccpcsa.io.artifacts import atomic_write_json
+from pipeline.artifacts import (
+    BASELINE_INT8_CPU_ONNX,
+    BASELINE_SIM_ONNX,
+    MANIFEST,
+    MODEL_INT8_CPU_ONNX,
+    MODEL_SIM_ONNX,
+    VALIDATION,
+)
 
 from .common import machine_info
 
-FILES = {"fp32": ("model.sim.onnx", "baseline.sim.onnx"), "int8": ("model.int8.cpu.onnx", "baseline.int8.cpu.onnx")}
+FILES = {"fp32": (MODEL_SIM_ONNX, BASELINE_SIM_ONNX), "int8": (MODEL_INT8_CPU_ONNX, BASELINE_INT8_CPU_ONNX)}
 
 
 def parse_target(text: str) -> tuple[str, int, str]:
@@ -77,7 +85,7 @@ def time_target(runtime: str, threads: int, precision: str, runs: dict[str, Path
 
 def accuracy(run: Path, runtime: str, precision: str) -> dict[str, Any]:
     """The run's validated accuracy (± SE, images) of the target's file on ``runtime``."""
-    rows = json.loads((run / "validation.json").read_text())["formats"]
+    rows = json.loads((run / VALIDATION).read_text())["formats"]
     name = "onnx_simplified" if precision == "fp32" else "int8_cpu"
     row = rows.get(name if runtime == "onnxruntime-cpu" else f"{name}@{runtime}") or {}
     return {"accuracy": row.get("accuracy"), "accuracy_se": row.get("accuracy_se"), "images": row.get("accuracy_n")}
@@ -85,7 +93,7 @@ def accuracy(run: Path, runtime: str, precision: str) -> dict[str, Any]:
 
 def predicted(run: Path) -> dict[str, Any]:
     """What the run's prune stage estimated for its own target (``prune`` metrics' latency record)."""
-    m = json.loads((run / "manifest.json").read_text())["stages"]["prune"]["metrics"]
+    m = json.loads((run / MANIFEST).read_text())["stages"]["prune"]["metrics"]
     lat = m.get("latency") or {}
     return {"final_speedup_estimate": lat.get("final_speedup"), "batch": lat.get("batch"), "target": m.get("target"),
             "flops_reduction": m.get("flops_reduction"), "channels": (m.get("history") or [{}])[-1].get("channels")}
@@ -104,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     runs = {f"run{i}": Path(d) for i, (d, _) in enumerate(a.made_for)}
     targets = {f"run{i}": parse_target(t) for i, (_, t) in enumerate(a.made_for)}
     for d in runs.values():
-        if not (d / "validation.json").is_file():
+        if not (d / VALIDATION).is_file():
             raise SystemExit(f"error: {d} has no validation.json; finish that run first")
     rows = []
     for owner, (runtime, threads, precision) in targets.items():

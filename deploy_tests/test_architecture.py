@@ -149,6 +149,6 @@ def test_files_are_at_most_500_lines(pkg: str) -> None:
 def test_the_checker_sees_lazy_imports_and_cycles() -> None:
     """The scan itself: an import inside a function is an edge, relative imports resolve, a circle is found."""
     graph = _graph()
-    assert "ccpcsa.surgery.cost" in graph["ccpcsa.surgery.target"]  # MacsCost, imported inside fit_to_target
+    assert "ccpcsa.surgery.cost" in graph["ccpcsa.surgery.macs_target"]  # MacsCost, imported inside fit_to_target
     assert "ccpcsa.io.artifacts" in graph["ccpcsa.data.cache"]  # relative `from ..io.artifacts import`
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

@@ -17,8 +17,8 @@ from torch import nn
 
 from bench.common import randomize_batchnorm
 from ccpcsa.models import build_model, count_complexity
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
-from ccpcsa.surgery.target import prune_to_target
 from deploy_tests.byo_zoo import BATTERY
 
 

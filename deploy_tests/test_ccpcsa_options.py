@@ -118,7 +118,7 @@ class _LinearTwin(torch.nn.Module):
 
 def test_least_squares_compensation_makes_an_explained_channel_free():
     from ccpcsa.surgery.compensation import InputMoments, compensate_least_squares
-    from ccpcsa.surgery.target import prune_to_target
+    from ccpcsa.surgery.macs_target import prune_to_target
 
     torch.manual_seed(0)
     model = _LinearTwin().eval()

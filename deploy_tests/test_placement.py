@@ -125,7 +125,7 @@ def test_statistics_hooks_place_the_model_before_recording(data):
 
 
 def test_qsfm_oneshot_scores_and_compensates_a_model_handed_over_elsewhere(data):
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
 
     r = prune_oneshot(_tiny(torch.float64), data, "qsfm-psnr", 0.3, input_size=16, calibration_images=32, round_to=2,
                       min_channels=2, device="cpu", batch_size=16)
@@ -218,7 +218,7 @@ def test_every_entry_point_goes_through_the_one_placement_helper(place_calls, da
 def test_pruning_loop_and_oneshot_call_the_helper(place_calls, data):
     from ccpcsa.criteria import get_criterion
     from ccpcsa.pruning.loop import PruneConfig, run_pruning
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
 
     prune_oneshot(_tiny(), data, "l1", 0.2, input_size=16, calibration_images=16, round_to=2, min_channels=2,
                   evaluate_splits=False)
@@ -293,7 +293,7 @@ def test_cuda_checkpoint_load_pruner_macs_and_onnx_export(tmp_path, data):
 def test_cuda_qsfm_oneshot_and_pruning_loop(data):
     from ccpcsa.criteria import get_criterion
     from ccpcsa.pruning.loop import PruneConfig, run_pruning
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
 
     r = prune_oneshot(_tiny(), data, "qsfm-psnr", 0.3, input_size=16, calibration_images=32, round_to=2, min_channels=2,
                       device="cuda", batch_size=16)

@@ -13,8 +13,8 @@ from ccpcsa.errors import UserError
 from ccpcsa.io.checkpoint import ModelSpec, load_checkpoint, save_checkpoint
 from ccpcsa.models import build_model, count_complexity
 from ccpcsa.models.attention import BAM, attach_bam, bam_modules
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer
-from ccpcsa.surgery.target import prune_to_target
 
 CASES = [
     ("resnet56", {}, True),

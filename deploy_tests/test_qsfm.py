@@ -19,8 +19,8 @@ from ccpcsa.criteria.similarity import (
     ssim_sums,
 )
 from ccpcsa.models import build_model, count_complexity
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner
-from ccpcsa.surgery.target import prune_to_target
 
 
 def _naive_ssim(a: torch.Tensor, b: torch.Tensor, win: int = 11, sigma: float = 1.5) -> torch.Tensor:
@@ -180,7 +180,7 @@ def test_compensation_skipped_where_a_bam_gate_consumes_the_channels():
 
 
 def test_l1_oneshot_reports_compensation_skipped(tiny_data):
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
 
     torch.manual_seed(0)
     r = prune_oneshot(_TwoConv(True, 3), tiny_data, "l1", 0.3, input_size=16, calibration_images=16, round_to=2,
@@ -191,7 +191,7 @@ def test_l1_oneshot_reports_compensation_skipped(tiny_data):
 
 
 def test_qsfm_oneshot_with_finetune_mode(tiny_data):
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
     from ccpcsa.training.engine import TrainConfig
 
     torch.manual_seed(0)
@@ -216,7 +216,7 @@ def tiny_data():
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the legacy (dynamo=False) exporter is what the pipeline uses
 def test_mobilenet_v2_oneshot_qsfm_exports_to_onnx(tiny_data, tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from ccpcsa.pruning.oneshot import prune_oneshot
+    from ccpcsa.pruning.oneshot_prune import prune_oneshot
 
     torch.manual_seed(0)
     model = build_model("mobilenet_v2_cifar", 10)

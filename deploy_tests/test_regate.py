@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.checks import Check, accuracy_drop
 from pipeline.config import PipelineConfig, load_config
-from pipeline.runner import Stage, StageContext, StageOutcome, run_stages
+from pipeline.orchestrate import Stage, StageContext, StageOutcome, run_stages
 
 ROOT = Path(__file__).resolve().parents[1]
 

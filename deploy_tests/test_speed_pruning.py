@@ -12,8 +12,8 @@ from ccpcsa.models import build_model, count_complexity
 from ccpcsa.pruning.allocation import order_blocks
 from ccpcsa.surgery.alignment import cpu_float_lanes, resolve_alignment
 from ccpcsa.surgery.cost import LatencyCost, MacsCost, layer_shapes
+from ccpcsa.surgery.macs_target import prune_to_target
 from ccpcsa.surgery.prune import ChannelPruner, channels_per_layer, macs_after, plan_from_blocks
-from ccpcsa.surgery.target import prune_to_target
 
 
 def test_alignment_follows_the_cpu_and_the_runtime():
@@ -175,7 +175,7 @@ def test_layer_latency_table_measures_interpolates_and_caches(tmp_path):
     assert out.shape == (2, 48, 8, 8)
     table = OrtLayerTable(batch=1, threads=1, alignment=16, cache=tmp_path / "t.json", rounds=2)
     table.prepare([layer])
-    assert table.measured == 16  # 4 input widths × 4 output widths
+    assert table.timed == 16  # 4 input widths × 4 output widths
     full, half = table(layer, 64, 64), table(layer, 32, 32)
     assert full > 0 and half > 0
     mid = table(layer, 64, 40)  # between the 32- and 48-wide points
@@ -183,7 +183,7 @@ def test_layer_latency_table_measures_interpolates_and_caches(tmp_path):
     assert min(lo, hi) <= mid <= max(lo, hi)
     again = OrtLayerTable(batch=1, threads=1, alignment=16, cache=tmp_path / "t.json")
     again.prepare([layer])
-    assert again.measured == 0 and again(layer, 64, 64) == full  # read back from the run directory's cache
+    assert again.timed == 0 and again(layer, 64, 64) == full  # read back from the run directory's cache
 
 
 class _MacsProbe:
@@ -199,9 +199,9 @@ class _MacsProbe:
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
         return self.ref, (self.ref if model is None else count_complexity(model).macs / 1e6)
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
+    def cost_model(self, pruner: ChannelPruner, actual_ms: float) -> LatencyCost:
         cost = LatencyCost(pruner, lambda layer, ci, co: layer.macs(ci, co) / 1e6)
-        cost.calibrate(measured_ms)
+        cost.calibrate(actual_ms)
         return cost
 
 
@@ -296,9 +296,9 @@ class _OptimisticTableProbe(_MacsProbe):
     """Latency ∝ MACs, but the table prices every layer at twice its share (isolated timings that include per-call
     costs the whole graph does not pay per layer): each step's real drop is half the predicted one."""
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
+    def cost_model(self, pruner: ChannelPruner, actual_ms: float) -> LatencyCost:
         cost = LatencyCost(pruner, lambda layer, ci, co: 2 * layer.macs(ci, co) / 1e6)
-        cost.calibrate(measured_ms)
+        cost.calibrate(actual_ms)
         return cost
 
 
@@ -315,7 +315,7 @@ def test_step_gain_aims_past_the_goal_by_what_the_steps_delivered():
     assert g.gain == pytest.approx(0.6)
     g.record((10.0, 7.0), 6.0, (10.0, 7.0))  # nothing delivered
     g.record((10.0, 7.0), 0.0, (10.0, 7.0))  # Σ 0.3 / Σ 1.3 < 0.5: clipped
-    assert g.gain == 0.5 and g.measured / g.predicted < 0.5
+    assert g.gain == 0.5 and g.delivered / g.predicted < 0.5
 
 
 def test_latency_steps_correct_an_optimistic_table(synthetic_data):
@@ -330,7 +330,7 @@ def test_latency_steps_correct_an_optimistic_table(synthetic_data):
 
 
 def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
-    from ccpcsa.surgery.target import fewest_prefix
+    from ccpcsa.surgery.macs_target import fewest_prefix
 
     values = [100 - 7 * k for k in range(12)]  # 100, 93, …, 23
     calls: list[int] = []
@@ -347,8 +347,8 @@ def test_fewest_prefix_finds_the_smallest_k_with_few_evaluations():
 
 def test_fit_to_target_sets_a_coarse_overshooting_block_aside():
     from ccpcsa.pruning.allocation import order_blocks
+    from ccpcsa.surgery.macs_target import fit_to_target
     from ccpcsa.surgery.prune import deployed_complexity, macs_after, plan_from_blocks
-    from ccpcsa.surgery.target import fit_to_target
 
     torch.manual_seed(0)
     model = build_model("resnet20", 10)

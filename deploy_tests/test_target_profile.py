@@ -101,7 +101,7 @@ def test_a_profile_sets_the_alignment_and_names_the_target(profile: Path, tmp_pa
     assert target["name"] == "onnxruntime-cpu" and target["file"] == str(profile) and "threads" in target["label"]
     from ccpcsa.surgery.alignment import resolve_alignment
 
-    assert resolve_alignment(p.widths.round_to, p.target.runtime) == (block, "the channel block of the staircase measured on the "
+    assert resolve_alignment(p.widths.round_to, p.target.runtime) == (block, "the channel block of the staircase timed on the "
                                                                        "target (target.profile)")
     built_in, t2 = aim_at_target(load_config(SMOKE, ["target.profile=openvino-cpu"]).prune,
                                  load_config(SMOKE, ["target.profile=openvino-cpu"]).target)
@@ -121,7 +121,7 @@ def test_bad_profiles_stop_before_the_run_directory_is_touched(profile: Path, tm
     bad.write_text(json.dumps({"format": "something-else"}))
     cli_error(capsys, lambda: load_config(SMOKE, [f"target.profile={bad}"]), "not a target profile")
     cli_error(capsys, lambda: load_config(SMOKE, [f"target.profile={profile}", "model.kwargs={width: 8}"]),
-              "measured for another model or input size")
+              "timed for another model or input size")
     only_fp32 = tmp_path / "fp32.json"
     data = json.loads(profile.read_text())
     data["precisions"].pop("int8")

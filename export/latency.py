@@ -3,7 +3,7 @@
 Per batch size: ``warmup`` untimed runs, then timed runs until ``iters`` are done or
 ``max_seconds`` have elapsed (whichever first, but at least ``min_iters``). Each timed run is
 ``runner.run(batch)`` followed by ``runner.synchronize()`` (CUDA-synchronized on GPU, a no-op on
-CPU), measured with ``time.perf_counter_ns``. The input is a fixed random normal batch, created
+CPU), timed with ``time.perf_counter_ns``. The input is a fixed random normal batch, created
 outside the timed region. Reported per batch size: p50/p90/p95/p99 (linear-interpolated
 percentiles), mean, min and max in milliseconds, and ``images_per_s = batch_size / mean``.
 """
@@ -58,7 +58,7 @@ class LatencyReport:
         return {"runner": self.runner, "threads": self.threads, "results": [asdict(r) for r in self.results]}
 
     def by_batch(self, batch_size: int) -> LatencyStats:
-        """The stats for ``batch_size`` (``KeyError`` if it was not measured)."""
+        """The stats for ``batch_size`` (``KeyError`` if it was not timed)."""
         for r in self.results:
             if r.batch_size == batch_size:
                 return r

@@ -1,7 +1,7 @@
 """Latency of layers and models on the target runtime, for latency-targeted pruning (``prune.target.speedup``).
 
 HALP (Shen et al., "Structural Pruning via Latency-Saliency Knapsack", NeurIPS 2022, §3.2) prunes against a
-latency *table*: the measured latency of each layer as a function of its input and output widths. Here:
+latency *table*: the timed latency of each layer as a function of its input and output widths. Here:
 
 - :class:`LayerTable` measures one convolution (+ ReLU, which onnxruntime fuses) of a layer's exact shape
   (kernel, stride, dilation, padding, groups, input resolution, batch) on the target runtime (onnxruntime's CPU
@@ -12,9 +12,9 @@ latency *table*: the measured latency of each layer as a function of its input a
 - :class:`RuntimeLatencyProbe` measures a whole PyTorch model end to end the way ``validate`` does (ONNX export,
   the same runtime, median of interleaved rounds) and builds the :class:`ccpcsa.surgery.cost.LatencyCost` for a pruner:
   the table's layer latencies plus a constant calibrated so that the current model's estimate equals its
-  measured latency (the runtime's per-run overhead, reorders, pooling, the classifier).
+  timed latency (the runtime's per-run overhead, reorders, pooling, the classifier).
 
-The pruning loop stops on the probe's *measured* latency, never on the table's estimate.
+The pruning loop stops on the latency the probe times, never on the table's estimate.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ MAX_GRID = 9
 def machine_id(threads: int, runtime: str = "onnxruntime-cpu") -> dict[str, Any]:
     """What a latency measurement depends on besides the model: CPU model, core count, the runtime and its version,
     threads, and the timing protocol (interleaved rounds, thread spinning off: tables from an older protocol are
-    re-measured). onnxruntime's record keeps its historical keys, so cached tables stay valid."""
+    re-timed). onnxruntime's record keeps its historical keys, so cached tables stay valid."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -162,7 +162,7 @@ def empty_model() -> bytes:
 
 
 def width_grid(full: int, alignment: int) -> list[int]:
-    """Widths at which a layer axis of ``full`` channels is measured: multiples of the alignment (thinned to at most
+    """Widths at which a layer axis of ``full`` channels is timed: multiples of the alignment (thinned to at most
     :data:`MAX_GRID`) plus ``full``."""
     step = alignment
     while full // step > MAX_GRID:
@@ -184,8 +184,8 @@ def _interp(xs: Sequence[int], x: float) -> tuple[int, int, float]:
 
 class LayerTable:
     """Per-layer latency table on ``runtime`` (``onnxruntime-cpu`` or ``openvino-cpu``; see the module docstring).
-    ``cache`` is a JSON file (optional). ``points`` given: a table measured elsewhere (a target profile) — looked up,
-    never measured here."""
+    ``cache`` is a JSON file (optional). ``points`` given: a table timed elsewhere (a target profile) — looked up,
+    never timed here."""
 
     def __init__(self, batch: int, threads: int, alignment: int, cache: str | Path | None = None, rounds: int = 5,
                  progress: Callable[[str], None] | None = None, runtime: str = "onnxruntime-cpu",
@@ -195,7 +195,7 @@ class LayerTable:
         self.machine = {} if self.frozen else machine_id(threads, runtime)
         self.cache = Path(cache) if cache else None
         self.points: dict[str, float] = dict(points or {})
-        self.measured = 0
+        self.timed = 0  # points timed here (not read from the cache)
         self.progress = progress
         if self.cache and self.cache.is_file():
             try:
@@ -213,7 +213,7 @@ class LayerTable:
         return f"{self._sig(layer)}:{c_in}:{c_out}"
 
     def _grid(self, layer: LayerShape) -> tuple[list[int], list[int]]:
-        if self.frozen:  # a profile's points: the grid the device measured (the unpruned widths'), whatever the widths now
+        if self.frozen:  # a profile's points: the grid the device timed (the unpruned widths'), whatever the widths now
             ins: set[int] = set()
             outs: set[int] = set()
             sig = self._sig(layer)
@@ -264,13 +264,13 @@ class LayerTable:
                             self.threads) for _, (lay, ci, co) in items]
         # the layer's own time: the per-call overhead is the model's constant
         self.points.update(zip((k for k, _ in items), own_times(calls, empty, rounds=self.rounds), strict=True))
-        self.measured += len(todo)
+        self.timed += len(todo)
         if self.cache:
             atomic_write_json(self.cache, {"machine": self.machine, "batch": self.batch, "points": self.points})
 
     def __call__(self, layer: LayerShape, c_in: int, c_out: int) -> float:
-        """Milliseconds of ``layer`` at ``(c_in, c_out)``: the measured point, else bilinear interpolation on its grid
-        (linears and unmeasured layers cost 0: they are part of the calibrated constant)."""
+        """Milliseconds of ``layer`` at ``(c_in, c_out)``: the timed point, else bilinear interpolation on its grid
+        (linears and untimed layers cost 0: they are part of the calibrated constant)."""
         if layer.kind != "conv":
             return 0.0
         ins, outs = self._grid(layer)
@@ -347,11 +347,11 @@ class RuntimeLatencyProbe:
         ref = float(np.median(ref_r))
         return ref, ref / paired_ratio([[v] for v in ref_r], [[v] for v in got_r])[0]
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
-        """The pruner's :class:`LatencyCost` from this table, calibrated to ``measured_ms`` for the current widths."""
+    def cost_model(self, pruner: ChannelPruner, actual_ms: float) -> LatencyCost:
+        """The pruner's :class:`LatencyCost` from this table, calibrated to ``actual_ms`` for the current widths."""
         cost = LatencyCost(pruner, self.table)
         self.table.prepare(cost.layers)
-        cost.calibrate(measured_ms)
+        cost.calibrate(actual_ms)
         return cost
 
 

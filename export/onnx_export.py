@@ -1,6 +1,6 @@
 """PyTorch → ONNX export with a dynamic batch axis, named I/O, checking and deployment metadata.
 
-Exporter choice — measured with torch 2.13, onnx 1.23, opset 17, freshly initialised models
+Exporter choice — tried with torch 2.13, onnx 1.23, opset 17, freshly initialised models
 (node counts resnet20 / mobilenet_v2_cifar):
 
 =====================  ===========  ==============  ====================  ==================

@@ -20,7 +20,7 @@ TensorRT Model Optimizer applies them in its ONNX PTQ (``modelopt.onnx.quantizat
 * keep the classifier head in float: the Gemm/MatMul of a CNN classifier is a GEMV at batch 1 (ModelOpt excludes
   GEMV patterns from INT8), and Flatten / the logits get no Q/DQ.
 
-Differences from ModelOpt 0.47 (measured): it stores weights as FP32 initializers followed by a Q→DQ pair
+Differences from ModelOpt 0.47 (observed): it stores weights as FP32 initializers followed by a Q→DQ pair
 (``AddQDQPairToWeight``; TensorRT constant-folds the Q), this module keeps onnxruntime's INT8 weight initializer +
 DQ (same placement and values, a quarter of the weight bytes) — so ModelOpt counts one more Q per Conv; and
 ModelOpt 0.47 also quantizes Flatten's input after a GlobalAveragePool (it lists Flatten as quantizable), one

@@ -17,7 +17,7 @@ calibration (``MinMax`` by default: the extreme values seen over the calibration
 ``activations="uint8"`` makes the onnxruntime-CPU flavour instead (``model.int8.cpu.onnx`` in the
 pipeline): unsigned asymmetric activations, ``scale = (max - min) / 255``, ``zero_point =
 round(-min / scale)``, ``q = clamp(round(x / scale) + zero_point, 0, 255)``, weights still signed
-symmetric per channel (U8S8). Measured with onnxruntime 1.31 on x86 (``bench/results``): its QDQ
+symmetric per channel (U8S8). Timed with onnxruntime 1.31 on x86 (``bench/results``): its QDQ
 fusion turns every Conv/Add of a CIFAR ResNet into ``QLinearConv``/``QLinearAdd`` with U8
 activations, but leaves 11 of 21 convolutions in float between Dequantize/Quantize nodes with S8
 activations — which is why the TensorRT flavour runs at about half the speed of FP32 on the CPU.
@@ -31,7 +31,7 @@ flavour, which it runs as U8S8 with the activations shifted by 128) multiply wit
 CPUs that lack VNNI: it adds *pairs* of u8·s8 products into a signed 16-bit lane with saturation, and
 2 · 255 · 127 = 64,770 > 32,767, so large activation/weight pairs clip (the "saturation issue" of onnxruntime's
 quantization documentation and OpenVINO's "Saturation (overflow) issue workaround"). VNNI (``vpdpbusd``), AMX and Arm
-accumulate in 32 bits. Measured on an AMD EPYC (Zen 2, AVX2, no VNNI) with onnxruntime 1.31, a small CIFAR CNN: top-1
+accumulate in 32 bits. Timed on an AMD EPYC (Zen 2, AVX2, no VNNI) with onnxruntime 1.31, a small CIFAR CNN: top-1
 agreement with FP32 83.8 % (S8S8) / 86.1 % (U8S8) through the fused kernels vs 97.2 % / 97.7 % with the same QDQ graph
 run unfused. The remedy of both documents: 7-bit weights (``reduce_range``: ``|q| ≤ 64``, ``scale = max|w| / 64``),
 which keeps every pair sum within int16 — 96.8 % / 98.1 % on that CPU. :func:`int8_saturates` tells whether this
@@ -119,7 +119,7 @@ def int8_saturates(flags: frozenset[str] | None = None, machine: str | None = No
 def resolve_reduce_range(setting: bool | str, flags: frozenset[str] | None = None,
                          machine: str | None = None) -> tuple[bool, str]:
     """``(reduce_range, why)`` for ``export.int8_reduce_range`` (``auto``: 7-bit weights where :func:`int8_saturates` of
-    ``flags`` / ``machine`` — the target device's when it was measured, else this machine's)."""
+    ``flags`` / ``machine`` — the target device's when it was probed, else this machine's)."""
     if isinstance(setting, bool):
         return setting, "set by export.int8_reduce_range"
     if setting != "auto":

@@ -1,4 +1,4 @@
-"""Target profiles: the probe pack the build machine writes, and the ``target.json`` the device measured from it.
+"""Target profiles: the probe pack the build machine writes, and the ``target.json`` the device timed from it.
 
 ``write_probe_pack`` writes, for the unpruned (deployed) model, everything :mod:`export.edge.target_probe` times on the
 device: the model as FP32 and INT8 (U8S8) ONNX, the single-convolution graphs of the latency table (every conv layer
@@ -6,7 +6,7 @@ shape of the model at the grid of widths :class:`export.layer_latency.LayerTable
 per precision), a width staircase of the widest prunable convolution, an empty graph, the probe scripts, and
 ``pack.json`` indexing them with the model's fingerprint. :func:`load_profile` reads the device's answer back, refusing
 a profile of another model or input size, and :class:`ProfileLatencyProbe` serves it to the pruning loop in place of a
-measurement on this machine: latencies are the profile's table calibrated to the device's measured end-to-end time of
+measurement on this machine: latencies are the profile's table calibrated to the device's end-to-end time of
 the unpruned model (HALP, Shen et al., NeurIPS 2022, §3.2), so the loop stops on that calibrated estimate.
 """
 
@@ -30,12 +30,13 @@ from ccpcsa.surgery.cost import LatencyCost, LayerShape, layer_shapes
 from ccpcsa.surgery.prune import ChannelPruner
 
 from .edge.sessions import EdgeError, read_json
-from .edge.target_probe import PACK_FORMAT, PROFILE_FORMAT
+from .edge.target_probe import PACK_FILE, PACK_FORMAT, PROFILE_FORMAT
 from .layer_latency import LayerTable, conv_model, empty_model, qdq_conv_model
 
 EDGE = Path(__file__).resolve().parent / "edge"
 PROBE_FILES = ("target_probe.py", "sessions.py", "timing.py")
 STAIRCASE_POINTS = 16
+PACK_MODELS = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  #: the whole-model files of a probe pack
 
 
 def _deployed(model: nn.Module) -> nn.Module:
@@ -59,7 +60,7 @@ def _fingerprint(shapes: list[LayerShape], input_size: int) -> str:
 
 
 def fingerprint(model: nn.Module, input_size: int) -> str:
-    """SHA-256 of the model's conv/linear layer shapes (signature and widths) and input size: a profile measured for
+    """SHA-256 of the model's conv/linear layer shapes (signature and widths) and input size: a profile timed for
     one model fits another only when they are equal."""
     return _fingerprint(_shapes(_deployed(model), input_size), input_size)
 
@@ -85,12 +86,12 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
         n_out = int(m(torch.zeros(1, 3, input_size, input_size)).shape[1])
     meta = DeployMetadata(class_names=[str(i) for i in range(n_out)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
                           input_size=input_size)
-    export_onnx(m, out / "model.fp32.onnx", meta)
-    models = {"fp32": "model.fp32.onnx"}
+    export_onnx(m, out / PACK_MODELS["fp32"], meta)
+    models = {"fp32": PACK_MODELS["fp32"]}
     if "int8" in precisions:
         calib = np.random.default_rng(0).standard_normal((32, 3, input_size, input_size), dtype=np.float32)
-        quantize_int8(out / "model.fp32.onnx", out / "model.int8.onnx", calib, num_calibration=32, activations="uint8")
-        models["int8"] = "model.int8.onnx"
+        quantize_int8(out / PACK_MODELS["fp32"], out / PACK_MODELS["int8"], calib, num_calibration=32, activations="uint8")
+        models["int8"] = PACK_MODELS["int8"]
     table = LayerTable(layer_batch, 1, grid_step, points={})
     builders = {"fp32": conv_model, "int8": qdq_conv_model}
     layers, stair = [], []
@@ -113,12 +114,12 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
                                              "fingerprint": _fingerprint(shapes, input_size)},
             "input_chw": [3, input_size, input_size], "batches": batches, "layer_batch": layer_batch, "grid_step": grid_step,
             "models": models, "empty": "empty.onnx", "layers": layers, "staircase": stair}
-    return atomic_write_json(out / "pack.json", pack)
+    return atomic_write_json(out / PACK_FILE, pack)
 
 
 @dataclass(frozen=True)
 class TargetProfile:
-    """A measured ``target.json``: ``identity`` (runtime, version, device), ``threads``, the pack's ``layer_batch`` and
+    """A device's ``target.json``: ``identity`` (runtime, version, device), ``threads``, the pack's ``layer_batch`` and
     ``grid_step``, and per precision ``model_ms`` (batch → ms), ``layers`` (table key → own ms) and ``block``."""
 
     path: Path
@@ -137,10 +138,10 @@ class TargetProfile:
         return f"{i.get('runtime')} {str(i.get('version', '')).split('-')[0]} on {i.get('device')}, {self.threads} threads"
 
     def check_model(self, model: nn.Module, input_size: int | None = None) -> None:
-        """One-line UserError unless this profile was measured for ``model`` at ``input_size`` (default: the pack's)."""
+        """One-line UserError unless this profile was timed for ``model`` at ``input_size`` (default: the pack's)."""
         size = input_size or self.input_size
         if size != self.input_size or fingerprint(model, size) != self.fingerprint:
-            raise UserError(f"target.profile {self.path} was measured for another model or input size (its pack: "
+            raise UserError(f"target.profile {self.path} was timed for another model or input size (its pack: "
                             f"{self.input_size}×{self.input_size} input); build a probe pack of this model "
                             "(python -m pipeline probe-pack) and re-run target_probe.py on the device")
 
@@ -177,7 +178,7 @@ def load_profile(path: str | Path) -> TargetProfile:
 class ProfileLatencyProbe:
     """The pruning loop's latency source (:class:`ccpcsa.pruning.loop.LatencyProbe`) for a device that is not this
     machine: the profile's layer table for ``precision``, calibrated so that the unpruned model's estimate equals the
-    device's measured milliseconds at ``batch``; every later "measurement" is that calibrated estimate."""
+    device's milliseconds at ``batch``; every later "measurement" is that calibrated estimate."""
 
     def __init__(self, profile: TargetProfile, precision: str, batch: int, input_size: int) -> None:
         rec = profile.need(precision)
@@ -193,9 +194,9 @@ class ProfileLatencyProbe:
         self._scale = 1.0
 
     def set_reference(self, model: nn.Module) -> float:
-        """Check that the profile was measured for ``model`` (its fingerprint); the device's unpruned milliseconds.
+        """Check that the profile was timed for ``model`` (its fingerprint); the device's unpruned milliseconds.
         Calibration as :meth:`ccpcsa.surgery.cost.LatencyCost.proportional`: ``estimate = constant + scale · table``
-        with ``constant = measured − table`` when that is ≥ 0, else ``constant = 0`` and ``scale = measured / table``
+        with ``constant = device − table`` when that is ≥ 0, else ``constant = 0`` and ``scale = device / table``
         (isolated layers each pay their own reorders, so at batch 1 their sum can exceed the whole model's time)."""
         self.profile.check_model(model, self.input_size)
         table = self._table_ms(model)
@@ -207,15 +208,15 @@ class ProfileLatencyProbe:
         return LatencyCost(ChannelPruner(_deployed(model), self.input_size, round_to=1, min_channels=1), self.table)()
 
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
-        """``(unpruned ms, model ms)`` on the device: measured for the unpruned model, the calibrated table's estimate
+        """``(unpruned ms, model ms)`` on the device: timed there for the unpruned model, the calibrated table's estimate
         for ``model``."""
         assert self._constant is not None, "call set_reference first"
         if model is None:
             return self.reference_ms, self.reference_ms
         return self.reference_ms, max(self._constant + self._scale * self._table_ms(model), 1e-6)
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
-        """The pruner's :class:`LatencyCost` from the device's table, calibrated to ``measured_ms``."""
+    def cost_model(self, pruner: ChannelPruner, actual_ms: float) -> LatencyCost:
+        """The pruner's :class:`LatencyCost` from the device's table, calibrated to ``actual_ms``."""
         cost = LatencyCost(pruner, self.table)
-        cost.calibrate(measured_ms)
+        cost.calibrate(actual_ms)
         return cost.proportional()

@@ -5,7 +5,7 @@
     python -m pipeline keys              # list every config key
     python -m pipeline report --run-dir DIR
     python -m pipeline probe-pack --config CONFIG --out DIR   # then target_probe.py on the device → target.json
-    python -m pipeline report --run-dir DIR --device-result result.json   # add a result measured on the target
+    python -m pipeline report --run-dir DIR --device-result result.json   # add a result from the target device
 
 User mistakes print one ``error:`` line and exit 2; a failed gate exits 1; success exits 0; Ctrl-C exits
 130 and SIGTERM 143, both after releasing the lock (rerun the same command to resume).
@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     def body() -> int:
         if args.cmd == "stages":
             for s in STAGES:
-                print(f"{s.name:10s} {s.doc}")
+                files = f" → {', '.join(s.outputs)}" if s.outputs else ""
+                print(f"{s.name:10s} {s.doc}{files}")
             return 0
         if args.cmd == "keys":
             print("\n".join(valid_keys()) if args.flat else key_tree())
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.cmd == "report" and args.device_result:
             return _add_device_result(args)
-        from .runner import run_stages
+        from .orchestrate import run_stages
 
         cfg = load_config(args.config, args.overrides)
         run_dir = _run_dir(args, cfg.run.name)

@@ -4,7 +4,7 @@ on the device itself, what the run promises about it.
 Members (flat, under ``bundle/``): the pruned FP32 model (simplified), ``model.int8.onnx`` (TensorRT's S8S8 flavour),
 ``model.int8.cpu.onnx`` (onnxruntime CPU / OpenVINO, U8S8), the unpruned references ``validate`` timed them against
 (``baseline.sim.onnx`` or ``baseline.onnx``, ``baseline.int8.cpu.onnx``), ``labels.json`` (preprocessing),
-``promise.json`` (what was measured here: accuracies, speedups per runtime / precision / batch, the accuracy gate),
+``promise.json`` (what was observed here: accuracies, speedups per runtime / precision / batch, the accuracy gate),
 ``build_engine.sh``, the standalone scripts of :mod:`export.edge` (``infer.py``, ``validate_on_device.py``,
 ``sessions.py``, ``timing.py``, ``target_probe.py`` when it exists), ``README.md`` and one ``requirements-*.txt`` per
 runtime family.
@@ -21,10 +21,26 @@ from pathlib import Path
 from typing import Any
 
 from ccpcsa.io.artifacts import atomic_path, sha256_file
+from export.tensorrt.engine_file import engine_name
 
+from .artifacts import (
+    BASELINE_INT8_CPU_ONNX,
+    BASELINE_INT8_ONNX,
+    BASELINE_ONNX,
+    BASELINE_SIM_ONNX,
+    BASELINE_STEM,
+    BUILD_ENGINE_SH,
+    BUNDLE,
+    BUNDLE_README,
+    LABELS,
+    MODEL_INT8_CPU_ONNX,
+    MODEL_INT8_ONNX,
+    MODEL_STEM,
+    PROMISE,
+)
+from .orchestrate import StageContext, StageOutcome
 from .report import speedups_by_runtime
-from .runner import StageContext, StageOutcome
-from .stages_export import BASELINE_INT8_TRT, _fp32_onnx, baseline_fp32_name
+from .stages_export import _fp32_onnx, baseline_fp32_name
 
 EDGE = Path(__file__).resolve().parents[1] / "export" / "edge"
 EDGE_SCRIPTS = ("infer.py", "validate_on_device.py", "sessions.py", "timing.py", "target_probe.py")  # the last if present
@@ -67,20 +83,22 @@ def artifacts(ctx: StageContext, fp32: Path, validate: dict[str, Any]) -> list[d
     (``baseline.<precision>.engine``) are built on the device by ``build_engine.sh`` from the ONNX files named in
     ``built_from`` / ``reference_built_from``, which the bundle carries."""
     ref = validate.get("speedup_reference") or {}
-    base_fp32 = ref.get("fp32") or next((n for n in ("baseline.sim.onnx", "baseline.onnx") if ctx.path(n).exists()), None)
-    base_int8 = ref.get("int8") or ("baseline.int8.cpu.onnx" if ctx.path("baseline.int8.cpu.onnx").exists() else None)
+    base_fp32 = ref.get("fp32") or next((n for n in (BASELINE_SIM_ONNX, BASELINE_ONNX) if ctx.path(n).exists()), None)
+    base_int8 = ref.get("int8") or (BASELINE_INT8_CPU_ONNX if ctx.path(BASELINE_INT8_CPU_ONNX).exists() else None)
     out = [{"file": fp32.name, "precision": "fp32", "runtimes": CPU_RUNTIMES, "reference": base_fp32,
             "what": "the pruned model, FP32"}]
-    if ctx.path("model.int8.cpu.onnx").exists():
-        out.append({"file": "model.int8.cpu.onnx", "precision": "int8", "runtimes": CPU_RUNTIMES, "reference": base_int8,
+    if ctx.path(MODEL_INT8_CPU_ONNX).exists():
+        out.append({"file": MODEL_INT8_CPU_ONNX, "precision": "int8", "runtimes": CPU_RUNTIMES, "reference": base_int8,
                     "what": "the pruned model, INT8 QDQ U8S8 (CPU integer kernels)"})
-    if ctx.path("build_engine.sh").exists():
-        out.append({"file": "model.fp16.engine", "precision": "fp16", "runtimes": ["tensorrt"], "reference": "baseline.fp16.engine",
+    if ctx.path(BUILD_ENGINE_SH).exists():
+        out.append({"file": engine_name(MODEL_STEM, "fp16"), "precision": "fp16", "runtimes": ["tensorrt"],
+                    "reference": engine_name(BASELINE_STEM, "fp16"),
                     "built_from": fp32.name, "reference_built_from": baseline_fp32_name(ctx),
                     "what": "TensorRT FP16 engine, built on the device by build_engine.sh"})
-        if ctx.path("model.int8.onnx").exists():
-            out.append({"file": "model.int8.engine", "precision": "int8", "runtimes": ["tensorrt"], "reference": "baseline.int8.engine",
-                        "built_from": "model.int8.onnx", "reference_built_from": BASELINE_INT8_TRT,
+        if ctx.path(MODEL_INT8_ONNX).exists():
+            out.append({"file": engine_name(MODEL_STEM, "int8"), "precision": "int8", "runtimes": ["tensorrt"],
+                        "reference": engine_name(BASELINE_STEM, "int8"),
+                        "built_from": MODEL_INT8_ONNX, "reference_built_from": BASELINE_INT8_ONNX,
                         "what": "TensorRT INT8 engine, built on the device by build_engine.sh"})
     for a in out:  # a reference the run did not write (or cannot be built from what it wrote) is no reference
         source = a.get("reference_built_from", a["reference"])
@@ -91,7 +109,7 @@ def artifacts(ctx: StageContext, fp32: Path, validate: dict[str, Any]) -> list[d
 
 
 def promise_json(ctx: StageContext, fp32: Path, arts: list[dict[str, Any]], classes: list[str]) -> dict[str, Any]:
-    """``promise.json``: the run, which file is for which runtime, what ``validate`` measured (accuracies, speedups per
+    """``promise.json``: the run, which file is for which runtime, what ``validate`` found (accuracies, speedups per
     runtime / precision / batch) and the accuracy gate the device checks against."""
     stages = ctx.manifest.data.get("stages", {})
     v = (stages.get("validate") or {}).get("metrics") or {}
@@ -129,10 +147,10 @@ def file_roles(fp32: Path, arts: list[dict[str, Any]]) -> dict[str, str]:
     sources = {a["reference_built_from"]: f"the unpruned model for TensorRT (build_engine.sh → {a['reference']})"
                for a in arts if a.get("reference_built_from") and a["reference_built_from"] not in refs}
     return {**sources, **roles, **refs,
-            "model.int8.onnx": "INT8 QDQ S8S8 for TensorRT only (build_engine.sh → model.int8.engine); NOT a CPU model",
-            "labels.json": "classes and preprocessing (read by the scripts)",
-            "promise.json": "what the run measured and promises (read by validate_on_device.py)",
-            "build_engine.sh": "trtexec lines: model.fp16.engine, model.int8.engine and their unpruned references "
+            MODEL_INT8_ONNX: "INT8 QDQ S8S8 for TensorRT only (build_engine.sh → model.int8.engine); NOT a CPU model",
+            LABELS: "classes and preprocessing (read by the scripts)",
+            PROMISE: "what the run observed and promises (read by validate_on_device.py)",
+            BUILD_ENGINE_SH: "trtexec lines: model.fp16.engine, model.int8.engine and their unpruned references "
                                "(baseline.*.engine) on the TensorRT device",
             "infer.py": "classify image files on any runtime, warmed p50 latency",
             "validate_on_device.py": "accuracy and paired speedup vs the unpruned reference on this device → result.json",
@@ -148,7 +166,7 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
              f"{len(labels['classes'])} classes; input {labels['input_size'][0]}×{labels['input_size'][1]} {labels['channel_order']}, "
              "NCHW float32, `x = (pixel/255 − mean) / std` (labels.json).", "", "## Files", "", "| file | what / runtime |", "|---|---|"]
     lines += [f"| `{m}` | {roles.get(m, 'requirements of one runtime: pip install -r ' + m if m.startswith('requirements') else '')} |"
-              for m in members if m != "README.md"]
+              for m in members if m != BUNDLE_README]
     lines += [f"| `{a['file']}` (built here) | {roles[a['file']]} |" for a in promise["artifacts"] if a["file"] not in members]
     lines += ["", "`model.int8.onnx` is the S8S8 flavour TensorRT wants: on a CPU it runs slowly (Q/DQ as float "
               "operations) — on onnxruntime CPU or OpenVINO use `model.int8.cpu.onnx`.", "",
@@ -164,7 +182,7 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
               "each artifact for the runtime and of its unpruned reference on the same images, the paired speedup "
               "(± SE) at each batch, and checks them against `promise.json`: the accuracy drop ≤ "
               f"{promise['checks']['max_accuracy_drop_pp']} pp, a speedup > 1, and the speedup within ±10 % of the "
-              f"one measured by the pipeline at {promise.get('threads')} threads and, on the target the run was pruned for"
+              f"one the pipeline timed at {promise.get('threads')} threads and, on the target the run was pruned for"
               f"{_target_line(promise)}, of the one it predicted (informational unless `--strict`). Exit 0: all passed; "
               "1: a check failed; 2: a mistake in the input.", "", "Bring `result.json` back to the machine of the run:", "",
               f"    python -m pipeline report --run-dir runs/{promise['run']} --device-result result.json", "",
@@ -184,11 +202,11 @@ def _target_line(promise: dict[str, Any]) -> str:
 
 
 def requirements(promise: dict[str, Any]) -> dict[str, bytes]:
-    """``requirements-<runtime>.txt`` per runtime family (the versions the run measured with as comments)."""
+    """``requirements-<runtime>.txt`` per runtime family (the versions the run timed with, as comments)."""
     seen = promise.get("measured_with") or {}
 
     def note(pkg: str) -> str:
-        return f"  # the run measured with {seen[pkg]}" if pkg in seen else ""
+        return f"  # the run timed with {seen[pkg]}" if pkg in seen else ""
 
     return {"requirements-onnxruntime.txt": f"numpy\npillow\nonnxruntime{note('onnxruntime')}\n".encode(),
             "requirements-openvino.txt": f"numpy\npillow\nopenvino{note('openvino')}\n".encode(),
@@ -205,16 +223,16 @@ def stage_bundle(ctx: StageContext) -> StageOutcome:
     validate = (ctx.manifest.data.get("stages", {}).get("validate") or {}).get("metrics") or {}
     arts = artifacts(ctx, fp32, validate)
     promise = promise_json(ctx, fp32, arts, labels["classes"])
-    members: dict[str, bytes] = {"labels.json": json.dumps(labels, indent=2).encode(),
-                                 "promise.json": json.dumps(promise, indent=2).encode(),
+    members: dict[str, bytes] = {LABELS: json.dumps(labels, indent=2).encode(),
+                                 PROMISE: json.dumps(promise, indent=2).encode(),
                                  **{n: p.read_bytes() for n, p in edge_scripts().items()}, **requirements(promise)}
-    files = [fp32.name, "model.int8.onnx", "model.int8.cpu.onnx", "build_engine.sh",
+    files = [fp32.name, MODEL_INT8_ONNX, MODEL_INT8_CPU_ONNX, BUILD_ENGINE_SH,
              *(a.get("reference_built_from") or a["reference"] for a in arts if a.get("reference"))]
     for name in dict.fromkeys(files):
         if ctx.path(name).exists():
             members[name] = ctx.path(name).read_bytes()
-    members["README.md"] = readme(labels, promise, sorted([*members, "README.md"])).encode()
-    out = ctx.path("bundle.tar.gz")
+    members[BUNDLE_README] = readme(labels, promise, sorted([*members, BUNDLE_README])).encode()
+    out = ctx.path(BUNDLE)
     with atomic_path(out) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for name, data in sorted(members.items()):
             info = tarfile.TarInfo(f"bundle/{name}")

@@ -61,5 +61,5 @@ def flops_target(reduction: float, target: float) -> Check:
 
 
 def speedup(ratio: float, name: str = "pruned_speedup") -> Check:
-    """The pruned model must be really faster: the measured speedup (unpruned / pruned latency) > 1."""
+    """The pruned model must be really faster: the timed speedup (unpruned / pruned latency) > 1."""
     return Check(name, bool(ratio > 1.0), ratio, 1.0, ">")

@@ -8,7 +8,7 @@
 
 Every row is timed by the shared harness (``export.latency``: each run followed by ``torch.cuda.synchronize``,
 batches ``export.latency_batches``) including the host↔device copies of the input and logits, like every
-other runner. Its parity (max |Δlogit|, top-1 agreement) is measured against PyTorch on the CPU on up to
+other runner. Its parity (max |Δlogit|, top-1 agreement) is checked against PyTorch on the CPU on up to
 :data:`PARITY_IMAGES` evaluation images. A row that fails says ``failed`` with the reason; it never fails the
 stage by itself (its accuracy is gated like every format's by the caller).
 """

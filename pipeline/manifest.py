@@ -25,12 +25,13 @@ from typing import Any
 from ccpcsa.errors import UserError
 from ccpcsa.io.artifacts import atomic_write_json, sha256_file
 
+from .artifacts import MANIFEST
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
 
-MANIFEST = "manifest.json"
 LOCK = ".lock"
 STALE_EMPTY_S = 5.0  # O_EXCL fallback: an empty/half-written lock file older than this is stale
 TEMP_GLOBS = (".*.tmp",)  # ccpcsa.io.artifacts.atomic_path's temporary files: ".<name>.<random>.tmp"

@@ -16,6 +16,7 @@ from pathlib import Path
 from ccpcsa.errors import UserError
 from ccpcsa.io.checkpoint import load_checkpoint
 
+from .artifacts import BASELINE_CKPT
 from .config import PipelineConfig
 
 
@@ -24,7 +25,7 @@ def write_pack(cfg: PipelineConfig, out: Path, run_dir: Path | None) -> Path:
     config names no model file to probe."""
     from export.target_profile import write_probe_pack
 
-    src = run_dir / "baseline.pt" if run_dir is not None and (run_dir / "baseline.pt").is_file() else None
+    src = run_dir / BASELINE_CKPT if run_dir is not None and (run_dir / BASELINE_CKPT).is_file() else None
     if src is None and cfg.baseline.checkpoint:
         src = Path(cfg.baseline.checkpoint).expanduser()
     if src is None or not src.is_file():

@@ -1,6 +1,6 @@
 """Export-side stages: ``onnx`` → ``simplify`` → ``int8`` → ``engine`` → ``validate`` → ``report`` → ``bundle``.
 
-Parity at each stage is measured against the previous stage's artifact on the evaluation split
+Parity at each stage is checked against the previous stage's artifact on the evaluation split
 (FP32: max |Δlogit| and top-1 agreement; INT8/FP16: agreement); accuracy against the baseline. Those are the
 cheap intermediate gates (``checks.eval_images``'s seeded sample); ``validate`` then evaluates every final
 format on the whole test split (``checks.final_eval_images``) — the accuracies the report states, each with
@@ -20,9 +20,24 @@ from ccpcsa.data import ArrayDataset, normalize_batch
 from ccpcsa.io.checkpoint import load_checkpoint
 
 from .accuracy import accuracy_record
+from .artifacts import (
+    BASELINE_CKPT,
+    BASELINE_INT8_ONNX,
+    BASELINE_ONNX,
+    BASELINE_SIM_ONNX,
+    BASELINE_STEM,
+    BUILD_ENGINE_SH,
+    MODEL_INT8_CPU_ONNX,
+    MODEL_INT8_ONNX,
+    MODEL_ONNX,
+    MODEL_SIM_ONNX,
+    MODEL_STEM,
+    PRUNED_CKPT,
+    REPORT_JSON,
+)
 from .checks import accuracy_drop, parity
+from .orchestrate import StageContext, StageOutcome
 from .report import format_table, load_manifest, write_report
-from .runner import StageContext, StageOutcome
 from .stages_train import data_splits, eval_split, evaluation_sample, input_size
 
 if TYPE_CHECKING:
@@ -105,7 +120,7 @@ def final_accuracy(ctx: StageContext, runner: Any, chunk: int = 1000) -> dict[st
 
 
 def final_accuracy_checks(rows: dict[str, Any], max_drop: float) -> list[Any]:
-    """The final accuracy gates: every measured format's drop against the baseline measured on the same images
+    """The final accuracy gates: every evaluated format's drop against the baseline evaluated on the same images
     in the same stage (``<format>_accuracy_drop_pp`` ≤ ``max_drop``). The intermediate stages gate on the cheap
     sample (``checks.eval_images``); this re-checks the numbers the report states. A row with ``gated`` false (a file on
     a runtime it is not made for: the TensorRT flavour on a CPU runtime) is reported, not gated."""
@@ -123,7 +138,7 @@ def _parity_checks(ctx: StageContext, ref: Path, new: str | Path, precision: str
     and the accuracy drop against the baseline."""
     cmp = _compare(ctx, ref, new)
     c = ctx.cfg.checks
-    base = load_checkpoint(ctx.path("baseline.pt")).meta
+    base = load_checkpoint(ctx.path(BASELINE_CKPT)).meta
     checks = parity(cmp["max_abs_diff"], cmp["top1_agreement"], fp32=precision == "fp32", max_diff=c.max_abs_diff,
                     min_agree_fp32=c.min_agreement_fp32,
                     min_agree_lowp=c.min_agreement_int8 if precision == "int8" else c.min_agreement_lowp,
@@ -144,9 +159,9 @@ def stage_onnx(ctx: StageContext) -> StageOutcome:
     """Export the pruned model → ``model.onnx`` (dynamic batch, metadata); parity vs PyTorch."""
     from export.onnx_export import export_onnx
 
-    src = ctx.path("pruned.pt")
+    src = ctx.path(PRUNED_CKPT)
     ck = load_checkpoint(src)
-    out = ctx.path("model.onnx")
+    out = ctx.path(MODEL_ONNX)
     res = export_onnx(ck.model, out, _metadata(ctx), opset=ctx.cfg.export.opset)
     return _parity_outcome(ctx, out, src, "fp32", {"nodes": res.nodes, "opset": res.opset, "exporter": res.exporter})
 
@@ -157,24 +172,20 @@ def stage_simplify(ctx: StageContext) -> StageOutcome:
         return StageOutcome("skipped", "export.simplify is false")
     from export.simplify import simplify_onnx
 
-    out = ctx.path("model.sim.onnx")
-    res = simplify_onnx(ctx.path("model.onnx"), out)
-    return _parity_outcome(ctx, out, ctx.path("model.onnx"), "fp32", {"nodes_before": res.nodes_before, "nodes_after": res.nodes_after})
+    out = ctx.path(MODEL_SIM_ONNX)
+    res = simplify_onnx(ctx.path(MODEL_ONNX), out)
+    return _parity_outcome(ctx, out, ctx.path(MODEL_ONNX), "fp32", {"nodes_before": res.nodes_before, "nodes_after": res.nodes_after})
 
 
 def _fp32_onnx(ctx: StageContext) -> Path:
-    sim = ctx.path("model.sim.onnx")
-    return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path("model.onnx")
-
-
-#: the unpruned model in the TensorRT INT8 flavour (S8S8), the reference of ``model.int8.engine`` on the device
-BASELINE_INT8_TRT = "baseline.int8.onnx"
+    sim = ctx.path(MODEL_SIM_ONNX)
+    return sim if ctx.cfg.export.simplify and sim.exists() else ctx.path(MODEL_ONNX)
 
 
 def baseline_fp32_name(ctx: StageContext) -> str:
     """The unpruned FP32 reference's file name: ``baseline.sim.onnx`` when the deployed FP32 file is simplified, else
     ``baseline.onnx``."""
-    return "baseline.sim.onnx" if _fp32_onnx(ctx).name == "model.sim.onnx" else "baseline.onnx"
+    return BASELINE_SIM_ONNX if _fp32_onnx(ctx).name == MODEL_SIM_ONNX else BASELINE_ONNX
 
 
 def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
@@ -186,11 +197,11 @@ def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
     from export.onnx_export import export_onnx
     from export.simplify import simplify_onnx
 
-    base_onnx = ctx.path("baseline.onnx")
+    base_onnx = ctx.path(BASELINE_ONNX)
     export_onnx(model, base_onnx, _metadata(ctx), opset=ctx.cfg.export.opset)
-    if _fp32_onnx(ctx).name != "model.sim.onnx":
+    if _fp32_onnx(ctx).name != MODEL_SIM_ONNX:
         return [*_trt_reference(ctx, base_onnx), base_onnx]
-    base_sim = ctx.path("baseline.sim.onnx")
+    base_sim = ctx.path(BASELINE_SIM_ONNX)
     simplify_onnx(base_onnx, base_sim)
     return [base_onnx, *_trt_reference(ctx, base_sim), base_sim]
 
@@ -198,16 +209,16 @@ def reference_onnx(ctx: StageContext, model: nn.Module) -> list[Path]:
 def _trt_reference(ctx: StageContext, base_fp32: Path) -> list[Path]:
     """``baseline.int8.onnx``: the unpruned model quantized exactly as ``model.int8.onnx`` was (TensorRT flavour, the
     same calibration images), when that file exists — the device builds ``baseline.int8.engine`` from it."""
-    if not ctx.path("model.int8.onnx").exists():
+    if not ctx.path(MODEL_INT8_ONNX).exists():
         return []
-    out = ctx.path(BASELINE_INT8_TRT)
+    out = ctx.path(BASELINE_INT8_ONNX)
     quantize_trt_flavour(ctx, base_fp32, out)
     return [out]
 
 
 def cpu_reduce_range(ctx: StageContext) -> tuple[bool, str]:
     """``export.int8_reduce_range`` resolved for the target: the device's CPU features when ``target.profile`` is a
-    measured ``target.json`` (7-bit weights on an x86 device without VNNI), else this machine's."""
+    ``target.json`` from the device (7-bit weights on an x86 device without VNNI), else this machine's."""
     from export.quantize import resolve_reduce_range
     from export.runtime import CPU_RUNTIMES
 
@@ -259,7 +270,7 @@ def stage_int8(ctx: StageContext) -> StageOutcome:
     agreement vs FP32 ONNX (``checks.min_agreement_int8``)."""
     if not ctx.cfg.export.int8:
         return StageOutcome("skipped", "export.int8 is false")
-    return _quantize(ctx, ctx.path("model.int8.onnx"), "int8")
+    return _quantize(ctx, ctx.path(MODEL_INT8_ONNX), "int8")
 
 
 def stage_int8_cpu(ctx: StageContext) -> StageOutcome:
@@ -267,25 +278,32 @@ def stage_int8_cpu(ctx: StageContext) -> StageOutcome:
     fuses into ``QLinearConv``) → ``model.int8.cpu.onnx``; agreement vs FP32 ONNX (``checks.min_agreement_int8``)."""
     if not ctx.cfg.export.int8_cpu:
         return StageOutcome("skipped", "export.int8_cpu is false")
-    return _quantize(ctx, ctx.path("model.int8.cpu.onnx"), "uint8")
+    return _quantize(ctx, ctx.path(MODEL_INT8_CPU_ONNX), "uint8")
 
 
 def stage_engine(ctx: StageContext) -> StageOutcome:
     """TensorRT engines per ``export.engine_precisions`` (+ sidecars, trtexec lines); ``skipped`` without TensorRT/GPU."""
-    from export.tensorrt import BatchProfile, build_engine, trtexec_commands, write_trtexec_script
+    from export.tensorrt import (
+        TIMING_CACHE,
+        BatchProfile,
+        build_engine,
+        engine_name,
+        trtexec_commands,
+        write_trtexec_script,
+    )
 
     e = ctx.cfg.export
     s = input_size(ctx)
     profile = BatchProfile(e.min_batch, e.opt_batch, e.max_batch)
-    int8 = ctx.path("model.int8.onnx")
+    int8 = ctx.path(MODEL_INT8_ONNX)
     cmds = trtexec_commands(_fp32_onnx(ctx).name, int8.name if int8.exists() else None, profile=profile, input_chw=(3, s, s),
                             workspace_mb=e.workspace_mb)
     # the unpruned references (validate writes their ONNX files; the bundle carries them): the device times each engine
     # against the unpruned model's engine of the same precision
-    base = trtexec_commands(baseline_fp32_name(ctx), BASELINE_INT8_TRT if int8.exists() else None, profile=profile,
-                            input_chw=(3, s, s), workspace_mb=e.workspace_mb, stem="baseline")
+    base = trtexec_commands(baseline_fp32_name(ctx), BASELINE_INT8_ONNX if int8.exists() else None, profile=profile,
+                            input_chw=(3, s, s), workspace_mb=e.workspace_mb, stem=BASELINE_STEM)
     cmds.update({f"{k}, unpruned reference": v for k, v in base.items()})
-    script = write_trtexec_script(ctx.path("build_engine.sh"), cmds)
+    script = write_trtexec_script(ctx.path(BUILD_ENGINE_SH), cmds)
     if not e.engine:
         return StageOutcome("skipped", "export.engine is false", outputs=[script])
     outputs, metrics, reasons, checks = [script], {}, [], []
@@ -294,8 +312,8 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
         if prec == "int8" and not int8.exists():
             metrics[prec] = {"status": "skipped", "reason": "no INT8 QDQ model (export.int8 is false)"}
             continue
-        res = build_engine(src, ctx.path(f"model.{prec}.engine"), precision=prec, profile=profile, workspace_mb=e.workspace_mb,
-                           timing_cache=ctx.path("timing.cache"))
+        res = build_engine(src, ctx.path(engine_name(MODEL_STEM, prec)), precision=prec, profile=profile, workspace_mb=e.workspace_mb,
+                           timing_cache=ctx.path(TIMING_CACHE))
         metrics[prec] = res.to_dict()
         if res.status != "ok":
             reasons.append(f"{prec}: {res.reason}")
@@ -316,7 +334,7 @@ def stage_engine(ctx: StageContext) -> StageOutcome:
 def stage_report(ctx: StageContext) -> StageOutcome:
     """report.json, report.md and plots from the manifest; prints the per-format table."""
     paths = write_report(ctx.run_dir, load_manifest(ctx.run_dir))
-    report = json.loads(ctx.path("report.json").read_text())
+    report = json.loads(ctx.path(REPORT_JSON).read_text())
     print(format_table(report), flush=True)
     return StageOutcome(outputs=paths)
 

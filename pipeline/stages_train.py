@@ -20,10 +20,11 @@ from ccpcsa.surgery.prune import channels_per_layer
 from ccpcsa.training.engine import evaluate, fit, seed_everything
 
 from .accuracy import accuracy_record
+from .artifacts import ATTENTION_CKPT, BASELINE_CKPT, HISTORY, PRUNED_CKPT, train_ckpt, train_ckpt_glob
 from .checks import Check, accuracy_drop, at_least, flops_target
 from .config import PipelineConfig
 from .frontier import frontier_paths
-from .runner import StageContext, StageOutcome
+from .orchestrate import StageContext, StageOutcome
 
 WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
 
@@ -97,13 +98,13 @@ def stage_baseline(ctx: StageContext) -> StageOutcome:
     metrics record ``weights``: ``{"source": "trained" | "checkpoint" | "state_dict" | "safetensors", "sha256",
     "path"}`` (the SHA-256 of the given file's bytes)."""
     cfg, data = ctx.cfg, data_splits(ctx)
-    out = ctx.path("baseline.pt")
+    out = ctx.path(BASELINE_CKPT)
     seed_everything(cfg.run.seed)
     # The per-epoch training checkpoint is named after the stage key, so an interrupted run resumes only
     # under the same config: a leftover of a run with other settings is deleted, never resumed from.
-    train_ck = ctx.path(f"baseline.train.{ctx.key[:16]}.pt" if ctx.key else "baseline.train.pt")
+    train_ck = ctx.path(train_ckpt(ctx.key))
     given = Path(cfg.baseline.checkpoint).resolve() if cfg.baseline.checkpoint else None
-    for old in ctx.run_dir.glob("baseline.train*.pt"):
+    for old in ctx.run_dir.glob(train_ckpt_glob()):
         if old != train_ck and old.resolve() != given:
             old.unlink(missing_ok=True)
     weights: dict[str, Any] = {"source": "trained"}
@@ -137,7 +138,7 @@ def stage_attention(ctx: StageContext) -> StageOutcome:
     cfg, data = ctx.cfg, data_splits(ctx)
     if not cfg.attention.enabled:
         return StageOutcome("skipped", "attention.enabled is false; pruning starts from baseline.pt")
-    ck = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device)  # BAM is attached and retrained on the run's device
+    ck = load_checkpoint(ctx.path(BASELINE_CKPT), device=ctx.device)  # BAM is attached and retrained on the run's device
     model = ck.model
     opts = {"reduction": cfg.attention.reduction, "dilation": cfg.attention.dilation}
     where = attach_bam(model, input_size(ctx), **opts)
@@ -148,7 +149,7 @@ def stage_attention(ctx: StageContext) -> StageOutcome:
                      max_steps_per_epoch=cfg.attention.max_steps_per_epoch or cfg.train.max_steps_per_epoch)
         fit(model, data, tc, device=ctx.device, progress=ctx.progress, desc="attention")
     metrics = {**model_metrics(ctx, model), "bam_after": where}
-    out = ctx.path("attention.pt")
+    out = ctx.path(ATTENTION_CKPT)
     save_checkpoint(out, model, spec, data.classes, data.mean, data.std, meta={"stage": "attention", **metrics})
     return StageOutcome(outputs=[out], metrics=metrics)
 
@@ -156,9 +157,9 @@ def stage_attention(ctx: StageContext) -> StageOutcome:
 def stage_prune(ctx: StageContext) -> StageOutcome:
     """Algorithm 1 with ``prune.criterion.name`` → ``pruned.pt`` + ``history.json``; gates: FLOPs target, accuracy drop."""
     cfg, data = ctx.cfg, data_splits(ctx)
-    src = ctx.path("attention.pt") if ctx.path("attention.pt").exists() and cfg.attention.enabled else ctx.path("baseline.pt")
+    src = ctx.path(ATTENTION_CKPT) if ctx.path(ATTENTION_CKPT).exists() and cfg.attention.enabled else ctx.path(BASELINE_CKPT)
     ck = load_checkpoint(src, device=ctx.device)
-    base_meta = load_checkpoint(ctx.path("baseline.pt")).meta
+    base_meta = load_checkpoint(ctx.path(BASELINE_CKPT)).meta
     pcfg, target = aim_at_target(cfg.prune, cfg.target)
     pcfg, note = apply_by_alignment(pcfg)  # the settings of the target's channel block (prune.by_alignment)
     if note:
@@ -169,15 +170,15 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     before = channels_per_layer(plain)  # named as the pruned model's layers are (no BAM wrappers)
     probe = latency_probe(ctx, pcfg, target)
     seed = pcfg.steps.seed if pcfg.steps.seed is not None else cfg.run.seed
-    teacher = load_checkpoint(ctx.path("baseline.pt"), device=ctx.device).model if pcfg.recovery.distill.teacher == "baseline" else None
+    teacher = load_checkpoint(ctx.path(BASELINE_CKPT), device=ctx.device).model if pcfg.recovery.distill.teacher == "baseline" else None
     result = run_pruning(ck.model, data, criterion, pcfg.updated({"steps.seed": seed}), cfg.train, input_size=input_size(ctx),
                          device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
-                         history_path=ctx.path("history.json"), progress=ctx.progress, latency=probe, teacher=teacher)
+                         history_path=ctx.path(HISTORY), progress=ctx.progress, latency=probe, teacher=teacher)
     spec = ck.spec if not (pcfg.recovery.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     if result.dropped_blocks:  # rebuilt with those blocks as identities (ModelSpec.dropped)
         spec = replace(spec, dropped=[*spec.dropped, *result.dropped_blocks])
     metrics = {**model_metrics(ctx, result.model), **result.summary(), "source": src.name, "method": criterion.name}
-    out = ctx.path("pruned.pt")
+    out = ctx.path(PRUNED_CKPT)
     save_checkpoint(out, result.model, spec, data.classes, data.mean, data.std, meta={"stage": "prune", **metrics})
     metrics["baseline_accuracy"] = float(base_meta["accuracy"])
     checks = prune_checks(cfg, metrics)
@@ -187,13 +188,13 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     if note:
         metrics["by_alignment"] = note
     metrics["channels_before"], metrics["channels_after"] = before, channels_per_layer(result.model)
-    outputs = [out, ctx.path("history.json")] + ([probe.table.cache] if probe is not None and probe.table.cache else [])
+    outputs = [out, ctx.path(HISTORY)] + ([probe.table.cache] if probe is not None and probe.table.cache else [])
     return StageOutcome(outputs=outputs, metrics=metrics, checks=checks)
 
 
 def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     """The prune stage's gates on its metrics: accuracy drop vs the baseline ≤ ``checks.max_accuracy_drop``; then, with
-    ``checks.require_flops_target`` (the prune target must be reached), the measured speedup ≥ ``prune.target.speedup``
+    ``checks.require_flops_target`` (the prune target must be reached), the timed speedup ≥ ``prune.target.speedup``
     when the loop had a latency target, else the MACs reduction ≥ ``prune.target.flops_reduction``. Re-evaluated alone
     when only a gate setting changes, so a run that stopped just short of its target goes on with
     ``--set checks.require_flops_target=false`` without re-training."""
@@ -201,7 +202,7 @@ def prune_checks(cfg: PipelineConfig, metrics: dict[str, Any]) -> list[Check]:
     if not cfg.checks.require_flops_target:
         return checks
     lat = metrics.get("latency") or {}
-    if lat.get("target_speedup"):  # a latency target: gate the measured speedup
+    if lat.get("target_speedup"):  # a latency target: gate the timed speedup
         checks.append(at_least(f"measured_speedup_b{lat['batch']}", lat["final_speedup"], lat["target_speedup"]))
     else:
         aimed = aim_at_target(cfg.prune, cfg.target)[0]
@@ -213,7 +214,7 @@ def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, A
     """The prune settings aimed at ``target`` (the config's ``target`` section) and a record of that target. A built-in
     target (``onnxruntime-cpu``, ``openvino-cpu``) becomes ``prune.target.runtime`` when that key is at its default; a
     profile file (``target.json``) sets ``prune.widths.round_to`` (when ``auto``) to the channel block of the staircase the
-    device measured for ``target.precision`` and the target runtime to ``device-profile``."""
+    device timed for ``target.precision`` and the target runtime to ``device-profile``."""
     from export.runtime import CPU_RUNTIMES
 
     if target.profile in CPU_RUNTIMES:
@@ -234,7 +235,7 @@ def aim_at_target(p: PruneConfig, target: Any) -> tuple[PruneConfig, dict[str, A
 def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | None = None) -> Any:
     """The latency source for ``prune.target.speedup`` / ``prune.target.latency_ms`` / ``prune.steps.allocation=latency`` of
     the effective prune settings ``p`` (None without): the device's profile (:class:`export.target_profile.
-    ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine measured on the
+    ProfileLatencyProbe`) when ``target`` came from a ``target.json``, else the runtime of this machine timed on the
     fly (:class:`export.layer_latency.RuntimeLatencyProbe`; its per-layer table cached in the run directory)."""
     from ccpcsa.pruning.allocation import NEEDS_LATENCY
 

@@ -15,9 +15,21 @@ from ccpcsa.io.artifacts import atomic_write_json
 from ccpcsa.io.checkpoint import load_checkpoint
 from ccpcsa.models import count_complexity
 from export.edge.timing import OTHER_LOAD_WARN
+from export.tensorrt.engine_file import engine_name
 
+from .artifacts import (
+    BASELINE_CKPT,
+    BASELINE_INT8_CPU_ONNX,
+    MODEL_INT8_CPU_ONNX,
+    MODEL_INT8_ONNX,
+    MODEL_ONNX,
+    MODEL_SIM_ONNX,
+    MODEL_STEM,
+    PRUNED_CKPT,
+    VALIDATION,
+)
 from .checks import at_least, at_most, speedup
-from .runner import StageContext, StageOutcome
+from .orchestrate import StageContext, StageOutcome
 from .stages_export import (
     _fp32_onnx,
     _runner,
@@ -30,7 +42,6 @@ from .stages_export import (
 )
 from .stages_train import data_splits, eval_split, input_size
 
-BASELINE_INT8_CPU = "baseline.int8.cpu.onnx"  # the unpruned INT8 reference (onnxruntime-CPU flavour) validate times against
 #: Which runtime each ONNX artifact is made for (the rest run it too, reported but not gated): the TensorRT flavour
 #: (S8S8) is for TensorRT only; onnxruntime and OpenVINO run the U8S8 flavour's Q/DQ pairs on their integer kernels.
 MADE_FOR = {"onnx": ("onnxruntime-cpu", "openvino-cpu", "tensorrt"), "onnx_simplified": ("onnxruntime-cpu", "openvino-cpu", "tensorrt"),
@@ -76,16 +87,16 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     from export.runtime import onnx_runner
 
     cfg = ctx.cfg
-    base_ck = load_checkpoint(ctx.path("baseline.pt"))
+    base_ck = load_checkpoint(ctx.path(BASELINE_CKPT))
     outputs = reference_onnx(ctx, base_ck.model)
     manifest = ctx.manifest.data["stages"]
     rows: dict[str, Any] = {}
-    onnx_files = {"onnx": ctx.path("model.onnx"), "onnx_simplified": ctx.path("model.sim.onnx"), "int8": ctx.path("model.int8.onnx"),
-                  "int8_cpu": ctx.path("model.int8.cpu.onnx")}
+    onnx_files = {"onnx": ctx.path(MODEL_ONNX), "onnx_simplified": ctx.path(MODEL_SIM_ONNX), "int8": ctx.path(MODEL_INT8_ONNX),
+                  "int8_cpu": ctx.path(MODEL_INT8_CPU_ONNX)}
     parity_of = {"onnx": "onnx", "onnx_simplified": "simplify", "int8": "int8", "int8_cpu": "int8_cpu"}
     base_c = count_complexity(base_ck.model, input_size(ctx))
-    pruned_c = count_complexity(load_checkpoint(ctx.path("pruned.pt")).model, input_size(ctx))
-    for name, path in {"pytorch_baseline": ctx.path("baseline.pt"), "pytorch_pruned": ctx.path("pruned.pt")}.items():
+    pruned_c = count_complexity(load_checkpoint(ctx.path(PRUNED_CKPT)).model, input_size(ctx))
+    for name, path in {"pytorch_baseline": ctx.path(BASELINE_CKPT), "pytorch_pruned": ctx.path(PRUNED_CKPT)}.items():
         rows[name] = _row(ctx, name, path, _runner(ctx, path), "pytorch", base_c if name == "pytorch_baseline" else pruned_c)
     for runtime in cfg.target.runtimes:
         for name, path in onnx_files.items():
@@ -94,20 +105,20 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
             key = name if runtime == "onnxruntime-cpu" else f"{name}@{runtime}"
             ctx.say(f"validate: {path.name} on {runtime}")
             rows[key] = _row(ctx, name, path, onnx_runner(runtime, path, threads=cfg.export.threads), runtime, pruned_c)
-            if runtime == "onnxruntime-cpu":  # the stages' parity was measured on onnxruntime
+            if runtime == "onnxruntime-cpu":  # the stages' parity was checked on onnxruntime
                 _parity_note(rows[key], name, manifest.get(parity_of.get(name, ""), {}).get("metrics") or {})
     rows.update(_engine_rows(ctx, manifest, pruned_c))
     if ctx.device.type == "cuda":  # GPU latency rows (PyTorch eager / CUDA graph, onnxruntime CUDA): only on a CUDA run
         from .gpu_latency import cuda_rows
 
-        rows.update(cuda_rows(ctx.path("pruned.pt"), _fp32_onnx(ctx), ctx.device, input_size(ctx), eval_arrays(ctx)[0],
+        rows.update(cuda_rows(ctx.path(PRUNED_CKPT), _fp32_onnx(ctx), ctx.device, input_size(ctx), eval_arrays(ctx)[0],
                               lambda r: _latency(ctx, r), lambda r: final_accuracy(ctx, r), pruned_c.params, pruned_c.macs))
     # the pruned model must be really faster: on each runtime, pruned vs unpruned, FP32 and INT8 (U8S8), interleaved
     fp32_ref = outputs[-1]
     per_runtime, checks = speedups(ctx, base_c.macs / pruned_c.macs, fp32_ref, outputs)
     main = per_runtime.get("onnxruntime-cpu") or next(iter(per_runtime.values()))
     sp, sp_int8 = main.get("fp32", {}), main.get("int8", {})
-    reference = {"fp32": fp32_ref.name, **({"int8": BASELINE_INT8_CPU} if sp_int8 else {})}
+    reference = {"fp32": fp32_ref.name, **({"int8": BASELINE_INT8_CPU_ONNX} if sp_int8 else {})}
     if cfg.checks.latency_budget_ms is not None:
         b = str(cfg.checks.latency_budget_batch)
         best = min(r["latency_ms"][b]["p50"] for r in rows.values() if r.get("status") == "ok" and b in (r.get("latency_ms") or {}))
@@ -116,7 +127,7 @@ def stage_validate(ctx: StageContext) -> StageOutcome:
     evaluation = {"final_images": len(final_split(ctx)), "test_images": len(data_splits(ctx).test), "gate_images": len(eval_split(ctx))}
     record = {"formats": rows, "speedup": sp, "speedup_int8": sp_int8, "speedups": per_runtime, "speedup_reference": reference,
               "evaluation": evaluation, "runtimes": _identities(cfg.target.runtimes, cfg.export.threads)}
-    out = atomic_write_json(ctx.path("validation.json"), record)
+    out = atomic_write_json(ctx.path(VALIDATION), record)
     return StageOutcome(outputs=[out, *outputs], checks=checks, metrics=record)
 
 
@@ -128,15 +139,15 @@ def _identities(runtimes: list[str], threads: int) -> dict[str, Any]:
 
 
 def _engine_rows(ctx: StageContext, manifest: dict[str, Any], pruned_c: Any) -> dict[str, Any]:
-    """The TensorRT engine rows: measured like every other format where the engine stage built one, else its status."""
+    """The TensorRT engine rows: evaluated like every other format where the engine stage built one, else its status."""
     rows: dict[str, Any] = {}
     eng = manifest.get("engine", {})
     for prec in ctx.cfg.export.engine_precisions:
         m = (eng.get("metrics") or {}).get(prec) or {}
-        row = {"file": f"model.{prec}.engine", "precision": prec, "runtime": "tensorrt", "made_for": ["tensorrt"],
+        row = {"file": engine_name(MODEL_STEM, prec), "precision": prec, "runtime": "tensorrt", "made_for": ["tensorrt"],
                "status": m.get("status", eng.get("status", "skipped")), "reason": m.get("reason", eng.get("reason", ""))}
         path = ctx.path(row["file"])
-        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): measured like every other format
+        if row["status"] == "ok" and path.exists():  # a built engine (GPU + TensorRT): evaluated like every other format
             runner = _runner(ctx, path)
             lat = _latency(ctx, runner)
             par = m.get("parity") or {}
@@ -163,9 +174,9 @@ def speedups(ctx: StageContext, macs_ratio: float, base_onnx: Path, outputs: lis
 
     cfg, e = ctx.cfg, ctx.cfg.export
     pairs = {"fp32": (base_onnx, _fp32_onnx(ctx))}
-    int8 = ctx.path("model.int8.cpu.onnx")
+    int8 = ctx.path(MODEL_INT8_CPU_ONNX)
     if e.int8_cpu and int8.exists():
-        base_int8 = ctx.path(BASELINE_INT8_CPU)
+        base_int8 = ctx.path(BASELINE_INT8_CPU_ONNX)
         quantize_cpu_flavour(ctx, base_onnx, base_int8)
         outputs.append(base_int8)
         pairs["int8"] = (base_int8, int8)

@@ -10,9 +10,9 @@ from ccpcsa.errors import UserError
 
 @dataclass
 class TargetConfig:
-    """Where the model will run. ``profile``: a built-in target measured on the fly on this machine
-    (``onnxruntime-cpu``, ``openvino-cpu``) or the path of a ``target.json`` that ``target_probe.py`` measured on the
-    device itself; it drives the width alignment (``prune.widths.round_to: auto``), the latency table and the measured speedup
+    """Where the model will run. ``profile``: a built-in target timed on the fly on this machine
+    (``onnxruntime-cpu``, ``openvino-cpu``) or the path of a ``target.json`` that ``target_probe.py`` wrote on the
+    device itself; it drives the width alignment (``prune.widths.round_to: auto``), the latency table and the timed speedup
     of latency targets (``prune.target.speedup``), and the report names it with every speed. ``precision``: which of
     the target's timings drive them (``fp32`` or ``int8``). ``runtimes``: the runtimes of this machine that ``validate``
     evaluates every ONNX artifact on and times pruned vs unpruned on, each gated alike."""

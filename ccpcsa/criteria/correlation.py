@@ -21,7 +21,7 @@ terms' per-layer ranks scaled to (0, 1]. Statistics are taken after BN (``featur
 after BN + ReLU (``relu``). Scores are normalized per layer (divided by the layer mean), then a coupled group
 (residual sum, depthwise conv, BAM input) combines its members by their ``mean`` or ``max`` (``group``).
 
-Registered: ``ccpcsa`` (the measured winner, :data:`CCPCSA_DEFAULT`, README and bench/README say why),
+Registered: ``ccpcsa`` (the benchmarks' winner, :data:`CCPCSA_DEFAULT`, README and bench/README say why),
 ``corr`` (1 − mean ρ), ``attention`` (channel attention only, PCAS-like); every option can be set through
 ``prune.criterion.options``.
 """

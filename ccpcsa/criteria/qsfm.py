@@ -55,7 +55,7 @@ from ..surgery.compensation import (
 )
 from ..surgery.prune import ChannelPruner
 from .base import Criterion, ScoreContext, feature_members
-from .registry import register
+from .catalog import register
 from .similarity import MAX_PSNR_DB, global_psnr, global_ssim, psnr_sums, ssim_sums
 
 _TIE_RAMP = 1e-9
@@ -233,7 +233,7 @@ class _Collector:
 @dataclass
 class GroupRedundancy:
     """QSFM's view of one group: combined similarity ``S`` (root channels), energy, the greedy elimination and
-    the tensors it was measured on."""
+    the tensors it was computed on."""
 
     key: str
     similarity: np.ndarray

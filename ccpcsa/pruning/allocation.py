@@ -17,7 +17,7 @@ the groups:
 - ``params``: the same greedy knapsack priced in parameters instead: the least importance mass per weight removed
   goes first — layers with many weights per channel (the wide late layers) are thinned most, as QSFM's allocation
   on ResNet-56 does (58 % of the parameters for 48 % of the FLOPs, Wang et al., arXiv 2105.06052);
-- ``sensitivity``: the same greedy knapsack with *measured* importance — a block's importance is the loss increase when
+- ``sensitivity``: the same greedy knapsack with *observed* importance — a block's importance is the loss increase when
   it goes (:mod:`ccpcsa.sensitivity`: its channels silenced on a fixed set of train images) — priced in the target
   runtime's milliseconds: the blocks that cost least accuracy per millisecond saved go first, so a layer the model
   needs keeps its width however many MACs it has, and a layer the runtime spends time on but the model does not need
@@ -35,8 +35,8 @@ from ..surgery.cost import CostModel
 from ..surgery.prune import Block, ChannelPruner
 
 ALLOCATIONS = ("global", "cost", "latency", "params", "uniform", "sensitivity", "sensitivity-macs")
-#: allocations whose importance is the measured per-block loss increase (:func:`ccpcsa.sensitivity.block_sensitivity`)
-MEASURED = ("sensitivity", "sensitivity-macs")
+#: allocations whose importance is the observed per-block loss increase (:func:`ccpcsa.sensitivity.block_sensitivity`)
+SENSITIVITY_ALLOCATIONS = ("sensitivity", "sensitivity-macs")
 #: allocations priced in the target runtime's milliseconds (they need its latency table)
 NEEDS_LATENCY = ("latency", "sensitivity")
 
@@ -50,9 +50,9 @@ def removable_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray]) -> di
 def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocation: str = "global",
                  cost: CostModel | None = None, sensitivity: dict[str, list[float]] | None = None) -> list[Block]:
     """All removable blocks of the scored groups in the order the ``allocation`` removes them (module docstring).
-    ``cost`` is required by ``cost``, ``latency`` and the measured allocations (MACs or latency) and ignored by the
-    others; ``sensitivity`` (group key → each block's measured loss increase, :func:`removable_blocks` order) is
-    required by :data:`MEASURED`."""
+    ``cost`` is required by ``cost``, ``latency`` and the sensitivity allocations (MACs or latency) and ignored by the
+    others; ``sensitivity`` (group key → each block's observed loss increase, :func:`removable_blocks` order) is
+    required by :data:`SENSITIVITY_ALLOCATIONS`."""
     if allocation not in ALLOCATIONS:
         raise unknown("prune.steps.allocation", allocation, ALLOCATIONS)
     queues = removable_blocks(pruner, scores)
@@ -66,9 +66,9 @@ def order_blocks(pruner: ChannelPruner, scores: dict[str, np.ndarray], allocatio
         return _greedy(queues, ParamsCost(pruner), scores)
     if cost is None:
         raise ValueError(f"allocation '{allocation}' needs a cost model")
-    if allocation in MEASURED:
+    if allocation in SENSITIVITY_ALLOCATIONS:
         if sensitivity is None:
-            raise ValueError(f"allocation '{allocation}' needs the measured block sensitivity")
+            raise ValueError(f"allocation '{allocation}' needs the observed block sensitivity")
         return _greedy(queues, cost, scores, sensitivity)
     return _greedy(queues, cost, scores)
 
@@ -91,7 +91,7 @@ def _uniform(pruner: ChannelPruner, queues: dict[str, list[Block]]) -> list[Bloc
 def _greedy(queues: dict[str, list[Block]], cost: CostModel, scores: dict[str, np.ndarray],
             sensitivity: dict[str, list[float]] | None = None) -> list[Block]:
     """Greedy importance-per-cost order. A block's importance mass is the sum of its channels' scores (with
-    ``sensitivity``: its measured loss increase, floored at 0); its price is the cost it saves at the widths reached
+    ``sensitivity``: its observed loss increase, floored at 0); its price is the cost it saves at the widths reached
     so far (only the groups sharing a layer with the last move are re-priced)."""
     widths = dict(cost.sizes)
     pos = {k: 0 for k in queues}

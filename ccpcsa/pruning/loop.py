@@ -43,7 +43,7 @@ from ..surgery.prune import (
 )
 from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
-from .allocation import MEASURED, removable_blocks
+from .allocation import SENSITIVITY_ALLOCATIONS, removable_blocks
 from .planner import Compensation, make_planner
 from .planner import LatencyProbe as LatencyProbe  # re-exported: the probes name it here
 from .sensitivity import block_sensitivity
@@ -128,7 +128,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
             stop = "nothing left to prune (per-layer floors or alignment reached)"
             break
         row = run.recover(it, plan, ti, progress)  # 3) BN re-estimate, fine-tune, val accuracy
-        row.update(planner.measured(run.model, estimate))
+        row.update(planner.observe(run.model, estimate))
         result.history.append(row)
         if history_path is not None:
             atomic_write_json(history_path, result.history)
@@ -237,8 +237,8 @@ class _LoopRun:
                              self.original_sizes, scope=c.widths.scope, wide_round_to=c.widths.round_to_wide)
 
     def sensitivity(self, p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
-        """The measured per-block loss increase for the allocations that price it (None for the others)."""
-        if self.cfg.steps.allocation not in MEASURED:
+        """The observed per-block loss increase for the allocations that price it (None for the others)."""
+        if self.cfg.steps.allocation not in SENSITIVITY_ALLOCATIONS:
             return None
         return block_sensitivity(p, removable_blocks(p, scores),
                                  calibration_batches(self.data, self.cfg.steps.sensitivity_images, self.train_cfg.eval_batch_size,

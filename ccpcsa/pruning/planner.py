@@ -6,9 +6,9 @@ Polygraphy between runner and comparator:
 
 - :class:`MacsPlanner` — each iteration removes ``prune.steps.flops_reduction`` of the original MACs (or
   ``groups_per_iteration`` blocks) in the allocation's block order, until the MACs/params target;
-- :class:`LatencyPlanner` — each iteration removes blocks until the latency table of the target (measured here or read
+- :class:`LatencyPlanner` — each iteration removes blocks until the latency table of the target (timed here or read
   from a target profile) estimates that iteration's speedup step, corrected by what earlier steps delivered
-  (:class:`StepGain`); it stops when the *measured* (or, for a profile, the calibrated) speedup reaches
+  (:class:`StepGain`); it stops when the *timed* (or, for a profile, the calibrated) speedup reaches
   ``prune.target.speedup`` / ``prune.target.latency_ms``;
 - :class:`ReferencePlanner` — Torch-Pruning's ``MetaPruner`` picks and cuts to each MACs step (the benchmark's external
   reference, ``prune.steps.pruner: torch-pruning``).
@@ -28,8 +28,8 @@ from tqdm.auto import tqdm
 from ..errors import UserError
 from ..models.complexity import Complexity
 from ..surgery.cost import CostModel, LatencyCost, MacsCost
+from ..surgery.macs_target import fewest_prefix, prune_to_target
 from ..surgery.prune import ChannelPruner, channels_per_layer, metapruner_to_target
-from ..surgery.target import fewest_prefix, prune_to_target
 from .allocation import NEEDS_LATENCY, order_blocks
 from .settings import PruneConfig
 from .steering import StepGain
@@ -44,19 +44,19 @@ Compensation = Callable[[Plan], None] | None
 class LatencyProbe(Protocol):
     """What a latency planner needs from the target runtime (``export.layer_latency.RuntimeLatencyProbe``,
     ``export.target_profile.ProfileLatencyProbe``): the unpruned model as the reference, the reference's and a model's
-    latency measured interleaved (ms per batch, the deployed graph), and the latency cost model of a pruner calibrated
-    to a measured latency."""
+    latency timed interleaved (ms per batch, the deployed graph), and the latency cost model of a pruner calibrated
+    to a timed latency."""
 
     def set_reference(self, model: nn.Module) -> float:
         """Keep ``model`` (the unpruned one) as the reference; return its latency in ms."""
         ...
 
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
-        """``(reference ms, model ms)`` measured interleaved (``None``: the reference against itself)."""
+        """``(reference ms, model ms)`` timed interleaved (``None``: the reference against itself)."""
         ...
 
-    def cost_model(self, pruner: ChannelPruner, measured_ms: float) -> LatencyCost:
-        """The latency cost model of ``pruner``'s model, calibrated so its current cost is ``measured_ms``."""
+    def cost_model(self, pruner: ChannelPruner, actual_ms: float) -> LatencyCost:
+        """The latency cost model of ``pruner``'s model, calibrated so its current cost is ``actual_ms``."""
         ...
 
 
@@ -73,7 +73,7 @@ class StepPlanner(Protocol):
         plan (layer → removed channel indices) and the planner's estimate for the history row."""
         ...
 
-    def measured(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:
+    def observe(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:
         """After the fine-tune: what the planner measures of the step (history row fields; empty for MACs)."""
         ...
 
@@ -120,7 +120,7 @@ class MacsPlanner:
                                       exclude_attention=cfg.recovery.remove_attention, before_apply=compensation)
         return plan, {}
 
-    def measured(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
+    def observe(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
         return {}
 
     def accepted(self, row: dict[str, Any]) -> None:  # noqa: D102 — StepPlanner
@@ -146,7 +146,7 @@ class ReferencePlanner(MacsPlanner):
 class LatencyPlanner(MacsPlanner):
     """Latency target on ``latency``'s runtime: iteration ``it`` aims at speedup ``min(target, 1/(1 − step·it))``; the
     fewest first blocks of the allocation's order whose table estimate reaches ``StepGain.aim`` of that goal are cut
-    (at least one). The loop stops when the speedup measured after an accepted step reaches the target. The estimate
+    (at least one). The loop stops when the speedup timed after an accepted step reaches the target. The estimate
     with every layer at its floor is recorded once (``floor_speedup_estimate``) and a target above it is warned about."""
 
     def __init__(self, cfg: PruneConfig, base: Complexity, latency: LatencyProbe, sensitivity: Sensitivity,
@@ -187,7 +187,7 @@ class LatencyPlanner(MacsPlanner):
                        f"prune.widths.max_layer_ratio) the latency table estimates {floor:.2f}x; lower the target, "
                        "prune.widths.round_to or the floors")
 
-    def measured(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
+    def observe(self, model: nn.Module, estimate: dict[str, float]) -> dict[str, Any]:  # noqa: D102 — StepPlanner
         ref_ms, cur_ms = self.probe.measure_pair(model)
         self.steer.record(self.start, estimate["estimated_ms"], (ref_ms, cur_ms))
         return {**estimate, "latency_ms": cur_ms, "unpruned_ms": ref_ms, "speedup": ref_ms / cur_ms}

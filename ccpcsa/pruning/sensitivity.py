@@ -1,4 +1,4 @@
-"""Per-block sensitivity: how much the loss rises when a block of channels goes, measured, not estimated.
+"""Per-block sensitivity: how much the loss rises when a block of channels goes, observed, not estimated.
 
 For every prunable group ``g`` and its removable blocks ``b_1, b_2, …`` in the group's own order
 (:meth:`ccpcsa.surgery.prune.ChannelPruner.group_blocks`, lowest criterion scores first), the probe silences the first ``k``
@@ -39,7 +39,7 @@ def _loss(model: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) ->
 
 def block_sensitivity(pruner: ChannelPruner, queues: dict[str, list[Block]],
                       batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, list[float]]:
-    """Group key → the marginal loss increase of each of its blocks in ``queues[key]`` (module docstring), measured on
+    """Group key → the marginal loss increase of each of its blocks in ``queues[key]`` (module docstring), observed on
     ``batches`` (normalized images and labels; materialized once). The model is left as it was, in eval mode."""
     data = list(batches)
     model = pruner.model

@@ -18,15 +18,15 @@ GAIN_BOUNDS = (0.5, 2.0)
 
 @dataclass
 class StepGain:
-    """Σ measured / Σ predicted relative latency drop over the loop's steps so far (1.0 before the first step).
+    """Σ delivered / Σ predicted relative latency drop over the loop's steps so far (1.0 before the first step).
 
-    A step starting at model ``m₀`` / reference ``r₀`` ms (measured interleaved), with the table's estimate ``e`` after
-    it and ``m₁`` / ``r₁`` measured after it, predicted ``(m₀ − e) / r₀`` and delivered ``m₀/r₀ − m₁/r₁`` of the
+    A step starting at model ``m₀`` / reference ``r₀`` ms (timed interleaved), with the table's estimate ``e`` after
+    it and ``m₁`` / ``r₁`` timed after it, predicted ``(m₀ − e) / r₀`` and delivered ``m₀/r₀ − m₁/r₁`` of the
     unpruned latency: relative to the reference timed beside it, so the machine's drift between the two measurements
     cancels. Summing over steps weighs each by its size (a small last step's noisy ratio counts little)."""
 
     predicted: float = 0.0
-    measured: float = 0.0
+    delivered: float = 0.0
 
     @property
     def gain(self) -> float:
@@ -34,7 +34,7 @@ class StepGain:
         if self.predicted <= 0:
             return 1.0
         lo, hi = GAIN_BOUNDS
-        return min(hi, max(lo, self.measured / self.predicted))
+        return min(hi, max(lo, self.delivered / self.predicted))
 
     def aim(self, current_ms: float, goal_ms: float) -> float:
         """The table estimate to prune to so that ``gain`` of the predicted drop lands on ``goal_ms``:
@@ -42,10 +42,10 @@ class StepGain:
         return current_ms - (current_ms - goal_ms) / self.gain
 
     def record(self, start: tuple[float, float], estimated_ms: float, end: tuple[float, float]) -> None:
-        """Add one step: ``start`` / ``end`` = (reference ms, model ms) measured before / after it, ``estimated_ms`` the
+        """Add one step: ``start`` / ``end`` = (reference ms, model ms) timed before / after it, ``estimated_ms`` the
         table's estimate for the pruned model. A step the table predicted no drop for is not counted."""
         (r0, m0), (r1, m1) = start, end
         predicted = (m0 - estimated_ms) / r0
         if predicted > 0:
             self.predicted += predicted
-            self.measured += m0 / r0 - m1 / r1
+            self.delivered += m0 / r0 - m1 / r1

@@ -5,7 +5,7 @@ to a block, so a width between two multiples of the block costs as much as the n
 
 - **onnxruntime CPU** (x86-64): its NCHWc convolutions keep channels in blocks of one SIMD register of
   floats (MLAS ``MlasNchwcGetBlockSize``): 16 with AVX-512, 8 with AVX/AVX2; a width that is not a multiple
-  pads to it and adds ``ReorderOutput`` nodes (measured in ``bench/README.md``). On other CPUs (Arm NEON,
+  pads to it and adds ``ReorderOutput`` nodes (timings in ``bench/README.md``). On other CPUs (Arm NEON,
   128-bit) we use 4.
 - **TensorRT FP16 / INT8**: Tensor Core convolution kernels want input and output channels that are
   multiples of 8 for FP16 and of 16 for INT8 (NVIDIA Deep Learning Performance Guide, "Convolutional Layers
@@ -23,7 +23,7 @@ from pathlib import Path
 from ..errors import UserError
 
 RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "device-profile", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
-#: Runtimes the pipeline measures latency on: this machine's CPU runtimes, and a profile measured on the device.
+#: Runtimes the pipeline measures latency on: this machine's CPU runtimes, and a profile timed on the device.
 MEASURABLE = ("onnxruntime-cpu", "openvino-cpu", "device-profile")
 TENSORRT_ALIGNMENT = {"tensorrt-fp16": 8, "tensorrt-int8": 16, "tensorrt-tf32": 4}
 
@@ -102,7 +102,7 @@ def resolve_alignment(round_to: int | str, runtime: str = "onnxruntime-cpu",
         raise UserError(f"prune.widths.round_to must be 'auto' or an integer ≥ 1, got {round_to!r}")
     why = "set by prune.widths.round_to"
     if runtime == "device-profile":
-        return int(round_to), "the channel block of the staircase measured on the target (target.profile)"
+        return int(round_to), "the channel block of the staircase timed on the target (target.profile)"
     if runtime == "onnxruntime-cpu":
         lanes = cpu_float_lanes(flags)[0]
         if round_to % lanes:

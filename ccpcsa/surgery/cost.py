@@ -1,4 +1,4 @@
-"""What a choice of group widths costs: MACs (analytic) or latency on the target runtime (a measured table).
+"""What a choice of group widths costs: MACs (analytic) or latency on the target runtime (a table timed there).
 
 :func:`layer_shapes` reads every Conv2d/Linear of a model off the pruner's dependency graph: its current
 channels, which group sets its output channels, which groups feed its input channels (several for a
@@ -8,8 +8,8 @@ widths ``w`` (group key → kept channels) to a cost that is a sum over layers p
 - :class:`MacsCost`: ``k_h k_w · (c_in / groups) · c_out · H_out W_out`` per conv (depthwise: ``k_h k_w · c ·
   H_out W_out``), ``c_in · c_out`` per linear — the multiply-accumulates of convolutions and linears (the
   torch-pruning counter also counts BN/ReLU/add work, a few per cent; targets are checked with the real
-  counter on a trial surgery, see :func:`ccpcsa.surgery.target.prune_to_target`);
-- :class:`LatencyCost`: ``overhead + Σ t(layer, c_in, c_out)`` with ``t`` a per-layer latency measured on the
+  counter on a trial surgery, see :func:`ccpcsa.surgery.macs_target.prune_to_target`);
+- :class:`LatencyCost`: ``overhead + Σ t(layer, c_in, c_out)`` with ``t`` a per-layer latency timed on the
   target runtime for the candidate widths (HALP: Shen et al., "Structural Pruning via Latency-Saliency
   Knapsack", NeurIPS 2022, §3.2: the latency of a layer as a lookup table of its input and output widths).
 
@@ -217,8 +217,8 @@ class ParamsCost(CostModel):
 class LatencyCost(CostModel):
     """Milliseconds per batch on the target runtime: ``constant + scale · Σ layer_ms(layer, c_in, c_out)``.
 
-    ``layer_ms`` comes from a latency table measured on that runtime (``export.layer_latency``), each layer timed in a
-    graph of its own. :meth:`calibrate` fits the model to the measured end-to-end latency of the current model."""
+    ``layer_ms`` comes from a latency table timed on that runtime (``export.layer_latency``), each layer timed in a
+    graph of its own. :meth:`calibrate` fits the model to the timed end-to-end latency of the current model."""
 
     name = "latency"
     unit = "ms"
@@ -231,23 +231,23 @@ class LatencyCost(CostModel):
     def layer_cost(self, layer: LayerShape, c_in: int, c_out: int) -> float:
         return self.scale * float(self.layer_ms(layer, c_in, c_out))
 
-    def calibrate(self, measured_ms: float) -> None:
-        """Set the constant so the model's current cost equals ``measured_ms``: ``constant = measured − Σ layer_ms`` at
+    def calibrate(self, actual_ms: float) -> None:
+        """Set the constant so the model's current cost equals ``actual_ms``: ``constant = actual − Σ layer_ms`` at
         the current widths, ``scale = 1`` (what the table does not explain is a fixed overhead)."""
         self.constant, self.scale = 0.0, 1.0
-        self.constant = measured_ms - self()
+        self.constant = actual_ms - self()
 
     def proportional(self) -> LatencyCost:
-        """This model when its overhead is ≥ 0; otherwise the same table scaled by ``measured / Σ layer_ms`` with no
+        """This model when its overhead is ≥ 0; otherwise the same table scaled by ``actual / Σ layer_ms`` with no
         overhead (``constant = 0``), equal to it at the current widths. A negative overhead means the table explains
-        more than was measured — each isolated layer timing carries its own session overhead, which adds up on a deep
+        more than the whole model's time — each isolated layer timing carries its own session overhead, which adds up on a deep
         model at batch 1 — and then predicts ≤ 0 ms for a model pruned to its floors (an absurd "floor" speedup); the
         scaled model keeps every prediction a positive fraction of the measurement."""
         if self.constant >= 0:
             return self
-        measured = self()  # = constant + table, so table = measured − constant > measured
+        actual = self()  # = constant + table, so table = actual − constant > actual
         out = copy.copy(self)
-        out.constant, out.scale = 0.0, self.scale * measured / (measured - self.constant)
+        out.constant, out.scale = 0.0, self.scale * actual / (actual - self.constant)
         return out
 
     def describe(self) -> dict[str, object]:

@@ -28,6 +28,7 @@ except ImportError:  # flat in the bundle folder
     from sessions import RUNTIMES, EdgeError, Session, family, installed, open_session, read_json  # type: ignore[no-redef]
 
 HERE = Path(__file__).resolve().parent
+LABELS_FILE = "labels.json"  #: the bundle's classes and preprocessing (``pipeline.artifacts.LABELS``)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
@@ -42,7 +43,7 @@ class OneLineParser(argparse.ArgumentParser):
 
 def load_labels(folder: Path = HERE) -> dict[str, Any]:
     """``labels.json`` of the bundle folder: classes, input size, mean/std, channel order, default model."""
-    path = folder / "labels.json"
+    path = folder / LABELS_FILE
     meta = read_json(path, "run this script from an unpacked bundle")
     missing = [k for k in ("classes", "input_size", "mean", "std") if k not in meta]
     if missing:

@@ -37,6 +37,7 @@ except ImportError:  # flat in the bundle or pack folder
 
 PACK_FORMAT = "ccpcsa-probe-pack/1"
 PROFILE_FORMAT = "ccpcsa-target-profile/1"
+PACK_FILE = "pack.json"  #: the probe pack's index, written by ``export.target_profile.write_probe_pack``
 BLOCKS = (64, 32, 16, 8)  # channel blocks a staircase may show (runtimes' SIMD / Tensor Core multiples)
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         root = Path(a.pack)
-        pack_file = root / "pack.json"
+        pack_file = root / PACK_FILE
         if not pack_file.is_file():
             raise EdgeError(f"no pack.json in '{root}'; give --pack DIR, the folder `python -m pipeline probe-pack` wrote")
         pack = read_json(pack_file, "copy the pack again")

@@ -13,9 +13,9 @@ runs, and its unpruned reference (the unpruned model through the same export pat
 - warmed p50/p95 latency of both and the paired speedup ± SE (:func:`timing.paired_calls`, interleaved rounds) per
   ``--batch`` (default: the batch sizes the promise has, else 1 32);
 - checks: (a) pruned accuracy ≥ reference accuracy − the promise's ``max_accuracy_drop_pp``; (b) speedup > 1 at each
-  batch; (c) the measured speedup against the one the pipeline measured for this runtime (at the same thread count),
+  batch; (c) the speedup on this device against the one the pipeline timed for this runtime (at the same thread count),
   as a relative error — flagged outside ±10 %, informational unless ``--strict``; (d) on the target the run was pruned
-  for (``promise.json``'s ``predicted``: runtime, threads, precision, batch), the measured speedup against the one the
+  for (``promise.json``'s ``predicted``: runtime, threads, precision, batch), the speedup on this device against the one the
   run predicted from that target's profile, the same way.
 
 Writes ``--out`` (``result.json``, atomically; bring it back with ``python -m pipeline report --run-dir RUN
@@ -47,13 +47,14 @@ except ImportError:  # flat in the bundle folder
     from timing import paired_calls  # type: ignore[no-redef]
 
 FORMAT = "ccpcsa-device-result/1"
-PROMISE_TOLERANCE = 0.10  # relative error of the measured vs the promised speedup beyond which (c) is flagged
+PROMISE_TOLERANCE = 0.10  # relative error of the device's vs the promised speedup beyond which (c) is flagged
 EVAL_BATCH = 32
+PROMISE_FILE = "promise.json"  #: what the run promises (``pipeline.artifacts.PROMISE``)
 
 
 def load_promise(folder: Path = HERE) -> dict[str, Any]:
     """``promise.json`` of the bundle folder (EdgeError when missing or malformed)."""
-    path = folder / "promise.json"
+    path = folder / PROMISE_FILE
     promise = read_json(path, "run this script from an unpacked bundle")
     if not isinstance(promise, dict) or not isinstance(promise.get("artifacts"), list):
         raise EdgeError(f"{path} has no 'artifacts' list; unpack the bundle again")
@@ -170,7 +171,7 @@ def measure(promise: dict[str, Any], runtime: str, threads: int, rows: list[dict
             paths: list[Path], meta: dict[str, Any], batches: list[int], rounds: int,
             round_seconds: float) -> list[dict[str, Any]]:
     """Per artifact: its and its reference's p50/p95 latency and the paired speedup (± SE) per batch, with the
-    promised speedup (what ``validate`` measured on this runtime, compared only at the promise's thread count) and the
+    promised speedup (what ``validate`` timed on this runtime, compared only at the promise's thread count) and the
     relative error against it, and — on the target the run was pruned for — the predicted speedup and its error."""
     out = []
     for a in rows:
@@ -197,7 +198,7 @@ def measure(promise: dict[str, Any], runtime: str, threads: int, rows: list[dict
 
 
 def checks_for(artifacts: list[dict[str, Any]], max_drop: float, strict: bool) -> list[dict[str, Any]]:
-    """(a) accuracy drop vs the reference ≤ ``max_drop``; (b) speedup > 1 per batch; (c) measured vs promised speedup
+    """(a) accuracy drop vs the reference ≤ ``max_drop``; (b) speedup > 1 per batch; (c) the device's vs the promised speedup
     within ±10 % (``informational`` unless ``strict``)."""
     checks = []
     for a in artifacts:
@@ -302,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds per speedup (default 15)")
     ap.add_argument("--round-seconds", type=float, default=0.03, help="seconds of reference calls per round")
     ap.add_argument("--out", default="result.json", help="where to write the result (default result.json)")
-    ap.add_argument("--strict", action="store_true", help="a measured speedup off the promise by > 10 %% fails")
+    ap.add_argument("--strict", action="store_true", help="a speedup on this device off the promise by > 10 %% fails")
     a = ap.parse_args(argv)
     try:
         result = validate(a)

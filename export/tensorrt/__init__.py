@@ -21,7 +21,7 @@ compute capability, precision, profile shapes, ONNX source and its SHA-256, depl
 A serialized engine only runs with the TensorRT version and GPU model that built it, so loading
 checks the sidecar first (:func:`check_sidecar`, a pure function).
 
-Modules: :mod:`.engine` (precisions, batch profile, result, sidecar and its check, TensorRT/GPU lookup),
+Modules: :mod:`.engine_file` (precisions, batch profile, result, sidecar and its check, TensorRT/GPU lookup),
 :mod:`.build` (:func:`build_engine`, ``trtexec`` lines), :mod:`.runner` (:class:`TrtRunner`). The names below are
 the package's interface.
 """
@@ -29,14 +29,16 @@ the package's interface.
 from __future__ import annotations
 
 from .build import build_engine, trtexec_commands, write_trtexec_script
-from .engine import (
+from .engine_file import (
     MIN_TRT_MAJOR,
     PRECISIONS,
     SIDECAR_FORMAT,
+    TIMING_CACHE,
     BatchProfile,
     EngineResult,
     Status,
     check_sidecar,
+    engine_name,
     gpu_info,
     load_sidecar,
     sidecar_path_for,
@@ -48,12 +50,14 @@ __all__ = [
     "MIN_TRT_MAJOR",
     "PRECISIONS",
     "SIDECAR_FORMAT",
+    "TIMING_CACHE",
     "BatchProfile",
     "EngineResult",
     "Status",
     "TrtRunner",
     "build_engine",
     "check_sidecar",
+    "engine_name",
     "gpu_info",
     "load_sidecar",
     "sidecar_path_for",

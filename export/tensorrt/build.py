@@ -17,12 +17,14 @@ from ccpcsa.io.artifacts import atomic_path, atomic_write_bytes, atomic_write_js
 
 from ..metadata import decode_props, get_props
 from ..onnx_io import PathLike, first_line, input_signature, is_qdq, load_onnx
-from .engine import (
+from .engine_file import (
     PRECISIONS,
     SIDECAR_FORMAT,
+    TIMING_CACHE,
     BatchProfile,
     EngineResult,
     _import_trt,
+    engine_name,
     gpu_info,
     sidecar_path_for,
 )
@@ -41,7 +43,7 @@ def trtexec_commands(
     input_name: str = "input",
     input_chw: tuple[int, int, int] = (3, 32, 32),
     workspace_mb: int = 1024,
-    timing_cache: str | None = "timing.cache",
+    timing_cache: str | None = TIMING_CACHE,
     stem: str = "model",
 ) -> dict[str, str]:
     """``trtexec`` command lines that rebuild the engines on an edge device (e.g. a Jetson).
@@ -58,7 +60,7 @@ def trtexec_commands(
 
     def command(src: PathLike, precision: str, flags: list[str]) -> str:
         p = Path(src)
-        engine = p.with_name(f"{stem}.{precision}.engine")
+        engine = p.with_name(engine_name(stem, precision))
         parts = [
             "trtexec",
             f"--onnx={p}",
@@ -127,7 +129,7 @@ def build_engine(
     gpu = gpu_info()
     if gpu is None:
         return _skipped("no CUDA GPU visible (torch.cuda.is_available() is False and pycuda found no device)", precision)
-    cache_path = Path(timing_cache) if timing_cache is not None else Path(dest).with_name("timing.cache")
+    cache_path = Path(timing_cache) if timing_cache is not None else Path(dest).with_name(TIMING_CACHE)
     start = time.perf_counter()
     try:
         result = _build(onnx_path, Path(dest), precision, profile, workspace_mb, cache_path, input_name, chw, gpu)

@@ -14,7 +14,7 @@ from ccpcsa.io.artifacts import sha256_file
 
 from ..onnx_io import PathLike
 from ..runtime import Runner, RunnerInfo
-from .engine import _import_trt, check_sidecar, gpu_info, load_sidecar
+from .engine_file import _import_trt, check_sidecar, gpu_info, load_sidecar
 
 if TYPE_CHECKING:
     import tensorrt as trt

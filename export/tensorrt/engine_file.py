@@ -20,6 +20,7 @@ from ..onnx_io import PathLike, first_line
 PRECISIONS = ("fp32", "fp16", "int8")
 SIDECAR_FORMAT = "ccpcsa-trt-engine/1"
 MIN_TRT_MAJOR = 10
+TIMING_CACHE = "timing.cache"  #: the timing cache file a build reuses and updates, beside the engines by default
 Status = Literal["ok", "skipped", "failed"]
 
 
@@ -69,6 +70,12 @@ class EngineResult:
         for key in ("engine_path", "sidecar_path", "timing_cache_path"):
             d[key] = str(d[key]) if d[key] is not None else None
         return d
+
+
+def engine_name(stem: str, precision: str) -> str:
+    """The file name of an engine built from ``<stem>``'s ONNX file: ``<stem>.<precision>.engine`` (``model.fp16.engine``,
+    ``baseline.int8.engine``)."""
+    return f"{stem}.{precision}.engine"
 
 
 def sidecar_path_for(engine_path: PathLike) -> Path:

@@ -85,6 +85,10 @@ class Stage:
     fn: Callable[[StageContext], StageOutcome]
     sections: tuple[str, ...]
     doc: str = ""
+    # The run-directory files (:mod:`pipeline.artifacts`) the stage reads from earlier stages and the ones it writes, as
+    # ``python -m pipeline stages`` lists them; what it actually wrote is recorded in the manifest with its hashes.
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
     # Files outside the run directory the stage reads (e.g. baseline.checkpoint): {path: sha256 or "missing"}.
     # Part of the stage key, so replacing such a file re-runs the stage even though the config is unchanged.
     external: Callable[[PipelineConfig], dict[str, str]] | None = None

@@ -4,7 +4,7 @@
 blocks, guided by the first-order estimate of :class:`~ccpcsa.surgery.cost.MacsCost` and checked with the real counter
 on trial copies (:func:`~ccpcsa.surgery.prune.macs_after`); :func:`fewest_prefix` is its search. They sit above
 :mod:`ccpcsa.surgery.prune` (the surgery) and :mod:`ccpcsa.surgery.cost` (the estimate), which both read the pruner's
-groups: ``prune`` ← ``cost`` ← ``target``.
+groups: ``prune`` ← ``cost`` ← ``macs_target``.
 """
 
 from __future__ import annotations
