@@ -1,7 +1,8 @@
 # Deployment export pipeline — see README.md.
 #   make setup        create .venv and install everything (torch pinned first)
 #   make test         mypy (TensorRT module) + the test suite
-#   make deploy       the whole chain: CONFIG=configs/default.yaml RUN=runs/default ARGS="--set k=v"
+#   make deploy       the whole chain: CONFIG=configs/default.yaml RUN=runs/default ARGS="--set k=v"; then, when the
+#                     run's config sets report.frontier, the run placed on that frontier (python -m bench.frontier place)
 #   make gpu-check    on a CUDA machine: cuda tests, pipelines and epoch timings on the GPU (README "GPU check")
 PY ?= python3
 VENV ?= .venv
@@ -39,8 +40,11 @@ test: typecheck
 lint: setup
 	$(BIN)/ruff check ccpcsa export pipeline deploy_tests bench
 
+# The frontier section of report.md comes from the benchmarks: placed after the pipeline (one line when the run's
+# config sets no report.frontier). Without RUN, the run is runs/<run.name> of CONFIG.
 deploy: setup
 	$(PIPE) $(ARGS)
+	$(PYTHON) -m bench.frontier place --config $(CONFIG) $(RUN_ARG)
 
 baseline: setup
 	$(PIPE) --until baseline $(ARGS)

@@ -3,6 +3,7 @@
     python -m bench.frontier --preset frontier-r20 [--jobs N] [--targets 0.2 0.35 0.5] [--criteria ccpcsa l1] [--dry-run]
     python -m bench.frontier --preset frontier-r20 --revalidate      # re-time every finished run on a quiet machine
     python -m bench.frontier --summary bench/results/<date>-<host>-frontier-r20.json   # re-render table + plot
+    python -m bench.frontier place --run-dir runs/default [--frontier FILE ...]   # one run over a frontier, in its report
 
 A frontier preset (:mod:`bench.criteria_presets`) is a criteria-benchmark preset that runs the whole chain: for each
 method (``ccpcsa``, ``l1`` and the Torch-Pruning anchor) and MACs target, the pipeline from the shared trained
@@ -11,9 +12,10 @@ onnxruntime-CPU speedups (paired timer, FP32 and INT8 U8S8, batch 1 and 32, ± S
 doing the running, resuming and collecting. Training runs ``jobs`` at a time; a timing taken while another run trains
 is noisy, so ``--revalidate`` re-runs ``validate`` of every finished run one at a time (on a quiet machine) and
 re-collects. The summary (``<results>.md`` + ``.png``) tabulates every point, compares ccpcsa's frontier (the Pareto
-front of all its runs, :func:`pipeline.frontier.by_criterion`) with each other criterion's at equal timed speed
-(:func:`pipeline.frontier.compare_at_speed`: above / tie within one combined SE / below) and
-states the issue's targets. The plot is :func:`pipeline.frontier.plot_frontier`, the same one a run's report draws.
+front of all its runs, :func:`bench.frontier_points.by_criterion`) with each other criterion's at equal timed speed
+(:func:`bench.frontier_points.compare_at_speed`: above / tie within one combined SE / below) and
+states the issue's targets. The plot is :func:`bench.frontier_points.plot_frontier`, the same one ``place`` draws in a
+run's report (:mod:`bench.frontier_place`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.criteria import INTERRUPTED, PRESETS, collect_run, run_benchmark, run_overrides, run_pipeline
-from ccpcsa.errors import UserError, run_cli
-from export.edge.timing import OTHER_LOAD_WARN
-from pipeline.frontier import (
+from bench.frontier_points import (
     LABELS,
     FrontierPoint,
     alignments,
@@ -41,6 +41,8 @@ from pipeline.frontier import (
     pool,
     run_other_load,
 )
+from ccpcsa.errors import UserError, run_cli
+from export.edge.timing import OTHER_LOAD_WARN
 from pipeline.records import obj
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +85,7 @@ def pool_passes(previous: dict[str, Any], new: dict[str, Any], machine: str, pre
     passes on that machine pooled. ``previous`` is the row it replaces: its passes (``retimings``, or its own speeds,
     timed on ``previous_machine``, when they came from an earlier ``--revalidate``) are kept with the new one in
     ``new["retimings"]``. Per kind and batch, over the passes on ``machine`` whose other processes stayed under
-    :data:`OTHER_LOAD_WARN` (all of its passes when none did): speedup ± SE :func:`pipeline.frontier.pool`-ed over the
+    :data:`OTHER_LOAD_WARN` (all of its passes when none did): speedup ± SE :func:`bench.frontier_points.pool`-ed over the
     n passes (mean; the larger of the within-pass and between-pass SE — the paired timer's SE sees the noise inside one
     pass, not the drift between passes, ≈ 0.03× at batch 1 on the 2-core VM, 2026-12-05); ``passes`` = n. The row's
     latencies and efficiency stay the new pass's."""
@@ -252,8 +254,41 @@ def write_summary(json_path: Path) -> list[Path]:
     return [md, png]
 
 
+def place_main(argv: list[str]) -> int:
+    """``python -m bench.frontier place``: the run of ``--run-dir`` (or of ``--config``, ``runs/<run.name>``) placed over
+    the ``--frontier`` files, else its own config's ``report.frontier`` (:func:`bench.frontier_place.place_run`);
+    prints the files written, or one line when no frontier file is named. Returns the exit code (a UserError: one
+    ``error:`` line and its code, 2)."""
+    from bench.frontier_place import place_run, run_dir_of
+    from ccpcsa.errors import CliParser
+
+    ap = CliParser(prog="python -m bench.frontier place",
+                                 description="Place one pipeline run over the accuracy-vs-speedup frontier of its model: "
+                                             "frontier.md and plots/frontier.png in its run directory, then its report "
+                                             "re-rendered with that section.")
+    ap.add_argument("--run-dir", default=None, help="the run (default: runs/<run.name> of --config)")
+    ap.add_argument("--config", default=None, help="the run's config, to find its run directory without --run-dir")
+    ap.add_argument("--frontier", nargs="+", default=None, metavar="FILE",
+                    help="frontier results files (default: the run's config's report.frontier)")
+    a = ap.parse_args(argv)
+
+    def body() -> int:
+        run_dir = run_dir_of(a.run_dir, a.config)
+        written = place_run(run_dir, a.frontier)
+        if not written:
+            print(f"no frontier to place {run_dir} on: its config sets no report.frontier and no --frontier was given")
+        for w in written:
+            print(f"wrote {w}")
+        return 0
+
+    return run_cli(body, INTERRUPTED)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m bench.frontier``."""
+    """Entry point of ``python -m bench.frontier`` (``place`` as the first argument: :func:`place_main`)."""
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["place"]:
+        return place_main(args[1:])
     ap = argparse.ArgumentParser(prog="python -m bench.frontier", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     names = frontier_presets()
@@ -267,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--revalidate", action="store_true", help="re-time every finished run, one at a time, then summarize")
     ap.add_argument("--summary", metavar="JSON", default=None, help="only (re)write the summary and plot of this file")
     ap.add_argument("--dry-run", action="store_true", help="print the plan and the pipeline commands, run nothing")
-    a = ap.parse_args(argv)
+    a = ap.parse_args(args)
 
     def summarize(path: Path) -> None:
         try:

@@ -1,19 +1,20 @@
 """The accuracy-vs-speedup frontier: reading, interpolation, comparison at equal speed, targets, summary,
-and a run's report drawing its own point over a frontier of the same model."""
+and one run placed over a frontier of the same model (``python -m bench.frontier place``): an optional section of its
+report, which the pipeline shows and never computes."""
 
 from __future__ import annotations
 
 import json
 import math
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from bench.frontier import main as frontier_main
 from bench.frontier import summary_lines, target_lines, write_summary
-from pipeline.__main__ import main
-from pipeline.frontier import (
+from bench.frontier_place import place_run
+from bench.frontier_points import (
     FrontierPoint,
     by_criterion,
     by_method,
@@ -23,6 +24,8 @@ from pipeline.frontier import (
     pareto,
     points_from_runs,
 )
+from pipeline.__main__ import main
+from pipeline.report import load_manifest, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -148,19 +151,28 @@ def test_summary_and_plot_are_written(tmp_path):
 
 
 @pytest.mark.slow
-def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
-    """report.frontier: the smoke run's own point over a frontier of the same model; another model's is refused."""
+def test_a_run_placed_on_the_frontier_of_its_model_gets_the_section_in_its_report(tmp_path, capsys):
+    """The pipeline computes no frontier (report.md has no section although ``report.frontier`` is set); ``python -m
+    bench.frontier place`` draws the smoke run's own point over a frontier of the same model into its report; another
+    model's is refused."""
     frontier = tmp_path / "frontier.json"
     frontier.write_text(json.dumps(_results("deploy_tests.byo_model:tiny_net")))
     run = tmp_path / "run"
-    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", f"report.frontier={frontier}"]) == 0
+    setting = f"report.frontier={frontier}"
+    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", setting]) == 0
+    assert "## Frontier" not in (run / "report.md").read_text() and not (run / "frontier.md").exists()
+    assert frontier_main(["place", "--run-dir", str(run)]) == 0  # the run's own config names the file
     md = (run / "report.md").read_text()
-    assert "## Frontier" in md and (run / "plots" / "frontier.png").is_file()
+    assert "## Frontier" in md and (run / "plots" / "frontier.png").is_file() and "![frontier](plots/frontier.png)" in md
     # the tiny net runs at ≈ 0.5×, outside the frontier (1.2–2.2×); batch 8 is not in the frontier at all
     assert "each criterion's frontier there: ccpcsa outside its range; l1 outside its range" in md
     assert "- batch 8: this run" in md and "the frontier has no speedup at this batch" in md
     # the frontier's widths are 8-blocks, the smoke run's 4-blocks (round_to 4): another CPU's speeds, said so
     assert "Not like for like: the frontier's widths are in blocks of 8, this run's in blocks of 4" in md
+    # the placement keeps the report stage current: a resumed run skips it and keeps the section
+    capsys.readouterr()
+    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", setting]) == 0
+    assert "── report: up to date" in capsys.readouterr().out and "## Frontier" in (run / "report.md").read_text()
     # a list (one frontier per kind of CPU): the one in the run's blocks is drawn, whatever its place; an unreadable
     # entry is said and skipped
     same = _results("deploy_tests.byo_model:tiny_net")
@@ -171,21 +183,20 @@ def test_report_draws_the_run_on_the_frontier_of_its_model(tmp_path):
 
     same["machine"]["simd"] = other_simd = next(x for x in ("AVX2, no VNNI", "AVX-512, VNNI") if x != simd_label())
     (tmp_path / "blocks4.json").write_text(json.dumps(same))
-    listed = f"report.frontier=[{frontier},{tmp_path / 'absent.json'},{tmp_path / 'blocks4.json'}]"
-    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", listed]) == 0
+    listed = [str(frontier), str(tmp_path / "absent.json"), str(tmp_path / "blocks4.json")]
+    assert frontier_main(["place", "--run-dir", str(run), "--frontier", *listed]) == 0
     md = (run / "report.md").read_text()
     assert f"frontier of `{tmp_path / 'blocks4.json'}`" in md and "- batch 1: this run" in md
     assert "widths are in blocks" not in md and f"`report.frontier` {tmp_path / 'absent.json'} could not be read" in md
     assert f"Not like for like: the frontier was timed on a CPU with {other_simd}, this run on one with {simd_label()}" in md
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_results("resnet56")))
-    shutil.rmtree(run / "plots")
-    assert main(["run", "--config", SMOKE, "--run-dir", str(run), "--no-progress", "--set", f"report.frontier={other}"]) == 0
+    assert frontier_main(["place", "--run-dir", str(run), "--frontier", str(other)]) == 0
     md = (run / "report.md").read_text()
     assert "is a frontier of resnet56, this run prunes deploy_tests.byo_model:tiny_net; not drawn" in md
-    assert not (run / "plots" / "frontier.png").exists()
+    assert not (run / "plots" / "frontier.png").exists() and "plots/frontier.png)" not in md  # the earlier plot is gone
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["prune"]["status"] == "ok"  # only the report re-ran for the new frontier file
+    assert manifest["stages"]["prune"]["status"] == "ok"
 
 
 def test_revalidate_re_times_every_finished_run_pools_quiet_passes_and_warns_when_not_quiet(tmp_path, monkeypatch, capsys):
@@ -239,27 +250,64 @@ def test_revalidate_re_times_every_finished_run_pools_quiet_passes_and_warns_whe
     assert m["passes"] == 2 and m["speedup"] == pytest.approx(1.65)  # 1.6 and 1.7; 1.5 was "another CPU"'s
 
 
-def test_report_reads_the_run_against_each_criterions_frontier_with_a_verdict(tmp_path):
-    """The report's Frontier lines: per batch, each criterion's Pareto front read at the run's own speed, the
-    difference ± the combined SE and the verdict (the run itself is a point of neither front)."""
-    from pipeline.frontier import frontier_section
+def _run_dir(tmp_path: Path, frontier: str | None) -> Path:
+    """A run directory whose manifest has the prune and validate results a placement reads (no model files)."""
+    sp = {b: {"speedup": x, "speedup_se": 0.02, "unpruned_ms": 1.0, "pruned_ms": 1.0 / x, "flops_ratio": 1.67,
+              "efficiency": x / 1.67} for b, x in (("1", 1.5), ("32", 3.0))}
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "manifest.json").write_text(json.dumps({
+        "run": "mine", "config_hash": "h", "config": {"report": {"frontier": frontier}, "model": {"name": "resnet20"}},
+        "stages": {"baseline": {"status": "ok", "metrics": {"flops": 100.0, "accuracy": 87.48}},
+                   "prune": {"status": "ok", "metrics": {"alignment": 8, "method": "ccpcsa"}},
+                   "validate": {"status": "ok", "metrics": {"speedup": sp, "formats": {
+                       "pytorch_pruned": {"accuracy": 86.5, "accuracy_se": 0.3, "flops": 60.0,
+                                          "latency_ms": {"1": {"p50": 1.0, "p95": 1.1}}}}}},
+                   "report": {"status": "ok", "outputs": {}}}}))
+    return run
 
+
+def test_a_placed_run_reads_against_each_criterions_frontier_with_a_verdict(tmp_path, capsys):
+    """``place``: frontier.md and plots/frontier.png in the run directory, the report re-rendered with the section —
+    per batch, each criterion's Pareto front read at the run's own speed, the difference ± the combined SE and the
+    verdict (the run itself is a point of neither front). Without frontier.md the report has no Frontier section;
+    one placed on earlier results of the run is replaced by a line saying so."""
     path = tmp_path / "f.json"
     path.write_text(json.dumps(_results()))
-    manifest = {"config": {"report": {"frontier": str(path)}, "model": {"name": "resnet20"}},
-                "stages": {"prune": {"status": "ok", "metrics": {"alignment": 8, "method": "ccpcsa"}}}}
-    report = {"run": "mine", "baseline": {"flops": 100.0, "accuracy": 87.48},
-              "formats": [{"name": "pytorch_pruned", "accuracy": 86.5, "accuracy_se": 0.3, "flops": 60.0}],
-              "speedup": {"1": {"speedup": 1.5, "speedup_se": 0.02}, "32": {"speedup": 3.0, "speedup_se": 0.02}}}
-    plots: list[Path] = []
-    lines = frontier_section(tmp_path, manifest, report, plots)
-    assert plots == [tmp_path / "plots" / "frontier.png"] and plots[0].is_file()
+    run = _run_dir(tmp_path, None)
+    assert frontier_main(["place", "--run-dir", str(run)]) == 0  # no report.frontier, no --frontier: one line
+    assert "no frontier to place" in capsys.readouterr().out and not (run / "frontier.md").exists()
+    written = place_run(run, [str(path)])
+    assert run / "frontier.md" in written and run / "plots" / "frontier.png" in written
+    assert (run / "plots" / "frontier.png").read_bytes()[:4] == b"\x89PNG"
+    md = (run / "report.md").read_text()
+    assert "## Frontier" in md and "![frontier](plots/frontier.png)" in md
+    assert (run / "frontier.md").read_text().startswith("<!-- section of results ")  # the stamp is not shown
+    assert "<!--" not in md
     # batch 1 at 1.5×: ccpcsa's front has 86.2 there (+0.30, tie); l1's 85.27 (+1.23: above its band of ≈ 0.45)
-    b1 = next(ln for ln in lines if ln.startswith("- batch 1: this run 86.50 ± 0.30 % at 1.50× ± 0.02"))
+    b1 = next(ln for ln in md.splitlines() if ln.startswith("- batch 1: this run 86.50 ± 0.30 % at 1.50× ± 0.02"))
     assert "ccpcsa 86.20 % (this run +0.30 ± 0.43 pp: tie)" in b1  # 0.42 with the slope (−2.7 pp/×) · 0.028×
     assert "l1 85.27 % (this run +1.23 ± 0.45 pp: above)" in b1
-    b32 = next(ln for ln in lines if ln.startswith("- batch 32:"))
+    b32 = next(ln for ln in md.splitlines() if ln.startswith("- batch 32:"))
     assert "ccpcsa outside its range; l1 outside its range" in b32  # 3.0× is past both fronts (≤ 2.2×)
+    assert "bench.frontier_points.compare_at_speed" in md
+    # the report stage's record holds the files just written, the section among them
+    outputs = json.loads((run / "manifest.json").read_text())["stages"]["report"]["outputs"]
+    assert {"report.md", "frontier.md", "plots/frontier.png"} <= set(outputs)
+    # the pipeline re-renders it as is; after a new validate the placement is said to be stale, not shown
+    write_report(run, load_manifest(run))
+    assert b1 in (run / "report.md").read_text()
+    data = load_manifest(run)
+    data["stages"]["validate"]["metrics"]["speedup"]["1"]["speedup"] = 1.6
+    write_report(run, data)
+    md = (run / "report.md").read_text()
+    assert "`frontier.md` places earlier results of this run; place the run again" in md
+    assert "- batch 1: this run" not in md and "plots/frontier.png)" not in md
+    # no frontier.md: no Frontier section, and no frontier plot listed
+    (run / "frontier.md").unlink()
+    write_report(run, load_manifest(run))
+    md = (run / "report.md").read_text()
+    assert "## Frontier" not in md and "frontier.png" not in md
 
 
 def test_a_resumed_sweep_keeps_the_speeds_of_its_re_timed_runs(tmp_path, monkeypatch):

@@ -38,6 +38,8 @@ BUILD_ENGINE_SH = "build_engine.sh"  #: the ``trtexec`` lines that build the eng
 VALIDATION = "validation.json"
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
+FRONTIER_SECTION = "frontier.md"  #: the optional report section `python -m bench.frontier place` writes
+FRONTIER_PLOT = "plots/frontier.png"
 MANIFEST = "manifest.json"
 BUNDLE = "bundle.tar.gz"
 

@@ -106,8 +106,10 @@ class ChecksConfig:
 @dataclass
 class ReportConfig:
     """``frontier``: a frontier results file (``python -m bench.frontier``) of the same model, or a list of them (one per
-    kind of CPU); the report then draws this run's measured point over that accuracy-vs-speedup frontier
-    (``plots/frontier.png``) — of a list, the first whose widths are in the run's channel block (its CPU's,
-    ``prune.widths.round_to: auto``), else the first, said to be from another CPU. Null: no frontier."""
+    kind of CPU). The pipeline only records it: ``python -m bench.frontier place`` (``make deploy`` runs it after the
+    pipeline) reads it from the run's config and draws this run's point over that accuracy-vs-speedup frontier — of a
+    list, the first whose widths are in the run's channel block (its CPU's, ``prune.widths.round_to: auto``), else
+    the first, said to be from another CPU — into ``frontier.md`` and ``plots/frontier.png``, which the report shows.
+    Null: no frontier."""
 
     frontier: list[str] | str | None = None

@@ -18,7 +18,8 @@ from typing import Any
 
 from ccpcsa.errors import UserError
 
-MANIFEST_FILE = "manifest.json"
+from .artifacts import MANIFEST as MANIFEST_FILE
+
 CHECK_KEYS = ("name", "passed", "value", "threshold")
 
 

@@ -12,6 +12,7 @@ test split by default; the gates' own values (on the ``checks.eval_images`` samp
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,13 @@ from typing import Any
 from ccpcsa.io.artifacts import atomic_path, atomic_write_json, atomic_write_text
 
 from .accuracy import format_accuracy
+from .artifacts import FRONTIER_PLOT, FRONTIER_SECTION
 from .records import ReportView, RunManifest, StageRecord, ValidateRecord, obj, speedups_by_runtime
 
-__all__ = ["build_report", "format_table", "load_manifest", "speedup_section", "speedups_by_runtime", "write_report"]
+__all__ = ["FRONTIER_PLOT", "FRONTIER_SECTION", "build_report", "format_table", "load_manifest", "optional_section",
+           "section_stamp", "speedup_section", "speedups_by_runtime", "write_report"]
+
+#: the optional Frontier section a benchmark places in a run directory (``python -m bench.frontier place``) and its plot
 
 # stage → the format row (in validate's metrics) that describes its artifact
 STAGE_FORMAT = {"baseline": "pytorch_baseline", "prune": "pytorch_pruned", "onnx": "onnx", "simplify": "onnx_simplified",
@@ -206,7 +211,8 @@ def evaluation_note(report: dict[str, Any]) -> str:
 def write_report(run_dir: Path, manifest: RunManifest | dict[str, Any]) -> list[Path]:
     """Write report.json, report.md and plots/*.png of the run in ``run_dir`` atomically, from its manifest (a dict
     is read with :meth:`RunManifest.from_dict`: UserError when damaged) and its device results; return the paths
-    written. The frontier section is added only when the config sets ``report.frontier``."""
+    written. The optional Frontier section is the run directory's :data:`FRONTIER_SECTION` when a benchmark placed
+    one there (:func:`optional_section`); nothing is computed for it here."""
     from .device_result import device_report
 
     m = RunManifest.from_dict(manifest, run_dir / "manifest.json")
@@ -224,13 +230,43 @@ def write_report(run_dir: Path, manifest: RunManifest | dict[str, Any]) -> list[
     for s in report["stages"]:
         checks = "; ".join(f"{c['name']} {'✔' if c['passed'] else '✘'} {_fmt(c['value'], '.4g')} (≤/≥ {c['threshold']})" for c in s["checks"])
         md.append(f"| {s['name']} | {s['status']} | {s['reason'] or ''} | {_fmt(s.get('seconds'), '.1f')} | {checks} |")
-    if m.frontier:
-        from .frontier import frontier_section
-
-        md += frontier_section(run_dir, m, report, plots)
+    md += optional_section(run_dir, m, plots)
     md += ["", "## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots]
     paths.append(atomic_write_text(run_dir / "report.md", "\n".join(md) + "\n"))
-    return paths + plots
+    section = run_dir / FRONTIER_SECTION
+    return paths + ([section] if section.is_file() else []) + plots
+
+
+def section_stamp(manifest: RunManifest | dict[str, Any]) -> str:
+    """The first line of an optional report section (:data:`FRONTIER_SECTION`): an HTML comment naming the prune and
+    validate results it was computed from (a digest of their metrics). :func:`optional_section` shows the section
+    only while the run's results still carry this stamp."""
+    m = RunManifest.from_dict(manifest)
+    digest = hashlib.sha256(json.dumps({"prune": m.metrics("prune"), "validate": m.metrics("validate")},
+                                       sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"<!-- section of results {digest} -->"
+
+
+def optional_section(run_dir: Path, manifest: RunManifest, plots: list[Path]) -> list[str]:
+    """The Markdown of the optional Frontier section a benchmark placed in the run directory
+    (``python -m bench.frontier place`` writes :data:`FRONTIER_SECTION` and :data:`FRONTIER_PLOT`); its plot is
+    appended to ``plots`` when present. Empty when there is no section file. A file stamped
+    (:func:`section_stamp`) with other prune or validate results than the run's is replaced by one line saying so;
+    an unstamped file is shown as written."""
+    path = run_dir / FRONTIER_SECTION
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    first, _, rest = text.partition("\n")
+    if first.startswith("<!-- section of results "):
+        if first != section_stamp(manifest):
+            return ["", "## Frontier", "", f"`{FRONTIER_SECTION}` places earlier results of this run; place the run "
+                    f"again: `python -m bench.frontier place --run-dir {run_dir}`.", ""]
+        text = rest
+    if (run_dir / FRONTIER_PLOT).is_file():
+        plots.append(run_dir / FRONTIER_PLOT)
+    return ["", *text.rstrip("\n").split("\n"), ""]
 
 
 def write_plots(run_dir: Path, manifest: RunManifest | dict[str, Any], report: dict[str, Any]) -> list[Path]:

@@ -23,7 +23,6 @@ from .accuracy import accuracy_record
 from .artifacts import ATTENTION_CKPT, BASELINE_CKPT, HISTORY, PRUNED_CKPT, train_ckpt, train_ckpt_glob
 from .checks import Check, accuracy_drop, at_least, flops_target
 from .config import PipelineConfig
-from .frontier import frontier_paths
 from .orchestrate import StageContext, StageOutcome
 
 WEIGHT_FORMS = {"checkpoint": "ccpcsa checkpoint", "state_dict": "bare state_dict", "safetensors": "safetensors"}
@@ -82,14 +81,6 @@ def baseline_inputs(cfg: Any) -> dict[str, str]:
         return {}
     p = Path(path).expanduser()
     return {str(path): sha256_file(p) if p.is_file() else "missing"}
-
-
-def frontier_inputs(cfg: Any) -> dict[str, str]:
-    """``{each report.frontier file: its SHA-256, or "missing"}`` (``{}`` when unset): a new frontier file re-runs the
-    report."""
-    paths = frontier_paths(cfg.report.frontier)
-    return {p: sha256_file(Path(p).expanduser()) if Path(p).expanduser().is_file() else "missing" for p in paths}
-
 
 
 def stage_baseline(ctx: StageContext) -> StageOutcome:

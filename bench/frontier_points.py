@@ -6,7 +6,8 @@ images with its standard error, and the pruned-vs-unpruned onnxruntime-CPU speed
 (:func:`export.latency.paired_speedup`: median of per-round ratios ± SE) for FP32 and INT8 (U8S8) at each batch size.
 A method's line is its points ordered by speedup; a criterion's frontier is the :func:`pareto` front of all its runs
 (every allocation and scope); :func:`interpolate` reads either at any speed between two points.
-The pipeline's report draws the run's own point over the frontier of the same model (``report.frontier``).
+:mod:`bench.frontier_place` places one pipeline run over the frontier of the same model (``report.frontier``),
+as an optional section of that run's report.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ccpcsa.io.artifacts import atomic_path
-
-from .records import ReportView, RunManifest, obj
+from pipeline.records import ReportView, obj
 
 ANCHOR = "torch-pruning"
 LABELS = {ANCHOR: "Torch-Pruning (MetaPruner, L2)"}
@@ -300,88 +300,3 @@ def plot_frontier(points: Sequence[FrontierPoint], baseline_accuracy: float, pat
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return out
-
-
-def frontier_section(run_dir: Path, manifest: RunManifest | dict[str, Any], report: dict[str, Any], plots: list[Path]) -> list[str]:
-    """The report's optional Frontier section (:func:`pipeline.report.write_report` calls it only with
-    ``report.frontier`` set): this run's point drawn over the frontier of the same model (``plots/frontier.png``,
-    appended to ``plots``) and where it sits. Of several files, the first readable one of this model whose widths are
-    in this run's channel block (:func:`alignments`; the run's CPU), else the first readable one, with a line saying
-    its speeds come from another kind of CPU (also when the blocks agree but the frontier file's SIMD level —
-    :func:`ccpcsa.surgery.alignment.simd_label`, e.g. AMX or not — is not this machine's); per batch the run against
-    each criterion's frontier at its own speed (:func:`compare_at_speed`: the frontier's accuracy there, the
-    difference ± SE, above / tie / below). A missing or other-model frontier file is said in one line; nothing when
-    ``report.frontier`` is unset."""
-    manifest = RunManifest.from_dict(manifest, run_dir / "manifest.json")
-    paths = frontier_paths(manifest.frontier)
-    if not paths:
-        return []
-    model, prune = manifest.model, manifest.metrics("prune")
-    mine = prune.get("alignment")
-    said, found = _read_frontiers(paths, model)
-    if not found:
-        return ["## Frontier", "", *said, "No frontier drawn.", ""]
-    path, result, points = next((f for f in found if mine and int(mine) in alignments(f[1])), found[0])
-    me = run_point(report, f"{prune.get('method', 'this run')} (this run)")
-    base = float(obj(result.get("baseline")).get("accuracy") or obj(report.get("baseline")).get("accuracy") or 0.0)
-    plots.append(plot_frontier(points, base, run_dir / "plots" / "frontier.png", run=me,
-                               title=f"{model}: this run on the frontier of {Path(path).name}"))
-    machine = obj(result.get("machine"))
-    lines = ["## Frontier", "", f"This run over the accuracy-vs-speedup frontier of `{path}` "
-             f"({len(points)} points, {machine.get('cpu', '?')}): `plots/frontier.png`.", ""]
-    lines += [*said, ""] if said else []
-    theirs_align = alignments(result)
-    if mine and theirs_align and int(mine) not in theirs_align:
-        lines += [f"Not like for like: the frontier's widths are in blocks of {'/'.join(map(str, theirs_align))}, this "
-                  f"run's in blocks of {mine} (another CPU's SIMD width, `prune.widths.round_to: auto`): its speedups were timed "
-                  "on another kind of CPU. Point `report.frontier` at a frontier timed on this one "
-                  "(`python -m bench.frontier`).", ""]
-    else:
-        from ccpcsa.surgery.alignment import simd_label
-
-        theirs_simd, here = machine.get("simd"), simd_label()
-        if theirs_simd and theirs_simd != here:
-            lines += [f"Not like for like: the frontier was timed on a CPU with {theirs_simd}, this run on one with "
-                      f"{here}; the same channel blocks, but the runtime's kernels differ, and so do speedups. Point "
-                      "`report.frontier` at a frontier timed on this kind of CPU (`python -m bench.frontier`).", ""]
-    if me is None:
-        return lines + ["This run has no speedup yet (validate did not run).", ""]
-    return lines + _reading_lines(me, points) + [
-        "", "(A criterion's frontier: the Pareto front of its runs; a tie is within one combined SE of both "
-        "accuracies and of the speeds through the frontier's slope — `pipeline.frontier.compare_at_speed`.)", ""]
-
-
-def _read_frontiers(paths: list[str], model: str | None) -> tuple[list[str], list[tuple[str, dict[str, Any], list[FrontierPoint]]]]:
-    """``(lines said, [(path, result, points)])`` of the frontier files of ``model`` among ``paths``: an unreadable
-    file or one of another model is a line said, not a result."""
-    said: list[str] = []
-    found: list[tuple[str, dict[str, Any], list[FrontierPoint]]] = []
-    for p in paths:
-        try:
-            result, points = load_frontier(Path(p).expanduser())
-        except (OSError, ValueError) as exc:
-            said.append(f"`report.frontier` {p} could not be read ({type(exc).__name__}: {exc}).")
-            continue
-        theirs = obj(result.get("preset")).get("model")
-        if theirs != model:
-            said.append(f"`report.frontier` {p} is a frontier of {theirs}, this run prunes {model}; not drawn.")
-            continue
-        found.append((p, result, points))
-    return said, found
-
-
-def _reading_lines(me: FrontierPoint, points: list[FrontierPoint]) -> list[str]:
-    """One Markdown line per batch of ``me``'s speedups: ``me`` against each criterion's frontier at its own speed."""
-    lines = []
-    for b, (s, se) in sorted(me.speedup.items(), key=lambda kv: int(kv[0])):
-        reads = []
-        for crit, front in sorted(by_criterion(points, b).items()):
-            row = next(iter(compare_at_speed([me], front, b)), None)
-            name = LABELS.get(crit, crit)
-            reads.append(f"{name} {row['other_accuracy']:.2f} % (this run {row['difference_pp']:+.2f} ± {row['se_pp']:.2f} pp: "
-                         f"{row['verdict']})" if row else f"{name} outside its range")
-        lines.append(f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; each "
-                     f"criterion's frontier there: {'; '.join(reads)}" if reads else
-                     f"- batch {b}: this run {me.accuracy:.2f} ± {me.accuracy_se:.2f} % at {s:.2f}× ± {se:.2f}; the frontier "
-                     "has no speedup at this batch")
-    return lines
