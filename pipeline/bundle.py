@@ -187,7 +187,7 @@ def readme(labels: dict[str, Any], promise: dict[str, Any], members: list[str]) 
               "1: a check failed; 2: a mistake in the input.", "", "Bring `result.json` back to the machine of the run:", "",
               f"    python -m pipeline report --run-dir runs/{promise['run']} --device-result result.json", "",
               "It is checked against the run (same run, config hash and model files) and the report gains a "
-              "\"Measured on the target device\" section.", ""]
+              "\"Results from the target device\" section.", ""]
     return "\n".join(lines)
 
 

@@ -167,7 +167,7 @@ class PipelineConfig:
         build_model(name, self.model.num_classes, **self.model.kwargs)  # a factory that raises: one line, now
 
     def _validate_target(self) -> None:
-        """A ``target.profile`` file must be a profile with ``target.precision`` measured for this config's model
+        """A ``target.profile`` file must be a profile with ``target.precision`` timed for this config's model
         (checked here, before the run directory is touched)."""
         from export.runtime import CPU_RUNTIMES
 

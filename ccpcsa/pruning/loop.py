@@ -132,13 +132,7 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
         result.history.append(row)
         if history_path is not None:
             atomic_write_json(history_path, result.history)
-        bar.update(1)
-        bar.set_postfix(flops=f"-{100 * row['flops_reduction']:.1f}%", acc=f"{row['val_accuracy']:.2f}",
-                        drop=f"{row['drop_pp']:+.2f}pp", ok=row["accepted"])
-        if progress:
-            tqdm.write(f"prune iteration {it}: FLOPs -{100 * row['flops_reduction']:.1f}% params -{100 * row['params_reduction']:.1f}%"
-                       f"{planner.progress(row)} val {row['val_accuracy']:.2f}% (drop {row['drop_pp']:+.2f} pp) "
-                       f"{'accepted' if row['accepted'] else 'REJECTED → restoring last accepted model'}")
+        _say(bar, it, row, planner.progress(row), progress)
         if not row["accepted"]:  # 4) guard
             run.restore()
             stop = f"accuracy drop {row['drop_pp']:.2f} pp ≥ tolerance {cfg.steps.tolerance} pp"
@@ -155,6 +149,17 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     if history_path is not None:
         atomic_write_json(history_path, result.history)
     return result
+
+
+def _say(bar: Any, it: int, row: dict[str, Any], extra: str, progress: bool) -> None:
+    """Advance the progress bar by iteration ``it`` and, with ``progress``, print its line (``extra``: the planner's)."""
+    bar.update(1)
+    bar.set_postfix(flops=f"-{100 * row['flops_reduction']:.1f}%", acc=f"{row['val_accuracy']:.2f}",
+                    drop=f"{row['drop_pp']:+.2f}pp", ok=row["accepted"])
+    if progress:
+        tqdm.write(f"prune iteration {it}: FLOPs -{100 * row['flops_reduction']:.1f}% params -{100 * row['params_reduction']:.1f}%"
+                   f"{extra} val {row['val_accuracy']:.2f}% (drop {row['drop_pp']:+.2f} pp) "
+                   f"{'accepted' if row['accepted'] else 'REJECTED → restoring last accepted model'}")
 
 
 def _settled(cfg: PruneConfig) -> PruneConfig:
