@@ -68,6 +68,7 @@ def frontier_section(run_dir: Path, manifest: RunManifest | dict[str, Any], repo
              f"({len(points)} points, {machine.get('cpu', '?')}): `plots/frontier.png`.", ""]
     lines += [*said, ""] if said else []
     lines += _like_for_like(mine, alignments(result), machine.get("simd"))
+    lines += _same_budget(manifest, prune, obj(result.get("preset")))
     if me is None:
         return lines + ["This run has no speedup yet (validate did not run).", ""], plot
     return lines + _reading_lines(me, points) + [
@@ -91,6 +92,38 @@ def _like_for_like(mine: Any, theirs_align: list[int], theirs_simd: str | None) 
                 f"{here}; the same channel blocks, but the runtime's kernels differ, and so do speedups. Point "
                 "`report.frontier` at a frontier timed on this kind of CPU (`python -m bench.frontier`).", ""]
     return []
+
+
+def recovery_steps(steps_per_epoch: Any, finetune_epochs: Any, final_epochs: Any, iterations: Any) -> int | None:
+    """Fine-tune steps of one pruning run: ``steps_per_epoch × (finetune_epochs × iterations + final_epochs)``
+    (None when a factor is unknown, e.g. full epochs)."""
+    try:
+        return int(steps_per_epoch) * (int(finetune_epochs) * int(iterations) + int(final_epochs))
+    except (TypeError, ValueError):
+        return None
+
+
+def _run_budget(manifest: RunManifest, prune: dict[str, Any]) -> int | None:
+    """This run's fine-tune steps (:func:`recovery_steps`) from its config and the settings its loop ran
+    (``prune_config``: nested, or flat in runs made before the prune sections)."""
+    ran = obj(prune.get("prune_config"))
+    recovery = obj(ran.get("recovery")) or ran
+    return recovery_steps(obj(manifest.config.get("train")).get("max_steps_per_epoch"), recovery.get("finetune_epochs"),
+                          recovery.get("final_finetune_epochs"), prune.get("iterations"))
+
+
+def _same_budget(manifest: RunManifest, prune: dict[str, Any], preset: dict[str, Any]) -> list[str]:
+    """The line saying the frontier's runs fine-tuned with another step budget than this run (a frontier point's
+    accuracy depends on it as much as on its speed); none when they match or either is unknown."""
+    mine = _run_budget(manifest, prune)
+    theirs = recovery_steps(preset.get("steps_per_epoch"), preset.get("finetune_epochs"),
+                            preset.get("final_finetune_epochs"), preset.get("iterations"))
+    if mine is None or theirs is None or mine == theirs:
+        return []
+    return [f"Not like for like: the frontier's runs fine-tuned {theirs:,} steps each "
+            f"(`{preset.get('name', 'its preset')}`), this run {mine:,}; accuracy differences mix budget with method. "
+            "A frontier at this run's budget: `python -m bench.frontier --preset …` with its `steps_per_epoch` and "
+            "epochs set alike.", ""]
 
 
 def _read_frontiers(paths: list[str], model: str | None) -> tuple[list[str], list[tuple[str, dict[str, Any], list[FrontierPoint]]]]:
@@ -151,7 +184,7 @@ def place_run(run_dir: Path, frontiers: list[str] | None = None) -> list[Path]:
         if rec is not None:
             rec["outputs"] = hash_outputs(run_dir, [p for p in written if p.is_file()])
             m.save()
-    return [section, *([plot] if plot else []), *written]
+    return list(dict.fromkeys([section, *([plot] if plot else []), *written]))  # write_report lists the section too
 
 
 def run_dir_of(run_dir: str | None, config: str | None) -> Path:

@@ -25,7 +25,7 @@ from bench.frontier_points import (
     points_from_runs,
 )
 from pipeline.__main__ import main
-from pipeline.report import load_manifest, write_report
+from pipeline.report import build_report, load_manifest, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.yaml")
@@ -337,3 +337,29 @@ def test_a_resumed_sweep_keeps_the_speeds_of_its_re_timed_runs(tmp_path, monkeyp
     row = json.loads(out.read_text())["results"]["criteria"]["runs"][0]
     assert row["speedup"] == pooled and len(row["retimings"]) == 2 and row["wall_seconds"] == 600.0
     assert row["accuracy"] == 87.0  # the rest re-collected
+
+
+def test_the_section_says_when_the_frontier_fine_tuned_with_another_budget(tmp_path):
+    """A frontier of 60-step epochs (1 + 2 epochs, one iteration: 180 steps) under a run of 200-step epochs (1 × 1 + 10:
+    2,200 steps) is said not to be like for like, with both budgets; at the same budget nothing is said. Old runs'
+    flat prune_config is read too."""
+    from bench.frontier_place import frontier_section, recovery_steps
+
+    assert recovery_steps(200, 1, 10, 1) == 2200 and recovery_steps(None, 1, 10, 1) is None
+    results = _results()
+    results["results"]["criteria"]["preset"].update(steps_per_epoch=60, finetune_epochs=1, final_finetune_epochs=2, iterations=1)
+    path = tmp_path / "f.json"
+    path.write_text(json.dumps(results))
+    run = _run_dir(tmp_path, str(path))
+    manifest = load_manifest(run)
+    manifest["config"]["train"] = {"max_steps_per_epoch": 200}
+    prune = manifest["stages"]["prune"]["metrics"]
+    prune.update(iterations=1, prune_config={"recovery": {"finetune_epochs": 1, "final_finetune_epochs": 10}})
+    report = build_report(manifest)
+    lines, _ = frontier_section(run, manifest, report, [str(path)])
+    said = [ln for ln in lines if "fine-tuned" in ln]
+    assert len(said) == 1 and "the frontier's runs fine-tuned 180 steps each (`frontier-test`), this run 2,200" in said[0]
+    prune["prune_config"] = {"finetune_epochs": 1, "final_finetune_epochs": 2}  # flat, as before the prune sections
+    manifest["config"]["train"] = {"max_steps_per_epoch": 60}
+    lines, _ = frontier_section(run, manifest, build_report(manifest), [str(path)])
+    assert not [ln for ln in lines if "fine-tuned" in ln]
