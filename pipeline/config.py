@@ -21,7 +21,7 @@ import yaml
 from ccpcsa.errors import UserError, closest
 from ccpcsa.pruning.loop import PruneConfig
 from ccpcsa.pruning.operating_point import entry_keys, settable_keys
-from ccpcsa.pruning.settings import dotted_key, nest_legacy
+from ccpcsa.pruning.settings import dotted_key, leaf_keys, nest_legacy
 from ccpcsa.training.engine import TrainConfig
 
 from .config_sections import (
@@ -243,21 +243,9 @@ class PipelineConfig:
             )
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        if dataclasses.is_dataclass(t):
-            keys += _all_keys(t, f"{prefix}{f.name}.")  # type: ignore[arg-type]
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
 def valid_keys() -> list[str]:
     """Every dotted key a config may set."""
-    return _all_keys(PipelineConfig)
+    return list(leaf_keys(PipelineConfig))
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:

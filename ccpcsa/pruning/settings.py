@@ -335,22 +335,27 @@ def nest_legacy(data: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     return out, hints
 
 
-def section_keys(cls: type = PruneConfig, prefix: str = "") -> dict[str, Any]:
-    """Every dotted key under ``prune`` that a setting can take (sections walked, ``by_alignment`` left out) → its
-    type hint."""
+def leaf_keys(cls: type, prefix: str = "", skip: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Every dotted key of the dataclass ``cls`` (nested dataclass fields walked, fields named in ``skip`` left out) →
+    its type hint: the keys a config of ``cls`` can set."""
     import typing
 
     hints = typing.get_type_hints(cls)
     out: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
         t = hints[f.name]
-        if f.name == "by_alignment":
+        if f.name in skip:
             continue
         if dataclasses.is_dataclass(t):
-            out.update(section_keys(t, f"{prefix}{f.name}."))  # type: ignore[arg-type]
+            out.update(leaf_keys(t, f"{prefix}{f.name}.", skip))  # type: ignore[arg-type]
         else:
             out[f"{prefix}{f.name}"] = t
     return out
+
+
+def section_keys() -> dict[str, Any]:
+    """Every dotted key under ``prune`` that a setting can take (``by_alignment`` left out) → its type hint."""
+    return leaf_keys(PruneConfig, skip=frozenset({"by_alignment"}))
 
 
 #: dotted prune keys ``by_alignment`` may not set: they decide which entry applies
