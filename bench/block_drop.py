@@ -41,15 +41,14 @@ def main() -> None:
     ap.add_argument("--round-to", type=int, default=16, help="channel block of --variants")
     a = ap.parse_args()
     import torch
+    from tqdm.auto import tqdm
 
     from bench.common import machine_info
     from ccpcsa.data import load_data
     from ccpcsa.errors import UserError
     from ccpcsa.io.checkpoint import load_checkpoint
-    from ccpcsa.models import count_complexity
-    from ccpcsa.models.depth import candidate_blocks, drop_blocks
     from ccpcsa.pruning.loop import calibration_batches
-    from ccpcsa.training.engine import evaluate, recalibrate_batchnorm
+    from ccpcsa.training.engine import evaluate
 
     torch.set_num_threads(a.threads)
     try:
@@ -59,7 +58,6 @@ def main() -> None:
         raise SystemExit(f"error: {exc}") from None
     base = ck.model
     size = data.input_size
-    base_macs = count_complexity(base, size).macs
     base_acc = evaluate(base, data.val, data.mean, data.std)[0]
     timer = _Timer(base, data, a.threads) if a.latency or a.variants else None
     head = {"command": "python -m bench.block_drop " + " ".join(sys.argv[1:]), "date": time.strftime("%Y-%m-%d"),
@@ -69,24 +67,20 @@ def main() -> None:
         _emit({**head, "round_to": a.round_to, "variants": [_variant(base, v, a.round_to, size, timer) for v in a.variants]},
               a.out)
         return
-    rows: list[dict[str, Any]] = []
+    from ccpcsa.pruning.depth_choice import price_blocks, without_blocks
+
+    recal = (lambda: calibration_batches(data, a.recalibrate, 128, "cpu", 999)) if a.recalibrate > 0 else None
+    with tqdm(desc="blocks priced", unit="block") as bar:
+        rows = price_blocks(base, lambda m: evaluate(m, data.val, data.mean, data.std)[0], recal, input_size=size,
+                            reference=base_acc, step=lambda: bar.update(1))
     print(f"{'block':14s} {'MACs':>7s} {'val %':>7s} {'drop pp':>8s}" + ("   FP32 b1/b32   INT8 b1/b32" if timer else ""))
-    for name in candidate_blocks(base, size):
-        model = copy.deepcopy(base)
-        drop_blocks(model, [name], size)
-        if a.recalibrate > 0:
-            recalibrate_batchnorm(model, lambda: calibration_batches(data, a.recalibrate, 128, "cpu", 999))
-        acc = evaluate(model, data.val, data.mean, data.std)[0]
-        row: dict[str, Any] = {"block": name, "macs_share": 1 - count_complexity(model, size).macs / base_macs,
-                               "val_accuracy": acc, "drop_pp": base_acc - acc}
-        if timer is not None:
-            row["speedup"] = timer.speedups(model, name)
-        rows.append(row)
+    for row in rows:
         speed = ""
         if timer is not None:
-            s = row["speedup"]
+            s = row["speedup"] = timer.speedups(without_blocks(base, [row["block"]], recal, size), row["block"])
             speed = "   " + "  ".join(f"{s[f]['1']:.2f}/{s[f]['32']:.2f}x" for f in ("fp32", "int8"))
-        print(f"{name:14s} {-100 * row['macs_share']:6.1f}% {acc:7.2f} {row['drop_pp']:8.2f}{speed}", flush=True)
+        print(f"{row['block']:14s} {-100 * row['macs_share']:6.1f}% {row['val_accuracy']:7.2f} {row['drop_pp']:8.2f}{speed}",
+              flush=True)
     _emit({**head, "data": a.data, "base_val_accuracy": base_acc, "recalibrate": a.recalibrate, "blocks": rows}, a.out)
 
 

@@ -116,7 +116,7 @@ def test_drop_blocks_key_and_its_errors():
 
     cfg = load_config(SMOKE, ["prune.depth.drop_blocks=[block]"])
     assert cfg.prune.depth.drop_blocks == ["block"]
-    with pytest.raises(UserError, match="config key prune.depth.drop_blocks must be a list, got 'block'"):
+    with pytest.raises(UserError, match=r"prune.depth.drop_blocks must be a list of module names \(e.g. \[layer1.1\]\), \[\] or auto, got 'block'"):
         load_config(SMOKE, ["prune.depth.drop_blocks=block"])
     with pytest.raises(UserError, match="config key prune.depth.drop_blocks must be a string, got"):
         load_config(SMOKE, ["prune.depth.drop_blocks=[[1]]"])

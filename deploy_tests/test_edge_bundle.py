@@ -231,7 +231,9 @@ def test_validate_on_device_measures_what_a_direct_session_does(runtime: str, re
         precision = a["precision"]
         for b, s in a["speedup"].items():
             assert s["speedup"] > 0 and s["se"] >= 0 and s["rounds"] == 3
-            assert s["speedup"] == pytest.approx(s["ref_ms"] / s["new_ms"], rel=0.5)  # a median of ratios, near the ratio
+            # a median of 3 paired ratios against the ratio of the medians: within 2× either way (under the other test
+            # worker's load they differed by 1.7× once), while an inverted ratio (new / ref) would be off by 1 / speedup²
+            assert 0.5 <= s["speedup"] / (s["ref_ms"] / s["new_ms"]) <= 2.0
             assert 0 < a["latency_ms"][b]["p50"] <= a["latency_ms"][b]["p95"]
             promised = (((json.loads((bundle / "promise.json").read_text())["speedup"].get(runtime) or {}).get(precision) or {})
                         .get(b) or {}).get("speedup")

@@ -63,7 +63,7 @@ def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
             "runtimes": val.runtimes,
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
-                                                  "dropped_blocks")}}
+                                                  "dropped_blocks", "depth_choice")}}
 
 
 def stage_row(rec: StageRecord, val: ValidateRecord) -> dict[str, Any]:
@@ -138,6 +138,8 @@ def pruning_lines(r: ReportView) -> list[str]:
                f"`{p.get('allocation')}`."]
         if p.get("dropped_blocks"):
             md.append("Removed whole (`prune.depth.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
+        if p.get("depth_choice"):
+            md.append(depth_choice_line(p["depth_choice"]))
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = r.latency_step
@@ -145,6 +147,16 @@ def pruning_lines(r: ReportView) -> list[str]:
             md.append(f"Latency target: {lat['target_speedup']:.2f}× at batch {lat.get('batch')} → "
                       f"{_fmt(lat.get('final_speedup'))}× at the end of pruning.")
     return md
+
+
+def depth_choice_line(choice: dict[str, Any]) -> str:
+    """The search behind ``prune.depth.drop_blocks: auto`` in one sentence: each depth's one-shot val accuracy at the
+    target (:mod:`ccpcsa.pruning.depth_choice`)."""
+    tried = "; ".join(f"{len(d['blocks'])} ({', '.join(d['blocks']) or 'channels only'}): {d['val_accuracy']:.2f} %"
+                      + ("" if d["reached"] else ", short of the target") for d in choice.get("depths", []))
+    return (f"Blocks chosen by `prune.depth.drop_blocks: auto` ({choice.get('seconds', 0):.0f} s): "
+            f"{', '.join(f'`{b}`' for b in choice.get('blocks', [])) or 'none'} — one-shot val accuracy at the target "
+            f"with the k cheapest blocks removed, then channels: {tried}.")
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

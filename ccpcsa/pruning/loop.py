@@ -44,6 +44,7 @@ from ..surgery.prune import (
 from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
 from .allocation import SENSITIVITY_ALLOCATIONS, removable_blocks
+from .depth_choice import CutGoal, LatencyGoal, MacsGoal, choose_blocks
 from .planner import Compensation, make_planner
 from .planner import LatencyProbe as LatencyProbe  # re-exported: the probes name it here
 from .sensitivity import block_sensitivity
@@ -69,18 +70,19 @@ class PruneResult:
     left_whole: dict[str, str] = field(default_factory=dict)
     latency: dict[str, Any] = field(default_factory=dict)
     dropped_blocks: list[str] = field(default_factory=list)
+    depth_choice: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
         seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used), the
-        residual blocks removed whole."""
+        residual blocks removed whole and, when they were chosen (``prune.depth.drop_blocks: auto``), the search."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
                 "final_val_accuracy": self.final_val_accuracy, "base": asdict(self.base), "final": asdict(self.final),
                 "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
                 "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
-                "latency": self.latency, "dropped_blocks": self.dropped_blocks}
+                "latency": self.latency, "dropped_blocks": self.dropped_blocks, "depth_choice": self.depth_choice}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -111,7 +113,8 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     (default: a copy of ``model`` as given).
     """
     t0 = time.perf_counter()
-    run = _LoopRun(model, data, criterion, _settled(cfg), train_cfg, input_size, device, reference_accuracy, teacher, latency)
+    run = _LoopRun(model, data, criterion, _settled(cfg), train_cfg, input_size, device, reference_accuracy, teacher, latency,
+                   progress)
     cfg, result = run.cfg, run.result
     planner = make_planner(cfg, result.base, latency, result.latency.get("unpruned_ms"), run.sensitivity,  # type: ignore[arg-type]
                            result.latency, result.alignment)
@@ -184,7 +187,7 @@ class _LoopRun:
 
     def __init__(self, model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig,
                  input_size: int, device: torch.device | str | None, reference_accuracy: float | None,
-                 teacher: nn.Module | None, latency: LatencyProbe | None) -> None:
+                 teacher: nn.Module | None, latency: LatencyProbe | None, progress: bool = True) -> None:
         self.data, self.criterion, self.cfg, self.train_cfg, self.input_size = data, criterion, cfg, train_cfg, input_size
         self.device = placement.module_device(placement.place(model, device))  # None: where the model already is
         self.seed = cfg.steps.seed or 0
@@ -203,7 +206,9 @@ class _LoopRun:
         self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
         self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None
-        if cfg.depth.drop_blocks:
+        if cfg.depth.auto:
+            self._choose_blocks(latency, progress)
+        if self.cfg.depth.drop_blocks:
             self._drop_blocks()
         pruner = self.new_pruner()
         self.original_sizes = pruner.original_sizes
@@ -222,6 +227,30 @@ class _LoopRun:
                                cfg.recovery.distill.temperature) if cfg.recovery.distill.enabled else None
         self.comp_reports: list[Any] = []
 
+    def _choose_blocks(self, latency: LatencyProbe | None, progress: bool) -> None:
+        """``prune.depth.drop_blocks: auto``: the blocks :func:`choose_blocks` picks at the loop's target (the MACs
+        target, or the latency table's estimate of the speed target) in the loop's widths; the config the loop runs
+        names them, the result records the search."""
+        cfg, t = self.cfg, self.cfg.target
+        exclude = cfg.recovery.remove_attention
+        assert self.result.base is not None
+        goal: CutGoal = MacsGoal(self.result.base.macs * (1 - t.flops_reduction), exclude)
+        if t.on_latency and latency is not None:
+            ref_ms = latency.set_reference(self.model)
+            goal = LatencyGoal(latency, float(t.latency_ms) if t.latency_ms is not None else ref_ms / float(t.speedup))  # type: ignore[arg-type]
+        probe_val = self.data.val.sample(cfg.depth.probe_images, seed=self.seed)  # one sample for every probe: paired
+        recal = None if cfg.recovery.recalibrate_bn <= 0 else (
+            lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size, self.device, self.seed + 999))
+        choice = choose_blocks(self.model, self.new_pruner, goal,
+                               lambda m: evaluate(m, probe_val, self.data.mean, self.data.std, device=self.device)[0], recal,
+                               max_blocks=cfg.depth.max_blocks, input_size=self.input_size, exclude_attention=exclude,
+                               progress=progress)
+        self.result.depth_choice = choice.summary()
+        self.cfg = cfg.updated({"depth.drop_blocks": choice.blocks})
+        tqdm.write(f"prune.depth.drop_blocks: auto → {', '.join(choice.blocks) or 'no block'} (one-shot val % at the target "
+                   "by blocks removed: " + ", ".join(f"{len(d['blocks'])}: {d['val_accuracy']:.2f}{'' if d['reached'] else ' short'}"
+                                                      for d in choice.depths) + f"; {choice.seconds:.0f} s)")
+
     def _drop_blocks(self) -> None:
         """Depth surgery first (``prune.depth.drop_blocks``), BatchNorm re-estimated, then channels."""
         cfg = self.cfg
@@ -235,11 +264,12 @@ class _LoopRun:
         tqdm.write(f"removed {len(cfg.depth.drop_blocks)} block(s) whole ({', '.join(cfg.depth.drop_blocks)}): MACs "
                    f"-{100 * self.current.reduction_vs(self.result.base)[0]:.1f}% before channel pruning (prune.depth.drop_blocks)")
 
-    def new_pruner(self) -> ChannelPruner:
-        """The loop's one pruner setup (alignment, floors, scope) over the current model, against the original widths."""
+    def new_pruner(self, model: nn.Module | None = None) -> ChannelPruner:
+        """The loop's one pruner setup (alignment, floors, scope) over ``model`` (default: the current model), against
+        the original widths."""
         c = self.cfg
-        return ChannelPruner(self.model, self.input_size, self.result.alignment, c.widths.min_channels, c.widths.max_layer_ratio,
-                             self.original_sizes, scope=c.widths.scope, wide_round_to=c.widths.round_to_wide)
+        return ChannelPruner(self.model if model is None else model, self.input_size, self.result.alignment, c.widths.min_channels,
+                             c.widths.max_layer_ratio, self.original_sizes, scope=c.widths.scope, wide_round_to=c.widths.round_to_wide)
 
     def sensitivity(self, p: ChannelPruner, scores: dict[str, Any]) -> dict[str, list[float]] | None:
         """The observed per-block loss increase for the allocations that price it (None for the others)."""

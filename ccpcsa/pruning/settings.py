@@ -199,14 +199,27 @@ class RecoverySettings:
 class DepthSettings:
     """``prune.depth``: ``drop_blocks`` — residual blocks removed whole before the first iteration
     (:mod:`ccpcsa.models.depth`; their MACs count toward the target, the unpruned model stays the latency reference and
-    the default teacher)."""
+    the default teacher), or ``auto``: chosen on the model jointly with the widths, at the run's target and on its CPU's
+    channel block (:mod:`ccpcsa.pruning.depth_choice`), trying up to ``max_blocks`` of them and scoring each probe on
+    ``probe_images`` val images (a seeded sample, the same for every probe; None = the whole val split)."""
 
-    drop_blocks: list[str] = field(default_factory=list)
+    drop_blocks: list[str] | str = field(default_factory=list)
+    max_blocks: int = 8
+    probe_images: int | None = 2000
+
+    @property
+    def auto(self) -> bool:
+        """The blocks are chosen by :func:`ccpcsa.pruning.depth_choice.choose_blocks`."""
+        return self.drop_blocks == "auto"
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the loop cannot honour."""
-        _need(isinstance(self.drop_blocks, list) and all(isinstance(b, str) and b for b in self.drop_blocks),
-              f"prune.depth.drop_blocks must be a list of module names (e.g. [layer1.1]) or [], got {self.drop_blocks!r}")
+        _need(self.auto or (isinstance(self.drop_blocks, list) and all(isinstance(b, str) and b for b in self.drop_blocks)),
+              f"prune.depth.drop_blocks must be a list of module names (e.g. [layer1.1]), [] or auto, got {self.drop_blocks!r}")
+        _need(isinstance(self.max_blocks, int) and not isinstance(self.max_blocks, bool) and self.max_blocks >= 1,
+              f"prune.depth.max_blocks must be an integer ≥ 1, got {self.max_blocks!r}")
+        _need(self.probe_images is None or (isinstance(self.probe_images, int) and self.probe_images >= 100),
+              f"prune.depth.probe_images must be an integer ≥ 100 or null (the whole val split), got {self.probe_images!r}")
 
 
 @dataclass
@@ -251,11 +264,16 @@ class PruneConfig:
         return obj
 
     def legacy_flat(self) -> dict[str, Any]:
-        """The settings under the flat keys of :data:`LEGACY_KEYS` (``by_alignment`` entries too): the stage keys hash
-        this form, so a run directory made before the sections existed resumes without re-running its stages."""
+        """The settings under the flat keys of :data:`LEGACY_KEYS` (``by_alignment`` entries too) and, where set away
+        from their defaults, the keys added since under their dotted names: the stage keys hash this form, so a run
+        directory made before the sections existed resumes without re-running its stages."""
         old = {new: flat for flat, new in LEGACY_KEYS.items()}
         flat = {name: copy.deepcopy(self.get(new)) for name, new in LEGACY_KEYS.items()}
         flat["by_alignment"] = {b: {old.get(k, k): v for k, v in s.items()} for b, s in self.by_alignment.items()}
+        default = PruneConfig()
+        for key in section_keys():  # keys added after the sections: hashed under their dotted name once set
+            if key not in old and self.get(key) != default.get(key):
+                flat[key] = copy.deepcopy(self.get(key))
         return flat
 
     def validate(self) -> None:

@@ -1,0 +1,193 @@
+"""Which residual blocks to remove whole, chosen jointly with the widths (``prune.depth.drop_blocks: auto``).
+
+Removing a block and narrowing layers both buy speed; which buys it at less accuracy depends on the model and on the
+widths the target CPU runs well (its channel block: 8 on AVX2, 16 with AVX-512, :mod:`ccpcsa.surgery.alignment`). On
+resnet20 in 16-blocks two whole blocks beat deeper channel cuts at equal MACs by 0.7 pp after fine-tuning
+(bench/README.md "Depth"); a hand-written ``depth.drop_blocks`` per CPU kind is what this module replaces. Two
+measurements on the model the loop starts from, no training:
+
+1. **Price every block.** Each candidate (:func:`ccpcsa.models.depth.candidate_blocks`) is removed alone, BatchNorm
+   re-estimated on the recovery's calibration images, and the val accuracy measured: its cost is the drop in pp per
+   percent of MACs it removes (residual networks lose little to one missing block, Veit, Wilber, Belongie, NeurIPS
+   2016). Blocks are tried cheapest first.
+2. **Price each depth at the run's goal.** For ``k = 0 … depth.max_blocks``: the ``k`` cheapest blocks removed, then
+   channels cut one-shot (magnitude-ranked, in the run's alignment, scope and floors) until the loop's own target —
+   the MACs target, or the latency table's estimate of the speed target on the target runtime — BatchNorm
+   re-estimated, val accuracy measured. A depth that cannot reach the goal (floors) does not compete.
+
+The depth kept is the most accurate that reaches the goal; a deeper one must beat the best shallower one by
+:data:`TIE_PP` (one-shot accuracies favour depth — a block removal loses less before fine-tuning than the channel cut
+it replaces — so a tie goes to fewer blocks). The search stops after :data:`PATIENCE` depths without a new best.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..criteria import ScoreContext, get_criterion
+from ..models.depth import candidate_blocks, drop_blocks
+from ..surgery.macs_target import fewest_prefix, prune_to_target
+from ..surgery.prune import ChannelPruner, deployed_complexity
+from ..training.engine import recalibrate_batchnorm
+
+#: pp a deeper choice must gain over every shallower one: 1.5 SE of a 5,000-image val accuracy near 65 %, where the
+#: one-shot probes of resnet20 sit
+TIE_PP = 1.0
+#: depths tried past the best before the search stops
+PATIENCE = 2
+#: a depth "reaches" the goal when its cut lands within this fraction of the goal (the MACs search's own slack)
+REACH_SLACK = 0.01
+
+Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class CutGoal(Protocol):
+    """Where the probe's one-shot channel cut stops: the loop's target in its own measure."""
+
+    def cut(self, pruner: ChannelPruner) -> tuple[float, bool]:
+        """Cut ``pruner.model`` in place toward the goal; ``(the measure after the cut, whether it reached the goal)``."""
+        ...
+
+
+@dataclass
+class MacsGoal:
+    """Cut to ``target_macs`` MACs of the deployed graph (without BAM when ``exclude_attention``)."""
+
+    target_macs: float
+    exclude_attention: bool
+
+    def cut(self, pruner: ChannelPruner) -> tuple[float, bool]:
+        """Magnitude-ranked blocks until the MACs target (:func:`prune_to_target`); ``(MACs, reached)``."""
+        prune_to_target(pruner, _magnitude(pruner), target_macs=self.target_macs, exclude_attention=self.exclude_attention)
+        macs = deployed_complexity(pruner.model, pruner.input_size, self.exclude_attention).macs
+        return float(macs), macs <= self.target_macs * (1 + REACH_SLACK)
+
+
+@dataclass
+class LatencyGoal:
+    """Cut until the latency table of ``probe`` (:class:`ccpcsa.pruning.planner.LatencyProbe`) estimates ``goal_ms``."""
+
+    probe: Any
+    goal_ms: float
+
+    def cut(self, pruner: ChannelPruner) -> tuple[float, bool]:
+        """The fewest magnitude-ranked blocks whose table estimate (calibrated on the timed model) reaches the goal;
+        ``(estimated ms, reached)``."""
+        cost = self.probe.cost_model(pruner, self.probe.measure_pair(pruner.model)[1])
+        order = pruner.ranked_blocks(_magnitude(pruner))
+        prefix = cost.prefix_costs(order)
+        k = fewest_prefix(len(order), prefix.__getitem__, self.goal_ms, prefix)
+        prune_to_target(pruner, {}, blocks=k, ranked=order)
+        return float(prefix[k]), prefix[k] <= self.goal_ms * (1 + REACH_SLACK)
+
+
+def _magnitude(pruner: ChannelPruner) -> dict[str, Any]:
+    """The l1 criterion's channel scores of ``pruner.model``: the probe's cut needs no statistics epoch."""
+    return get_criterion("l1").score(ScoreContext(pruner.model, pruner))
+
+
+@dataclass
+class DepthChoice:
+    """The blocks chosen and the measurements behind them (JSON-ready through :meth:`summary`)."""
+
+    blocks: list[str]
+    reference_val: float
+    single: list[dict[str, Any]] = field(default_factory=list)
+    depths: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        """``blocks``, the unpruned val accuracy, each block's price, each depth's probe and the seconds spent."""
+        return {"blocks": self.blocks, "reference_val_accuracy": self.reference_val, "single": self.single,
+                "depths": self.depths, "seconds": self.seconds, "tie_pp": TIE_PP}
+
+
+def without_blocks(model: nn.Module, names: list[str], recalibrate: Batches | None, input_size: int = 32) -> nn.Module:
+    """A copy of ``model`` with the blocks ``names`` removed (:func:`drop_blocks`) and, when any went and
+    ``recalibrate`` is given, BatchNorm re-estimated on its batches; ``model`` is left unchanged."""
+    trial = copy.deepcopy(model)
+    if names:
+        drop_blocks(trial, names, input_size)
+        if recalibrate is not None:
+            recalibrate_batchnorm(trial, recalibrate)
+    return trial
+
+
+def price_blocks(model: nn.Module, accuracy: Callable[[nn.Module], float], recalibrate: Batches | None, *,
+                 input_size: int = 32, exclude_attention: bool = False, reference: float | None = None,
+                 names: list[str] | None = None, step: Callable[[], object] | None = None) -> list[dict[str, Any]]:
+    """One row per candidate block (``names``, default :func:`candidate_blocks`), each removed alone
+    (:func:`without_blocks`): ``macs_share`` = 1 − MACs without it / MACs with it (deployed graph), ``val_accuracy``,
+    ``drop_pp`` = ``reference`` (default ``accuracy(model)``) − that, and ``pp_per_macs_pct`` = drop / (100 ·
+    share), the price the search sorts by. ``step()`` is called after each block (a progress bar)."""
+    ref = accuracy(model) if reference is None else reference
+    base_macs = deployed_complexity(model, input_size, exclude_attention).macs
+    rows = []
+    for name in candidate_blocks(model, input_size) if names is None else names:
+        trial = without_blocks(model, [name], recalibrate, input_size)
+        share = 1 - deployed_complexity(trial, input_size, exclude_attention).macs / base_macs
+        acc = accuracy(trial)
+        rows.append({"block": name, "macs_share": share, "val_accuracy": acc, "drop_pp": ref - acc,
+                     "pp_per_macs_pct": (ref - acc) / max(100 * share, 1e-9)})
+        if step is not None:
+            step()
+    return rows
+
+
+def _apart(order: list[str]) -> list[str]:
+    """``order`` without the names inside or around an earlier one (``3`` and ``3.0`` of a ``Sequential`` of
+    Sequentials): every prefix is a set :func:`drop_blocks` accepts."""
+    kept: list[str] = []
+    for n in order:
+        if not any(n == k or n.startswith(f"{k}.") or k.startswith(f"{n}.") for k in kept):
+            kept.append(n)
+    return kept
+
+
+def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPruner], goal: CutGoal,
+                  accuracy: Callable[[nn.Module], float], recalibrate: Batches | None, *, max_blocks: int,
+                  input_size: int = 32, exclude_attention: bool = False, progress: bool = True) -> DepthChoice:
+    """The blocks to remove from ``model`` (left unchanged) before its channels are pruned toward ``goal``: the module
+    docstring's two measurements. ``make_pruner(copy)`` builds the loop's pruner (alignment, scope, floors) over a
+    candidate copy; ``accuracy(copy)`` is its val accuracy in %; ``recalibrate`` yields the BatchNorm re-estimate's
+    batches (None: no re-estimate). Returns the choice with every probe's numbers; ``blocks`` is empty when no depth
+    beats channels alone by :data:`TIE_PP`."""
+    t0 = time.perf_counter()
+    ref = accuracy(model)
+    base_macs = deployed_complexity(model, input_size, exclude_attention).macs
+
+    names = candidate_blocks(model, input_size)
+    bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1, desc="depth search", disable=not progress,
+               dynamic_ncols=True)
+    single = price_blocks(model, accuracy, recalibrate, input_size=input_size, exclude_attention=exclude_attention,
+                          reference=ref, names=names, step=lambda: bar.update(1))
+    order = _apart([r["block"] for r in sorted(single, key=lambda r: r["pp_per_macs_pct"])])
+    depths: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    since_best = 0
+    for k in range(min(max_blocks, len(order)) + 1):
+        trial = without_blocks(model, order[:k], recalibrate, input_size)
+        measure, reached = goal.cut(make_pruner(trial))
+        if recalibrate is not None:
+            recalibrate_batchnorm(trial, recalibrate)
+        row = {"blocks": order[:k], "measure": measure, "reached": reached, "val_accuracy": accuracy(trial),
+               "flops_reduction": 1 - deployed_complexity(trial, input_size, exclude_attention).macs / base_macs}
+        depths.append(row)
+        bar.update(1)
+        bar.set_postfix(k=k, val=f"{row['val_accuracy']:.2f}")
+        if reached and (best is None or row["val_accuracy"] >= best["val_accuracy"] + TIE_PP):
+            best, since_best = row, 0
+        else:
+            since_best += 1
+            if best is not None and since_best >= PATIENCE:
+                break
+    bar.close()
+    return DepthChoice(list(best["blocks"]) if best else [], ref, single, depths, time.perf_counter() - t0)
