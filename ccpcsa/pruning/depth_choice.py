@@ -2,8 +2,8 @@
 
 Removing a block and narrowing layers both buy speed; which buys it at less accuracy depends on the model and on the
 widths the target CPU runs well (its channel block: 8 on AVX2, 16 with AVX-512, :mod:`ccpcsa.surgery.alignment`). On
-resnet20 in 16-blocks two whole blocks beat deeper channel cuts at equal MACs by 0.7 pp after fine-tuning
-(bench/README.md "Depth"); a hand-written ``depth.drop_blocks`` per CPU kind is what this module replaces. Two
+resnet20 in 16-blocks two whole blocks beat deeper channel cuts at equal MACs after fine-tuning (bench/README.md
+"Depth"); a hand-written ``depth.drop_blocks`` per CPU kind is what this module replaces. Two
 measurements on the model the loop starts from, no training:
 
 1. **Price every block.** Each candidate (:func:`ccpcsa.models.depth.candidate_blocks`) is removed alone, BatchNorm

@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -239,8 +239,7 @@ class _LoopRun:
             ref_ms = latency.set_reference(self.model)
             goal = LatencyGoal(latency, float(t.latency_ms) if t.latency_ms is not None else ref_ms / float(t.speedup))  # type: ignore[arg-type]
         probe_val = self.data.val.sample(cfg.depth.probe_images, seed=self.seed)  # one sample for every probe: paired
-        recal = None if cfg.recovery.recalibrate_bn <= 0 else (
-            lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size, self.device, self.seed + 999))
+        recal = self.recalibration(999) if cfg.recovery.recalibrate_bn > 0 else None
         choice = choose_blocks(self.model, self.new_pruner, goal,
                                lambda m: evaluate(m, probe_val, self.data.mean, self.data.std, device=self.device)[0], recal,
                                max_blocks=cfg.depth.max_blocks, input_size=self.input_size, exclude_attention=exclude,
@@ -258,11 +257,16 @@ class _LoopRun:
         self.result.dropped_blocks = drop_blocks(self.model, cfg.depth.drop_blocks, self.input_size)
         self.current = deployed_complexity(self.model, self.input_size, cfg.recovery.remove_attention)
         if cfg.recovery.recalibrate_bn > 0:
-            recalibrate_batchnorm(self.model, lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size,
-                                                                          self.device, self.seed + 999))
+            recalibrate_batchnorm(self.model, self.recalibration(999))
         assert self.result.base is not None
         tqdm.write(f"removed {len(cfg.depth.drop_blocks)} block(s) whole ({', '.join(cfg.depth.drop_blocks)}): MACs "
                    f"-{100 * self.current.reduction_vs(self.result.base)[0]:.1f}% before channel pruning (prune.depth.drop_blocks)")
+
+    def recalibration(self, offset: int) -> Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """The BatchNorm re-estimate's batches after a surgery: ``prune.recovery.recalibrate_bn`` train images drawn with
+        seed ``steps.seed + offset`` (999 after depth surgery, 1000 + iteration after a channel step)."""
+        return lambda: calibration_batches(self.data, self.cfg.recovery.recalibrate_bn, self.train_cfg.batch_size, self.device,
+                                           self.seed + offset)
 
     def new_pruner(self, model: nn.Module | None = None) -> ChannelPruner:
         """The loop's one pruner setup (alignment, floors, scope) over ``model`` (default: the current model), against
@@ -319,8 +323,7 @@ class _LoopRun:
         cfg, model = self.cfg, self.model
         new = deployed_complexity(model, self.input_size, cfg.recovery.remove_attention)
         if cfg.recovery.recalibrate_bn > 0:
-            recalibrate_batchnorm(model, lambda: calibration_batches(self.data, cfg.recovery.recalibrate_bn, self.train_cfg.batch_size,
-                                                                     self.device, self.seed + 1000 + it))
+            recalibrate_batchnorm(model, self.recalibration(1000 + it))
         if cfg.recovery.finetune_epochs > 0:  # the fit's last epoch evaluated this very model on data.val: no second pass
             acc = fit(model, self.data, replace(self.ft, epochs=cfg.recovery.finetune_epochs), device=self.device, progress=progress,
                       desc=f"prune it{it} finetune", distill=self.kd, stream=self.stream).val_accuracy
