@@ -14,12 +14,16 @@ pruner references to the parameters stay valid) and returned for chaining.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
 
 #: Floating dtype of every model the pipeline trains, evaluates and exports (AMP casts inside autocast only).
 MODEL_DTYPE = torch.float32
+#: x86 CPU flags of native bfloat16 arithmetic (AVX512_BF16: Cooper Lake, Zen 4 and later; AMX-BF16: Sapphire Rapids
+#: and later). Without them oneDNN emulates bf16 and a bf16 step is slower than a float32 one, so AMP stays off.
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
 def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> torch.device:
@@ -29,6 +33,35 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
     if device == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     return torch.device(device)
+
+
+def amp_dtype(device: torch.device, enabled: bool, flags: frozenset[str] | None = None) -> tuple[torch.dtype | None, str]:
+    """``(autocast dtype of training on device, why)``; ``None`` means float32 throughout.
+
+    With ``enabled`` (``train.amp``): bfloat16 on CUDA, and on a CPU whose ``flags`` (default: this machine's
+    ``/proc/cpuinfo``) include one of :data:`BF16_CPU_FLAGS` — there a bf16 step runs in about half the time of a float32
+    one (bench/README.md "Mixed precision on the CPU"). Weights, optimizer state, BatchNorm statistics and every
+    evaluated or exported model stay float32; only the operations autocast lists run in bf16."""
+    if not enabled:
+        return None, "train.amp is off"
+    if device.type == "cuda":
+        return torch.bfloat16, "CUDA"
+    if device.type != "cpu":
+        return None, f"no autocast on {device.type}"
+    if flags is None:
+        from .surgery.alignment import cpu_flags  # lazy: surgery imports this module
+
+        flags = cpu_flags()
+    native = sorted(flags & BF16_CPU_FLAGS)
+    if native:
+        return torch.bfloat16, f"CPU with {', '.join(native)}"
+    return None, "this CPU has no native bf16 (avx512_bf16 or amx_bf16): float32 is faster"
+
+
+def float32_math(t: torch.Tensor) -> Any:
+    """A context in which autocast is off on ``t``'s device: statistics that a forward hook computes during an AMP
+    training step (sums of products, correlations) stay in float32 instead of bf16 matmuls."""
+    return torch.autocast(t.device.type if t.device.type in ("cpu", "cuda") else "cpu", enabled=False)
 
 
 def _normalize(device: str | torch.device) -> torch.device:

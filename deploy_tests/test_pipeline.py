@@ -55,6 +55,14 @@ def test_full_chain_artifacts_and_report(smoke_run):
     assert m["stages"]["int8_cpu"]["metrics"]["activations"] == "uint8" and m["stages"]["int8"]["metrics"]["activations"] == "int8"
     md = (smoke_run / "report.md").read_text()
     assert "| ONNX simplified |" in md and "TensorRT" in md
+    # the fine-tunes' precision follows this CPU (train.amp defaults to true): bf16 only with native bf16
+    import torch
+
+    from ccpcsa import placement
+
+    amp, why = placement.amp_dtype(torch.device("cpu"), True)
+    said = m["stages"]["prune"]["metrics"]["train_precision"]
+    assert said == f"{'bfloat16 autocast' if amp is not None else 'float32'} ({why})" and f"Fine-tunes trained in {said}" in md
     assert {p.name for p in (smoke_run / "plots").glob("*.png")} >= {"pruning_trajectory.png", "channels_per_layer.png",
                                                                    "latency_accuracy_per_format.png"}
 

@@ -63,7 +63,7 @@ def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
             "runtimes": val.runtimes,
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
-                                                  "dropped_blocks", "depth_choice")}}
+                                                  "dropped_blocks", "depth_choice", "train_precision")}}
 
 
 def stage_row(rec: StageRecord, val: ValidateRecord) -> dict[str, Any]:
@@ -140,6 +140,8 @@ def pruning_lines(r: ReportView) -> list[str]:
             md.append("Removed whole (`prune.depth.drop_blocks`): " + ", ".join(f"`{b}`" for b in p["dropped_blocks"]) + ".")
         if p.get("depth_choice"):
             md.append(depth_choice_line(p["depth_choice"]))
+        if p.get("train_precision"):
+            md.append(f"Fine-tunes trained in {p['train_precision']} (`train.amp`).")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = r.latency_step

@@ -146,13 +146,15 @@ class ChannelStatsCollector:
                 x = out.clamp_min(0) if self.relu else out
                 if isinstance(mod, nn.Linear) and x.dim() == 4:  # a Linear over channels-last maps (ConvNeXt): NHWC
                     x = x.permute(0, 3, 1, 2)
-                mom.add(x if x.dim() == 4 else x[:, :, None, None])
+                with placement.float32_math(x):
+                    mom.add(x if x.dim() == 4 else x[:, :, None, None])
         return hook
 
     def _input_hook(self, im: Any):  # type: ignore[no-untyped-def]
         def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
             if (mod.training or not self.training_only) and inp and inp[0].dim() in (2, 4):
-                im.add(inp[0].permute(0, 3, 1, 2) if isinstance(mod, nn.Linear) and inp[0].dim() == 4 else inp[0])
+                with placement.float32_math(inp[0]):
+                    im.add(inp[0].permute(0, 3, 1, 2) if isinstance(mod, nn.Linear) and inp[0].dim() == 4 else inp[0])
         return hook
 
     def _attention_hook(self, name: str):  # type: ignore[no-untyped-def]

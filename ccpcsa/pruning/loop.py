@@ -71,18 +71,21 @@ class PruneResult:
     latency: dict[str, Any] = field(default_factory=dict)
     dropped_blocks: list[str] = field(default_factory=list)
     depth_choice: dict[str, Any] | None = None
+    train_precision: str = "float32"
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
         seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used), the
-        residual blocks removed whole and, when they were chosen (``prune.depth.drop_blocks: auto``), the search."""
+        residual blocks removed whole and, when they were chosen (``prune.depth.drop_blocks: auto``), the search; the
+        fine-tunes' precision (``train.amp``, :func:`ccpcsa.placement.amp_dtype`) and why."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
                 "final_val_accuracy": self.final_val_accuracy, "base": asdict(self.base), "final": asdict(self.final),
                 "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
                 "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
-                "latency": self.latency, "dropped_blocks": self.dropped_blocks, "depth_choice": self.depth_choice}
+                "latency": self.latency, "dropped_blocks": self.dropped_blocks, "depth_choice": self.depth_choice,
+                "train_precision": self.train_precision}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -201,8 +204,10 @@ class _LoopRun:
         if cfg.widths.round_to_wide is not None:
             why += (f"; layers of ≥ {2 * cfg.widths.round_to_wide} channels in multiples of {math.lcm(align, cfg.widths.round_to_wide)} "
                     "(prune.widths.round_to_wide)")
+        amp, amp_why = placement.amp_dtype(self.device, train_cfg.amp)
         self.result = PruneResult(model=model, base=base, reference_accuracy=self.ref, alignment=align, alignment_reason=why,
-                                  allocation=cfg.steps.allocation)
+                                  allocation=cfg.steps.allocation,
+                                  train_precision=f"{'bfloat16 autocast' if amp is not None else 'float32'} ({amp_why})")
         self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
         self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None
@@ -214,6 +219,7 @@ class _LoopRun:
         self.original_sizes = pruner.original_sizes
         # said once, even without progress output: the widths (and so the speed/accuracy trade) depend on the CPU
         tqdm.write(f"kept widths in multiples of {align}: {why}")
+        tqdm.write(f"fine-tunes train in {self.result.train_precision} (train.amp)")
         if pruner.fixed:  # said even without progress output: the user's model is not pruned where they may expect it
             tqdm.write("left whole: " + "; ".join(f"{k} ({w})" for k, w in pruner.fixed.items()))
         self.result.left_whole = dict(pruner.fixed)

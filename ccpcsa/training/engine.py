@@ -3,7 +3,8 @@
 SGD with momentum (Nesterov by default) and weight decay; a per-step learning-rate schedule —
 ``cosine`` (linear warm-up then half-cosine to 0) or ``onecycle`` (linear ramp from lr/25 to lr over
 ``pct_start`` of the steps, then cosine down to lr/1e4; Smith & Topin 2019) or ``constant``;
-optional label smoothing; channels_last; AMP (bfloat16/float16 autocast) on CUDA; seeded.
+optional label smoothing; channels_last; AMP (bfloat16 autocast) on CUDA and on CPUs with native bf16
+(:func:`ccpcsa.placement.amp_dtype`); seeded.
 
 Placement goes through :mod:`ccpcsa.placement`: a model handed over on another device or dtype is moved
 to the run's device (float32) by ``fit``, ``evaluate`` and ``predict_logits``. On CUDA the data set is held
@@ -177,9 +178,10 @@ def stream_batches(loader: BatchLoader, start: int) -> Iterator[tuple[torch.Tens
 
 
 def _autocast(device: torch.device, enabled: bool) -> Any:
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
+    dtype, _ = placement.amp_dtype(device, enabled)
+    if dtype is None:
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
 
 
 #: On CUDA, evaluation batches hold at least this many pixels (4096 images of 32×32), never fewer than asked.
@@ -302,7 +304,9 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
     runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, cfg.amp),
                         report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
     interval = check_interval(device)
-    result.speed = {"device": str(device), "compile": cfg.compile, "compiled": runner.is_compiled, "compile_note": runner.note,
+    amp, amp_why = placement.amp_dtype(device, cfg.amp)
+    result.speed = {"device": str(device), "amp": f"{str(amp).removeprefix('torch.') if amp else 'float32'} ({amp_why})",
+                    "compile": cfg.compile, "compiled": runner.is_compiled, "compile_note": runner.note,
                     "resident_data": loader.resident, "check_every": interval,
                     "fused_optimizer": bool(opt.param_groups[0].get("fused"))}
     t0 = time.perf_counter()
