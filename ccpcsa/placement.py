@@ -14,6 +14,8 @@ pruner references to the parameters stay valid) and returned for chaining.
 from __future__ import annotations
 
 import copy
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,6 +37,20 @@ def resolve_device(device: str | torch.device = "auto", local_rank: int = 0) -> 
     return torch.device(device)
 
 
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU feature flags of this machine from ``/proc/cpuinfo`` (empty where it cannot be read). The one reader:
+    :mod:`ccpcsa.surgery.alignment` (SIMD widths, VNNI) and :func:`amp_dtype` (bf16) ask it."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.split(":", 1)[1].split())
+    return frozenset()
+
+
 def amp_dtype(device: torch.device, enabled: bool, flags: frozenset[str] | None = None) -> tuple[torch.dtype | None, str]:
     """``(autocast dtype of training on device, why)``; ``None`` means float32 throughout.
 
@@ -49,13 +65,18 @@ def amp_dtype(device: torch.device, enabled: bool, flags: frozenset[str] | None 
     if device.type != "cpu":
         return None, f"no autocast on {device.type}"
     if flags is None:
-        from .surgery.alignment import cpu_flags  # lazy: surgery imports this module
-
         flags = cpu_flags()
     native = sorted(flags & BF16_CPU_FLAGS)
     if native:
         return torch.bfloat16, f"CPU with {', '.join(native)}"
     return None, "this CPU has no native bf16 (avx512_bf16 or amx_bf16): float32 is faster"
+
+
+def amp_label(device: torch.device, enabled: bool, flags: frozenset[str] | None = None) -> str:
+    """What :func:`amp_dtype` decides, in words: ``bfloat16 autocast (why)`` or ``float32 (why)`` — the line the prune
+    stage prints, ``manifest.json``'s ``train_precision`` and ``FitResult.speed["amp"]``."""
+    dtype, why = amp_dtype(device, enabled, flags)
+    return f"{'bfloat16 autocast' if dtype is not None else 'float32'} ({why})"
 
 
 def float32_math(t: torch.Tensor) -> Any:

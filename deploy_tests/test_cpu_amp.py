@@ -1,7 +1,7 @@
 """Mixed precision on the CPU (issue #38 item 1): ``train.amp`` trains in bf16 autocast where the CPU has native bf16
 (AVX512_BF16 / AMX-BF16) and in float32 elsewhere; statistics hooks stay in float32 under autocast.
 
-The CPU kind is set through ``ccpcsa.surgery.alignment.cpu_flags`` (the one reader of ``/proc/cpuinfo``), so both
+The CPU kind is set through ``ccpcsa.placement.cpu_flags`` (the one reader of ``/proc/cpuinfo``), so both
 branches run on any machine: bf16 kernels are emulated where the CPU lacks them, slower but exact to bf16 rounding.
 """
 
@@ -15,7 +15,6 @@ import torch
 from ccpcsa import placement
 from ccpcsa.criteria.stats import ChannelStatsCollector
 from ccpcsa.data import load_data
-from ccpcsa.surgery import alignment
 from ccpcsa.training.engine import fit
 from deploy_tests.placement_helpers import _cfg, _tiny
 
@@ -41,13 +40,13 @@ def test_amp_dtype_follows_the_cpu_flags_and_the_setting():
 
 @pytest.mark.parametrize("flags, expect", [({"avx512f", "avx512_bf16"}, torch.bfloat16), ({"avx2", "fma"}, torch.float32)])
 def test_fit_trains_in_the_dtype_the_cpu_gets(data, monkeypatch, flags, expect):
-    monkeypatch.setattr(alignment, "cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(placement, "cpu_flags", lambda: frozenset(flags))
     model = _tiny()
     seen: list[torch.dtype] = []
     model.block[0].register_forward_hook(lambda m, i, o: seen.append(o.dtype) if m.training else None)
     res = fit(model, data, _cfg(amp=True), device="cpu", progress=False)
     assert seen and set(seen) == {expect}
-    assert res.speed["amp"].startswith("bfloat16" if expect is torch.bfloat16 else "float32")
+    assert res.speed["amp"].startswith("bfloat16 autocast (CPU with avx512_bf16)" if expect is torch.bfloat16 else "float32 (")
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights and optimizer stay float32
     assert math.isfinite(res.history[-1]["train_loss"]) and 0 <= res.val_accuracy <= 100
 

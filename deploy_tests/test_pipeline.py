@@ -60,9 +60,10 @@ def test_full_chain_artifacts_and_report(smoke_run):
 
     from ccpcsa import placement
 
-    amp, why = placement.amp_dtype(torch.device("cpu"), True)
     said = m["stages"]["prune"]["metrics"]["train_precision"]
-    assert said == f"{'bfloat16 autocast' if amp is not None else 'float32'} ({why})" and f"Fine-tunes trained in {said}" in md
+    bf16 = placement.amp_dtype(torch.device("cpu"), True)[0] is not None
+    assert said.startswith("bfloat16 autocast (CPU with" if bf16 else "float32 (this CPU has no native bf16")
+    assert said == placement.amp_label(torch.device("cpu"), True) and f"Fine-tunes trained in {said}" in md
     assert {p.name for p in (smoke_run / "plots").glob("*.png")} >= {"pruning_trajectory.png", "channels_per_layer.png",
                                                                    "latency_accuracy_per_format.png"}
 

@@ -204,10 +204,8 @@ class _LoopRun:
         if cfg.widths.round_to_wide is not None:
             why += (f"; layers of ≥ {2 * cfg.widths.round_to_wide} channels in multiples of {math.lcm(align, cfg.widths.round_to_wide)} "
                     "(prune.widths.round_to_wide)")
-        amp, amp_why = placement.amp_dtype(self.device, train_cfg.amp)
         self.result = PruneResult(model=model, base=base, reference_accuracy=self.ref, alignment=align, alignment_reason=why,
-                                  allocation=cfg.steps.allocation,
-                                  train_precision=f"{'bfloat16 autocast' if amp is not None else 'float32'} ({amp_why})")
+                                  allocation=cfg.steps.allocation, train_precision=placement.amp_label(self.device, train_cfg.amp))
         self.model, self.original, self.current = model, model, base  # the model as given: latency reference, default teacher
         self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None

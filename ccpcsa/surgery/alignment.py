@@ -17,28 +17,14 @@ to a block, so a width between two multiples of the block costs as much as the n
 from __future__ import annotations
 
 import platform
-from functools import lru_cache
-from pathlib import Path
 
 from ..errors import UserError
+from ..placement import cpu_flags  # the one reader of /proc/cpuinfo (re-exported: export.quantize)
 
 RUNTIMES = ("onnxruntime-cpu", "openvino-cpu", "device-profile", "tensorrt-fp16", "tensorrt-int8", "tensorrt-tf32")
 #: Runtimes the pipeline measures latency on: this machine's CPU runtimes, and a profile timed on the device.
 MEASURABLE = ("onnxruntime-cpu", "openvino-cpu", "device-profile")
 TENSORRT_ALIGNMENT = {"tensorrt-fp16": 8, "tensorrt-int8": 16, "tensorrt-tf32": 4}
-
-
-@lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags of this machine from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return frozenset(line.split(":", 1)[1].split())
-    return frozenset()
 
 
 def cpu_float_lanes(flags: frozenset[str] | None = None, machine: str | None = None) -> tuple[int, str]:
