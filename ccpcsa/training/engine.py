@@ -177,8 +177,8 @@ def stream_batches(loader: BatchLoader, start: int) -> Iterator[tuple[torch.Tens
         epoch, skip = epoch + 1, 0
 
 
-def _autocast(device: torch.device, enabled: bool) -> Any:
-    dtype, _ = placement.amp_dtype(device, enabled)
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """The per-step autocast context for ``dtype`` (decided once per fit by :func:`ccpcsa.placement.amp_dtype`)."""
     if dtype is None:
         return torch.autocast("cpu", enabled=False)
     return torch.autocast(device.type, dtype=dtype)
@@ -301,7 +301,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
                                         has_forward_hooks(model))
     if distill is not None:
         _place_teacher(distill.teacher, device, cfg.channels_last)
-    runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, cfg.amp),
+    amp, _ = placement.amp_dtype(device, cfg.amp)  # once per fit, not per step
+    runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, amp),
                         report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
     interval = check_interval(device)
     result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile, "compiled": runner.is_compiled, "compile_note": runner.note,
