@@ -255,6 +255,16 @@ PRESETS: dict[str, Preset] = {
                            lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
                            baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=2, train_threads=1,
                            budget_minutes=150.0),
+    # issue #38 item 4: the resnet56 config's own 16-block operating point (its by_alignment entry: the six named blocks
+    # removed whole, then channels to −50 % MACs in one step, scope all, 250-step epochs, 10 final epochs) for ccpcsa, l1
+    # and the anchor, so the frontier compares like with like at the deploy's budget (frontier-r56 fine-tunes 480 steps).
+    "frontier-r56-default": Preset(name="frontier-r56-default", config="configs/resnet56_cifar10.yaml", model="resnet56",
+                                   criteria=("ccpcsa", "l1"), targets=(0.5,), seeds=(0,), side_criteria=(), until=None,
+                                   round_to="auto", lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
+                                   iterations=1, steps_per_epoch=250, final_finetune_epochs=10, attention_steps=100,
+                                   drop_blocks=("layer1.3", "layer1.4", "layer1.5", "layer1.6", "layer2.2", "layer2.6"),
+                                   scope="all", baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=3,
+                                   train_threads=1, budget_minutes=90.0),
     "speed-r56": Preset(name="speed-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=(), seeds=(0,),
                         side_criteria=(), anchor=False, until=None, measure_speed=True, steps_per_epoch=40,
                         baseline_checkpoint="../shared/models/resnet56_cifar10.pt",

@@ -239,14 +239,16 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
             assert cfg.prune.target.flops_reduction == spec.target and cfg.prune.steps.tolerance == 1000.0
 
 
-def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_path: Path) -> None:
-    """frontier-r20-depth's points are the default's neighbours: the entry's target lies inside the preset's targets, and
-    at the nearest one its ccpcsa run has the 16-block entry's other settings (scope, one step, final epochs) and the
-    default's training budgets."""
+@pytest.mark.parametrize("preset", ["frontier-r20-depth", "frontier-r56-default"])
+def test_depth_frontier_runs_the_configs_16_block_operating_point(tmp_path: Path, preset: str) -> None:
+    """A depth frontier's points are its config's 16-block deploy or its neighbours: the entry's target lies inside the
+    preset's targets, and at the nearest one its ccpcsa run has the entry's other settings (scope, one step, final
+    epochs, the blocks removed where the entry names them) and the config's training budgets."""
     from pipeline.config import load_config
 
-    p = PRESETS["frontier-r20-depth"]
-    entry = load_config(ROOT / "configs/default.yaml").prune.by_alignment[16]
+    p = PRESETS[preset]
+    default = load_config(ROOT / p.config)
+    entry = default.prune.by_alignment[16]
     target = entry["target.flops_reduction"]
     assert min(p.targets) <= target <= max(p.targets)
     ckpt = save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec(p.model, 10)), ModelSpec(p.model, 10))
@@ -255,10 +257,18 @@ def test_depth_frontier_runs_the_default_configs_16_block_operating_point(tmp_pa
     for key, value in entry.items():
         if key not in ("target.flops_reduction",):
             assert cfg.get(key) == value, key
-    default = load_config(ROOT / "configs/default.yaml")
+    if "widths.scope" not in entry:
+        assert cfg.get("widths.scope") == default.prune.get("widths.scope")
     assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
     assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.recovery.lr_schedule, default.prune.recovery.recalibrate_bn,
                                                                      default.prune.recovery.distill.teacher)
+    assert (p.finetune_epochs, p.prune_lr) == (default.prune.recovery.finetune_epochs, default.prune.recovery.lr)
+
+
+def test_depth_frontier_r20_compares_scopes_and_seeds_at_minus_50() -> None:
+    """At −50 % frontier-r20-depth also runs ccpcsa and l1 with the anchor's global scope, two seeds each, as the anchor."""
+    p = PRESETS["frontier-r20-depth"]
+    spec = RunSpec("ccpcsa", 0.4, "auto")
     # at −50 % ccpcsa and l1 also rank globally (scope all, the anchor's mode): their own runs, with the preset's recipe,
     # two seeds each, as the anchor there
     scall = [r for r in p.runs() if r.scope]
