@@ -173,7 +173,7 @@ def _sp(p: FrontierPoint, kind: str, b: str) -> str:
     return "—" if m is None else f"{m[0]:.2f} ± {m[1]:.2f}"
 
 
-def _slower(p: FrontierPoint, int8: bool) -> float:
+def _slowest(p: FrontierPoint, int8: bool) -> float:
     """The point's smallest speedup over batch 1 and 32, FP32 and (``int8``) INT8; 0 where one is missing."""
     kinds = (p.speedup, p.speedup_int8) if int8 else (p.speedup,)
     return min(k.get(b, (0.0, 0.0))[0] for k in kinds for b in ("1", "32"))
@@ -185,10 +185,10 @@ def target_lines(points: list[FrontierPoint], base: float, model: str) -> list[s
     out = []
     for t in TARGETS.get(model, ()):
         name = f"- #{t.issue}: ≥ {t.speed}× (b1 and b32{', FP32 and INT8' if t.int8 else ''}) within {t.drop} pp"
-        fast = [p for p in points if _slower(p, t.int8) >= t.speed]
+        fast = [p for p in points if _slowest(p, t.int8) >= t.speed]
         if not fast:
-            best = max(points, key=lambda p: _slower(p, t.int8), default=None)
-            got = "no point" if best is None else f"fastest point {best.key}: {_slower(best, t.int8):.2f}× at its slowest"
+            best = max(points, key=lambda p: _slowest(p, t.int8), default=None)
+            got = "no point" if best is None else f"fastest point {best.key}: {_slowest(best, t.int8):.2f}× at its slowest"
             out.append(f"{name}: **missed** — {got}")
             continue
         best = max(fast, key=lambda p: p.accuracy)

@@ -305,7 +305,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
     runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, amp),
                         report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
     interval = check_interval(device)
-    result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile, "compiled": runner.is_compiled, "compile_note": runner.note,
+    result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile,
+                    "compiled": runner.is_compiled, "compile_note": runner.note,
                     "resident_data": loader.resident, "check_every": interval,
                     "fused_optimizer": bool(opt.param_groups[0].get("fused"))}
     t0 = time.perf_counter()
