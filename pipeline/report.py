@@ -63,7 +63,8 @@ def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
             "runtimes": val.runtimes,
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
-                                                  "dropped_blocks", "depth_choice", "train_precision")}}
+                                                  "dropped_blocks", "depth_choice", "train_precision",
+                                                  "teacher_views")}}
 
 
 def stage_row(rec: StageRecord, val: ValidateRecord) -> dict[str, Any]:
@@ -142,6 +143,10 @@ def pruning_lines(r: ReportView) -> list[str]:
             md.append(depth_choice_line(p["depth_choice"]))
         if p.get("train_precision"):
             md.append(f"Fine-tunes trained in {p['train_precision']} (`train.amp`).")
+        if p.get("teacher_views"):
+            v = p["teacher_views"]
+            md.append(f"Distilled from cached teacher logits: {v['views']} view(s) of each of {v['images']} training images, "
+                      f"built in {v['seconds']:.0f} s (`prune.recovery.distill.views`).")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = r.latency_step

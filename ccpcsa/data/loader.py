@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from .dataset import ArrayDataset
-from .transforms import _normalize, apply_augment, augment_batch, draw_augment, normalization_params
+from .transforms import _normalize, apply_augment, augment_batch, draw_augment, mix_seed, normalization_params
+
+if TYPE_CHECKING:
+    from .views import ViewPool
 
 #: A resident (device-held) copy of the dataset may take at most this fraction of the device's free memory.
 RESIDENT_MAX_FREE_FRACTION = 0.25
-
-
-def _mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed from integers (so (seed, epoch) pairs never collide like seed+epoch)."""
-    entropy = [int(v) & 0xFFFF_FFFF_FFFF_FFFF for v in values]
-    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
 class BatchLoader:
@@ -46,6 +44,11 @@ class BatchLoader:
     to the device in one copy per epoch, so iterating never waits for the device (no host sync per batch).
     ``None`` (default) = on a CUDA device when the images take at most :data:`RESIDENT_MAX_FREE_FRACTION` of
     its free memory. Batches are identical either way (same order, same draws).
+
+    ``views`` (:class:`ccpcsa.data.views.ViewPool` of this dataset): instead of fresh augmentation draws,
+    every sample is one of its image's ``K`` pooled views, picked uniformly by a generator seeded with
+    ``(seed, epoch, rank)``, and each batch is ``(x, y, teacher_logits)`` — the cached teacher logits of exactly those
+    views (float32 ``(B, classes)`` on ``device``).
     """
 
     def __init__(
@@ -63,6 +66,7 @@ class BatchLoader:
         device: str | torch.device = "cpu",
         channels_last: bool = False,
         resident: bool | None = None,
+        views: ViewPool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -79,6 +83,9 @@ class BatchLoader:
         self.device = torch.device(device)
         self.channels_last = channels_last
         self.epoch = 0
+        if views is not None and views.dataset is not dataset:
+            raise ValueError("the view pool was built for another dataset")
+        self.views = views
         self._scale, self._bias = normalization_params(mean, std, self.device)
         self.resident = _fits_on_device(dataset, self.device) if resident is None else bool(resident)
         self._images: torch.Tensor | None = None
@@ -106,7 +113,7 @@ class BatchLoader:
         """Dataset indices this rank visits this epoch, in order (int64)."""
         n = len(self.dataset)
         if self.shuffle:
-            g = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch))
+            g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch))
             order = torch.randperm(n, generator=g).numpy()
         else:
             order = np.arange(n, dtype=np.int64)
@@ -114,12 +121,15 @@ class BatchLoader:
             order = np.resize(order, self.num_samples * self.world_size)[self.rank :: self.world_size]
         return order.astype(np.int64, copy=False)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        if self.views is not None:
+            yield from self._iter_views(self.views)
+            return
         if self.resident:
             yield from self._iter_resident()
             return
         order = self.indices()
-        gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, self.rank, 1))
+        gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 1))
         non_blocking = self.device.type == "cuda"
         for b in range(len(self)):
             idx = order[b * self.batch_size : (b + 1) * self.batch_size]
@@ -138,7 +148,7 @@ class BatchLoader:
         order = _to_device(torch.from_numpy(order_np), self.device)
         params: list[torch.Tensor | None] = [None, None, None]
         if self.augment and n_batches:
-            gen = torch.Generator().manual_seed(_mix_seed(self.seed, self.epoch, self.rank, 1))
+            gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 1))
             draws = [draw_augment(k, gen) for k in sizes]  # batch by batch: the host path's exact sequence
             params = [_to_device(torch.cat([d[j] for d in draws]), self.device) if draws[0][j] is not None else None
                       for j in range(3)]
@@ -150,6 +160,30 @@ class BatchLoader:
             if self.augment:
                 x = apply_augment(x, *(p[lo : lo + k] if p is not None else None for p in params))
             yield _normalize(x, self._scale, self._bias, self.channels_last), y
+
+    def _iter_views(self, pool: ViewPool) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Batches of pooled views with their cached teacher logits; the epoch's picks, parameters and logits go to
+        the device in one copy each."""
+        order_np = self.indices()
+        order = torch.from_numpy(order_np)
+        pick = torch.randint(0, pool.k, (len(order_np),), generator=torch.Generator().manual_seed(
+            mix_seed(self.seed, self.epoch, self.rank, 2)))
+        params = [None if p is None else _to_device(p, self.device) for p in pool.params(order, pick)]
+        logits = _to_device(pool.logits[order, pick], self.device)
+        order_dev = _to_device(order, self.device) if self.resident else order
+        non_blocking = self.device.type == "cuda"
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min(len(order_np), (b + 1) * self.batch_size)
+            if self.resident:
+                assert self._images is not None and self._labels is not None
+                x, y = self._images.index_select(0, order_dev[lo:hi]), self._labels.index_select(0, order_dev[lo:hi])
+            else:
+                idx = order_np[lo:hi]
+                x = torch.from_numpy(self.dataset.images[idx]).to(self.device, non_blocking=non_blocking)
+                y = torch.from_numpy(self.dataset.labels[idx]).to(self.device, non_blocking=non_blocking)
+            oy, ox, flip = (None if p is None else p[lo:hi] for p in params)
+            x = apply_augment(x, oy, ox, flip, pad=pool.pad)
+            yield _normalize(x, self._scale, self._bias, self.channels_last), y, logits[lo:hi]
 
 
 def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

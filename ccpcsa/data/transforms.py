@@ -11,6 +11,12 @@ import numpy as np
 import torch
 
 
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed from integers (so (seed, epoch) pairs never collide like seed+epoch)."""
+    entropy = [int(v) & 0xFFFF_FFFF_FFFF_FFFF for v in values]
+    return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
 def _as_uint8_nhwc(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:

@@ -43,6 +43,7 @@ from ..surgery.prune import (
 )
 from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibrate_batchnorm
 from ..training.speed import Distillation
+from ..training.teacher_views import TeacherViews
 from .allocation import SENSITIVITY_ALLOCATIONS, removable_blocks
 from .depth_choice import CutGoal, LatencyGoal, MacsGoal, choose_blocks
 from .planner import Compensation, make_planner
@@ -72,12 +73,14 @@ class PruneResult:
     dropped_blocks: list[str] = field(default_factory=list)
     depth_choice: dict[str, Any] | None = None
     train_precision: str = "float32"
+    teacher_views: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
         seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used), the
         residual blocks removed whole and, when they were chosen (``prune.depth.drop_blocks: auto``), the search; the
-        fine-tunes' precision (``train.amp``, :func:`ccpcsa.placement.amp_dtype`) and why."""
+        fine-tunes' precision (``train.amp``, :func:`ccpcsa.placement.amp_dtype`) and why; with
+        ``prune.recovery.distill.views``, the cached views (``views``, ``images``, ``seconds`` to build)."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
@@ -85,7 +88,7 @@ class PruneResult:
                 "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
                 "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
                 "latency": self.latency, "dropped_blocks": self.dropped_blocks, "depth_choice": self.depth_choice,
-                "train_precision": self.train_precision}
+                "train_precision": self.train_precision, "teacher_views": self.teacher_views}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -227,8 +230,9 @@ class _LoopRun:
         self.latency = latency
         self.accepted = copy.deepcopy(model)
         # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
-        self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), cfg.recovery.distill.weight,
-                               cfg.recovery.distill.temperature) if cfg.recovery.distill.enabled else None
+        kd = cfg.recovery.distill
+        self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), kd.weight,
+                               kd.temperature, TeacherViews(kd.views, self.seed) if kd.views else None) if kd.enabled else None
         self.comp_reports: list[Any] = []
 
     def _choose_blocks(self, latency: LatencyProbe | None, progress: bool) -> None:
@@ -361,6 +365,9 @@ class _LoopRun:
             final_val = fit(model, self.data, replace(self.final_ft, epochs=cfg.recovery.final_finetune_epochs), device=self.device,
                             progress=progress, desc="prune final finetune", distill=self.kd, stream=self.stream).val_accuracy
         result.model = model
+        views = self.kd.views if self.kd is not None else None
+        if views is not None and views.built is not None:
+            result.teacher_views = {"views": views.built.k, "images": len(views.built.dataset), "seconds": views.seconds}
         result.final = count_complexity(model, self.input_size)
         result.final_val_accuracy = final_val if final_val is not None else evaluate(model, self.data.val, self.data.mean,
                                                                                      self.data.std, device=self.device)[0]

@@ -151,12 +151,15 @@ class WidthSettings:
 class DistillSettings:
     """``prune.recovery.distill``: knowledge distillation in every fine-tune when ``enabled`` — loss
     ``(1 − α)·CE + α·T²·KL(teacher_T ‖ student_T)`` with α = ``weight``, T = ``temperature`` (Hinton et al. 2015) and
-    the ``teacher`` of :data:`TEACHERS`."""
+    the ``teacher`` of :data:`TEACHERS`; ``views`` — 0: the teacher runs on every training batch; ``K ≥ 1``: its logits
+    are computed once for ``K`` fixed augmented views of every training image and the fine-tunes train on those views
+    (:mod:`ccpcsa.training.teacher_views`, FKD)."""
 
     enabled: bool = False
     weight: float = 0.7
     temperature: float = 4.0
     teacher: str = "start"
+    views: int = 0
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the loop cannot honour."""
@@ -165,6 +168,9 @@ class DistillSettings:
         _need(_finite(self.temperature, 0), f"prune.recovery.distill.temperature must be a number > 0, got {self.temperature}")
         if self.teacher not in TEACHERS:
             raise unknown("prune.recovery.distill.teacher", self.teacher, TEACHERS)
+        _need(isinstance(self.views, int) and not isinstance(self.views, bool) and self.views >= 0,
+              f"prune.recovery.distill.views must be an integer ≥ 0 (cached augmented views per training image; 0 = the "
+              f"teacher runs on every batch), got {self.views!r}")
 
 
 @dataclass

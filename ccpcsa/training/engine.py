@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .. import placement
 from ..data import ArrayDataset, BatchLoader, DataSplits
+from ..data.views import ViewPool
 from ..errors import UserError, first_line
 from ..io.checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
 from ..models.outputs import main_logits
@@ -283,7 +284,8 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
     ``device``: where to train (the model is moved there, float32); None = where the model already is.
     ``FitResult.speed`` records how the fit ran (compiled or not and why, resident data, check interval).
     ``distill``: knowledge distillation from a frozen teacher (:func:`ccpcsa.training.speed.batch_loss`); the teacher is
-    placed on the training device in eval mode. ``stream``: this fit is part of a longer run (:class:`TrainStream`):
+    placed on the training device in eval mode; with ``distill.views`` its logits come from the pool of cached views
+    (built at the first fit that needs it, :mod:`ccpcsa.training.teacher_views`). ``stream``: this fit is part of a longer run (:class:`TrainStream`):
     its data continue where the stream's last fit stopped, and ``stream.step`` advances by the steps taken.
     """
     cfg.validate()
@@ -292,23 +294,28 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
     seed_everything(cfg.seed)
     _prepare(model, device, cfg.channels_last)
     opt = _optimizer(model, cfg, device)
-    loader, steps_per_epoch = _train_loader(data, cfg, info, device)
+    amp, _ = placement.amp_dtype(device, cfg.amp)  # once per fit, not per step
+    if distill is not None:
+        _place_teacher(distill.teacher, device, cfg.channels_last)
+    pool = distill.views.pool(distill.teacher, data.train, data.mean, data.std, device, augment=cfg.augment,
+                              channels_last=cfg.channels_last, autocast=lambda: _autocast(device, amp),
+                              progress=progress and info.is_main) \
+        if distill is not None and distill.views is not None and distill.alpha > 0 else None
+    loader, steps_per_epoch = _train_loader(data, cfg, info, device, pool)
     total = steps_per_epoch * cfg.epochs
     result = FitResult()
     start_epoch = _resume(model, opt, cfg, checkpoint, spec, result) if resume and checkpoint is not None else 0
     net = _wrapped(model, device) if info.enabled else model
     use_compile, why = compile_decision(cfg.compile, device, total - start_epoch * steps_per_epoch, info.enabled,
                                         has_forward_hooks(model))
-    if distill is not None:
-        _place_teacher(distill.teacher, device, cfg.channels_last)
-    amp, _ = placement.amp_dtype(device, cfg.amp)  # once per fit, not per step
     runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, amp),
                         report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
     interval = check_interval(device)
     result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile,
                     "compiled": runner.is_compiled, "compile_note": runner.note,
                     "resident_data": loader.resident, "check_every": interval,
-                    "fused_optimizer": bool(opt.param_groups[0].get("fused"))}
+                    "fused_optimizer": bool(opt.param_groups[0].get("fused")),
+                    "teacher_views": pool.k if pool is not None else None}
     t0 = time.perf_counter()
     step = start_epoch * steps_per_epoch
     batches = stream_batches(loader, stream.step) if stream is not None else None
@@ -321,10 +328,10 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
         bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
                    leave=False, dynamic_ncols=True)
         epoch_batches = itertools.islice(batches, steps_per_epoch) if batches is not None else loader
-        for i, (x, y) in enumerate(epoch_batches):
+        for i, batch in enumerate(epoch_batches):
             if i >= steps_per_epoch:
                 break
-            _step(runner, opt, monitor, i, x, y, cfg.lr * lr_factor(step, total, cfg, steps_per_epoch))
+            _step(runner, opt, monitor, i, batch, cfg.lr * lr_factor(step, total, cfg, steps_per_epoch))
             step += 1
             if stream is not None:
                 stream.step += 1
@@ -367,11 +374,14 @@ def _epoch_done(row: dict[str, Any], desc: str, cfg: TrainConfig, model: nn.Modu
                                      "history": result.history})
 
 
-def _train_loader(data: DataSplits, cfg: TrainConfig, info: ddp.DistInfo, device: torch.device) -> tuple[BatchLoader, int]:
-    """This rank's shuffled, augmented train batches (full batches only) and the steps an epoch takes
-    (``cfg.max_steps_per_epoch`` at most); a train split smaller than one batch is one :class:`UserError` line."""
+def _train_loader(data: DataSplits, cfg: TrainConfig, info: ddp.DistInfo, device: torch.device,
+                  views: ViewPool | None = None) -> tuple[BatchLoader, int]:
+    """This rank's shuffled, augmented train batches (full batches only; with ``views``, pooled views and their cached
+    teacher logits) and the steps an epoch takes (``cfg.max_steps_per_epoch`` at most); a train split smaller than one
+    batch is one :class:`UserError` line."""
     loader = BatchLoader(data.train, cfg.batch_size, data.mean, data.std, shuffle=True, augment=cfg.augment, seed=cfg.seed,
-                         drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last)
+                         drop_last=True, rank=info.rank, world_size=info.world_size, device=device, channels_last=cfg.channels_last,
+                         views=views)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
     if steps == 0:
         raise UserError(f"train split has {len(data.train)} images, fewer than one batch of {cfg.batch_size}; lower train.batch_size")
@@ -393,17 +403,18 @@ def _wrapped(model: nn.Module, device: torch.device) -> nn.Module:
     return nn.parallel.DistributedDataParallel(model, device_ids=[index] if device.type == "cuda" else None)
 
 
-def _step(runner: StepRunner, opt: torch.optim.Optimizer, monitor: StepMonitor, i: int, x: torch.Tensor, y: torch.Tensor,
+def _step(runner: StepRunner, opt: torch.optim.Optimizer, monitor: StepMonitor, i: int, batch: tuple[torch.Tensor, ...],
           lr: float) -> None:
-    """One optimizer step at learning rate ``lr``: forward + backward (``runner``), the monitor's finiteness check
-    before the update is applied (on the CPU it raises there), the update, the running sums."""
+    """One optimizer step at learning rate ``lr`` on ``batch`` (``(x, y)`` or ``(x, y, teacher_logits)``): forward +
+    backward (``runner``), the monitor's finiteness check before the update is applied (on the CPU it raises there),
+    the update, the running sums."""
     for g in opt.param_groups:
         g["lr"] = lr
     opt.zero_grad(set_to_none=True)
-    loss, logits = runner(x, y)
+    loss, logits = runner(*batch)
     monitor.observe(i, loss)
     opt.step()
-    monitor.accumulate(loss, logits, y)
+    monitor.accumulate(loss, logits, batch[1])
 
 
 def _resume(model: nn.Module, opt: torch.optim.Optimizer, cfg: TrainConfig, checkpoint: str | os.PathLike[str],

@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..models.outputs import main_logits
+
+if TYPE_CHECKING:
+    from .teacher_views import TeacherViews
 
 COMPILE_CHOICES = ("auto", "on", "off")
 #: ``auto`` compiles only fits of at least this many optimizer steps (≈ 10 CIFAR-10 epochs at batch 256).
@@ -89,30 +92,36 @@ def describe_exception(exc: BaseException) -> str:
 
 @dataclass(frozen=True)
 class Distillation:
-    """Knowledge distillation from a frozen ``teacher``: weight ``alpha`` of the distillation term, temperature ``T``."""
+    """Knowledge distillation from a frozen ``teacher``: weight ``alpha`` of the distillation term, temperature ``T``;
+    ``views``: the teacher's logits cached for a pool of augmented views (:mod:`ccpcsa.training.teacher_views`) instead
+    of a teacher forward per batch."""
 
     teacher: nn.Module
     alpha: float = 0.7
     temperature: float = 4.0
+    views: TeacherViews | None = None
 
 
 def batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
-               distill: Distillation | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               distill: Distillation | None = None,
+               teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective of one batch: ``(loss, logits)`` with ``loss`` the mean cross-entropy (with
     ``label_smoothing``) of ``net(x)`` in float32 against ``y`` — or, with ``distill``, knowledge distillation
     (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015):
 
         loss = (1 − α) · CE(z_s, y) + α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))
 
-    with z_t the teacher's logits on the same ``x`` (eval mode, no gradient); T² keeps the soft term's gradient on the
+    with z_t the teacher's logits on the same ``x`` (eval mode, no gradient) — ``teacher_logits`` when given (cached
+    for these very images, :mod:`ccpcsa.training.teacher_views`), else a forward of ``distill.teacher``; T² keeps the soft term's gradient on the
     scale of the hard one. Models whose training-mode output is a tuple or namedtuple train on their main logits
     (:func:`ccpcsa.models.outputs.main_logits`). The one place the objective lives."""
     logits = main_logits(net(x))  # training-mode forwards may add auxiliary heads' logits (GoogLeNet)
     ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     if distill is None or distill.alpha == 0:
         return ce, logits
-    with torch.no_grad():
-        teacher_logits = main_logits(distill.teacher(x)).float()
+    if teacher_logits is None:
+        with torch.no_grad():
+            teacher_logits = main_logits(distill.teacher(x)).float()
     t = distill.temperature
     kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean",
                   log_target=True)
@@ -153,27 +162,30 @@ class StepRunner:
         self.note = f"compile failed, eager: {why}"
         self.report(f"torch.compile failed ({why}); training continues in eager mode (set train.compile=off to skip the attempt)")
 
-    def _run(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _run(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+             teacher_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
-            loss, logits = batch_loss(net, x, y, self.label_smoothing, self.distill)
+            loss, logits = batch_loss(net, x, y, self.label_smoothing, self.distill, teacher_logits)
         loss.backward()
         return loss, logits
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward and backward of one batch (gradients must have been cleared); returns ``(loss, logits)``."""
+    def __call__(self, x: torch.Tensor, y: torch.Tensor,
+                 teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward and backward of one batch (gradients must have been cleared); returns ``(loss, logits)``.
+        ``teacher_logits``: the batch's cached teacher logits (:func:`batch_loss`)."""
         if self.compiled is None:
-            return self._run(self.net, x, y)
+            return self._run(self.net, x, y, teacher_logits)
         if hasattr(torch, "compiler") and hasattr(torch.compiler, "cudagraph_mark_step_begin"):
             torch.compiler.cudagraph_mark_step_begin()
         if self.calls >= GUARDED_STEPS:
-            return self._run(self.compiled, x, y)
+            return self._run(self.compiled, x, y, teacher_logits)
         try:
-            out = self._run(self.compiled, x, y)
+            out = self._run(self.compiled, x, y, teacher_logits)
         except Exception as exc:  # noqa: BLE001 — redone eagerly; a real error raises again there
             self._fallback(exc)
             for p in self.net.parameters():
                 p.grad = None
-            return self._run(self.net, x, y)
+            return self._run(self.net, x, y, teacher_logits)
         self.calls += 1
         return out
 
