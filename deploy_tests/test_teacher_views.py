@@ -136,3 +136,15 @@ def test_resident_and_host_loaders_give_the_same_view_batches(synthetic_data):
         assert all(torch.equal(p, q) for p, q in zip(a, b, strict=True))
     with pytest.raises(ValueError, match="another dataset"):
         BatchLoader(data.val, 16, data.mean, data.std, views=pool)
+
+
+def test_the_report_says_the_fine_tunes_distilled_from_cached_views():
+    from pipeline.records import ReportView
+    from pipeline.report import pruning_lines
+
+    base = {"alignment": 16, "alignment_reason": "AVX-512", "allocation": "global"}
+    cached = pruning_lines(ReportView.from_dict({"pruning": {**base, "teacher_views": {"views": 4, "images": 45000,
+                                                                                        "seconds": 231.6}}}))
+    assert ("Distilled from cached teacher logits: 4 view(s) of each of 45000 training images, built in 232 s "
+            "(`prune.recovery.distill.views`).") in cached
+    assert not any("cached teacher" in line for line in pruning_lines(ReportView.from_dict({"pruning": base})))

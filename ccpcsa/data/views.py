@@ -46,5 +46,3 @@ def draw_views(n: int, k: int, seed: int, augment: bool = True) -> tuple[torch.T
         return None, None, None
     draws = draw_augment(n * k, torch.Generator().manual_seed(mix_seed(seed, 3)), pad=PAD, flip=True)
     return tuple(None if d is None else d.view(n, k) for d in draws)
-
-

@@ -112,8 +112,8 @@ def batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing
         loss = (1 − α) · CE(z_s, y) + α · T² · KL(softmax(z_t / T) ‖ softmax(z_s / T))
 
     with z_t the teacher's logits on the same ``x`` (eval mode, no gradient) — ``teacher_logits`` when given (cached
-    for these very images, :mod:`ccpcsa.training.teacher_views`), else a forward of ``distill.teacher``; T² keeps the soft term's gradient on the
-    scale of the hard one. Models whose training-mode output is a tuple or namedtuple train on their main logits
+    for these very images, :mod:`ccpcsa.training.teacher_views`), else a forward of ``distill.teacher``; T² keeps the
+    soft term's gradient on the scale of the hard one. Models whose training-mode output is a tuple or namedtuple train on their main logits
     (:func:`ccpcsa.models.outputs.main_logits`). The one place the objective lives."""
     logits = main_logits(net(x))  # training-mode forwards may add auxiliary heads' logits (GoogLeNet)
     ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)

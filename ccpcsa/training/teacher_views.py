@@ -30,6 +30,8 @@ from ..models.outputs import main_logits
 MAX_POOL_BYTES = 2 * 1024**3
 #: Images per teacher forward while the pool is built (no gradient: larger batches than training's are cheap).
 POOL_BATCH = 512
+
+
 @torch.no_grad()
 def build_pool(teacher: nn.Module, dataset: ArrayDataset, mean: tuple[float, ...] | list[float],
                std: tuple[float, ...] | list[float], k: int, seed: int, device: torch.device, *, augment: bool = True,
