@@ -130,14 +130,21 @@ class BatchLoader:
             return
         order = self.indices()
         gen = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, self.rank, 1))
-        non_blocking = self.device.type == "cuda"
         for b in range(len(self)):
-            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
-            x = torch.from_numpy(self.dataset.images[idx]).to(self.device, non_blocking=non_blocking)
-            y = torch.from_numpy(self.dataset.labels[idx]).to(self.device, non_blocking=non_blocking)
+            x, y = self._take(order[b * self.batch_size : (b + 1) * self.batch_size])
             if self.augment:
                 x = augment_batch(x, gen)
             yield _normalize(x, self._scale, self._bias, self.channels_last), y
+
+    def _take(self, idx: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The uint8 images and labels at dataset indices ``idx`` on the device: gathered from the resident copy (``idx``
+        a device tensor) or from the host arrays (``idx`` a numpy array), copied there."""
+        if self.resident:
+            assert self._images is not None and self._labels is not None and isinstance(idx, torch.Tensor)
+            return self._images.index_select(0, idx), self._labels.index_select(0, idx)
+        non_blocking = self.device.type == "cuda"
+        return (torch.from_numpy(self.dataset.images[idx]).to(self.device, non_blocking=non_blocking),
+                torch.from_numpy(self.dataset.labels[idx]).to(self.device, non_blocking=non_blocking))
 
     def _iter_resident(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Batches gathered from the device-resident copy; the same batches as the host path."""
@@ -154,9 +161,7 @@ class BatchLoader:
                       for j in range(3)]
         for b, k in enumerate(sizes):
             lo = b * self.batch_size
-            idx = order[lo : lo + k]
-            x = self._images.index_select(0, idx)
-            y = self._labels.index_select(0, idx)
+            x, y = self._take(order[lo : lo + k])
             if self.augment:
                 x = apply_augment(x, *(p[lo : lo + k] if p is not None else None for p in params))
             yield _normalize(x, self._scale, self._bias, self.channels_last), y
@@ -170,17 +175,10 @@ class BatchLoader:
             mix_seed(self.seed, self.epoch, self.rank, 2)))
         params = [None if p is None else _to_device(p, self.device) for p in pool.params(order, pick)]
         logits = _to_device(pool.logits[order, pick], self.device)
-        order_dev = _to_device(order, self.device) if self.resident else order
-        non_blocking = self.device.type == "cuda"
+        take = _to_device(order, self.device) if self.resident else order_np
         for b in range(len(self)):
             lo, hi = b * self.batch_size, min(len(order_np), (b + 1) * self.batch_size)
-            if self.resident:
-                assert self._images is not None and self._labels is not None
-                x, y = self._images.index_select(0, order_dev[lo:hi]), self._labels.index_select(0, order_dev[lo:hi])
-            else:
-                idx = order_np[lo:hi]
-                x = torch.from_numpy(self.dataset.images[idx]).to(self.device, non_blocking=non_blocking)
-                y = torch.from_numpy(self.dataset.labels[idx]).to(self.device, non_blocking=non_blocking)
+            x, y = self._take(take[lo:hi])
             oy, ox, flip = (None if p is None else p[lo:hi] for p in params)
             x = apply_augment(x, oy, ox, flip, pad=pool.pad)
             yield _normalize(x, self._scale, self._bias, self.channels_last), y, logits[lo:hi]
