@@ -77,6 +77,7 @@ class Preset:
     lr_schedule: str = "restart"  # prune.recovery.lr_schedule
     recalibrate_bn: int = 0  # prune.recovery.recalibrate_bn (train images; 0 = off)
     distill_teacher: str = "start"  # prune.recovery.distill.teacher
+    distill_views: int = 0  # prune.recovery.distill.views (0: the teacher online, whatever the preset's config caches)
     distill_compare: tuple[str, ...] = ()  # criteria also run at targets[0], seed 0, with distillation flipped
     guard_criteria: tuple[str, ...] = ()
     guard_target: float = 0.8
@@ -156,6 +157,7 @@ def common_overrides(p: Preset, checkpoint: str) -> list[str]:
         "prune.recovery.lr": p.prune_lr, "prune.criterion.calibration_images": p.score_images, "prune.recovery.remove_attention": True,
         "prune.recovery.distill.weight": p.distill_weight, "prune.recovery.distill.temperature": p.distill_temperature,
         "prune.recovery.lr_schedule": p.lr_schedule, "prune.recovery.recalibrate_bn": p.recalibrate_bn, "prune.recovery.distill.teacher": p.distill_teacher,
+        "prune.recovery.distill.views": p.distill_views,
         # measure, don't gate: every run is finished (and exported) whatever its accuracy or speed
         "checks.max_accuracy_drop": 100.0, "checks.min_agreement_lowp": 0.0, "checks.min_agreement_int8": 0.0,
         "checks.require_speedup": False, "checks.min_speedup_efficiency": None,
@@ -255,9 +257,9 @@ PRESETS: dict[str, Preset] = {
                            lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",
                            baseline_checkpoint="../shared/models/resnet56_cifar10.pt", jobs=2, train_threads=1,
                            budget_minutes=150.0),
-    # issue #38 item 4: the resnet56 config's own 16-block operating point (its by_alignment entry: the six named blocks
-    # removed whole, then channels to −50 % MACs in one step, scope all, 250-step epochs, 10 final epochs) for ccpcsa, l1
-    # and the anchor, so the frontier compares like with like at the deploy's budget (frontier-r56 fine-tunes 480 steps).
+    # issue #38 item 4: the resnet56 config's 16-block operating point before it went depth-only (six named blocks removed
+    # whole, then channels to −50 % MACs in one step, scope all, 250-step epochs, 10 final epochs) for ccpcsa, l1 and the
+    # anchor, so the frontier compares like with like at a deploy's budget (frontier-r56 fine-tunes 480 steps).
     "frontier-r56-default": Preset(name="frontier-r56-default", config="configs/resnet56_cifar10.yaml", model="resnet56",
                                    criteria=("ccpcsa", "l1"), targets=(0.5,), seeds=(0,), side_criteria=(), until=None,
                                    round_to="auto", lr_schedule="continuous", recalibrate_bn=1024, distill_teacher="baseline",

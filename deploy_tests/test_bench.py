@@ -239,7 +239,7 @@ def test_every_run_of_every_preset_is_a_valid_pipeline_config(tmp_path: Path, na
             assert cfg.prune.target.flops_reduction == spec.target and cfg.prune.steps.tolerance == 1000.0
 
 
-@pytest.mark.parametrize("preset", ["frontier-r20-depth", "frontier-r56-default"])
+@pytest.mark.parametrize("preset", ["frontier-r20-depth"])
 def test_depth_frontier_runs_the_configs_16_block_operating_point(tmp_path: Path, preset: str) -> None:
     """A depth frontier's points are its config's 16-block deploy or its neighbours: the entry's target lies inside the
     preset's targets, and at the nearest one its ccpcsa run has the entry's other settings (scope, one step, final
@@ -329,3 +329,18 @@ def test_speed_summary_renders_from_the_results(tmp_path: Path) -> None:
     assert "max 35 %; `ccpcsa-t30-rauto-s0` 35 % (3 of 4 runs recorded it" in md
     assert "| `ccpcsa-x2-rauto-s0-alatency` | 2.00× @ b1 | 2.30× | 2.05× | 2.40× | 2.10× |" in md  # target, floor, measured
     assert "| `ccpcsa-x3-rauto-s0-alatency` | 3.00× @ b1 | 2.20× | 2.10× | 2.50× | — (failed: measured_speedup_b1: 2.1 >= 3.0 → FAIL) |" in md
+
+
+def test_presets_keep_the_teacher_online_when_their_config_caches_views(tmp_path: Path) -> None:
+    """configs/resnet56_cifar10.yaml caches teacher views (``distill.views: 4``); the resnet56 frontier presets measured
+    the online teacher, so every run of theirs sets ``views`` back to the preset's own 0."""
+    from pipeline.config import load_config
+
+    ckpt = str(save_checkpoint(tmp_path / "baseline.pt", build_from_spec(ModelSpec("resnet56", 10)), ModelSpec("resnet56", 10)))
+    for name in ("frontier-r56", "frontier-r56-default"):
+        p = PRESETS[name]
+        assert load_config(ROOT / p.config).prune.recovery.distill.views == 4  # the override is needed
+        kv = dict(o.split("=", 1) for o in common_overrides(p, ckpt))
+        assert kv["prune.recovery.distill.views"] == "0"
+        cfg = load_config(ROOT / p.config, common_overrides(p, ckpt) + run_overrides(p, RunSpec("ccpcsa", 0.5, "auto")))
+        assert cfg.prune.recovery.distill.views == 0 and cfg.prune.depth.drop_blocks == list(p.drop_blocks)
