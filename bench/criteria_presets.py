@@ -185,6 +185,7 @@ def run_overrides(p: Preset, spec: RunSpec) -> list[str]:
         "prune.steps.allocation": "global" if anchor else spec.allocation, "prune.steps.seed": spec.seed, "prune.recovery.distill.enabled": spec.distill,
         "prune.target.speedup": spec.target_speedup,
         "prune.depth.drop_blocks": list(p.drop_blocks), "prune.widths.scope": "all" if anchor else (spec.scope or p.scope),
+        "prune.depth.min_speedup": None,  # the preset names its blocks: no search, so no floor
     }
     if spec.target_speedup:  # a latency target: `iterations` steps of equal latency cut reach it, up to 3 more if short
         kv.update({"prune.target.flops_reduction": 0.0, "prune.steps.max_iterations": p.iterations + 3,

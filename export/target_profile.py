@@ -39,7 +39,7 @@ STAIRCASE_POINTS = 16
 PACK_MODELS = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  #: the whole-model files of a probe pack
 
 
-def _deployed(model: nn.Module) -> nn.Module:
+def deployed_copy(model: nn.Module) -> nn.Module:
     """A CPU copy of ``model`` as deployed (BAM detached), in eval mode."""
     from ccpcsa.models.attention import detach_bam
     from ccpcsa.placement import cpu_copy
@@ -50,7 +50,7 @@ def _deployed(model: nn.Module) -> nn.Module:
 
 
 def _shapes(deployed: nn.Module, input_size: int) -> list[LayerShape]:
-    """The conv/linear layer shapes of a deployed graph (:func:`_deployed`), as the pruner sees them."""
+    """The conv/linear layer shapes of a deployed graph (:func:`deployed_copy`), as the pruner sees them."""
     return layer_shapes(ChannelPruner(deployed, input_size, round_to=1, min_channels=1))
 
 
@@ -62,7 +62,7 @@ def _fingerprint(shapes: list[LayerShape], input_size: int) -> str:
 def fingerprint(model: nn.Module, input_size: int) -> str:
     """SHA-256 of the model's conv/linear layer shapes (signature and widths) and input size: a profile timed for
     one model fits another only when they are equal."""
-    return _fingerprint(_shapes(_deployed(model), input_size), input_size)
+    return _fingerprint(_shapes(deployed_copy(model), input_size), input_size)
 
 
 def _staircase_layer(shapes: list[LayerShape]) -> LayerShape | None:
@@ -80,7 +80,7 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
 
     out = Path(out_dir)
     (out / "layers").mkdir(parents=True, exist_ok=True)
-    m = _deployed(model)
+    m = deployed_copy(model)
     shapes = _shapes(m, input_size)
     with torch.no_grad():
         n_out = int(m(torch.zeros(1, 3, input_size, input_size)).shape[1])
@@ -205,7 +205,7 @@ class ProfileLatencyProbe:
         return self.reference_ms
 
     def _table_ms(self, model: nn.Module) -> float:
-        return LatencyCost(ChannelPruner(_deployed(model), self.input_size, round_to=1, min_channels=1), self.table)()
+        return LatencyCost(ChannelPruner(deployed_copy(model), self.input_size, round_to=1, min_channels=1), self.table)()
 
     def measure_pair(self, model: nn.Module | None) -> tuple[float, float]:
         """``(unpruned ms, model ms)`` on the device: timed there for the unpruned model, the calibrated table's estimate

@@ -158,12 +158,25 @@ def pruning_lines(r: ReportView) -> list[str]:
 
 def depth_choice_line(choice: dict[str, Any]) -> str:
     """The search behind ``prune.depth.drop_blocks: auto`` in one sentence: each depth's one-shot val accuracy at the
-    target (:mod:`ccpcsa.pruning.depth_choice`)."""
-    tried = "; ".join(f"{len(d['blocks'])} ({', '.join(d['blocks']) or 'channels only'}): {d['val_accuracy']:.2f} %"
-                      + ("" if d["reached"] else ", short of the target") for d in choice.get("depths", []))
-    return (f"Blocks chosen by `prune.depth.drop_blocks: auto` ({choice.get('seconds', 0):.0f} s): "
+    target (:mod:`ccpcsa.pruning.depth_choice`) and, with ``prune.depth.min_speedup``, the slowest speedup of each
+    timed probe against the floor."""
+    def name(d: dict[str, Any]) -> str:
+        if not d["blocks"]:
+            return "0 (channels only)"
+        return f"{len(d['blocks'])}" + (" per stage" if d.get("family") == "per-stage" else "")
+
+    tried = "; ".join(f"{name(d)}: {d['val_accuracy']:.2f} %" + ("" if d["reached"] else ", short of the target")
+                      for d in choice.get("depths", []))
+    line = (f"Blocks chosen by `prune.depth.drop_blocks: auto` ({choice.get('seconds', 0):.0f} s): "
             f"{', '.join(f'`{b}`' for b in choice.get('blocks', [])) or 'none'} — one-shot val accuracy at the target "
-            f"with the k cheapest blocks removed, then channels: {tried}.")
+            f"with the k cheapest blocks removed (overall, or of every stage), then channels: {tried}.")
+    timed = [d for d in choice.get("depths", []) if d.get("speedups")]
+    if choice.get("min_speedup") is not None and timed:
+        line += (f" Timed against `prune.depth.min_speedup` {choice['min_speedup']}× (slowest of FP32 / INT8 and batch "
+                 "sizes): " + "; ".join(f"{name(d)}: {min(d['speedups'].values()):.2f}×"
+                                       + ("" if d.get("fast_enough") else ", too slow") for d in timed)
+                 + ("." if choice.get("floor_met") else "; none reached the floor, the fastest is kept."))
+    return line
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

@@ -162,9 +162,14 @@ def stage_prune(ctx: StageContext) -> StageOutcome:
     probe = latency_probe(ctx, pcfg, target)
     seed = pcfg.steps.seed if pcfg.steps.seed is not None else cfg.run.seed
     teacher = load_checkpoint(ctx.path(BASELINE_CKPT), device=ctx.device).model if pcfg.recovery.distill.teacher == "baseline" else None
-    result = run_pruning(ck.model, data, criterion, pcfg.updated({"steps.seed": seed}), cfg.train, input_size=input_size(ctx),
-                         device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
-                         history_path=ctx.path(HISTORY), progress=ctx.progress, latency=probe, teacher=teacher)
+    speed = depth_speed_check(ctx, pcfg, target)
+    try:
+        result = run_pruning(ck.model, data, criterion, pcfg.updated({"steps.seed": seed}), cfg.train, input_size=input_size(ctx),
+                             device=ctx.device, reference_accuracy=float(base_meta.get("val_accuracy", float("nan"))),
+                             history_path=ctx.path(HISTORY), progress=ctx.progress, latency=probe, teacher=teacher, speed=speed)
+    finally:
+        if speed is not None:
+            speed.close()
     spec = ck.spec if not (pcfg.recovery.remove_attention and ck.spec.attention) else replace(ck.spec, attention=None)
     if result.dropped_blocks:  # rebuilt with those blocks as identities (ModelSpec.dropped)
         spec = replace(spec, dropped=[*spec.dropped, *result.dropped_blocks])
@@ -245,3 +250,19 @@ def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | No
     align, _ = resolve_alignment(p.widths.round_to, p.target.runtime)
     return RuntimeLatencyProbe(p.target.latency_batch, ctx.cfg.export.threads, align, ctx.run_dir, input_size(ctx), progress=ctx.say,
                                runtime=p.target.runtime)
+
+
+def depth_speed_check(ctx: StageContext, p: PruneConfig, target: dict[str, Any]) -> Any:
+    """The timer of ``prune.depth.min_speedup`` (None without a floor): the device's profile
+    (:class:`export.speed_check.ProfileSpeedCheck`) when ``target`` came from a ``target.json``, else the target runtime of
+    this machine (:class:`export.speed_check.MeasuredSpeedCheck`) at ``export.latency_batches`` with ``export.threads``,
+    FP32 and, when the run exports INT8, INT8."""
+    if p.depth.min_speedup is None or not p.depth.auto:
+        return None
+    from export.speed_check import MeasuredSpeedCheck, ProfileSpeedCheck
+
+    floor = float(p.depth.min_speedup)
+    if target.get("profile") is not None:
+        return ProfileSpeedCheck(floor, target["profile"], input_size(ctx))
+    e = ctx.cfg.export
+    return MeasuredSpeedCheck(floor, p.target.runtime, e.latency_batches, e.threads, input_size(ctx), int8=e.int8 or e.int8_cpu)

@@ -173,3 +173,11 @@ def candidate_blocks(model: nn.Module, input_size: int = 32) -> list[str]:
     shapes = _io_shapes(model, found, input_size)
     return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1]
             and carries_its_skip(_unwrapped(found[n]), shapes[n][0])]
+
+
+def block_stages(model: nn.Module, names: Sequence[str], input_size: int = 32) -> dict[str, tuple[int, ...]]:
+    """The stage of each block of ``names`` (:func:`candidate_blocks`): the shape of its input without the batch axis
+    (channels, height, width) on one probe forward pass — the blocks between two downsamplings share it. A block that
+    is never called is left out."""
+    modules = {n: getattr(*resolve_block(model, n)) for n in names}
+    return {n: tuple(shapes[0][1:]) for n, shapes in _io_shapes(model, modules, input_size).items()}

@@ -15,9 +15,21 @@ measurements on the model the loop starts from, no training:
    the MACs target, or the latency table's estimate of the speed target on the target runtime — BatchNorm
    re-estimated, val accuracy measured. A depth that cannot reach the goal (floors) does not compete.
 
-The depth kept is the most accurate that reaches the goal; a deeper one must beat the best shallower one by
-:data:`TIE_PP` (one-shot accuracies favour depth — a block removal loses less before fine-tuning than the channel cut
-it replaces — so a tie goes to fewer blocks). The search stops after :data:`PATIENCE` depths without a new best.
+   Two families of depths are priced: the ``k`` cheapest blocks overall (``k = 0 … depth.max_blocks``; the scan stops
+   after :data:`PATIENCE` depths without a new best by :data:`TIE_PP`), and the ``k`` cheapest blocks *of every stage*
+   (blocks of one input shape; ``k = 1, 2, …`` until the blocks alone reach the goal). The second family finds the
+   deep, even removals a network of many small blocks wants (resnet56: six of nine blocks per stage, where one more
+   block in the overall order moves the one-shot score by less than :data:`TIE_PP`).
+3. **Time the best (``depth.min_speedup``, optional).** The MACs a depth removes do not say how fast the runtime runs
+   it: a removed block takes its adds and reorders with it, while a narrowed INT8 conv keeps a fixed cost
+   (bench/README.md "resnet56: blocks instead of channels"). With a floor, the probes are timed end to end in FP32 and
+   INT8 at the export's batch sizes on the target (:mod:`export.speed_check`), most accurate first, and a probe slower
+   than the floor does not compete.
+
+The depth kept is the most accurate probe that reaches the goal (and the floor); a probe with fewer blocks within
+:data:`TIE_PP` of it is kept instead (one-shot accuracies favour depth — a block removal loses less before fine-tuning
+than the channel cut it replaces — so a tie goes to fewer blocks). When no timed probe reaches the floor, the fastest
+is kept and the summary says so.
 """
 
 from __future__ import annotations
@@ -33,7 +45,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..criteria import ScoreContext, get_criterion
-from ..models.depth import candidate_blocks, drop_blocks
+from ..models.depth import block_stages, candidate_blocks, drop_blocks
 from ..surgery.macs_target import fewest_prefix, prune_to_target
 from ..surgery.prune import ChannelPruner, deployed_complexity
 from ..training.engine import recalibrate_batchnorm
@@ -49,6 +61,21 @@ PATIENCE = 2
 REACH_SLACK = 0.01
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
+
+
+class SpeedCheck(Protocol):
+    """``prune.depth.min_speedup``: end-to-end speedups of a probe over the unpruned model on the target
+    (:mod:`export.speed_check`)."""
+
+    floor: float
+
+    def set_reference(self, model: nn.Module) -> None:
+        """Time against ``model`` (the unpruned one, as the loop got it) from now on."""
+        ...
+
+    def speedups(self, model: nn.Module) -> dict[str, float]:
+        """``{"<precision> b<batch>": unpruned ms / model ms}`` for every precision and batch size timed."""
+        ...
 
 
 class CutGoal(Protocol):
@@ -105,11 +132,15 @@ class DepthChoice:
     single: list[dict[str, Any]] = field(default_factory=list)
     depths: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    min_speedup: float | None = None
+    floor_met: bool | None = None
 
     def summary(self) -> dict[str, Any]:
-        """``blocks``, the unpruned val accuracy, each block's price, each depth's probe and the seconds spent."""
+        """``blocks``, the unpruned val accuracy, each block's price, each depth's probe (``family`` ``overall`` or
+        ``per-stage``; ``speedups`` where it was timed), the floor and whether the choice met it, and the seconds."""
         return {"blocks": self.blocks, "reference_val_accuracy": self.reference_val, "single": self.single,
-                "depths": self.depths, "seconds": self.seconds, "tie_pp": TIE_PP}
+                "depths": self.depths, "seconds": self.seconds, "tie_pp": TIE_PP, "min_speedup": self.min_speedup,
+                "floor_met": self.floor_met}
 
 
 def without_blocks(model: nn.Module, names: list[str], recalibrate: Batches | None, input_size: int = 32) -> nn.Module:
@@ -154,14 +185,35 @@ def _apart(order: list[str]) -> list[str]:
     return kept
 
 
+def per_stage_sets(order: list[str], stage: dict[str, Any]) -> list[list[str]]:
+    """``[S_1, S_2, …]``: ``S_k`` holds the ``k`` first blocks of ``order`` (cheapest first) of every stage (all of a
+    stage's blocks when it has fewer), in ``order``'s order, up to the set of every block. Empty when the blocks
+    form fewer than two stages (the overall order is then the same family)."""
+    rank: dict[str, int] = {}
+    seen: dict[Any, int] = {}
+    for b in order:
+        rank[b] = seen.get(stage.get(b), 0)
+        seen[stage.get(b)] = rank[b] + 1
+    if len(seen) < 2:
+        return []
+    return [[b for b in order if rank[b] < k] for k in range(1, max(seen.values()) + 1)]
+
+
+def _preferred(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The most accurate of ``rows``, or the one with the fewest blocks among those within :data:`TIE_PP` of it."""
+    top = max(r["val_accuracy"] for r in rows)
+    return min((r for r in rows if r["val_accuracy"] >= top - TIE_PP), key=lambda r: (len(r["blocks"]), -r["val_accuracy"]))
+
+
 def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPruner], goal: CutGoal,
                   accuracy: Callable[[nn.Module], float], recalibrate: Batches | None, *, max_blocks: int,
-                  input_size: int = 32, exclude_attention: bool = False, progress: bool = True) -> DepthChoice:
+                  input_size: int = 32, exclude_attention: bool = False, progress: bool = True,
+                  speed: SpeedCheck | None = None) -> DepthChoice:
     """The blocks to remove from ``model`` (left unchanged) before its channels are pruned toward ``goal``: the module
-    docstring's two measurements. ``make_pruner(copy)`` builds the loop's pruner (alignment, scope, floors) over a
+    docstring's measurements. ``make_pruner(copy)`` builds the loop's pruner (alignment, scope, floors) over a
     candidate copy; ``accuracy(copy)`` is its val accuracy in %; ``recalibrate`` yields the BatchNorm re-estimate's
-    batches (None: no re-estimate). Returns the choice with every probe's numbers; ``blocks`` is empty when no depth
-    beats channels alone by :data:`TIE_PP`."""
+    batches (None: no re-estimate); ``speed``: the floor's timer (None: no floor). Returns the choice with every
+    probe's numbers; ``blocks`` is empty when channels alone are preferred."""
     t0 = time.perf_counter()
     ref = accuracy(model)
     base_macs = deployed_complexity(model, input_size, exclude_attention).macs
@@ -173,23 +225,73 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
                           reference=ref, names=names, step=lambda: bar.update(1))
     order = _apart([r["block"] for r in sorted(single, key=lambda r: r["pp_per_macs_pct"])])
     depths: list[dict[str, Any]] = []
+    probes: dict[int, nn.Module] = {}  # row index → probe model, kept to be timed (speed floor only)
+
+    def probe(blocks: list[str], family: str) -> dict[str, Any]:
+        trial = without_blocks(model, blocks, recalibrate, input_size)
+        pruner = make_pruner(trial)
+        widths = dict(pruner.widths())
+        measure, reached = goal.cut(pruner)
+        if recalibrate is not None:
+            recalibrate_batchnorm(trial, recalibrate)
+        row = {"family": family, "blocks": blocks, "measure": measure, "reached": reached,
+               "channels_cut": dict(pruner.widths()) != widths, "val_accuracy": accuracy(trial),
+               "flops_reduction": 1 - deployed_complexity(trial, input_size, exclude_attention).macs / base_macs}
+        if speed is not None:
+            probes[len(depths)] = trial
+        depths.append(row)
+        bar.update(1)
+        bar.set_postfix(k=len(blocks), val=f"{row['val_accuracy']:.2f}")
+        return row
+
     best: dict[str, Any] | None = None
     since_best = 0
     for k in range(min(max_blocks, len(order)) + 1):
-        trial = without_blocks(model, order[:k], recalibrate, input_size)
-        measure, reached = goal.cut(make_pruner(trial))
-        if recalibrate is not None:
-            recalibrate_batchnorm(trial, recalibrate)
-        row = {"blocks": order[:k], "measure": measure, "reached": reached, "val_accuracy": accuracy(trial),
-               "flops_reduction": 1 - deployed_complexity(trial, input_size, exclude_attention).macs / base_macs}
-        depths.append(row)
-        bar.update(1)
-        bar.set_postfix(k=k, val=f"{row['val_accuracy']:.2f}")
-        if reached and (best is None or row["val_accuracy"] >= best["val_accuracy"] + TIE_PP):
+        row = probe(order[:k], "overall")
+        if row["reached"] and (best is None or row["val_accuracy"] >= best["val_accuracy"] + TIE_PP):
             best, since_best = row, 0
         else:
             since_best += 1
             if best is not None and since_best >= PATIENCE:
                 break
+    tried = [set(d["blocks"]) for d in depths]
+    stages = per_stage_sets(order, block_stages(model, order, input_size))
+    bar.total += len(stages)
+    for blocks in stages:
+        if set(blocks) in tried:
+            continue
+        row = probe(blocks, "per-stage")
+        if row["reached"] and not row["channels_cut"]:  # the blocks alone reach the goal: a larger set only overshoots
+            break
     bar.close()
-    return DepthChoice(list(best["blocks"]) if best else [], ref, single, depths, time.perf_counter() - t0)
+    reached = [r for r in depths if r["reached"]]
+    choice = DepthChoice([], ref, single, depths, min_speedup=speed.floor if speed is not None else None)
+    if reached and speed is None:
+        choice.blocks = list(_preferred(reached)["blocks"])
+    elif reached and speed is not None:
+        choice.blocks, choice.floor_met = _fastest_enough(reached, depths, probes, model, speed, progress)
+    choice.seconds = time.perf_counter() - t0
+    return choice
+
+
+def _fastest_enough(reached: list[dict[str, Any]], depths: list[dict[str, Any]], probes: dict[int, nn.Module],
+                    model: nn.Module, speed: SpeedCheck, progress: bool) -> tuple[list[str], bool]:
+    """Time the probes of ``reached`` most accurate first (each row gets ``speedups`` and ``fast_enough`` = every
+    speedup ≥ ``speed.floor``) until no untimed one could still be preferred (:func:`_preferred`) over the fast-enough
+    ones; ``(the preferred fast-enough probe's blocks, True)``, or the fastest timed probe's and False when none is."""
+    speed.set_reference(model)
+    index = {id(r): i for i, r in enumerate(depths)}
+    fast: list[dict[str, Any]] = []
+    timed: list[dict[str, Any]] = []
+    for row in tqdm(sorted(reached, key=lambda r: -r["val_accuracy"]), desc="depth speed", disable=not progress,
+                    dynamic_ncols=True):
+        if fast and row["val_accuracy"] < max(r["val_accuracy"] for r in fast) - TIE_PP:
+            break
+        row["speedups"] = speed.speedups(probes[index[id(row)]])
+        row["fast_enough"] = min(row["speedups"].values()) >= speed.floor
+        timed.append(row)
+        if row["fast_enough"]:
+            fast.append(row)
+    if fast:
+        return list(_preferred(fast)["blocks"]), True
+    return list(max(timed, key=lambda r: min(r["speedups"].values()))["blocks"]), False

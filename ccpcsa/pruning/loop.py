@@ -31,6 +31,7 @@ from .. import placement
 from ..criteria import Criterion, ScoreContext
 from ..criteria.stats import stats_collector
 from ..data import ArrayDataset, BatchLoader, DataSplits
+from ..errors import UserError
 from ..io.artifacts import atomic_write_json
 from ..models.attention import detach_bam
 from ..models.complexity import Complexity, count_complexity
@@ -45,7 +46,7 @@ from ..training.engine import TrainConfig, TrainStream, evaluate, fit, recalibra
 from ..training.speed import Distillation
 from ..training.teacher_views import TeacherViews
 from .allocation import SENSITIVITY_ALLOCATIONS, removable_blocks
-from .depth_choice import CutGoal, LatencyGoal, MacsGoal, choose_blocks
+from .depth_choice import CutGoal, LatencyGoal, MacsGoal, SpeedCheck, choose_blocks
 from .planner import Compensation, make_planner
 from .planner import LatencyProbe as LatencyProbe  # re-exported: the probes name it here
 from .sensitivity import block_sensitivity
@@ -103,7 +104,8 @@ def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device
 def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig, *,
                 input_size: int = 32, device: torch.device | str | None = None, reference_accuracy: float | None = None,
                 history_path: str | Path | None = None, progress: bool = True,
-                latency: LatencyProbe | None = None, teacher: nn.Module | None = None) -> PruneResult:
+                latency: LatencyProbe | None = None, teacher: nn.Module | None = None,
+                speed: SpeedCheck | None = None) -> PruneResult:
     """Run Algorithm 1 on ``model`` (modified in place) and return the last accepted model.
 
     Each iteration: score (a statistics epoch for criteria that collect them, then the criterion's channel scores) →
@@ -116,11 +118,12 @@ def run_pruning(model: nn.Module, data: DataSplits, criterion: Criterion, cfg: P
     ``train_cfg`` supplies batch size, augmentation and ``max_steps_per_epoch``; its epochs/lr/schedule are replaced by
     the loop's (:class:`_LoopRun`). Kept widths are multiples of the alignment (``cfg.widths.round_to``, ``auto``:
     :func:`resolve_alignment` for ``cfg.target.runtime``). ``teacher``: the model distilled from with ``cfg.recovery.distill.enabled``
-    (default: a copy of ``model`` as given).
+    (default: a copy of ``model`` as given). ``speed``: the timer of ``cfg.depth.min_speedup``
+    (:class:`ccpcsa.pruning.depth_choice.SpeedCheck`; the pipeline builds it for the run's target).
     """
     t0 = time.perf_counter()
     run = _LoopRun(model, data, criterion, _settled(cfg), train_cfg, input_size, device, reference_accuracy, teacher, latency,
-                   progress)
+                   progress, speed)
     cfg, result = run.cfg, run.result
     planner = make_planner(cfg, result.base, latency, result.latency.get("unpruned_ms"), run.sensitivity,  # type: ignore[arg-type]
                            result.latency, result.alignment)
@@ -193,7 +196,8 @@ class _LoopRun:
 
     def __init__(self, model: nn.Module, data: DataSplits, criterion: Criterion, cfg: PruneConfig, train_cfg: TrainConfig,
                  input_size: int, device: torch.device | str | None, reference_accuracy: float | None,
-                 teacher: nn.Module | None, latency: LatencyProbe | None, progress: bool = True) -> None:
+                 teacher: nn.Module | None, latency: LatencyProbe | None, progress: bool = True,
+                 speed: SpeedCheck | None = None) -> None:
         self.data, self.criterion, self.cfg, self.train_cfg, self.input_size = data, criterion, cfg, train_cfg, input_size
         self.device = placement.module_device(placement.place(model, device))  # None: where the model already is
         self.seed = cfg.steps.seed or 0
@@ -213,7 +217,7 @@ class _LoopRun:
         self.new = base  # the deployed complexity of the model after the latest cut (recover → accept)
         self.original_sizes: dict[str, int] | None = None
         if cfg.depth.auto:
-            self._choose_blocks(latency, progress)
+            self._choose_blocks(latency, progress, speed)
         if self.cfg.depth.drop_blocks:
             self._drop_blocks()
         pruner = self.new_pruner()
@@ -235,11 +239,14 @@ class _LoopRun:
                                kd.temperature, TeacherViews(kd.views, self.seed) if kd.views else None) if kd.enabled else None
         self.comp_reports: list[Any] = []
 
-    def _choose_blocks(self, latency: LatencyProbe | None, progress: bool) -> None:
+    def _choose_blocks(self, latency: LatencyProbe | None, progress: bool, speed: SpeedCheck | None) -> None:
         """``prune.depth.drop_blocks: auto``: the blocks :func:`choose_blocks` picks at the loop's target (the MACs
-        target, or the latency table's estimate of the speed target) in the loop's widths; the config the loop runs
-        names them, the result records the search."""
+        target, or the latency table's estimate of the speed target) in the loop's widths, timed against
+        ``depth.min_speedup`` by ``speed`` when set; the config the loop runs names them, the result records the search."""
         cfg, t = self.cfg, self.cfg.target
+        if cfg.depth.min_speedup is not None and speed is None:
+            raise UserError("prune.depth.min_speedup needs the target's timer, which the pipeline builds (python -m pipeline "
+                            "run); here set prune.depth.min_speedup=null")
         exclude = cfg.recovery.remove_attention
         assert self.result.base is not None
         goal: CutGoal = MacsGoal(self.result.base.macs * (1 - t.flops_reduction), exclude)
@@ -251,12 +258,21 @@ class _LoopRun:
         choice = choose_blocks(self.model, self.new_pruner, goal,
                                lambda m: evaluate(m, probe_val, self.data.mean, self.data.std, device=self.device)[0], recal,
                                max_blocks=cfg.depth.max_blocks, input_size=self.input_size, exclude_attention=exclude,
-                               progress=progress)
+                               progress=progress, speed=speed)
         self.result.depth_choice = choice.summary()
-        self.cfg = cfg.updated({"depth.drop_blocks": choice.blocks})
+        self.cfg = cfg.updated({"depth.drop_blocks": choice.blocks, "depth.min_speedup": None})
         tqdm.write(f"prune.depth.drop_blocks: auto → {', '.join(choice.blocks) or 'no block'} (one-shot val % at the target "
-                   "by blocks removed: " + ", ".join(f"{len(d['blocks'])}: {d['val_accuracy']:.2f}{'' if d['reached'] else ' short'}"
+                   "by blocks removed, per stage marked /s: " + ", ".join(f"{len(d['blocks'])}{'/s' if d['family'] == 'per-stage' else ''}: "
+                                                      f"{d['val_accuracy']:.2f}{'' if d['reached'] else ' short'}"
                                                       for d in choice.depths) + f"; {choice.seconds:.0f} s)")
+        timed = [d for d in choice.depths if "speedups" in d]
+        if timed:
+            tqdm.write(f"timed against prune.depth.min_speedup {choice.min_speedup}× (slowest of FP32 / INT8 and batch sizes): "
+                       + ", ".join(f"{len(d['blocks'])}{'/s' if d['family'] == 'per-stage' else ''}: "
+                                   f"{min(d['speedups'].values()):.2f}×{'' if d['fast_enough'] else ' too slow'}" for d in timed))
+        if choice.floor_met is False:
+            tqdm.write(f"prune.depth.min_speedup {choice.min_speedup}: no probe reached it; kept the fastest. Raise "
+                       "prune.target.flops_reduction or lower the floor")
 
     def _drop_blocks(self) -> None:
         """Depth surgery first (``prune.depth.drop_blocks``), BatchNorm re-estimated, then channels."""

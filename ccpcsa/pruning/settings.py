@@ -206,12 +206,16 @@ class DepthSettings:
     """``prune.depth``: ``drop_blocks`` — residual blocks removed whole before the first iteration
     (:mod:`ccpcsa.models.depth`; their MACs count toward the target, the unpruned model stays the latency reference and
     the default teacher), or ``auto``: chosen on the model jointly with the widths, at the run's target and on its CPU's
-    channel block (:mod:`ccpcsa.pruning.depth_choice`), trying up to ``max_blocks`` of them and scoring each probe on
-    ``probe_images`` val images (a seeded sample, the same for every probe; None = the whole val split)."""
+    channel block (:mod:`ccpcsa.pruning.depth_choice`), trying up to ``max_blocks`` of them in the overall price order
+    (and the k cheapest of every stage) and scoring each probe on ``probe_images`` val images (a seeded sample, the same
+    for every probe; None = the whole val split). ``min_speedup`` (``auto`` only): the probes are also timed end to end
+    on the target in FP32 and INT8 at ``export.latency_batches`` (:mod:`export.speed_check`), and one slower than
+    this over the unpruned model at any of them does not compete (None: no floor)."""
 
     drop_blocks: list[str] | str = field(default_factory=list)
     max_blocks: int = 8
     probe_images: int | None = 2000
+    min_speedup: float | None = None
 
     @property
     def auto(self) -> bool:
@@ -226,6 +230,10 @@ class DepthSettings:
               f"prune.depth.max_blocks must be an integer ≥ 1, got {self.max_blocks!r}")
         _need(self.probe_images is None or (isinstance(self.probe_images, int) and self.probe_images >= 100),
               f"prune.depth.probe_images must be an integer ≥ 100 or null (the whole val split), got {self.probe_images!r}")
+        _need(self.min_speedup is None or (isinstance(self.min_speedup, (int, float)) and not isinstance(self.min_speedup, bool)
+                                           and _finite(self.min_speedup, 1) and self.auto),
+              f"prune.depth.min_speedup (the floor of drop_blocks: auto) must be a number > 1 (e.g. 2.5) or null, got "
+              f"{self.min_speedup!r} with drop_blocks {self.drop_blocks!r}; with blocks named by hand set it to null")
 
 
 @dataclass
@@ -295,6 +303,10 @@ class PruneConfig:
             raise UserError("prune.steps.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a "
                             "MACs target only; unset prune.target.speedup / latency_ms, prune.steps.groups_per_iteration, "
                             "prune.widths.round_to_wide and keep prune.steps.allocation=global, prune.widths.scope=all")
+        if self.depth.min_speedup is not None and t.runtime not in MEASURABLE:
+            raise UserError(f"prune.depth.min_speedup is timed on the target runtime, and this pipeline times "
+                            f"{', '.join(MEASURABLE)} (prune.target.runtime is {t.runtime}); set target.profile (a built-in "
+                            "runtime or the device's target.json) or set prune.depth.min_speedup=null")
         if (t.on_latency or s.allocation in NEEDS_LATENCY) and t.runtime not in MEASURABLE:
             raise UserError(f"prune.target.speedup / latency_ms / steps.allocation=latency are timed on the target "
                             f"runtime, and this pipeline times {', '.join(MEASURABLE)} (prune.target.runtime is "
