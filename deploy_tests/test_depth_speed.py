@@ -51,9 +51,9 @@ class MacsSpeed:
     def set_reference(self, model: nn.Module) -> None:
         self.base = deployed_complexity(model, 32).macs
 
-    def speedups(self, model: nn.Module) -> dict[str, float]:
+    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
         self.timed += 1
-        return {"fp32 b1": self.base / deployed_complexity(model, 32).macs}
+        return {"fp32 b1": (self.base / deployed_complexity(model, 32).macs, 0.05)}
 
 
 def _search(floor: float | None) -> tuple[object, MacsSpeed | None]:
@@ -95,6 +95,16 @@ def test_the_floor_keeps_the_most_accurate_probe_that_is_fast_enough():
     assert all(d["val_accuracy"] < chosen["val_accuracy"] - TIE_PP for d in untimed)  # none could have been preferred
 
 
+def test_a_probe_within_its_timing_noise_of_the_floor_does_not_pass():
+    """The floor is met by one standard error: a probe timed 0.02× over the floor with a 0.05× SE does not pass."""
+    first, _ = _search(2.0)
+    fast = next(d for d in first.depths if d["blocks"] == first.blocks)["speedups"]["fp32 b1"]
+    choice, _ = _search(fast - 0.02)
+    row = next(d for d in choice.depths if d["blocks"] == first.blocks)
+    assert row["speedups"]["fp32 b1"] > choice.min_speedup and row["speedup_se"] == {"fp32 b1": 0.05}
+    assert not row["fast_enough"] and choice.floor_met is False
+
+
 def test_no_probe_fast_enough_keeps_the_fastest_and_says_so():
     choice, _ = _search(50.0)
     timed = [d for d in choice.depths if "speedups" in d]
@@ -119,7 +129,7 @@ def test_the_timer_measures_fp32_and_int8_for_real():
         check.set_reference(model)
         s = check.speedups(slim)
         assert set(s) == {"fp32 b1", "fp32 b8", "int8 b1", "int8 b8"}
-        assert all(v > 1.2 for v in s.values()), s
+        assert all(v > 1.2 and 0 <= se < 0.5 for v, se in s.values()), s
         assert not list(check.dir.glob("probe*"))  # a probe's files go once timed; the reference's stay
     finally:
         check.close()

@@ -69,18 +69,19 @@ class MeasuredSpeedCheck:
         """Export the unpruned ``model``'s files, the reference of every later timing."""
         self._ref = self._files(model, "unpruned")
 
-    def speedups(self, model: nn.Module) -> dict[str, float]:
-        """``{"fp32 b1": …, "int8 b32": …}``: the paired speedup of ``model``'s files over the reference's."""
+    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+        """``{"fp32 b1": (speedup, SE), "int8 b32": …}``: the paired speedup of ``model``'s files over the reference's
+        (:func:`export.latency.paired_speedup`: the median of per-round ratios, its standard error)."""
         from .latency import runtime_speedups
 
         assert self._ref, "call set_reference first"
         self._n += 1
         files = self._files(model, f"probe{self._n}")
-        out: dict[str, float] = {}
+        out: dict[str, tuple[float, float]] = {}
         for prec, path in files.items():
             t = runtime_speedups(self.runtime, self._ref[prec], path, 1.0, threads=self.threads, batch_sizes=self.batches,
                                  rounds=self.rounds, warmup=2)
-            out.update({f"{prec} b{b}": float(t[str(b)]["speedup"]) for b in self.batches})
+            out.update({f"{prec} b{b}": (float(t[str(b)]["speedup"]), float(t[str(b)]["speedup_se"])) for b in self.batches})
         for path in self.dir.glob(f"probe{self._n}.*"):
             path.unlink()
         return out
@@ -103,12 +104,13 @@ class ProfileSpeedCheck:
         for probe in self.probes.values():
             probe.set_reference(model)
 
-    def speedups(self, model: nn.Module) -> dict[str, float]:
-        """``{"<precision> b<layer batch>": device ms of the unpruned model / estimated ms of model}``."""
+    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+        """``{"<precision> b<layer batch>": (device ms of the unpruned model / estimated ms of model, 0)}``: an estimate
+        from a table, with no timing noise of its own."""
         out = {}
         for prec, probe in self.probes.items():
             ref, ms = probe.measure_pair(model)
-            out[f"{prec} b{self.batch}"] = ref / ms
+            out[f"{prec} b{self.batch}"] = (ref / ms, 0.0)
         return out
 
     def close(self) -> None:

@@ -23,8 +23,8 @@ measurements on the model the loop starts from, no training:
 3. **Time the best (``depth.min_speedup``, optional).** The MACs a depth removes do not say how fast the runtime runs
    it: a removed block takes its adds and reorders with it, while a narrowed INT8 conv keeps a fixed cost
    (bench/README.md "resnet56: blocks instead of channels"). With a floor, the probes are timed end to end in FP32 and
-   INT8 at the export's batch sizes on the target (:mod:`export.speed_check`), most accurate first, and a probe slower
-   than the floor does not compete.
+   INT8 at the export's batch sizes on the target (:mod:`export.speed_check`), most accurate first, and a probe not
+   faster than the floor by one standard error of its paired timing does not compete.
 
 The depth kept is the most accurate probe that reaches the goal (and the floor); a probe with fewer blocks within
 :data:`TIE_PP` of it is kept instead (one-shot accuracies favour depth — a block removal loses less before fine-tuning
@@ -73,8 +73,9 @@ class SpeedCheck(Protocol):
         """Time against ``model`` (the unpruned one, as the loop got it) from now on."""
         ...
 
-    def speedups(self, model: nn.Module) -> dict[str, float]:
-        """``{"<precision> b<batch>": unpruned ms / model ms}`` for every precision and batch size timed."""
+    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+        """``{"<precision> b<batch>": (unpruned ms / model ms, its standard error)}`` for every precision and batch
+        size timed."""
         ...
 
 
@@ -276,8 +277,9 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
 
 def _fastest_enough(reached: list[dict[str, Any]], depths: list[dict[str, Any]], probes: dict[int, nn.Module],
                     model: nn.Module, speed: SpeedCheck, progress: bool) -> tuple[list[str], bool]:
-    """Time the probes of ``reached`` most accurate first (each row gets ``speedups`` and ``fast_enough`` = every
-    speedup ≥ ``speed.floor``) until no untimed one could still be preferred (:func:`_preferred`) over the fast-enough
+    """Time the probes of ``reached`` most accurate first (each row gets ``speedups``, ``speedup_se`` and
+    ``fast_enough`` = every speedup at least ``speed.floor`` by one standard error: a probe at the floor within its
+    timing noise does not pass) until no untimed one could still be preferred (:func:`_preferred`) over the fast-enough
     ones; ``(the preferred fast-enough probe's blocks, True)``, or the fastest timed probe's and False when none is."""
     speed.set_reference(model)
     index = {id(r): i for i, r in enumerate(depths)}
@@ -287,8 +289,10 @@ def _fastest_enough(reached: list[dict[str, Any]], depths: list[dict[str, Any]],
                     dynamic_ncols=True):
         if fast and row["val_accuracy"] < max(r["val_accuracy"] for r in fast) - TIE_PP:
             break
-        row["speedups"] = speed.speedups(probes[index[id(row)]])
-        row["fast_enough"] = min(row["speedups"].values()) >= speed.floor
+        timing = speed.speedups(probes[index[id(row)]])
+        row["speedups"] = {k: v for k, (v, _) in timing.items()}
+        row["speedup_se"] = {k: se for k, (_, se) in timing.items()}
+        row["fast_enough"] = all(v - se >= speed.floor for v, se in timing.values())
         timed.append(row)
         if row["fast_enough"]:
             fast.append(row)
