@@ -2,8 +2,8 @@
 speedups of a probe model over the unpruned one, in FP32 and INT8, where the model will run.
 
 MACs do not say how fast a runtime runs a shape: a removed residual block takes its add and layout reorders with it,
-while an INT8 convolution narrowed 4× keeps a fixed cost and runs only 1.5–2.3× faster (onnxruntime on an AVX-512 VNNI
-CPU; bench/README.md "resnet56: blocks instead of channels"). So the floor times whole models:
+while a narrowed INT8 convolution keeps a fixed cost that its FP32 twin does not (bench/README.md "resnet56: blocks
+instead of channels"). So the floor times whole models:
 
 - :class:`MeasuredSpeedCheck` — a runtime of this machine (``onnxruntime-cpu``, ``openvino-cpu``): the deployed graph
   (BAM detached) exported to ONNX, simplified, and quantized to the onnxruntime-CPU INT8 flavour (U8S8 QDQ) on random

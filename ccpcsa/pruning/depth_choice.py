@@ -18,8 +18,8 @@ measurements on the model the loop starts from, no training:
    Two families of depths are priced: the ``k`` cheapest blocks overall (``k = 0 … depth.max_blocks``; the scan stops
    after :data:`PATIENCE` depths without a new best by :data:`TIE_PP`), and the ``k`` cheapest blocks *of every stage*
    (blocks of one input shape; ``k = 1, 2, …`` until the blocks alone reach the goal). The second family finds the
-   deep, even removals a network of many small blocks wants (resnet56: six of nine blocks per stage, where one more
-   block in the overall order moves the one-shot score by less than :data:`TIE_PP`).
+   deep, even removals a network of many small blocks wants, where one more block in the overall order moves the
+   one-shot score by less than :data:`TIE_PP` (resnet56: bench/README.md "The speed floor").
 3. **Time the best (``depth.min_speedup``, optional).** The MACs a depth removes do not say how fast the runtime runs
    it: a removed block takes its adds and reorders with it, while a narrowed INT8 conv keeps a fixed cost
    (bench/README.md "resnet56: blocks instead of channels"). With a floor, the probes are timed end to end in FP32 and

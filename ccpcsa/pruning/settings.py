@@ -209,8 +209,8 @@ class DepthSettings:
     channel block (:mod:`ccpcsa.pruning.depth_choice`), trying up to ``max_blocks`` of them in the overall price order
     (and the k cheapest of every stage) and scoring each probe on ``probe_images`` val images (a seeded sample, the same
     for every probe; None = the whole val split). ``min_speedup`` (``auto`` only): the probes are also timed end to end
-    on the target in FP32 and INT8 at ``export.latency_batches`` (:mod:`export.speed_check`), and one slower than
-    this over the unpruned model at any of them does not compete (None: no floor)."""
+    on the target in FP32 and INT8 at ``export.latency_batches`` (:mod:`export.speed_check`), and one not faster than
+    this over the unpruned model by one standard error, at any of them, does not compete (None: no floor)."""
 
     drop_blocks: list[str] | str = field(default_factory=list)
     max_blocks: int = 8
