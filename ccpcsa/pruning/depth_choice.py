@@ -3,14 +3,14 @@
 Removing a block and narrowing layers both buy speed; which buys it at less accuracy depends on the model and on the
 widths the target CPU runs well (its channel block: 8 on AVX2, 16 with AVX-512, :mod:`ccpcsa.surgery.alignment`). On
 resnet20 in 16-blocks two whole blocks beat deeper channel cuts at equal MACs after fine-tuning (bench/README.md
-"Depth"); a hand-written ``depth.drop_blocks`` per CPU kind is what this module replaces. Two
-measurements on the model the loop starts from, no training:
+"Depth"); a hand-written ``depth.drop_blocks`` per CPU kind is what this module replaces. Measurements on the model
+the loop starts from, no training:
 
 1. **Price every block.** Each candidate (:func:`ccpcsa.models.depth.candidate_blocks`) is removed alone, BatchNorm
    re-estimated on the recovery's calibration images, and the val accuracy measured: its cost is the drop in pp per
    percent of MACs it removes (residual networks lose little to one missing block, Veit, Wilber, Belongie, NeurIPS
    2016). Blocks are tried cheapest first.
-2. **Price each depth at the run's goal.** For ``k = 0 … depth.max_blocks``: the ``k`` cheapest blocks removed, then
+2. **Price each depth at the run's goal.** A set of the cheapest blocks removed (the two families below), then
    channels cut one-shot (magnitude-ranked, in the run's alignment, scope and floors) until the loop's own target —
    the MACs target, or the latency table's estimate of the speed target on the target runtime — BatchNorm
    re-estimated, val accuracy measured. A depth that cannot reach the goal (floors) does not compete.
