@@ -312,21 +312,11 @@ class RuntimeLatencyProbe:
         self._reference: Callable[[], object] | None = None
 
     def _session(self, model: nn.Module) -> Callable[[], object]:
-        from ccpcsa.models.attention import detach_bam
-        from ccpcsa.placement import cpu_copy
-
-        from .metadata import DeployMetadata
-        from .onnx_export import export_onnx
-
-        m = copy.deepcopy(cpu_copy(model)).eval()
-        detach_bam(m)
-        meta = DeployMetadata(class_names=[str(i) for i in range(_num_outputs(m, self.input_size))], mean=(0.0, 0.0, 0.0),
-                              std=(1.0, 1.0, 1.0), input_size=self.input_size)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".latency-probe-", suffix=".onnx.tmp", dir=self.work_dir)
         os.close(fd)
         try:
-            export_onnx(m, tmp, meta)
+            export_deployed(model, tmp, self.input_size)
             x = np.random.default_rng(0).standard_normal((self.batch, 3, self.input_size, self.input_size), dtype=np.float32)
             return model_call(self.runtime, onnx.load(tmp).SerializeToString(), x, self.threads, self.work_dir)
         finally:
@@ -353,6 +343,29 @@ class RuntimeLatencyProbe:
         self.table.prepare(cost.layers)
         cost.calibrate(actual_ms)
         return cost
+
+
+def deployed_copy(model: nn.Module) -> nn.Module:
+    """A CPU copy of ``model`` as deployed (BAM detached), in eval mode."""
+    from ccpcsa.models.attention import detach_bam
+    from ccpcsa.placement import cpu_copy
+
+    m = copy.deepcopy(cpu_copy(model)).eval()
+    detach_bam(m)
+    return m
+
+
+def export_deployed(model: nn.Module, path: str | Path, input_size: int) -> nn.Module:
+    """Export the deployed graph of ``model`` (:func:`deployed_copy`) to the ONNX file ``path`` for timing only: class
+    names ``0 … n−1`` and identity normalization in its metadata. Returns the deployed copy."""
+    from .metadata import DeployMetadata
+    from .onnx_export import export_onnx
+
+    m = deployed_copy(model)
+    meta = DeployMetadata(class_names=[str(i) for i in range(_num_outputs(m, input_size))], mean=(0.0, 0.0, 0.0),
+                          std=(1.0, 1.0, 1.0), input_size=input_size)
+    export_onnx(m, path, meta)
+    return m
 
 
 def _num_outputs(model: nn.Module, input_size: int) -> int:

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
 from torch import nn
 
-from .target_profile import ProfileLatencyProbe, TargetProfile, deployed_copy
+from .layer_latency import export_deployed
+from .target_profile import ProfileLatencyProbe, TargetProfile
 
 #: paired rounds per batch size: fewer than the validate stage's, a probe is one of several
 ROUNDS = 7
@@ -45,18 +45,11 @@ class MeasuredSpeedCheck:
         self._n = 0
 
     def _files(self, model: nn.Module, tag: str) -> dict[str, Path]:
-        from .metadata import DeployMetadata
-        from .onnx_export import export_onnx
         from .quantize import quantize_int8
         from .simplify import simplify_onnx
 
-        m = deployed_copy(model)
-        with torch.no_grad():
-            n_out = int(m(torch.zeros(1, 3, self.input_size, self.input_size)).shape[1])
-        meta = DeployMetadata(class_names=[str(i) for i in range(n_out)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                              input_size=self.input_size)
         raw, sim = self.dir / f"{tag}.onnx", self.dir / f"{tag}.sim.onnx"
-        export_onnx(m, raw, meta)
+        export_deployed(model, raw, self.input_size)
         simplify_onnx(raw, sim)
         out = {"fp32": sim}
         if self.int8:

@@ -12,7 +12,6 @@ the unpruned model (HALP, Shen et al., NeurIPS 2022, §3.2), so the loop stops o
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import shutil
@@ -21,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ccpcsa.errors import UserError
@@ -31,22 +29,12 @@ from ccpcsa.surgery.prune import ChannelPruner
 
 from .edge.sessions import EdgeError, read_json
 from .edge.target_probe import PACK_FILE, PACK_FORMAT, PROFILE_FORMAT
-from .layer_latency import LayerTable, conv_model, empty_model, qdq_conv_model
+from .layer_latency import LayerTable, conv_model, deployed_copy, empty_model, export_deployed, qdq_conv_model
 
 EDGE = Path(__file__).resolve().parent / "edge"
 PROBE_FILES = ("target_probe.py", "sessions.py", "timing.py")
 STAIRCASE_POINTS = 16
 PACK_MODELS = {"fp32": "model.fp32.onnx", "int8": "model.int8.onnx"}  #: the whole-model files of a probe pack
-
-
-def deployed_copy(model: nn.Module) -> nn.Module:
-    """A CPU copy of ``model`` as deployed (BAM detached), in eval mode."""
-    from ccpcsa.models.attention import detach_bam
-    from ccpcsa.placement import cpu_copy
-
-    m = copy.deepcopy(cpu_copy(model)).eval()
-    detach_bam(m)
-    return m
 
 
 def _shapes(deployed: nn.Module, input_size: int) -> list[LayerShape]:
@@ -74,19 +62,12 @@ def write_probe_pack(model: nn.Module, input_size: int, out_dir: str | Path, *, 
                      layer_batch: int, precisions: tuple[str, ...] = ("fp32", "int8"), grid_step: int = 4) -> Path:
     """Write the probe pack of ``model`` into ``out_dir`` (module doc) and return its ``pack.json``. INT8 graphs are
     quantized on random calibration data: their *speed*, not their accuracy, is what the probe measures."""
-    from .metadata import DeployMetadata
-    from .onnx_export import export_onnx
     from .quantize import quantize_int8
 
     out = Path(out_dir)
     (out / "layers").mkdir(parents=True, exist_ok=True)
-    m = deployed_copy(model)
+    m = export_deployed(model, out / PACK_MODELS["fp32"], input_size)
     shapes = _shapes(m, input_size)
-    with torch.no_grad():
-        n_out = int(m(torch.zeros(1, 3, input_size, input_size)).shape[1])
-    meta = DeployMetadata(class_names=[str(i) for i in range(n_out)], mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0),
-                          input_size=input_size)
-    export_onnx(m, out / PACK_MODELS["fp32"], meta)
     models = {"fp32": PACK_MODELS["fp32"]}
     if "int8" in precisions:
         calib = np.random.default_rng(0).standard_normal((32, 3, input_size, input_size), dtype=np.float32)
