@@ -33,7 +33,8 @@ def test_prune_has_at_most_eight_entries_each_a_typed_section():
     assert len(fields) <= 8
     sections = [n for n, f in fields.items() if dataclasses.is_dataclass(f.default_factory())]  # type: ignore[misc]
     assert sections == ["criterion", "target", "steps", "widths", "recovery", "depth"]
-    added = {"depth.max_blocks", "depth.probe_images", "depth.min_speedup", "recovery.distill.views"}  # keys added after the sections: no flat name (legacy_flat)
+    added = {"depth.max_blocks", "depth.probe_images", "depth.min_speedup", "recovery.distill.views",
+             "recovery.distill.features"}  # keys added after the sections: no flat name (legacy_flat)
     assert set(LEGACY_KEYS.values()) == set(section_keys()) - added  # one new key for each old one, none left over
     assert set(OTHER) == set(LEGACY_KEYS)
 

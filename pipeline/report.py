@@ -64,7 +64,7 @@ def build_report(manifest: RunManifest | dict[str, Any]) -> dict[str, Any]:
             "target": prune.get("target"),
             "pruning": {k: prune.get(k) for k in ("alignment", "alignment_reason", "allocation", "left_whole", "latency",
                                                   "dropped_blocks", "depth_choice", "train_precision",
-                                                  "teacher_views")}}
+                                                  "teacher_views", "feature_distill")}}
 
 
 def stage_row(rec: StageRecord, val: ValidateRecord) -> dict[str, Any]:
@@ -147,6 +147,12 @@ def pruning_lines(r: ReportView) -> list[str]:
             v = p["teacher_views"]
             md.append(f"Distilled from cached teacher logits: {v['views']} view(s) of each of {v['images']} training images, "
                       f"built in {v['seconds']:.0f} s (`prune.recovery.distill.views`).")
+        if p.get("feature_distill"):
+            f = p["feature_distill"]
+            md.append(f"Feature distillation at the stage outputs (β = {f['weight']:g}, `prune.recovery.distill.features`): "
+                      + ", ".join(f"`{s}`" for s in f["stages"])
+                      + ("; left out: " + "; ".join(f"`{k}` ({v})" for k, v in f["left_out"].items()) if f["left_out"] else "")
+                      + ".")
         if p.get("left_whole"):
             md.append("Left whole (cannot be pruned consistently): " + "; ".join(f"`{k}` ({v})" for k, v in p["left_whole"].items()) + ".")
         lat = r.latency_step

@@ -65,7 +65,8 @@ def resolve_block(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     raise AssertionError("unreachable")
 
 
-def _io_shapes(model: nn.Module, modules: dict[str, nn.Module], input_size: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+def io_shapes(model: nn.Module, modules: dict[str, nn.Module],
+              input_size: int) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
     """Input and output shape of each of ``modules`` on one probe forward pass of ``model`` (missing: never called)."""
     shapes: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
     handles = []
@@ -132,7 +133,7 @@ def drop_blocks(model: nn.Module, names: Sequence[str], input_size: int = 32, ve
     for n, m in modules.items():
         if isinstance(m, nn.Identity):
             raise UserError(f"prune.depth.drop_blocks: {n} is already an identity (removed before); remove it from the list")
-    shapes = _io_shapes(model, modules, input_size)
+    shapes = io_shapes(model, modules, input_size)
     for n in names:
         if n not in shapes:
             raise UserError(f"prune.depth.drop_blocks: {n} is not called with one tensor in the model's forward pass, so it "
@@ -170,7 +171,7 @@ def candidate_blocks(model: nn.Module, input_size: int = 32) -> list[str]:
             visit(child, plain)
 
     visit(model, "")
-    shapes = _io_shapes(model, found, input_size)
+    shapes = io_shapes(model, found, input_size)
     return [n for n in found if n in shapes and shapes[n][0] == shapes[n][1]
             and carries_its_skip(_unwrapped(found[n]), shapes[n][0])]
 
@@ -180,4 +181,4 @@ def block_stages(model: nn.Module, names: Sequence[str], input_size: int = 32) -
     (channels, height, width) on one probe forward pass — the blocks between two downsamplings share it. A block that
     is never called is left out."""
     modules = {n: getattr(*resolve_block(model, n)) for n in names}
-    return {n: tuple(shapes[0][1:]) for n, shapes in _io_shapes(model, modules, input_size).items()}
+    return {n: tuple(shapes[0][1:]) for n, shapes in io_shapes(model, modules, input_size).items()}

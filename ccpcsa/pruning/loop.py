@@ -75,13 +75,16 @@ class PruneResult:
     depth_choice: dict[str, Any] | None = None
     train_precision: str = "float32"
     teacher_views: dict[str, Any] | None = None
+    feature_distill: dict[str, Any] | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready: iterations, stop reason, val accuracies, MACs/params before and after and their reductions,
         seconds, alignment (and why), allocation, groups left whole, latency measurements (when a probe was used), the
         residual blocks removed whole and, when they were chosen (``prune.depth.drop_blocks: auto``), the search; the
         fine-tunes' precision (``train.amp``, :func:`ccpcsa.placement.amp_dtype`) and why; with
-        ``prune.recovery.distill.views``, the cached views (``views``, ``images``, ``seconds`` to build)."""
+        ``prune.recovery.distill.views``, the cached views (``views``, ``images``, ``seconds`` to build); with
+        ``prune.recovery.distill.features``, the final fine-tune's matched stages
+        (:meth:`ccpcsa.training.feature_distill.FeatureTaps.record`)."""
         assert self.base is not None and self.final is not None
         fr, pr = self.final.reduction_vs(self.base)
         return {"iterations": self.iterations, "stop_reason": self.stop_reason, "reference_val_accuracy": self.reference_accuracy,
@@ -89,7 +92,8 @@ class PruneResult:
                 "flops_reduction": fr, "params_reduction": pr, "seconds": self.seconds, "alignment": self.alignment,
                 "alignment_reason": self.alignment_reason, "allocation": self.allocation, "left_whole": self.left_whole,
                 "latency": self.latency, "dropped_blocks": self.dropped_blocks, "depth_choice": self.depth_choice,
-                "train_precision": self.train_precision, "teacher_views": self.teacher_views}
+                "train_precision": self.train_precision, "teacher_views": self.teacher_views,
+                "feature_distill": self.feature_distill}
 
 
 def calibration_batches(data: DataSplits, n_images: int, batch_size: int, device: torch.device | str,
@@ -236,7 +240,8 @@ class _LoopRun:
         # knowledge distillation from the unpruned model (with its BAM) in every fine-tune of the loop
         kd = cfg.recovery.distill
         self.kd = Distillation((teacher if teacher is not None else copy.deepcopy(self.original)).eval(), kd.weight,
-                               kd.temperature, TeacherViews(kd.views, self.seed) if kd.views else None) if kd.enabled else None
+                               kd.temperature, TeacherViews(kd.views, self.seed) if kd.views else None,
+                               kd.features) if kd.enabled else None
         self.comp_reports: list[Any] = []
 
     def _choose_blocks(self, latency: LatencyProbe | None, progress: bool, speed: SpeedCheck | None) -> None:
@@ -378,8 +383,11 @@ class _LoopRun:
         detached = detach_bam(model) if cfg.recovery.remove_attention else 0
         final_val: float | None = None
         if cfg.recovery.final_finetune_epochs > 0 and (result.iterations > 0 or detached > 0 or result.dropped_blocks):
-            final_val = fit(model, self.data, replace(self.final_ft, epochs=cfg.recovery.final_finetune_epochs), device=self.device,
-                            progress=progress, desc="prune final finetune", distill=self.kd, stream=self.stream).val_accuracy
+            final_fit = fit(model, self.data, replace(self.final_ft, epochs=cfg.recovery.final_finetune_epochs),
+                            device=self.device, progress=progress, desc="prune final finetune", distill=self.kd,
+                            stream=self.stream)
+            final_val = final_fit.val_accuracy
+            result.feature_distill = final_fit.speed.get("feature_distill")
         result.model = model
         views = self.kd.views if self.kd is not None else None
         if views is not None and views.built is not None:

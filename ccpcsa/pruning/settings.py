@@ -153,13 +153,15 @@ class DistillSettings:
     ``(1 − α)·CE + α·T²·KL(teacher_T ‖ student_T)`` with α = ``weight``, T = ``temperature`` (Hinton et al. 2015) and
     the ``teacher`` of :data:`TEACHERS`; ``views`` — 0: the teacher runs on every training batch; ``K ≥ 1``: its logits
     are computed once for ``K`` fixed augmented views of every training image and the fine-tunes train on those views
-    (:mod:`ccpcsa.training.teacher_views`, FKD)."""
+    (:mod:`ccpcsa.training.teacher_views`, FKD); ``features`` — weight β of a stage-output term ``β·L_feat`` added to
+    the loss (:mod:`ccpcsa.training.feature_distill`, FitNets; 0 = off; needs the teacher online, ``views: 0``)."""
 
     enabled: bool = False
     weight: float = 0.7
     temperature: float = 4.0
     teacher: str = "start"
     views: int = 0
+    features: float = 0.0
 
     def validate(self) -> None:
         """Raise :class:`UserError` for values the loop cannot honour."""
@@ -171,6 +173,12 @@ class DistillSettings:
         _need(isinstance(self.views, int) and not isinstance(self.views, bool) and self.views >= 0,
               f"prune.recovery.distill.views must be an integer ≥ 0 (cached augmented views per training image; 0 = the "
               f"teacher runs on every batch), got {self.views!r}")
+        _need(isinstance(self.features, (int, float)) and not isinstance(self.features, bool) and 0 <= self.features < 1e6,
+              f"prune.recovery.distill.features must be a number ≥ 0 (weight of the stage-output term; 0 = off), "
+              f"got {self.features!r}")
+        _need(not (self.features > 0 and self.views > 0),
+              "prune.recovery.distill.features needs the teacher's forward on every batch, which cached views skip: "
+              "set prune.recovery.distill.views=0 or prune.recovery.distill.features=0")
 
 
 @dataclass

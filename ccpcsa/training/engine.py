@@ -14,6 +14,7 @@ compiled (``train.compile``; see :mod:`ccpcsa.training.speed`); the CPU path com
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
@@ -36,6 +37,7 @@ from ..errors import UserError, first_line
 from ..io.checkpoint import ModelSpec, read_checkpoint_dict, save_checkpoint
 from ..models.outputs import main_logits
 from . import distributed as ddp
+from .feature_distill import FeatureTaps
 from .speed import (
     COMPILE_CHOICES,
     Distillation,
@@ -306,53 +308,61 @@ def fit(model: nn.Module, data: DataSplits, cfg: TrainConfig, *, device: torch.d
     result = FitResult()
     start_epoch = _resume(model, opt, cfg, checkpoint, spec, result) if resume and checkpoint is not None else 0
     net = _wrapped(model, device) if info.enabled else model
-    use_compile, why = compile_decision(cfg.compile, device, total - start_epoch * steps_per_epoch, info.enabled,
-                                        has_forward_hooks(model))
-    runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, amp),
-                        report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill)
-    interval = check_interval(device)
-    result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile,
-                    "compiled": runner.is_compiled, "compile_note": runner.note,
-                    "resident_data": loader.resident, "check_every": interval,
-                    "fused_optimizer": bool(opt.param_groups[0].get("fused")),
-                    "teacher_views": pool.k if pool is not None else None}
-    t0 = time.perf_counter()
-    step = start_epoch * steps_per_epoch
-    batches = stream_batches(loader, stream.step) if stream is not None else None
-    for epoch in range(start_epoch, cfg.epochs):
-        net.train()
-        if batches is None:
-            loader.set_epoch(epoch)
-        te = time.perf_counter()
-        monitor = StepMonitor(device, interval, epoch)
-        bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}", disable=not (progress and info.is_main),
-                   leave=False, dynamic_ncols=True)
-        epoch_batches = itertools.islice(batches, steps_per_epoch) if batches is not None else loader
-        for i, batch in enumerate(epoch_batches):
-            if i >= steps_per_epoch:
-                break
-            _step(runner, opt, monitor, i, batch, cfg.lr * lr_factor(step, total, cfg, steps_per_epoch))
-            step += 1
-            if stream is not None:
-                stream.step += 1
-            bar.update(1)
-            if not bar.disable and (i + 1) % max(interval, POSTFIX_EVERY) == 0:
-                _postfix(bar, monitor.progress(), info.world_size, te)
-        s, c, n = monitor.finish()
-        train_seconds = time.perf_counter() - te
-        bar.close()
-        ddp.sync_buffers(model)
-        s, c, n = ddp.all_reduce_sum([s, c, n], device)
-        val_acc, val_loss = evaluate(model, data.val, data.mean, data.std, cfg.eval_batch_size, device, cfg.channels_last)
-        row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc, "val_loss": val_loss,
-               "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te, "train_seconds": train_seconds,
-               "images_per_s": n / train_seconds}
-        result.history.append(row)
-        result.speed.update(compiled=runner.is_compiled, compile_note=runner.note)
-        if info.is_main:
-            _epoch_done(row, desc, cfg, model, data, opt, result, checkpoint, spec)
-        if on_epoch_end is not None:
-            on_epoch_end(epoch, row)
+    taps = FeatureTaps(model, distill.teacher, data.input_size, distill.features) \
+        if distill is not None and distill.features > 0 else None
+    with taps if taps is not None else contextlib.nullcontext():  # the hooks live for this fit only
+        if taps is not None and info.is_main:
+            tqdm.write(f"{desc}: {taps.describe()}")
+        use_compile, why = compile_decision(cfg.compile, device, total - start_epoch * steps_per_epoch, info.enabled,
+                                            has_forward_hooks(model))
+        runner = StepRunner(net, use_compile, why, cfg.label_smoothing, lambda: _autocast(device, amp),
+                            report=lambda msg: tqdm.write(f"{desc}: {msg}") if info.is_main else None, distill=distill,
+                            taps=taps)
+        interval = check_interval(device)
+        result.speed = {"device": str(device), "amp": placement.amp_label(device, cfg.amp), "compile": cfg.compile,
+                        "compiled": runner.is_compiled, "compile_note": runner.note,
+                        "resident_data": loader.resident, "check_every": interval,
+                        "fused_optimizer": bool(opt.param_groups[0].get("fused")),
+                        "teacher_views": pool.k if pool is not None else None,
+                        "feature_distill": taps.record() if taps is not None else None}
+        t0 = time.perf_counter()
+        step = start_epoch * steps_per_epoch
+        batches = stream_batches(loader, stream.step) if stream is not None else None
+        for epoch in range(start_epoch, cfg.epochs):
+            net.train()
+            if batches is None:
+                loader.set_epoch(epoch)
+            te = time.perf_counter()
+            monitor = StepMonitor(device, interval, epoch)
+            bar = tqdm(total=steps_per_epoch, desc=f"{desc} {epoch + 1}/{cfg.epochs}",
+                       disable=not (progress and info.is_main), leave=False, dynamic_ncols=True)
+            epoch_batches = itertools.islice(batches, steps_per_epoch) if batches is not None else loader
+            for i, batch in enumerate(epoch_batches):
+                if i >= steps_per_epoch:
+                    break
+                _step(runner, opt, monitor, i, batch, cfg.lr * lr_factor(step, total, cfg, steps_per_epoch))
+                step += 1
+                if stream is not None:
+                    stream.step += 1
+                bar.update(1)
+                if not bar.disable and (i + 1) % max(interval, POSTFIX_EVERY) == 0:
+                    _postfix(bar, monitor.progress(), info.world_size, te)
+            s, c, n = monitor.finish()
+            train_seconds = time.perf_counter() - te
+            bar.close()
+            ddp.sync_buffers(model)
+            s, c, n = ddp.all_reduce_sum([s, c, n], device)
+            val_acc, val_loss = evaluate(model, data.val, data.mean, data.std, cfg.eval_batch_size, device,
+                                         cfg.channels_last)
+            row = {"epoch": epoch + 1, "train_loss": s / n, "train_acc": 100 * c / n, "val_acc": val_acc,
+                   "val_loss": val_loss, "lr": opt.param_groups[0]["lr"], "seconds": time.perf_counter() - te,
+                   "train_seconds": train_seconds, "images_per_s": n / train_seconds}
+            result.history.append(row)
+            result.speed.update(compiled=runner.is_compiled, compile_note=runner.note)
+            if info.is_main:
+                _epoch_done(row, desc, cfg, model, data, opt, result, checkpoint, spec)
+            if on_epoch_end is not None:
+                on_epoch_end(epoch, row)
     result.val_accuracy = result.history[-1]["val_acc"] if result.history else evaluate(
         model, data.val, data.mean, data.std, cfg.eval_batch_size, device)[0]
     result.seconds = time.perf_counter() - t0

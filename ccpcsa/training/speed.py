@@ -29,6 +29,7 @@ from torch import nn
 from ..models.outputs import main_logits
 
 if TYPE_CHECKING:
+    from .feature_distill import FeatureTaps
     from .teacher_views import TeacherViews
 
 COMPILE_CHOICES = ("auto", "on", "off")
@@ -94,17 +95,20 @@ def describe_exception(exc: BaseException) -> str:
 class Distillation:
     """Knowledge distillation from a frozen ``teacher``: weight ``alpha`` of the distillation term, temperature ``T``;
     ``views``: the teacher's logits cached for a pool of augmented views (:mod:`ccpcsa.training.teacher_views`) instead
-    of a teacher forward per batch."""
+    of a teacher forward per batch; ``features``: weight β of the stage-output term
+    (:mod:`ccpcsa.training.feature_distill`; needs the teacher forward, so no ``views``)."""
 
     teacher: nn.Module
     alpha: float = 0.7
     temperature: float = 4.0
     views: TeacherViews | None = None
+    features: float = 0.0
 
 
 def batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0,
                distill: Distillation | None = None,
-               teacher_logits: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               teacher_logits: torch.Tensor | None = None,
+               taps: FeatureTaps | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The training objective of one batch: ``(loss, logits)`` with ``loss`` the mean cross-entropy (with
     ``label_smoothing``) of ``net(x)`` in float32 against ``y`` — or, with ``distill``, knowledge distillation
     (Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network", 2015):
@@ -113,19 +117,24 @@ def batch_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, label_smoothing
 
     with z_t the teacher's logits on the same ``x`` (eval mode, no gradient) — ``teacher_logits`` when given (cached
     for these very images, :mod:`ccpcsa.training.teacher_views`), else a forward of ``distill.teacher``; T² keeps the
-    soft term's gradient on the scale of the hard one. Models whose training-mode output is a tuple or namedtuple train on their main logits
-    (:func:`ccpcsa.models.outputs.main_logits`). The one place the objective lives."""
+    soft term's gradient on the scale of the hard one. With ``taps`` (hooks on both nets' stage outputs, entered by
+    the fit) the loss adds ``taps.weight · L_feat`` (:mod:`ccpcsa.training.feature_distill`), which needs the teacher's
+    forward on this batch (no cached ``teacher_logits``). Models whose training-mode output is a tuple or namedtuple
+    train on their main logits (:func:`ccpcsa.models.outputs.main_logits`). The one place the objective lives."""
     logits = main_logits(net(x))  # training-mode forwards may add auxiliary heads' logits (GoogLeNet)
     ce = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-    if distill is None or distill.alpha == 0:
+    if distill is None or (distill.alpha == 0 and taps is None):
         return ce, logits
+    if taps is not None and teacher_logits is not None:
+        raise ValueError("feature distillation needs the teacher's forward on the batch, not cached teacher logits")
     if teacher_logits is None:
         with torch.no_grad():
             teacher_logits = main_logits(distill.teacher(x)).float()
     t = distill.temperature
     kl = F.kl_div(F.log_softmax(logits.float() / t, dim=1), F.log_softmax(teacher_logits / t, dim=1), reduction="batchmean",
                   log_target=True)
-    return (1 - distill.alpha) * ce + distill.alpha * t * t * kl, logits
+    loss = (1 - distill.alpha) * ce + distill.alpha * t * t * kl
+    return (loss + taps.weight * taps.loss() if taps is not None else loss), logits
 
 
 class StepRunner:
@@ -136,8 +145,9 @@ class StepRunner:
     """
 
     def __init__(self, net: nn.Module, use_compile: bool, reason: str, label_smoothing: float, autocast: Any,
-                 report: Any = None, distill: Distillation | None = None) -> None:
+                 report: Any = None, distill: Distillation | None = None, taps: FeatureTaps | None = None) -> None:
         self.net = net
+        self.taps = taps
         self.label_smoothing = label_smoothing
         self.distill = distill
         self.autocast = autocast
@@ -165,7 +175,7 @@ class StepRunner:
     def _run(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
              teacher_logits: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         with self.autocast():
-            loss, logits = batch_loss(net, x, y, self.label_smoothing, self.distill, teacher_logits)
+            loss, logits = batch_loss(net, x, y, self.label_smoothing, self.distill, teacher_logits, self.taps)
         loss.backward()
         return loss, logits
 
