@@ -30,7 +30,8 @@ def test_the_stage_ends_of_resnet20_are_the_last_block_of_each_stage():
 
 def test_the_term_is_the_relative_squared_error_at_every_stage_output():
     """Identical nets: the loss is the logit-distillation loss alone. A student with ``layer1.1`` removed: the loss adds
-    β · mean over the three stages of ‖f_s − f_t‖² / ‖f_t‖², computed here by hand from the stage outputs."""
+    β · mean over the three stages of ‖f_s − f_t‖² / ‖f_t‖², computed here by hand from the stage outputs.
+    """
     teacher = _resnet20()
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))
     kd = Distillation(teacher, alpha=0.7, temperature=4.0, features=2.0)
@@ -74,7 +75,8 @@ def test_the_term_has_a_gradient_and_each_step_needs_its_own_forwards():
         assert student.layer3[0].conv1.weight.grad.abs().sum() > 0
         with pytest.raises(RuntimeError, match="layer1.2 was not computed in this step"):
             taps.loss()  # read once: stale outputs of the last step are never used again
-    assert not any(m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))  # the fit's hooks are gone
+    # the fit's hooks are gone
+    assert not any(m._forward_hooks for m in list(student.modules()) + list(teacher.modules()))
 
 
 def test_a_narrowed_stage_is_left_out_and_none_left_is_one_line():
@@ -87,7 +89,8 @@ def test_a_narrowed_stage_is_left_out_and_none_left_is_one_line():
     ChannelPruner(student, 32, round_to=4, min_channels=4).apply({"layer2.0.shortcut.0": list(range(16))})
     with FeatureTaps(student, teacher, 32, 1.0) as taps:
         assert taps.names == ["layer1.2", "layer3.2"]
-        assert list(taps.left_out) == ["layer2.2"] and "(1, 16, 16, 16) vs teacher (1, 32, 16, 16)" in taps.left_out["layer2.2"]
+        assert list(taps.left_out) == ["layer2.2"]
+        assert "(1, 16, 16, 16) vs teacher (1, 32, 16, 16)" in taps.left_out["layer2.2"]
         assert "left out: layer2.2" in taps.describe()
     plain = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
     plain(torch.randn(1, 3, 32, 32))
@@ -111,9 +114,9 @@ def test_bad_settings_are_one_line(sets, says):
 
 
 def test_a_fit_pulls_the_stage_outputs_towards_the_teachers_only_with_the_term(synthetic_data):
-    """The same student (a resnet20 with ``layer1.1`` removed), the same seed and steps, logit distillation in both: with
-    β = 5 the relative feature error to the teacher on held-out images ends at least 10 % under the one with β = 0
-    (0.52 vs 0.61 when written)."""
+    """The same student (a resnet20 with ``layer1.1`` removed), the same seed and steps, logit distillation in both:
+    with β = 5 the relative feature error to the teacher on held-out images ends at least 10 % under the one with
+    β = 0."""
     from ccpcsa.training.engine import TrainConfig, fit
 
     teacher = _resnet20()
@@ -153,14 +156,15 @@ def test_the_loop_records_the_matched_stages_and_the_report_says_them(synthetic_
     model = build_model("resnet20", synthetic_data.num_classes)
     cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.25, steps__flops_reduction=0.25,
                          steps__max_iterations=1, steps__tolerance=100.0, widths__round_to=8, widths__scope="internal",
-                         depth__drop_blocks=["layer1.1"], recovery__finetune_epochs=1, recovery__final_finetune_epochs=1,
+                         depth__drop_blocks=["layer1.1"], recovery__finetune_epochs=1,
+                         recovery__final_finetune_epochs=1,
                          recovery__distill__enabled=True, recovery__distill__features=1.0)
     res = run_pruning(model, synthetic_data, get_criterion("l1"), cfg,
                       TrainConfig(epochs=1, batch_size=32, max_steps_per_epoch=3, lr=0.02, amp=False),
                       input_size=synthetic_data.input_size, progress=False)
     recorded = res.summary()["feature_distill"]
     assert recorded == {"weight": 1.0, "stages": ["layer1.2", "layer2.2", "layer3.2"], "left_out": {}}
-    lines = pruning_lines(ReportView.from_dict({"pruning": {"alignment": 8, "alignment_reason": "x", "allocation": "global",
-                                                            "feature_distill": recorded}}))
+    pruning = {"alignment": 8, "alignment_reason": "x", "allocation": "global", "feature_distill": recorded}
+    lines = pruning_lines(ReportView.from_dict({"pruning": pruning}))
     assert ("Feature distillation at the stage outputs (β = 1, `prune.recovery.distill.features`): `layer1.2`, "
             "`layer2.2`, `layer3.2`.") in lines

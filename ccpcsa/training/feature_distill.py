@@ -62,8 +62,9 @@ class FeatureTaps:
         self.left_out = {names[i]: f"student {s_shapes[i]} vs teacher {t_shapes[i]}"
                          for i in range(len(names)) if i not in keep}
         if not keep:
+            why = "; ".join(f"{k}: {v}" for k, v in self.left_out.items()) or "no residual stages"
             raise UserError("prune.recovery.distill.features: no stage output of the pruned model has the teacher's "
-                            f"shape ({'; '.join(f'{k}: {v}' for k, v in self.left_out.items()) or 'no residual stages'}); "
+                            f"shape ({why}); "
                             "keep the residual streams whole (prune.widths.scope=internal) or set "
                             "prune.recovery.distill.features=0")
         self.names = [names[i] for i in keep]
@@ -84,7 +85,8 @@ class FeatureTaps:
             self._handles.append(t.register_forward_hook(self._hook(self._teacher, i)))
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -95,12 +97,14 @@ class FeatureTaps:
             store[:] = [None] * len(store)
 
     def loss(self) -> torch.Tensor:
-        """``L_feat`` over the stages (float32): the mean over stages of ``Σ(f_s − f_t)² / Σ f_t²`` on the batch of the
-        last forwards. Raises ``RuntimeError`` when a forward since the taps were entered did not reach a stage."""
+        """``L_feat`` over the stages (float32): the mean over stages of ``Σ(f_s − f_t)² / Σ f_t²`` on the batch
+        of the last forwards. Raises ``RuntimeError`` when a forward since the taps were entered did not reach a
+        stage."""
         terms = []
         for i, (s, t) in enumerate(zip(self._student, self._teacher, strict=True)):
             if s is None or t is None:
-                raise RuntimeError(f"feature distillation: the stage output {self.names[i]} was not computed in this step")
+                raise RuntimeError(f"feature distillation: the stage output {self.names[i]} was not computed in "
+                                   "this step")
             s32, t32 = s.float(), t.detach().float()
             terms.append((s32 - t32).pow(2).sum() / t32.pow(2).sum().clamp_min(1e-12))
         self._clear()  # read once: a later step must bring its own forwards
@@ -113,4 +117,5 @@ class FeatureTaps:
     def describe(self) -> str:
         """One line: where the features are matched and what was left out."""
         text = f"feature distillation (β = {self.weight:g}) at {', '.join(self.names)}"
-        return text + (f"; left out: {', '.join(f'{k} ({v})' for k, v in self.left_out.items())}" if self.left_out else "")
+        left = ", ".join(f"{k} ({v})" for k, v in self.left_out.items())
+        return text + (f"; left out: {left}" if left else "")
