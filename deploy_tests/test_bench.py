@@ -262,7 +262,8 @@ def test_depth_frontier_runs_the_configs_16_block_operating_point(tmp_path: Path
     assert p.steps_per_epoch == default.train.max_steps_per_epoch and p.attention_steps == default.attention.max_steps_per_epoch
     assert (p.lr_schedule, p.recalibrate_bn, p.distill_teacher) == (default.prune.recovery.lr_schedule, default.prune.recovery.recalibrate_bn,
                                                                      default.prune.recovery.distill.teacher)
-    assert (p.finetune_epochs, p.prune_lr) == (default.prune.recovery.finetune_epochs, default.prune.recovery.lr)
+    assert (p.finetune_epochs, p.prune_lr) == (default.prune.recovery.finetune_epochs,
+                                               entry.get("recovery.lr", default.prune.recovery.lr))
 
 
 def test_depth_frontier_r20_compares_scopes_and_seeds_at_minus_50() -> None:
