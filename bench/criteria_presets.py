@@ -243,8 +243,8 @@ PRESETS: dict[str, Preset] = {
     # ccpcsa and l1 also with scope all (global ranking, the anchor's mode: like for like with it where it cuts the
     # residual streams), and the three −50 % recipes again with seed 1 (a frontier point is the seeds' mean). Measured
     # on the 2-core AVX-512 VM (2026-12-05): 18–23 min a run with two training side by side, 2 h for the first 11 runs,
-    # 37 min for the three seed-1 runs, then 9–10 min a `--revalidate` pass of 11 runs. The fine-tunes follow the entry's
-    # lr (0.01); that results file was measured at the earlier 0.02 with the two blocks named here.
+    # 37 min for the three seed-1 runs, then 9–10 min a `--revalidate` pass of 11 runs. The fine-tunes follow the
+    # entry's lr (0.01); that results file was measured at the earlier 0.02 with the two blocks named here.
     "frontier-r20-depth": _r20(name="frontier-r20-depth", criteria=("ccpcsa", "l1"), targets=(0.3, 0.4, 0.5), seeds=(0,),
                                side_criteria=(), until=None, round_to="auto", lr_schedule="continuous", recalibrate_bn=1024,
                                prune_lr=0.01,
