@@ -51,7 +51,7 @@ class MacsSpeed:
     def set_reference(self, model: nn.Module) -> None:
         self.base = deployed_complexity(model, 32).macs
 
-    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+    def speedups(self, model: nn.Module, rounds: int | None = None) -> dict[str, tuple[float, float]]:
         self.timed += 1
         return {"fp32 b1": (self.base / deployed_complexity(model, 32).macs, 0.05)}
 

@@ -33,7 +33,7 @@ def test_prune_has_at_most_eight_entries_each_a_typed_section():
     assert len(fields) <= 8
     sections = [n for n, f in fields.items() if dataclasses.is_dataclass(f.default_factory())]  # type: ignore[misc]
     assert sections == ["criterion", "target", "steps", "widths", "recovery", "depth"]
-    added = {"depth.max_blocks", "depth.probe_images", "depth.min_speedup", "recovery.distill.views",
+    added = {"depth.max_blocks", "depth.probe_images", "depth.min_speedup", "depth.price", "recovery.distill.views",
              "recovery.distill.features"}  # keys added after the sections: no flat name (legacy_flat)
     assert set(LEGACY_KEYS.values()) == set(section_keys()) - added  # one new key for each old one, none left over
     assert set(OTHER) == set(LEGACY_KEYS)
@@ -73,7 +73,8 @@ def test_stage_keys_hash_the_flat_form_so_old_run_directories_resume():
     way and the new way hash alike, and the flat form holds each old key with its value."""
     cfg = load_config(ROOT / "configs" / "default.yaml")
     flat = cfg.prune.legacy_flat()
-    assert set(flat) == {*LEGACY_KEYS, "by_alignment"}
+    # depth.price came after the sections and this config sets it away from its default: hashed under its dotted name
+    assert set(flat) == {*LEGACY_KEYS, "by_alignment", "depth.price"} and flat["depth.price"] == "time"
     assert flat["target_flops_reduction"] == cfg.prune.target.flops_reduction and flat["distill"] is True
     assert flat["by_alignment"][16]["step_flops_reduction"] == 0.4  # entries in the old names too
     changed = load_config(ROOT / "configs" / "default.yaml", ["prune.recovery.lr=0.03"])

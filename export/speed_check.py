@@ -1,9 +1,10 @@
-"""The depth search's speed floor (``prune.depth.min_speedup``, :mod:`ccpcsa.pruning.depth_choice`): end-to-end
-speedups of a probe model over the unpruned one, in FP32 and INT8, where the model will run.
+"""The depth search's timer (``prune.depth.min_speedup``, ``prune.depth.price: time``,
+:mod:`ccpcsa.pruning.depth_choice`): end-to-end speedups of a probe model over the unpruned one, in FP32 and INT8,
+where the model will run.
 
 MACs do not say how fast a runtime runs a shape: a removed residual block takes its add and layout reorders with it,
 while a narrowed INT8 convolution keeps a fixed cost that its FP32 twin does not (bench/README.md "resnet56: blocks
-instead of channels"). So the floor times whole models:
+instead of channels"). So the search times whole models:
 
 - :class:`MeasuredSpeedCheck` — a runtime of this machine (``onnxruntime-cpu``, ``openvino-cpu``): the deployed graph
   (BAM detached) exported to ONNX, simplified, and quantized to the onnxruntime-CPU INT8 flavour (U8S8 QDQ) on random
@@ -36,7 +37,7 @@ class MeasuredSpeedCheck:
     """Speedups timed on ``runtime`` of this machine with ``threads`` threads at ``batches``, in FP32 and (with
     ``int8``) INT8; probe files live in a temporary folder removed with :meth:`close`."""
 
-    def __init__(self, floor: float, runtime: str, batches: Sequence[int], threads: int, input_size: int, *,
+    def __init__(self, floor: float | None, runtime: str, batches: Sequence[int], threads: int, input_size: int, *,
                  int8: bool = True, rounds: int = ROUNDS) -> None:
         self.floor, self.runtime, self.batches, self.threads = floor, runtime, list(batches), threads
         self.input_size, self.int8, self.rounds = input_size, int8, rounds
@@ -62,9 +63,10 @@ class MeasuredSpeedCheck:
         """Export the unpruned ``model``'s files, the reference of every later timing."""
         self._ref = self._files(model, "unpruned")
 
-    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+    def speedups(self, model: nn.Module, rounds: int | None = None) -> dict[str, tuple[float, float]]:
         """``{"fp32 b1": (speedup, SE), "int8 b32": …}``: the paired speedup of ``model``'s files over the reference's
-        (:func:`export.latency.paired_speedup`: the median of per-round ratios, its standard error)."""
+        (:func:`export.latency.paired_speedup`: the median of per-round ratios, its standard error) over ``rounds``
+        paired rounds (None: the check's ``rounds``)."""
         from .latency import runtime_speedups
 
         assert self._ref, "call set_reference first"
@@ -73,7 +75,7 @@ class MeasuredSpeedCheck:
         out: dict[str, tuple[float, float]] = {}
         for prec, path in files.items():
             t = runtime_speedups(self.runtime, self._ref[prec], path, 1.0, threads=self.threads, batch_sizes=self.batches,
-                                 rounds=self.rounds, warmup=2)
+                                 rounds=rounds or self.rounds, warmup=2)
             out.update({f"{prec} b{b}": (float(t[str(b)]["speedup"]), float(t[str(b)]["speedup_se"])) for b in self.batches})
         for path in self.dir.glob(f"probe{self._n}.*"):
             path.unlink()
@@ -87,7 +89,7 @@ class MeasuredSpeedCheck:
 class ProfileSpeedCheck:
     """Speedups a device's profile estimates at its layer batch, for every precision it timed."""
 
-    def __init__(self, floor: float, profile: TargetProfile, input_size: int) -> None:
+    def __init__(self, floor: float | None, profile: TargetProfile, input_size: int) -> None:
         self.floor = floor
         self.probes = {p: ProfileLatencyProbe(profile, p, profile.layer_batch, input_size) for p in sorted(profile.precisions)}
         self.batch = profile.layer_batch
@@ -97,9 +99,9 @@ class ProfileSpeedCheck:
         for probe in self.probes.values():
             probe.set_reference(model)
 
-    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+    def speedups(self, model: nn.Module, rounds: int | None = None) -> dict[str, tuple[float, float]]:
         """``{"<precision> b<layer batch>": (device ms of the unpruned model / estimated ms of model, 0)}``: an estimate
-        from a table, with no timing noise of its own."""
+        from a table, with no timing noise of its own (``rounds`` is not used)."""
         out = {}
         for prec, probe in self.probes.items():
             ref, ms = probe.measure_pair(model)

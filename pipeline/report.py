@@ -163,9 +163,9 @@ def pruning_lines(r: ReportView) -> list[str]:
 
 
 def depth_choice_line(choice: dict[str, Any]) -> str:
-    """The search behind ``prune.depth.drop_blocks: auto`` in one sentence: each depth's one-shot val accuracy at the
-    target (:mod:`ccpcsa.pruning.depth_choice`) and, with ``prune.depth.min_speedup``, the slowest speedup of each
-    timed probe against the floor."""
+    """The search behind ``prune.depth.drop_blocks: auto`` in a few sentences: each depth's one-shot val accuracy at
+    the target (:mod:`ccpcsa.pruning.depth_choice`), with ``prune.depth.price: time`` each stage's share of the time
+    per block and, with ``prune.depth.min_speedup``, the slowest speedup of each timed probe against the floor."""
     def name(d: dict[str, Any]) -> str:
         if not d["blocks"]:
             return "0 (channels only)"
@@ -176,6 +176,10 @@ def depth_choice_line(choice: dict[str, Any]) -> str:
     line = (f"Blocks chosen by `prune.depth.drop_blocks: auto` ({choice.get('seconds', 0):.0f} s): "
             f"{', '.join(f'`{b}`' for b in choice.get('blocks', [])) or 'none'} — one-shot val accuracy at the target "
             f"with the k cheapest blocks removed (overall, or of every stage), then channels: {tried}.")
+    if choice.get("price") == "time" and choice.get("stage_times"):
+        line += (" Blocks priced per percent of the target's time (`prune.depth.price: time`; a stage's blocks timed "
+                 "together, slowest of FP32 / INT8 and batch sizes): " + "; ".join(
+                     f"{_span(s['blocks'])} {100 * s['time_share']:.1f} % each" for s in choice["stage_times"]) + ".")
     timed = [d for d in choice.get("depths", []) if d.get("speedups")]
     if choice.get("min_speedup") is not None and timed:
         line += (f" Timed against `prune.depth.min_speedup` {choice['min_speedup']}× (slowest of FP32 / INT8 and batch "
@@ -183,6 +187,11 @@ def depth_choice_line(choice: dict[str, Any]) -> str:
                                        + ("" if d.get("fast_enough") else ", too slow") for d in timed)
                  + ("." if choice.get("floor_met") else "; none reached the floor, the fastest is kept."))
     return line
+
+
+def _span(blocks: list[str]) -> str:
+    """``a``, ``a, b`` or ``a … z (n blocks)``: a stage's blocks in a few words."""
+    return ", ".join(f"`{b}`" for b in blocks) if len(blocks) <= 2 else f"`{blocks[0]}` … `{blocks[-1]}` ({len(blocks)} blocks)"
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

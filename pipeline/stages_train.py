@@ -253,15 +253,15 @@ def latency_probe(ctx: StageContext, p: PruneConfig, target: dict[str, Any] | No
 
 
 def depth_speed_check(ctx: StageContext, p: PruneConfig, target: dict[str, Any]) -> Any:
-    """The timer of ``prune.depth.min_speedup`` (None without a floor): the device's profile
-    (:class:`export.speed_check.ProfileSpeedCheck`) when ``target`` came from a ``target.json``, else the target runtime of
-    this machine (:class:`export.speed_check.MeasuredSpeedCheck`) at ``export.latency_batches`` with ``export.threads``,
-    FP32 and, when the run exports INT8, INT8."""
-    if p.depth.min_speedup is None or not p.depth.auto:
+    """The timer of ``prune.depth.min_speedup`` and ``prune.depth.price: time`` (None with neither): the device's
+    profile (:class:`export.speed_check.ProfileSpeedCheck`) when ``target`` came from a ``target.json``, else the target
+    runtime of this machine (:class:`export.speed_check.MeasuredSpeedCheck`) at ``export.latency_batches`` with
+    ``export.threads``, FP32 and, when the run exports INT8, INT8; its ``floor`` is the min_speedup (None: none)."""
+    if not p.depth.timed:
         return None
     from export.speed_check import MeasuredSpeedCheck, ProfileSpeedCheck
 
-    floor = float(p.depth.min_speedup)
+    floor = float(p.depth.min_speedup) if p.depth.min_speedup is not None else None
     if target.get("profile") is not None:
         return ProfileSpeedCheck(floor, target["profile"], input_size(ctx))
     e = ctx.cfg.export

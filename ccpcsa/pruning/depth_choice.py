@@ -9,7 +9,9 @@ the loop starts from, no training:
 1. **Price every block.** Each candidate (:func:`ccpcsa.models.depth.candidate_blocks`) is removed alone, BatchNorm
    re-estimated on the recovery's calibration images, and the val accuracy measured: its cost is the drop in pp per
    percent of MACs it removes (residual networks lose little to one missing block, Veit, Wilber, Belongie, NeurIPS
-   2016). Blocks are tried cheapest first.
+   2016), or with ``depth.price: time`` per percent of the target's time it removes (:func:`time_shares`: blocks of
+   equal MACs do not take equal time — a 16-wide INT8 block at full resolution takes more than a 32-wide one at half,
+   bench/README.md "Depth priced by time"). Blocks are tried cheapest first.
 2. **Price each depth at the run's goal.** A set of the cheapest blocks removed (the two families below), then
    channels cut one-shot (magnitude-ranked, in the run's alignment, scope and floors) until the loop's own target —
    the MACs target, or the latency table's estimate of the speed target on the target runtime — BatchNorm
@@ -59,23 +61,29 @@ TIE_PP = 1.0
 PATIENCE = 2
 #: a depth "reaches" the goal when its cut lands within this fraction of the goal (the MACs search's own slack)
 REACH_SLACK = 0.01
+#: what a block's accuracy drop is divided by (``prune.depth.price``): the MACs it removes, or the target's time
+PRICES = ("macs", "time")
+#: paired rounds of each stage's timing in :func:`time_shares`: these timings order every block (a probe's timing is
+#: one of several), and at the timer's own count two stages' shares moved between repeats by more than the price gaps
+#: they decide (bench/README.md "Depth priced by time")
+SHARE_ROUNDS = 21
 
 Batches = Callable[[], Iterator[tuple[torch.Tensor, torch.Tensor]]]
 
 
 class SpeedCheck(Protocol):
-    """``prune.depth.min_speedup``: end-to-end speedups of a probe over the unpruned model on the target
-    (:mod:`export.speed_check`)."""
+    """The target's timer (``prune.depth.price: time``, ``prune.depth.min_speedup``): end-to-end speedups of a probe
+    over the unpruned model on the target (:mod:`export.speed_check`); ``floor`` is ``min_speedup`` (None: none)."""
 
-    floor: float
+    floor: float | None
 
     def set_reference(self, model: nn.Module) -> None:
         """Time against ``model`` (the unpruned one, as the loop got it) from now on."""
         ...
 
-    def speedups(self, model: nn.Module) -> dict[str, tuple[float, float]]:
+    def speedups(self, model: nn.Module, rounds: int | None = None) -> dict[str, tuple[float, float]]:
         """``{"<precision> b<batch>": (unpruned ms / model ms, its standard error)}`` for every precision and batch
-        size timed."""
+        size timed, over ``rounds`` paired rounds (None: the timer's own count)."""
         ...
 
 
@@ -135,13 +143,16 @@ class DepthChoice:
     seconds: float = 0.0
     min_speedup: float | None = None
     floor_met: bool | None = None
+    price: str = "macs"
+    stage_times: list[dict[str, Any]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
-        """``blocks``, the unpruned val accuracy, each block's price, each depth's probe (``family`` ``overall`` or
-        ``per-stage``; ``speedups`` where it was timed), the floor and whether the choice met it, and the seconds."""
-        return {"blocks": self.blocks, "reference_val_accuracy": self.reference_val, "single": self.single,
-                "depths": self.depths, "seconds": self.seconds, "tie_pp": TIE_PP, "min_speedup": self.min_speedup,
-                "floor_met": self.floor_met}
+        """``blocks``, the unpruned val accuracy, each block's price and what priced it (``price``; ``stage_times``:
+        the timings behind ``time``), each depth's probe (``family`` ``overall`` or ``per-stage``; ``speedups`` where it
+        was timed), the floor and whether the choice met it, and the seconds."""
+        return {"blocks": self.blocks, "reference_val_accuracy": self.reference_val, "price": self.price,
+                "stage_times": self.stage_times, "single": self.single, "depths": self.depths, "seconds": self.seconds,
+                "tie_pp": TIE_PP, "min_speedup": self.min_speedup, "floor_met": self.floor_met}
 
 
 def without_blocks(model: nn.Module, names: list[str], recalibrate: Batches | None, input_size: int = 32) -> nn.Module:
@@ -174,6 +185,36 @@ def price_blocks(model: nn.Module, accuracy: Callable[[nn.Module], float], recal
         if step is not None:
             step()
     return rows
+
+
+def time_shares(model: nn.Module, rows: list[dict[str, Any]], speed: SpeedCheck, stage: dict[str, Any], *,
+                input_size: int = 32, step: Callable[[], object] | None = None) -> list[dict[str, Any]]:
+    """Price the blocks of ``rows`` (:func:`price_blocks`, which gain ``time_share`` and ``pp_per_time_pct`` = drop /
+    (100 · time share)) by the target's time, ``speed`` set to the unpruned ``model``. The blocks of one ``stage`` (one
+    input shape, :func:`block_stages`) run the same convolutions, so they are timed together — one timing per stage, an
+    effect as many times larger than one block's over the same timing noise — and share the time they remove equally:
+    ``time_share = (1 − 1 / s_min) / n`` for a stage of ``n`` blocks whose removal times at speedups ``s`` (FP32 / INT8,
+    each batch size), ``s_min`` the least of them: the target asks every one of them to be fast, so a block is worth the
+    time it removes from the format that gains least. Returns one row per stage (``blocks``, ``speedups``,
+    ``speedup_se``, ``time_share`` per block)."""
+    groups: dict[Any, list[str]] = {}
+    for r in rows:
+        groups.setdefault(stage.get(r["block"]), []).append(r["block"])
+    out, share = [], {}
+    for group in groups.values():
+        blocks = _apart(group)  # a block inside another goes with it
+        timing = speed.speedups(without_blocks(model, blocks, None, input_size), rounds=SHARE_ROUNDS)
+        slowest = min(v for v, _ in timing.values())
+        per_block = (1 - 1 / slowest) / len(blocks)
+        share.update({b: per_block for b in group})
+        out.append({"blocks": blocks, "speedups": {k: v for k, (v, _) in timing.items()},
+                    "speedup_se": {k: se for k, (_, se) in timing.items()}, "time_share": per_block})
+        if step is not None:
+            step()
+    for r in rows:
+        r["time_share"] = share[r["block"]]
+        r["pp_per_time_pct"] = r["drop_pp"] / max(100 * share[r["block"]], 1e-9)
+    return out
 
 
 def _apart(order: list[str]) -> list[str]:
@@ -209,22 +250,32 @@ def _preferred(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPruner], goal: CutGoal,
                   accuracy: Callable[[nn.Module], float], recalibrate: Batches | None, *, max_blocks: int,
                   input_size: int = 32, exclude_attention: bool = False, progress: bool = True,
-                  speed: SpeedCheck | None = None) -> DepthChoice:
+                  speed: SpeedCheck | None = None, price: str = "macs") -> DepthChoice:
     """The blocks to remove from ``model`` (left unchanged) before its channels are pruned toward ``goal``: the module
     docstring's measurements. ``make_pruner(copy)`` builds the loop's pruner (alignment, scope, floors) over a
     candidate copy; ``accuracy(copy)`` is its val accuracy in %; ``recalibrate`` yields the BatchNorm re-estimate's
-    batches (None: no re-estimate); ``speed``: the floor's timer (None: no floor). Returns the choice with every
-    probe's numbers; ``blocks`` is empty when channels alone are preferred."""
+    batches (None: no re-estimate); ``speed``: the target's timer, with the floor as its ``floor`` (None: no timer);
+    ``price``: :data:`PRICES` (``time`` needs ``speed``). Returns the choice with every probe's numbers; ``blocks`` is
+    empty when channels alone are preferred."""
+    if price not in PRICES or (price == "time" and speed is None):
+        raise ValueError(f"price must be one of {PRICES} ('time' with a timer), got {price!r}")
     t0 = time.perf_counter()
     ref = accuracy(model)
     base_macs = deployed_complexity(model, input_size, exclude_attention).macs
+    if speed is not None:
+        speed.set_reference(model)
+    floor = speed.floor if speed is not None else None
 
     names = candidate_blocks(model, input_size)
-    bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1, desc="depth search", disable=not progress,
-               dynamic_ncols=True)
+    stage = block_stages(model, names, input_size)
+    timed = price == "time" and speed is not None
+    bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1 + (len(set(stage.values())) if timed else 0),
+               desc="depth search", disable=not progress, dynamic_ncols=True)
     single = price_blocks(model, accuracy, recalibrate, input_size=input_size, exclude_attention=exclude_attention,
                           reference=ref, names=names, step=lambda: bar.update(1))
-    order = _apart([r["block"] for r in sorted(single, key=lambda r: r["pp_per_macs_pct"])])
+    stage_times = (time_shares(model, single, speed, stage, input_size=input_size, step=lambda: bar.update(1))
+                   if timed and speed is not None else [])
+    order = _apart([r["block"] for r in sorted(single, key=lambda r: r[f"pp_per_{price}_pct"])])
     depths: list[dict[str, Any]] = []
     probes: dict[int, nn.Module] = {}  # row index → probe model, kept to be timed (speed floor only)
 
@@ -238,7 +289,7 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
         row = {"family": family, "blocks": blocks, "measure": measure, "reached": reached,
                "channels_cut": dict(pruner.widths()) != widths, "val_accuracy": accuracy(trial),
                "flops_reduction": 1 - deployed_complexity(trial, input_size, exclude_attention).macs / base_macs}
-        if speed is not None:
+        if floor is not None:
             probes[len(depths)] = trial
         depths.append(row)
         bar.update(1)
@@ -256,7 +307,7 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
             if best is not None and since_best >= PATIENCE:
                 break
     tried = [set(d["blocks"]) for d in depths]
-    stages = per_stage_sets(order, block_stages(model, order, input_size))
+    stages = per_stage_sets(order, stage)
     bar.total += len(stages)
     for blocks in stages:
         if set(blocks) in tried:
@@ -266,22 +317,22 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
             break
     bar.close()
     reached = [r for r in depths if r["reached"]]
-    choice = DepthChoice([], ref, single, depths, min_speedup=speed.floor if speed is not None else None)
-    if reached and speed is None:
+    choice = DepthChoice([], ref, single, depths, min_speedup=floor, price=price, stage_times=stage_times)
+    if reached and (speed is None or floor is None):
         choice.blocks = list(_preferred(reached)["blocks"])
-    elif reached and speed is not None:
-        choice.blocks, choice.floor_met = _fastest_enough(reached, depths, probes, model, speed, progress)
+    elif reached and speed is not None and floor is not None:
+        choice.blocks, choice.floor_met = _fastest_enough(reached, depths, probes, speed, floor, progress)
     choice.seconds = time.perf_counter() - t0
     return choice
 
 
 def _fastest_enough(reached: list[dict[str, Any]], depths: list[dict[str, Any]], probes: dict[int, nn.Module],
-                    model: nn.Module, speed: SpeedCheck, progress: bool) -> tuple[list[str], bool]:
-    """Time the probes of ``reached`` most accurate first (each row gets ``speedups``, ``speedup_se`` and
-    ``fast_enough`` = every speedup at least ``speed.floor`` by one standard error: a probe at the floor within its
-    timing noise does not pass) until no untimed one could still be preferred (:func:`_preferred`) over the fast-enough
-    ones; ``(the preferred fast-enough probe's blocks, True)``, or the fastest timed probe's and False when none is."""
-    speed.set_reference(model)
+                    speed: SpeedCheck, floor: float, progress: bool) -> tuple[list[str], bool]:
+    """Time the probes of ``reached`` (``speed`` set to the unpruned model) most accurate first (each row gets
+    ``speedups``, ``speedup_se`` and ``fast_enough`` = every speedup at least ``floor`` by one standard error: a probe
+    at the floor within its timing noise does not pass) until no untimed one could still be preferred
+    (:func:`_preferred`) over the fast-enough ones; ``(the preferred fast-enough probe's blocks, True)``, or the
+    fastest timed probe's and False when none is."""
     index = {id(r): i for i, r in enumerate(depths)}
     fast: list[dict[str, Any]] = []
     timed: list[dict[str, Any]] = []
@@ -292,7 +343,7 @@ def _fastest_enough(reached: list[dict[str, Any]], depths: list[dict[str, Any]],
         timing = speed.speedups(probes[index[id(row)]])
         row["speedups"] = {k: v for k, (v, _) in timing.items()}
         row["speedup_se"] = {k: se for k, (_, se) in timing.items()}
-        row["fast_enough"] = all(v - se >= speed.floor for v, se in timing.values())
+        row["fast_enough"] = all(v - se >= floor for v, se in timing.values())
         timed.append(row)
         if row["fast_enough"]:
             fast.append(row)

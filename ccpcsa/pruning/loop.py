@@ -246,12 +246,14 @@ class _LoopRun:
 
     def _choose_blocks(self, latency: LatencyProbe | None, progress: bool, speed: SpeedCheck | None) -> None:
         """``prune.depth.drop_blocks: auto``: the blocks :func:`choose_blocks` picks at the loop's target (the MACs
-        target, or the latency table's estimate of the speed target) in the loop's widths, timed against
-        ``depth.min_speedup`` by ``speed`` when set; the config the loop runs names them, the result records the search."""
+        target, or the latency table's estimate of the speed target) in the loop's widths, priced by ``depth.price`` and
+        timed against ``depth.min_speedup`` by ``speed`` when set; the config the loop runs names them, the result
+        records the search."""
         cfg, t = self.cfg, self.cfg.target
-        if cfg.depth.min_speedup is not None and speed is None:
-            raise UserError("prune.depth.min_speedup needs the target's timer, which the pipeline builds (python -m pipeline "
-                            "run); here set prune.depth.min_speedup=null")
+        if cfg.depth.timed and speed is None:
+            keys, fixes = cfg.depth.timed_keys()
+            raise UserError(f"{keys} {'need' if ' and ' in keys else 'needs'} the target's timer, which the pipeline builds "
+                            f"(python -m pipeline run); here set {fixes}")
         exclude = cfg.recovery.remove_attention
         assert self.result.base is not None
         goal: CutGoal = MacsGoal(self.result.base.macs * (1 - t.flops_reduction), exclude)
@@ -263,9 +265,13 @@ class _LoopRun:
         choice = choose_blocks(self.model, self.new_pruner, goal,
                                lambda m: evaluate(m, probe_val, self.data.mean, self.data.std, device=self.device)[0], recal,
                                max_blocks=cfg.depth.max_blocks, input_size=self.input_size, exclude_attention=exclude,
-                               progress=progress, speed=speed)
+                               progress=progress, speed=speed, price=cfg.depth.price)
         self.result.depth_choice = choice.summary()
         self.cfg = cfg.updated({"depth.drop_blocks": choice.blocks, "depth.min_speedup": None})
+        if choice.stage_times:
+            tqdm.write("prune.depth.price time: each block's share of the target's time, its stage's blocks timed together "
+                       "(slowest of FP32 / INT8 and batch sizes): " + ", ".join(
+                           f"{'/'.join(s['blocks'])} {100 * s['time_share']:.1f} %" for s in choice.stage_times))
         tqdm.write(f"prune.depth.drop_blocks: auto → {', '.join(choice.blocks) or 'no block'} (one-shot val % at the target "
                    "by blocks removed, per stage marked /s: " + ", ".join(f"{len(d['blocks'])}{'/s' if d['family'] == 'per-stage' else ''}: "
                                                       f"{d['val_accuracy']:.2f}{'' if d['reached'] else ' short'}"

@@ -19,6 +19,7 @@ from ..errors import UserError, closest, unknown
 from ..surgery.alignment import MEASURABLE, resolve_alignment
 from ..surgery.prune import SCOPES
 from .allocation import ALLOCATIONS, NEEDS_LATENCY
+from .depth_choice import PRICES
 
 #: ``ccpcsa``: this product's pruner (criterion scores, allocation, aligned blocks); ``torch-pruning``: the library's
 #: ``MetaPruner`` with its magnitude importance, run as an external reference under the same schedule.
@@ -218,12 +219,16 @@ class DepthSettings:
     (and the k cheapest of every stage) and scoring each probe on ``probe_images`` val images (a seeded sample, the same
     for every probe; None = the whole val split). ``min_speedup`` (``auto`` only): the probes are also timed end to end
     on the target in FP32 and INT8 at ``export.latency_batches`` (:mod:`export.speed_check`), and one not faster than
-    this over the unpruned model by one standard error, at any of them, does not compete (None: no floor)."""
+    this over the unpruned model by one standard error, at any of them, does not compete (None: no floor). ``price``
+    (``auto`` only): what a block's one-shot accuracy drop is divided by to order the blocks — ``macs``, the MACs it
+    removes, or ``time``, the time it removes on the target, timed there as the floor is
+    (:func:`ccpcsa.pruning.depth_choice.time_shares`)."""
 
     drop_blocks: list[str] | str = field(default_factory=list)
     max_blocks: int = 8
     probe_images: int | None = 2000
     min_speedup: float | None = None
+    price: str = "macs"
 
     @property
     def auto(self) -> bool:
@@ -242,6 +247,20 @@ class DepthSettings:
                                            and _finite(self.min_speedup, 1) and self.auto),
               f"prune.depth.min_speedup (the floor of drop_blocks: auto) must be a number > 1 (e.g. 2.5) or null, got "
               f"{self.min_speedup!r} with drop_blocks {self.drop_blocks!r}; with blocks named by hand set it to null")
+        if self.price not in PRICES:
+            raise unknown("prune.depth.price", self.price, PRICES)
+
+    @property
+    def timed(self) -> bool:
+        """The search times probes on the target: a floor, or blocks priced by time (``auto`` only)."""
+        return self.auto and (self.min_speedup is not None or self.price == "time")
+
+    def timed_keys(self) -> tuple[str, str]:
+        """``(the keys that make the search timed, the settings that turn them off)``, each joined by "and", for a
+        one-line error."""
+        on = [(k, fix) for k, fix, set_ in (("prune.depth.min_speedup", "prune.depth.min_speedup=null", self.min_speedup is not None),
+                                            ("prune.depth.price=time", "prune.depth.price=macs", self.price == "time")) if set_]
+        return " and ".join(k for k, _ in on), " and ".join(f for _, f in on)
 
 
 @dataclass
@@ -311,10 +330,11 @@ class PruneConfig:
             raise UserError("prune.steps.pruner=torch-pruning (the reference MetaPruner, its own global ranking) takes a "
                             "MACs target only; unset prune.target.speedup / latency_ms, prune.steps.groups_per_iteration, "
                             "prune.widths.round_to_wide and keep prune.steps.allocation=global, prune.widths.scope=all")
-        if self.depth.min_speedup is not None and t.runtime not in MEASURABLE:
-            raise UserError(f"prune.depth.min_speedup is timed on the target runtime, and this pipeline times "
-                            f"{', '.join(MEASURABLE)} (prune.target.runtime is {t.runtime}); set target.profile (a built-in "
-                            "runtime or the device's target.json) or set prune.depth.min_speedup=null")
+        if self.depth.timed and t.runtime not in MEASURABLE:
+            keys, fixes = self.depth.timed_keys()
+            raise UserError(f"{keys} {'are' if ' and ' in keys else 'is'} timed on the target runtime, and this pipeline "
+                            f"times {', '.join(MEASURABLE)} (prune.target.runtime is {t.runtime}); set target.profile "
+                            f"(a built-in runtime or the device's target.json) or set {fixes}")
         if (t.on_latency or s.allocation in NEEDS_LATENCY) and t.runtime not in MEASURABLE:
             raise UserError(f"prune.target.speedup / latency_ms / steps.allocation=latency are timed on the target "
                             f"runtime, and this pipeline times {', '.join(MEASURABLE)} (prune.target.runtime is "
