@@ -27,11 +27,13 @@ class BlockClock:
     by the test, not by this machine's load (the real timer is tested below)."""
 
     def __init__(self, ms: dict[str, dict[str, float]], fixed: float = 10.0) -> None:
-        self.ms, self.fixed, self.floor = ms, fixed, None
+        self.ms, self.fixed = ms, fixed
+        self.floor: float | None = None
         self.rounds: list[int | None] = []
 
     def time(self, model: nn.Module, fmt: str) -> float:
-        return self.fixed + sum(v for b, v in self.ms[fmt].items() if not isinstance(model.get_submodule(b), nn.Identity))
+        present = [b for b in self.ms[fmt] if not isinstance(model.get_submodule(b), nn.Identity)]
+        return self.fixed + sum(self.ms[fmt][b] for b in present)
 
     def set_reference(self, model: nn.Module) -> None:
         self.ref = {f: self.time(model, f) for f in self.ms}
@@ -42,16 +44,17 @@ class BlockClock:
 
 
 #: stage 3 is slow in FP32, stage 1 in INT8: each stage is worth what it removes from its faster format
-CLOCK = {"fp32 b1": {"layer1.0": 1, "layer1.1": 1, "layer1.2": 1, "layer2.1": 1, "layer2.2": 1, "layer3.1": 8, "layer3.2": 8},
-         "int8 b1": {"layer1.0": 6, "layer1.1": 6, "layer1.2": 6, "layer2.1": 1, "layer2.2": 1, "layer3.1": 9, "layer3.2": 9}}
+CLOCK = {"fp32 b1": dict(zip(BLOCKS, [1.0, 1, 1, 1, 1, 8, 8], strict=True)),
+         "int8 b1": dict(zip(BLOCKS, [6.0, 6, 6, 1, 1, 9, 9], strict=True))}
 
 
 def _search(price: str) -> tuple[object, BlockClock]:
     model = _with_a_free_block()
     _, agree = _agreement(model)
     clock = BlockClock(CLOCK)
-    choice = choose_blocks(model, lambda m: ChannelPruner(m, 32, 8, 8, 0.9), MacsGoal(0.75 * deployed_complexity(model, 32).macs,
-                           False), agree, None, max_blocks=3, progress=False, speed=clock, price=price)
+    goal = MacsGoal(0.75 * deployed_complexity(model, 32).macs, False)
+    choice = choose_blocks(model, lambda m: ChannelPruner(m, 32, 8, 8, 0.9), goal, agree, None, max_blocks=3,
+                           progress=False, speed=clock, price=price)
     return choice, clock
 
 
@@ -111,7 +114,8 @@ def test_the_real_timer_prices_every_stage_of_resnet20():
     finally:
         check.close()
     assert [len(s["blocks"]) for s in stages] == [3, 2, 2]
-    assert all(set(s["speedups"]) == {"fp32 b1", "int8 b1"} and min(s["speedups"].values()) > 1.0 for s in stages), stages
+    assert all(set(s["speedups"]) == {"fp32 b1", "int8 b1"} for s in stages), stages
+    assert all(min(s["speedups"].values()) > 1.0 for s in stages), stages
     assert all(0 < r["time_share"] < 0.5 and r["pp_per_time_pct"] > 0 for r in rows), rows
 
 
@@ -120,11 +124,12 @@ def test_price_is_a_key_and_bad_values_are_one_line():
 
     assert load_config(SMOKE, ["prune.depth.drop_blocks=auto", "prune.depth.price=time"]).prune.depth.price == "time"
     for sets, says in ((["prune.depth.price=tme"], "unknown prune.depth.price 'tme' (did you mean 'time'?)"),
-                       (["prune.depth.drop_blocks=auto", "prune.depth.price=time", "prune.target.runtime=tensorrt-int8"],
-                        "prune.depth.price=macs")):
+                       (["prune.depth.drop_blocks=auto", "prune.depth.price=time",
+                         "prune.target.runtime=tensorrt-int8"], "prune.depth.price=time is timed on the target")):
         with pytest.raises(UserError) as err:
             load_config(SMOKE, sets)
         assert says in str(err.value) and "\n" not in str(err.value)
+    assert str(err.value).endswith("or set prune.depth.price=macs")  # the last one: the way out, and only its own
     # blocks named by hand: nothing is priced, so nothing is timed
     assert not load_config(SMOKE, ["prune.depth.drop_blocks=[layer1.1]", "prune.depth.price=time"]).prune.depth.timed
 
@@ -150,10 +155,11 @@ def test_without_the_pipeline_timer_time_prices_are_one_line(synthetic_data):
     from ccpcsa.pruning.settings import PruneConfig
     from ccpcsa.training.engine import TrainConfig
 
-    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.25, depth__drop_blocks="auto", depth__price="time")
+    cfg = PruneConfig.of(criterion__name="l1", target__flops_reduction=0.25, depth__drop_blocks="auto",
+                         depth__price="time")
     with pytest.raises(UserError, match="needs the target.s timer") as err:
-        run_pruning(build_model("resnet20", 10), synthetic_data, get_criterion("l1"), cfg, TrainConfig(max_steps_per_epoch=1),
-                    input_size=synthetic_data.input_size, progress=False)
+        run_pruning(build_model("resnet20", 10), synthetic_data, get_criterion("l1"), cfg,
+                    TrainConfig(max_steps_per_epoch=1), input_size=synthetic_data.input_size, progress=False)
     assert "prune.depth.price=macs" in str(err.value)
 
 

@@ -191,7 +191,9 @@ def depth_choice_line(choice: dict[str, Any]) -> str:
 
 def _span(blocks: list[str]) -> str:
     """``a``, ``a, b`` or ``a … z (n blocks)``: a stage's blocks in a few words."""
-    return ", ".join(f"`{b}`" for b in blocks) if len(blocks) <= 2 else f"`{blocks[0]}` … `{blocks[-1]}` ({len(blocks)} blocks)"
+    if len(blocks) <= 2:
+        return ", ".join(f"`{b}`" for b in blocks)
+    return f"`{blocks[0]}` … `{blocks[-1]}` ({len(blocks)} blocks)"
 
 
 def _fmt(v: Any, spec: str = ".2f") -> str:

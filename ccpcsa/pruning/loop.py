@@ -252,8 +252,9 @@ class _LoopRun:
         cfg, t = self.cfg, self.cfg.target
         if cfg.depth.timed and speed is None:
             keys, fixes = cfg.depth.timed_keys()
-            raise UserError(f"{keys} {'need' if ' and ' in keys else 'needs'} the target's timer, which the pipeline builds "
-                            f"(python -m pipeline run); here set {fixes}")
+            verb = "need" if " and " in keys else "needs"
+            raise UserError(f"{keys} {verb} the target's timer, which the pipeline builds (python -m pipeline run); "
+                            f"here set {fixes}")
         exclude = cfg.recovery.remove_attention
         assert self.result.base is not None
         goal: CutGoal = MacsGoal(self.result.base.macs * (1 - t.flops_reduction), exclude)
@@ -269,8 +270,8 @@ class _LoopRun:
         self.result.depth_choice = choice.summary()
         self.cfg = cfg.updated({"depth.drop_blocks": choice.blocks, "depth.min_speedup": None})
         if choice.stage_times:
-            tqdm.write("prune.depth.price time: each block's share of the target's time, its stage's blocks timed together "
-                       "(slowest of FP32 / INT8 and batch sizes): " + ", ".join(
+            tqdm.write("prune.depth.price time: each block's share of the target's time, its stage's blocks timed "
+                       "together (slowest of FP32 / INT8 and batch sizes): " + ", ".join(
                            f"{'/'.join(s['blocks'])} {100 * s['time_share']:.1f} %" for s in choice.stage_times))
         tqdm.write(f"prune.depth.drop_blocks: auto → {', '.join(choice.blocks) or 'no block'} (one-shot val % at the target "
                    "by blocks removed, per stage marked /s: " + ", ".join(f"{len(d['blocks'])}{'/s' if d['family'] == 'per-stage' else ''}: "

@@ -258,8 +258,9 @@ class DepthSettings:
     def timed_keys(self) -> tuple[str, str]:
         """``(the keys that make the search timed, the settings that turn them off)``, each joined by "and", for a
         one-line error."""
-        on = [(k, fix) for k, fix, set_ in (("prune.depth.min_speedup", "prune.depth.min_speedup=null", self.min_speedup is not None),
-                                            ("prune.depth.price=time", "prune.depth.price=macs", self.price == "time")) if set_]
+        keys = (("prune.depth.min_speedup", "prune.depth.min_speedup=null", self.min_speedup is not None),
+                ("prune.depth.price=time", "prune.depth.price=macs", self.price == "time"))
+        on = [(k, fix) for k, fix, set_ in keys if set_]
         return " and ".join(k for k, _ in on), " and ".join(f for _, f in on)
 
 
@@ -332,9 +333,10 @@ class PruneConfig:
                             "prune.widths.round_to_wide and keep prune.steps.allocation=global, prune.widths.scope=all")
         if self.depth.timed and t.runtime not in MEASURABLE:
             keys, fixes = self.depth.timed_keys()
-            raise UserError(f"{keys} {'are' if ' and ' in keys else 'is'} timed on the target runtime, and this pipeline "
-                            f"times {', '.join(MEASURABLE)} (prune.target.runtime is {t.runtime}); set target.profile "
-                            f"(a built-in runtime or the device's target.json) or set {fixes}")
+            verb = "are" if " and " in keys else "is"
+            raise UserError(f"{keys} {verb} timed on the target runtime, and this pipeline times "
+                            f"{', '.join(MEASURABLE)} (prune.target.runtime is {t.runtime}); set target.profile (a "
+                            f"built-in runtime or the device's target.json) or set {fixes}")
         if (t.on_latency or s.allocation in NEEDS_LATENCY) and t.runtime not in MEASURABLE:
             raise UserError(f"prune.target.speedup / latency_ms / steps.allocation=latency are timed on the target "
                             f"runtime, and this pipeline times {', '.join(MEASURABLE)} (prune.target.runtime is "
