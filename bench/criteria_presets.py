@@ -253,6 +253,18 @@ PRESETS: dict[str, Preset] = {
                                speed_runs=(*(RunSpec(c, 0.5, "auto", seed=s, scope="all") for s in (0, 1) for c in ("ccpcsa", "l1")),
                                            RunSpec(ANCHOR, 0.5, "auto", seed=1)),
                                train_threads=1, budget_minutes=120.0),
+    # issue #38 item 4: the frontier at the default's AVX-512 operating point as it now stands (configs/default.yaml, its
+    # 16-block entry): the three blocks its depth search removes on that CPU kind named, so every run removes the same
+    # ones, then channels in one step with the residual streams whole (the anchor ranks globally, its only mode), 10 final
+    # epochs at lr 0.01, 200-step epochs — so the −37 % points are the default deploy's like-for-like neighbours, there
+    # with a second seed (a frontier point is the seeds' mean).
+    "frontier-r20-default": _r20(name="frontier-r20-default", criteria=("ccpcsa", "l1"), targets=(0.37, 0.44, 0.51),
+                                 seeds=(0,), side_criteria=(), until=None, round_to="auto", lr_schedule="continuous",
+                                 recalibrate_bn=1024, prune_lr=0.01, distill_teacher="baseline", iterations=1,
+                                 steps_per_epoch=200, final_finetune_epochs=10, attention_steps=100,
+                                 drop_blocks=("layer1.0", "layer1.1", "layer2.2"), scope="internal", jobs=2,
+                                 speed_runs=tuple(RunSpec(c, 0.37, "auto", seed=1) for c in ("ccpcsa", "l1", ANCHOR)),
+                                 train_threads=1, budget_minutes=120.0),
     # frontier-r20 for resnet56 (≈ 3× resnet20's compute a step). Measured on the 2-core VM with `--no-anchor --targets 0.4
     # 0.7` (4 runs, 2 at a time, 2026-12-04): 58 min + 9 min of `--revalidate`; all three targets and the anchor ≈ 2 h.
     "frontier-r56": Preset(name="frontier-r56", config="configs/resnet56_cifar10.yaml", model="resnet56", criteria=("ccpcsa", "l1"),

@@ -268,13 +268,13 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
 
     names = candidate_blocks(model, input_size)
     stage = block_stages(model, names, input_size)
-    timed = price == "time" and speed is not None
-    bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1 + (len(set(stage.values())) if timed else 0),
+    timer = speed if price == "time" else None  # the blocks' time shares come from the floor's timer
+    bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1 + (len(set(stage.values())) if timer is not None else 0),
                desc="depth search", disable=not progress, dynamic_ncols=True)
     single = price_blocks(model, accuracy, recalibrate, input_size=input_size, exclude_attention=exclude_attention,
                           reference=ref, names=names, step=lambda: bar.update(1))
-    stage_times = (time_shares(model, single, speed, stage, input_size=input_size, step=lambda: bar.update(1))
-                   if timed and speed is not None else [])
+    stage_times = (time_shares(model, single, timer, stage, input_size=input_size, step=lambda: bar.update(1))
+                   if timer is not None else [])
     order = _apart([r["block"] for r in sorted(single, key=lambda r: r[f"pp_per_{price}_pct"])])
     depths: list[dict[str, Any]] = []
     probes: dict[int, nn.Module] = {}  # row index → probe model, kept to be timed (speed floor only)
