@@ -257,7 +257,8 @@ PRESETS: dict[str, Preset] = {
     # 16-block entry): the three blocks its depth search removes on that CPU kind named, so every run removes the same
     # ones, then channels in one step with the residual streams whole (the anchor ranks globally, its only mode), 10 final
     # epochs at lr 0.01, 200-step epochs — so the −37 % points are the default deploy's like-for-like neighbours, there
-    # with a second seed (a frontier point is the seeds' mean).
+    # with a second seed (a frontier point is the seeds' mean). About 1.5 h on 2 cores plus 11 min a `--revalidate` pass
+    # (bench/README.md "resnet20 frontier at the default's own point and budget").
     "frontier-r20-default": _r20(name="frontier-r20-default", criteria=("ccpcsa", "l1"), targets=(0.37, 0.44, 0.51),
                                  seeds=(0,), side_criteria=(), until=None, round_to="auto", lr_schedule="continuous",
                                  recalibrate_bn=1024, prune_lr=0.01, distill_teacher="baseline", iterations=1,
