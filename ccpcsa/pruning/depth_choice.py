@@ -268,7 +268,7 @@ def choose_blocks(model: nn.Module, make_pruner: Callable[[nn.Module], ChannelPr
 
     names = candidate_blocks(model, input_size)
     stage = block_stages(model, names, input_size)
-    timer = speed if price == "time" else None  # the blocks' time shares come from the floor's timer
+    timer = speed if price == "time" else None  # the blocks' time shares come from the target's timer
     bar = tqdm(total=len(names) + min(max_blocks, len(names)) + 1 + (len(set(stage.values())) if timer is not None else 0),
                desc="depth search", disable=not progress, dynamic_ncols=True)
     single = price_blocks(model, accuracy, recalibrate, input_size=input_size, exclude_attention=exclude_attention,
